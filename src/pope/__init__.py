@@ -1,0 +1,5 @@
+"""pope: pluralistic off-policy evaluation and alignment of LLMs."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"

@@ -1,0 +1,234 @@
+"""NumPy reference of every CPU hot routine: the fallback backend and the test oracle.
+
+Every backend module (``reference``, ``numba``, ``cpp``) exposes the same functions with the
+same signatures and semantics. Inputs have already been validated by the public API: arrays
+are C-contiguous, float64 / int64, finite where finiteness is required, and shapes agree.
+Backends never modify their inputs.
+
+Conventions shared by all backends
+----------------------------------
+``ips_moments`` scales weights by their running maximum so that nothing overflows: with the
+clipped log-ratio ``l_i = min(log_target_i - log_logging_i, log_clip)`` and ``m = max_i l_i``
+the scaled weight is ``w~_i = exp(l_i - m)`` and the true weight is ``w_i = exp(m) w~_i``.
+
+``bootstrap_sums`` draws its resample indices from a counter-based generator so that every
+backend produces bit-identical resamples::
+
+    key      = splitmix64(seed)
+    x(b, i)  = key + b * 0x9E3779B97F4A7C15 + i          (mod 2**64)
+    idx(b,i) = ((splitmix64(x(b, i)) >> 32) * n) >> 32    (n < 2**32)
+
+with ``splitmix64(z) = f3(f2(f1(z)))``, ``f1(z) = (z ^ z>>30) * 0xBF58476D1CE4E5B9``,
+``f2(z) = (z ^ z>>27) * 0x94D049BB133111EB``, ``f3(z) = z ^ z>>31``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = [
+    "MOMENT_NAMES",
+    "bootstrap_sums",
+    "diversity_reward_hard",
+    "diversity_reward_soft",
+    "ips_moments",
+    "segment_coverage_hard",
+    "segment_coverage_soft",
+    "splitmix64",
+]
+
+#: Layout of the vector returned by :func:`ips_moments`.
+MOMENT_NAMES = (
+    "log_scale",  # m = max_i l_i (-inf when n == 0)
+    "n",  # number of samples
+    "sum_w",  # sum w~
+    "sum_w2",  # sum w~^2
+    "sum_wr",  # sum w~ r
+    "sum_w2r2",  # sum (w~ r)^2
+    "sum_w2r",  # sum w~^2 r
+    "n_clipped",  # count of log_target - log_logging > log_clip
+    "max_log_ratio",  # max_i (log_target_i - log_logging_i), unclipped (-inf when n == 0)
+)
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_M1 = np.uint64(0xBF58476D1CE4E5B9)
+_M2 = np.uint64(0x94D049BB133111EB)
+
+
+def ips_moments(
+    log_target: np.ndarray, log_logging: np.ndarray, reward: np.ndarray, log_clip: float
+) -> np.ndarray:
+    """Scaled weighted moments of a clipped importance-weighted sample.
+
+    Parameters
+    ----------
+    log_target, log_logging, reward : (n,) float64
+    log_clip : float
+        ``log(M)`` for truncation ``min(w, M)``; ``inf`` for none.
+
+    Returns
+    -------
+    (9,) float64 in the order of :data:`MOMENT_NAMES`.
+    """
+    out = np.zeros(len(MOMENT_NAMES))
+    n = log_target.shape[0]
+    out[1] = n
+    if n == 0:
+        out[0] = -np.inf
+        out[8] = -np.inf
+        return out
+    lr = log_target - log_logging
+    l = np.minimum(lr, log_clip)
+    m = l.max()
+    w = np.exp(l - m)
+    wr = w * reward
+    out[0] = m
+    out[2] = w.sum()
+    out[3] = (w * w).sum()
+    out[4] = wr.sum()
+    out[5] = (wr * wr).sum()
+    out[6] = (w * wr).sum()
+    out[7] = np.count_nonzero(lr > log_clip)
+    out[8] = lr.max()
+    return out
+
+
+def _segment_ids(prompt_ptr: np.ndarray) -> np.ndarray:
+    counts = np.diff(prompt_ptr)
+    return np.repeat(np.arange(counts.shape[0]), counts)
+
+
+def _prompt_weights(prompt_ptr: np.ndarray, log_weight: np.ndarray, self_normalize: bool):
+    """Per-response weights and per-prompt normalisers.
+
+    Self-normalised: ``w_k = exp(l_k - max_k l_k)`` and the normaliser ``sum_k w_k`` (0 for a
+    prompt whose weights are all zero, i.e. all ``l_k == -inf``). IPS: ``w_k = exp(l_k)`` and
+    the normaliser ``K_i``.
+    """
+    n_prompts = prompt_ptr.shape[0] - 1
+    seg = _segment_ids(prompt_ptr)
+    counts = np.diff(prompt_ptr)
+    if not self_normalize:
+        return np.exp(log_weight), counts.astype(np.float64), seg
+    mx = np.full(n_prompts, -np.inf)
+    np.maximum.at(mx, seg, log_weight)
+    shift = np.where(np.isfinite(mx), mx, 0.0)
+    w = np.exp(log_weight - shift[seg])
+    norm = np.bincount(seg, weights=w, minlength=n_prompts)
+    return w, norm, seg
+
+
+def _entropy_rows(p: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0)
+    return -t.sum(axis=1)
+
+
+def _normalise(hist: np.ndarray, norm: np.ndarray) -> np.ndarray:
+    safe = np.where(norm > 0, norm, 1.0)
+    return np.where(norm[:, None] > 0, hist / safe[:, None], 0.0)
+
+
+def segment_coverage_hard(
+    prompt_ptr: np.ndarray,
+    log_weight: np.ndarray,
+    labels: np.ndarray,
+    n_aspects: int,
+    self_normalize: bool,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Weighted aspect histogram per prompt and its entropy, hard labels.
+
+    ``p[i, c] = sum_{k in i} w_k [a_k == c] / Z_i`` with ``Z_i = sum_k w_k`` (self-normalised,
+    weights shifted by the prompt's max log-weight) or ``Z_i = K_i`` (IPS, ``w = exp(l)``);
+    rows with ``Z_i == 0`` are all zero. ``H[i] = -sum_c p[i,c] log p[i,c]`` with
+    ``0 log 0 = 0``.
+
+    Parameters
+    ----------
+    prompt_ptr : (P+1,) int64 CSR offsets
+    log_weight : (N,) float64, may hold ``-inf`` (zero weight)
+    labels : (N,) int64 in ``[0, n_aspects)``
+    n_aspects : int
+    self_normalize : bool
+
+    Returns
+    -------
+    p : (P, C) float64, H : (P,) float64
+    """
+    n_prompts = prompt_ptr.shape[0] - 1
+    w, norm, seg = _prompt_weights(prompt_ptr, log_weight, self_normalize)
+    hist = np.bincount(
+        seg * n_aspects + labels, weights=w, minlength=n_prompts * n_aspects
+    ).reshape(n_prompts, n_aspects)
+    p = _normalise(hist, norm)
+    return p, _entropy_rows(p)
+
+
+def segment_coverage_soft(
+    prompt_ptr: np.ndarray,
+    log_weight: np.ndarray,
+    soft: np.ndarray,
+    self_normalize: bool,
+) -> tuple[np.ndarray, np.ndarray]:
+    """As :func:`segment_coverage_hard` with soft aspect rows ``soft`` (N, C)."""
+    n_prompts = prompt_ptr.shape[0] - 1
+    n_aspects = soft.shape[1]
+    w, norm, seg = _prompt_weights(prompt_ptr, log_weight, self_normalize)
+    hist = np.zeros((n_prompts, n_aspects))
+    np.add.at(hist, seg, soft * w[:, None])
+    p = _normalise(hist, norm)
+    return p, _entropy_rows(p)
+
+
+def diversity_reward_hard(
+    prompt_ptr: np.ndarray, p: np.ndarray, labels: np.ndarray
+) -> np.ndarray:
+    """Per-response coverage cross-entropy ``d_k = -log p[i(k), a_k]`` (0 where ``p == 0``)."""
+    seg = _segment_ids(prompt_ptr)
+    pk = p[seg, labels]
+    with np.errstate(divide="ignore"):
+        return np.where(pk > 0, -np.log(np.where(pk > 0, pk, 1.0)), 0.0)
+
+
+def diversity_reward_soft(prompt_ptr: np.ndarray, p: np.ndarray, soft: np.ndarray) -> np.ndarray:
+    """``d_k = -sum_c q_k(c) log p[i(k), c]``; terms with ``p == 0`` count 0."""
+    seg = _segment_ids(prompt_ptr)
+    pk = p[seg]
+    with np.errstate(divide="ignore"):
+        logp = np.where(pk > 0, np.log(np.where(pk > 0, pk, 1.0)), 0.0)
+    return -(soft * logp).sum(axis=1)
+
+
+def splitmix64(z: np.ndarray) -> np.ndarray:
+    """SplitMix64 finaliser on uint64 arrays (wrapping arithmetic)."""
+    z = np.asarray(z, dtype=np.uint64)
+    z = (z ^ (z >> np.uint64(30))) * _M1
+    z = (z ^ (z >> np.uint64(27))) * _M2
+    return z ^ (z >> np.uint64(31))
+
+
+def bootstrap_sums(values: np.ndarray, n_boot: int, seed: int) -> np.ndarray:
+    """Column sums of ``n_boot`` with-replacement resamples of the rows of ``values``.
+
+    Parameters
+    ----------
+    values : (n, m) float64, C-contiguous, ``1 <= n < 2**32``
+    n_boot : int
+    seed : int in ``[0, 2**64)``
+
+    Returns
+    -------
+    (n_boot, m) float64: ``out[b] = sum_i values[idx(b, i)]`` (see module docstring).
+    """
+    n, m = values.shape
+    out = np.empty((n_boot, m))
+    key = splitmix64(np.array([seed], dtype=np.uint64))[0]
+    i = np.arange(n, dtype=np.uint64)
+    nn = np.uint64(n)
+    s32 = np.uint64(32)
+    with np.errstate(over="ignore"):
+        for b in range(n_boot):
+            x = key + np.uint64(b) * _GOLDEN + i
+            idx = ((splitmix64(x) >> s32) * nn) >> s32
+            out[b] = values[idx.astype(np.intp)].sum(axis=0)
+    return out
