@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# The project's test command: set up the environment, lint, run the whole test suite.
+# Extra arguments go to pytest (e.g. scripts/test.sh -k coverage).
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+venv="${POPE_VENV:-$root/.venv}"
+bash "$root/scripts/setup.sh"
+cd "$root"
+echo "[test] ruff"
+"$venv/bin/ruff" check src kernels tests bench
+echo "[test] pytest"
+"$venv/bin/python" -m pytest "$@"
