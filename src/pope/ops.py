@@ -1,16 +1,407 @@
-"""Differentiable log-prob and POPE-loss ops on LM logits (torch).
+r"""Differentiable log-prob and POPE-loss ops on LM logits (torch).
 
-Public functions dispatch to the Triton kernels in :mod:`pope.kernels` on CUDA tensors and to
-the torch reference in :mod:`pope.ops_reference` otherwise. (Triton dispatch: issue 3.)
+Three public ops:
+
+* :func:`sequence_logprob`: per-sequence sums of target-token log-probs from ``(N, V)``
+  logits (packed, ragged sequences: a per-token ``seq_index``);
+* :func:`pope_loss`: the off-policy POPE objective (importance weight, ratio control,
+  advantage) fused with the log-prob reduction;
+* :func:`linear_sequence_logprob`: :func:`sequence_logprob` from hidden states and the LM
+  head weight, chunked so the ``(N, V)`` logits never exist at once.
+
+Backend dispatch (per call)
+---------------------------
+* ``backend=None`` (default): the ``POPE_BACKEND`` environment variable if it is ``"triton"``
+  or ``"torch"``; otherwise automatic. (The CPU-routine names ``"cpp"``, ``"numba"``,
+  ``"reference"`` and ``"auto"`` in ``POPE_BACKEND`` mean automatic here.)
+* automatic: CUDA tensors and an importable ``triton`` give the Triton kernels of
+  :mod:`pope.kernels`; anything else gives the torch reference :mod:`pope.ops_reference`.
+* ``"triton"`` explicitly: the kernels, on CUDA tensors, or on CPU tensors through the Triton
+  interpreter, which must have been selected (``TRITON_INTERPRET=1``) before
+  :mod:`pope.kernels` was first imported; otherwise ``RuntimeError``.
+* ``"torch"``: the reference, on any device.
+
+An explicitly requested backend that cannot run raises; the automatic choice never does.
+All inputs are validated (``TypeError`` / ``ValueError`` naming the argument) before
+dispatch; the value checks (index ranges, finiteness) cost one device synchronisation.
 """
 
 from __future__ import annotations
 
+import math
+import numbers
+import os
+from types import ModuleType
+
 import torch
 
 from pope import ops_reference
+from pope.ops_reference import PopeLossOutput
 
-__all__ = ["sequence_logprob"]
+__all__ = [
+    "OP_BACKENDS",
+    "PopeLossOutput",
+    "linear_sequence_logprob",
+    "pope_loss",
+    "resolve_op_backend",
+    "sequence_logprob",
+]
+
+#: Backends of the torch ops.
+OP_BACKENDS = ("triton", "torch")
+#: ``POPE_BACKEND`` values that steer the CPU routines (:mod:`pope.backends`) and mean
+#: "automatic" for these ops.
+_AUTO_ENV = frozenset({"", "auto", "cpp", "numba", "reference"})
+_FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+_INDEX_DTYPES = (torch.int32, torch.int64)
+_WEIGHTINGS = ("sequence", "token_mean")
+
+_triton_state: dict[str, object] = {}
+
+
+# ----------------------------------------------------------------------------- dispatch
+
+
+def _triton_import_error() -> BaseException | None:
+    """None if ``triton`` imports, else the import error (cached)."""
+    if "err" not in _triton_state:
+        try:
+            import triton  # noqa: F401
+
+            _triton_state["err"] = None
+        except ImportError as exc:  # pragma: no cover - triton is installed in CI
+            _triton_state["err"] = exc
+    err = _triton_state["err"]
+    return err if isinstance(err, BaseException) else None
+
+
+def _kernels() -> tuple[ModuleType, ModuleType, ModuleType]:
+    """The kernel modules (imported lazily: the interpreter choice happens at import)."""
+    from pope.kernels import linear_logprob, logprob, pope_loss
+
+    return logprob, pope_loss, linear_logprob
+
+
+def _requested_backend(backend: str | None) -> str | None:
+    """The explicitly requested backend, or None for automatic."""
+    if backend is None:
+        env = os.environ.get("POPE_BACKEND", "")
+        if env in OP_BACKENDS:
+            return env
+        if env in _AUTO_ENV:
+            return None
+        raise ValueError(
+            f"POPE_BACKEND must be one of {OP_BACKENDS} (or a CPU backend name, meaning "
+            f"automatic for the torch ops), got {env!r}"
+        )
+    if not isinstance(backend, str):
+        raise TypeError(f"backend must be a str or None, got {type(backend).__name__}")
+    if backend == "auto":
+        return None
+    if backend not in OP_BACKENDS:
+        raise ValueError(f"backend must be one of {OP_BACKENDS}, 'auto' or None, got {backend!r}")
+    return backend
+
+
+def resolve_op_backend(backend: str | None, device: torch.device | str) -> str:
+    """Name of the backend (``"triton"`` or ``"torch"``) an op would use on ``device``.
+
+    Parameters
+    ----------
+    backend : ``None`` (``POPE_BACKEND``, then automatic), ``"auto"``, ``"triton"`` or
+        ``"torch"``.
+    device : device of the op's tensors.
+
+    Raises
+    ------
+    RuntimeError
+        ``"triton"`` was requested explicitly and cannot run: triton does not import, the
+        device is neither CUDA nor CPU, or the device is CPU and the Triton interpreter was
+        not selected (``TRITON_INTERPRET=1`` before the kernels were imported).
+    """
+    device = torch.device(device)
+    requested = _requested_backend(backend)
+    if requested is None:
+        if device.type == "cuda" and _triton_import_error() is None:
+            return "triton"
+        return "torch"
+    if requested == "torch":
+        return "torch"
+    err = _triton_import_error()
+    if err is not None:
+        raise RuntimeError(f"backend 'triton' was requested but triton cannot be imported: {err}")
+    if device.type == "cuda":
+        return "triton"
+    if device.type != "cpu":
+        raise RuntimeError(f"backend 'triton' needs CUDA (or CPU) tensors, got device {device}")
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        raise RuntimeError(
+            "backend 'triton' on CPU tensors runs the kernels through the Triton interpreter, "
+            "but TRITON_INTERPRET is not '1'. Set TRITON_INTERPRET=1 in the environment "
+            "before pope.kernels is first imported, or use backend='torch' / a CUDA device."
+        )
+    logprob, _, _ = _kernels()
+    if type(logprob._logprob_fwd_kernel).__name__ != "InterpretedFunction":
+        raise RuntimeError(
+            "backend 'triton' on CPU tensors: TRITON_INTERPRET=1 is set, but pope.kernels was "
+            "imported before it was, so the kernels were compiled for a GPU. Set the variable "
+            "before the first import (e.g. at the top of conftest.py or in the shell)."
+        )
+    return "triton"
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _is_int(x: object) -> bool:
+    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+
+
+def _check_tensor(name: str, t: object) -> torch.Tensor:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    return t
+
+
+def _check_logits(logits: object, name: str = "logits") -> torch.Tensor:
+    logits = _check_tensor(name, logits)
+    if logits.dim() != 2:
+        raise ValueError(f"{name} must be 2-D (N, V), got shape {tuple(logits.shape)}")
+    if logits.dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"{name} must be float32, bfloat16 or float16, got {logits.dtype}")
+    if logits.shape[1] < 1:
+        raise ValueError(f"{name} must have at least one column (V >= 1), got V = 0")
+    return logits
+
+
+def _check_index(name: str, t: object, n: int, device: torch.device) -> torch.Tensor:
+    t = _check_tensor(name, t)
+    if t.dtype not in _INDEX_DTYPES:
+        raise TypeError(f"{name} must be int32 or int64, got {t.dtype}")
+    if t.dim() != 1 or t.shape[0] != n:
+        raise ValueError(f"{name} must have shape ({n},), got {tuple(t.shape)}")
+    if t.device != device:
+        raise ValueError(f"{name} is on {t.device}, expected {device} (the device of the logits)")
+    return t
+
+
+def _check_num_seqs(num_seqs: object) -> int:
+    if not _is_int(num_seqs):
+        raise TypeError(f"num_seqs must be an int, got {type(num_seqs).__name__}")
+    if int(num_seqs) < 1:  # type: ignore[call-overload]
+        raise ValueError(f"num_seqs must be >= 1, got {num_seqs}")
+    return int(num_seqs)  # type: ignore[call-overload]
+
+
+def _check_seq_vector(name: str, t: object, num_seqs: int, device: torch.device) -> torch.Tensor:
+    t = _check_tensor(name, t)
+    if not t.is_floating_point():
+        raise TypeError(f"{name} must be a floating tensor, got {t.dtype}")
+    if t.dim() != 1 or t.shape[0] != num_seqs:
+        raise ValueError(f"{name} must have shape ({num_seqs},) (num_seqs), got {tuple(t.shape)}")
+    if t.device != device:
+        raise ValueError(f"{name} is on {t.device}, expected {device} (the device of the logits)")
+    return t
+
+
+def _check_values(
+    targets: torch.Tensor,
+    seq_index: torch.Tensor,
+    num_seqs: int,
+    vocab: int,
+    ignore_index: int,
+    finite: dict[str, torch.Tensor] | None = None,
+) -> None:
+    """Value checks that need the data (one device synchronisation for all of them)."""
+    flags: list[torch.Tensor] = []
+    names: list[str] = []
+    if targets.numel():
+        bad_t = ((targets < 0) | (targets >= vocab)) & (targets != ignore_index)
+        flags.append(bad_t.any())
+        names.append(f"targets must lie in [0, {vocab}) (V) or equal ignore_index={ignore_index}")
+        flags.append(((seq_index < 0) | (seq_index >= num_seqs)).any())
+        names.append(f"seq_index must lie in [0, num_seqs={num_seqs})")
+    for name, t in (finite or {}).items():
+        flags.append(~torch.isfinite(t).all())
+        names.append(f"{name} must be finite (no NaN or inf)")
+    if not flags:
+        return
+    bad = torch.stack(flags).tolist()
+    for is_bad, msg in zip(bad, names):
+        if is_bad:
+            raise ValueError(msg)
+
+
+def _check_common(
+    logits: object,
+    targets: object,
+    seq_index: object,
+    num_seqs: object,
+    ignore_index: object,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int, int]:
+    logits = _check_logits(logits)
+    n = logits.shape[0]
+    targets = _check_index("targets", targets, n, logits.device)
+    seq_index = _check_index("seq_index", seq_index, n, logits.device)
+    num_seqs = _check_num_seqs(num_seqs)
+    if not _is_int(ignore_index):
+        raise TypeError(f"ignore_index must be an int, got {type(ignore_index).__name__}")
+    return logits, targets, seq_index, num_seqs, int(ignore_index)  # type: ignore[call-overload]
+
+
+def _prepare_logits_for_triton(logits: torch.Tensor, inplace: bool) -> torch.Tensor:
+    """Logits with unit column stride (any row stride); copies only if the columns are strided."""
+    if logits.stride(1) == 1 and (logits.shape[0] <= 1 or logits.stride(0) >= logits.shape[1]):
+        return logits
+    if inplace:
+        raise ValueError(
+            "inplace_backward=True needs logits with unit column stride and non-overlapping rows "
+            f"(got strides {tuple(logits.stride())}); pass logits.contiguous() or disable it"
+        )
+    return logits.contiguous()
+
+
+def _bump_version(t: torch.Tensor) -> None:
+    """Tell autograd that ``t`` was overwritten (other saved uses of it then fail loudly)."""
+    bump = getattr(torch.autograd.graph, "increment_version", None)
+    if bump is not None:
+        bump(t)
+
+
+# ------------------------------------------------------------------- autograd functions
+
+
+class _SequenceLogprobFunction(torch.autograd.Function):
+    """Triton forward/backward of :func:`sequence_logprob`."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx,
+        logits: torch.Tensor,
+        targets: torch.Tensor,
+        seq_index: torch.Tensor,
+        num_seqs: int,
+        ignore_index: int,
+        inplace_backward: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        logprob, _, _ = _kernels()
+        seq, tok, lse, _ = logprob.logprob_fwd(logits, targets, seq_index, num_seqs, ignore_index)
+        ctx.save_for_backward(logits, targets, seq_index, lse)
+        ctx.ignore_index = ignore_index
+        ctx.inplace_backward = inplace_backward
+        ctx.set_materialize_grads(False)
+        return seq, tok
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_seq: torch.Tensor | None, grad_tok: torch.Tensor | None):  # type: ignore[override]
+        logits, targets, seq_index, lse = ctx.saved_tensors
+        if grad_seq is None and grad_tok is None:
+            return None, None, None, None, None, None
+        logprob, _, _ = _kernels()
+        gs = None if grad_seq is None else grad_seq.float().contiguous()
+        gt = None if grad_tok is None else grad_tok.float().contiguous()
+        grad = logprob.logprob_bwd(
+            logits, targets, seq_index, lse, gs, gt, ctx.ignore_index,
+            inplace=ctx.inplace_backward,
+        )  # fmt: skip
+        if ctx.inplace_backward:
+            _bump_version(logits)
+        return grad, None, None, None, None, None
+
+
+class _PopeLossFunction(torch.autograd.Function):
+    """Triton forward/backward of :func:`pope_loss`."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx,
+        logits: torch.Tensor,
+        targets: torch.Tensor,
+        seq_index: torch.Tensor,
+        num_seqs: int,
+        log_logging: torch.Tensor,
+        advantages: torch.Tensor,
+        ignore_index: int,
+        token_mean: bool,
+        clip: float | None,
+        ppo_eps: float | None,
+        normalizer: float,
+        inplace_backward: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        logprob, pope_k, _ = _kernels()
+        seq, _, lse, counts = logprob.logprob_fwd(
+            logits, targets, seq_index, num_seqs, ignore_index, count_tokens=token_mean
+        )
+        terms, weights, clipped, gcoef = pope_k.pope_weights(
+            seq, log_logging, advantages, counts, normalizer, clip=clip, ppo_eps=ppo_eps
+        )
+        loss = terms.sum()
+        ctx.save_for_backward(logits, targets, seq_index, lse, gcoef)
+        ctx.ignore_index = ignore_index
+        ctx.inplace_backward = inplace_backward
+        ctx.mark_non_differentiable(seq, weights, clipped)
+        ctx.set_materialize_grads(False)
+        return loss, seq, weights, clipped
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_loss: torch.Tensor | None, *_unused: object):  # type: ignore[override]
+        logits, targets, seq_index, lse, gcoef = ctx.saved_tensors
+        nones = (None,) * 11
+        if grad_loss is None:
+            return (None, *nones)
+        logprob, _, _ = _kernels()
+        grad_seq = (gcoef * grad_loss.float()).contiguous()
+        grad = logprob.logprob_bwd(
+            logits, targets, seq_index, lse, grad_seq, None, ctx.ignore_index,
+            inplace=ctx.inplace_backward,
+        )  # fmt: skip
+        if ctx.inplace_backward:
+            _bump_version(logits)
+        return (grad, *nones)
+
+
+class _LinearSequenceLogprobFunction(torch.autograd.Function):
+    """Chunked Triton forward/backward of :func:`linear_sequence_logprob`."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx,
+        hidden: torch.Tensor,
+        weight: torch.Tensor,
+        targets: torch.Tensor,
+        seq_index: torch.Tensor,
+        num_seqs: int,
+        ignore_index: int,
+        chunk_size: int | None,
+    ) -> torch.Tensor:
+        _, _, linear = _kernels()
+        seq, lse = linear.linear_logprob_fwd(
+            hidden, weight, targets, seq_index, num_seqs, ignore_index, chunk_size
+        )
+        ctx.save_for_backward(hidden, weight, targets, seq_index, lse)
+        ctx.ignore_index = ignore_index
+        ctx.chunk_size = chunk_size
+        ctx.set_materialize_grads(False)
+        return seq
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_seq: torch.Tensor | None):  # type: ignore[override]
+        hidden, weight, targets, seq_index, lse = ctx.saved_tensors
+        need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        if grad_seq is None or not (need_h or need_w):
+            return None, None, None, None, None, None, None
+        _, _, linear = _kernels()
+        grad_h, grad_w = linear.linear_logprob_bwd(
+            hidden, weight, targets, seq_index, lse, grad_seq.float().contiguous(),
+            ctx.ignore_index, ctx.chunk_size, need_hidden=need_h, need_weight=need_w,
+        )  # fmt: skip
+        return grad_h, grad_w, None, None, None, None, None
+
+
+# ---------------------------------------------------------------------------- public ops
 
 
 def sequence_logprob(
@@ -21,30 +412,306 @@ def sequence_logprob(
     *,
     ignore_index: int = -100,
     return_token_logprobs: bool = False,
+    inplace_backward: bool = False,
     backend: str | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     r"""Per-sequence log-probabilities of target tokens.
 
-    .. math:: \log\pi(y_s) = \sum_{t: s(t)=s,\ y_t \ne \text{ignore}} z_t[y_t] - \log\sum_v e^{z_t[v]}
+    .. math::
+
+        \ell_t = z_t[y_t] - \log\sum_v e^{z_t[v]}, \qquad
+        \log\pi(y_s) = \sum_{t:\ s(t)=s,\ y_t \ne \mathrm{ignore}} \ell_t .
+
+    Gradient: :math:`\partial L / \partial z_{t,v} = g_t(\mathbb{1}[v = y_t] -
+    \mathrm{softmax}(z_t)_v)` with :math:`g_t = \bar g_{s(t)} + \bar\ell_t` on unmasked tokens
+    (0 on masked ones), written in one pass from the log-sum-exp saved by the forward.
 
     Parameters
     ----------
-    logits : (N, V) float tensor (fp32, bf16, fp16); any row stride, last-dim stride 1.
-    targets : (N,) int64; ``ignore_index`` masks a token.
-    seq_index : (N,) int64 in ``[0, num_seqs)``: the sequence each token belongs to.
+    logits : (N, V) tensor, float32 / bfloat16 / float16
+        Any row stride (e.g. a slice of a model's output, no copy); the column stride should
+        be 1 (otherwise the Triton path makes a contiguous copy).
+    targets : (N,) int32 / int64 tensor
+        Target ids in ``[0, V)``, or ``ignore_index`` to mask a token.
+    seq_index : (N,) int32 / int64 tensor
+        The sequence of each token, in ``[0, num_seqs)``; tokens of a sequence need not be
+        contiguous.
     num_seqs : int
-    return_token_logprobs : bool
-        Also return the (N,) fp32 per-token log-probs (0 where masked).
+        S >= 1. A sequence with no (unmasked) token gets log-prob 0.
+    ignore_index : int, default -100
+    return_token_logprobs : bool, default False
+        Also return the (N,) fp32 per-token log-probs :math:`\ell_t` (0 where masked).
+    inplace_backward : bool, default False
+        Triton path only: the backward writes the gradient over ``logits`` (no extra N x V
+        buffer). The logits tensor is **consumed**: after the backward it holds the gradient;
+        autograd's version counter is bumped, so another autograd use of the same tensor
+        raises instead of silently reading the gradient. Ignored by the torch reference.
+    backend : {None, "auto", "triton", "torch"}
+        See the module docstring.
 
     Returns
     -------
-    (num_seqs,) fp32 tensor, differentiable w.r.t. ``logits``.
+    seq_logp : (S,) fp32 tensor, differentiable w.r.t. ``logits``;
+    (seq_logp, token_logp) if ``return_token_logprobs``.
+
+    Raises
+    ------
+    TypeError, ValueError
+        Invalid argument types, shapes, dtypes, devices, or out-of-range ``targets`` /
+        ``seq_index``.
+    RuntimeError
+        An explicitly requested backend cannot run.
     """
-    return ops_reference.sequence_logprob(
-        logits,
+    logits, targets, seq_index, num_seqs, ignore_index = _check_common(
+        logits, targets, seq_index, num_seqs, ignore_index
+    )
+    _check_values(targets, seq_index, num_seqs, logits.shape[1], ignore_index)
+    if resolve_op_backend(backend, logits.device) == "torch":
+        return ops_reference.sequence_logprob(
+            logits,
+            targets,
+            seq_index,
+            num_seqs,
+            ignore_index=ignore_index,
+            return_token_logprobs=return_token_logprobs,
+        )
+    x = _prepare_logits_for_triton(logits, bool(inplace_backward))
+    seq, tok = _SequenceLogprobFunction.apply(
+        x,
+        targets.contiguous(),
+        seq_index.contiguous(),
+        num_seqs,
+        ignore_index,
+        bool(inplace_backward),
+    )
+    return (seq, tok) if return_token_logprobs else seq
+
+
+def pope_loss(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    seq_index: torch.Tensor,
+    num_seqs: int,
+    log_logging: torch.Tensor,
+    advantages: torch.Tensor,
+    *,
+    ignore_index: int = -100,
+    weighting: str = "sequence",
+    clip: float | None = None,
+    ppo_eps: float | None = None,
+    normalizer: float | None = None,
+    inplace_backward: bool = False,
+    backend: str | None = None,
+) -> PopeLossOutput:
+    r"""The POPE off-policy objective, fused with the sequence log-prob reduction.
+
+    .. math::
+
+        L = -\frac{1}{Z} \sum_{s=1}^{S} f(w_s)\, A_s, \qquad
+        w_s = \exp\!\left(\frac{\log\pi_\theta(y_s) - \log\pi_0(y_s)}{T_s^{\kappa}}\right),
+
+    with :math:`\log\pi_\theta(y_s)` as in :func:`sequence_logprob`, :math:`\kappa = 0` for
+    ``weighting="sequence"`` (the exact ratio) and :math:`\kappa = 1` for ``"token_mean"``
+    (:math:`T_s` = number of unmasked tokens of ``s``, at least 1; then ``log_logging`` must
+    hold the sum of the logging per-token log-probs over the same tokens). Ratio control
+    :math:`f`:
+
+    * none: :math:`f(w)A = wA`;
+    * ``clip=M`` (truncation): :math:`f(w)A = \min(w, M)A`, zero gradient where
+      :math:`w > M`;
+    * ``ppo_eps=eps`` (pessimistic PPO clip):
+      :math:`\min(wA,\ \mathrm{clip}(w, 1-\epsilon, 1+\epsilon)A)`, zero gradient where the
+      clipped branch is the minimum (:math:`A>0, w>1+\epsilon` or :math:`A<0, w<1-\epsilon`).
+
+    Sequences with :math:`A_s = 0` contribute nothing (even if :math:`w_s` overflows). The
+    gradient w.r.t. the logits is :math:`g_{s(t)}(\mathrm{onehot}(y_t) -
+    \mathrm{softmax}(z_t))` with one scalar per sequence
+    :math:`g_s = -\mathbb{1}[\text{not clipped}]\, w_s A_s / (Z\, T_s^{\kappa})`; no gradient
+    flows to ``log_logging`` or ``advantages`` (they are treated as data).
+
+    Parameters
+    ----------
+    logits, targets, seq_index, num_seqs, ignore_index
+        As in :func:`sequence_logprob`.
+    log_logging : (S,) float tensor
+        :math:`\log\pi_0(y_s)` of the logging policy; must be finite (use log space: a long
+        response has probability far below the fp32 range).
+    advantages : (S,) float tensor
+        :math:`A_s = R_s - b_s`; must be finite.
+    weighting : {"sequence", "token_mean"}
+    clip : float > 0, optional
+        Truncation level :math:`M`. Mutually exclusive with ``ppo_eps``.
+    ppo_eps : float in (0, 1), optional
+    normalizer : float > 0, optional
+        :math:`Z`; default ``num_seqs``.
+    inplace_backward : bool, default False
+        Triton path only: the backward writes the gradient over ``logits``, which is then
+        **consumed** (see :func:`sequence_logprob`); the only ``N x V`` buffer is then the
+        logits themselves.
+    backend : {None, "auto", "triton", "torch"}
+
+    Returns
+    -------
+    PopeLossOutput
+        ``(loss, logp, weights, clipped)``: the scalar fp32 loss (differentiable w.r.t.
+        ``logits``); detached (S,) fp32 :math:`\log\pi_\theta(y_s)`, raw weights
+        :math:`w_s` (before clipping, ``inf`` on overflow) and the (S,) bool clipped mask.
+    """
+    logits, targets, seq_index, num_seqs, ignore_index = _check_common(
+        logits, targets, seq_index, num_seqs, ignore_index
+    )
+    device = logits.device
+    log_logging = _check_seq_vector("log_logging", log_logging, num_seqs, device)
+    advantages = _check_seq_vector("advantages", advantages, num_seqs, device)
+    if weighting not in _WEIGHTINGS:
+        raise ValueError(f"weighting must be one of {_WEIGHTINGS}, got {weighting!r}")
+    if clip is not None and ppo_eps is not None:
+        raise ValueError("clip and ppo_eps are mutually exclusive (pass at most one)")
+    if clip is not None:
+        if not isinstance(clip, numbers.Real) or isinstance(clip, bool):
+            raise TypeError(f"clip must be a float or None, got {type(clip).__name__}")
+        if not (math.isfinite(clip) and clip > 0):
+            raise ValueError(f"clip must be a finite number > 0, got {clip}")
+        clip = float(clip)
+    if ppo_eps is not None:
+        if not isinstance(ppo_eps, numbers.Real) or isinstance(ppo_eps, bool):
+            raise TypeError(f"ppo_eps must be a float or None, got {type(ppo_eps).__name__}")
+        if not (0.0 < ppo_eps < 1.0):
+            raise ValueError(f"ppo_eps must lie in (0, 1), got {ppo_eps}")
+        ppo_eps = float(ppo_eps)
+    if normalizer is None:
+        normalizer = float(num_seqs)
+    else:
+        if not isinstance(normalizer, numbers.Real) or isinstance(normalizer, bool):
+            raise TypeError(f"normalizer must be a float or None, got {type(normalizer).__name__}")
+        if not (math.isfinite(normalizer) and normalizer > 0):
+            raise ValueError(f"normalizer must be a finite number > 0, got {normalizer}")
+        normalizer = float(normalizer)
+    _check_values(
         targets,
         seq_index,
         num_seqs,
-        ignore_index=ignore_index,
-        return_token_logprobs=return_token_logprobs,
+        logits.shape[1],
+        ignore_index,
+        finite={"log_logging": log_logging, "advantages": advantages},
+    )
+    if resolve_op_backend(backend, device) == "torch":
+        return ops_reference.pope_loss(
+            logits,
+            targets,
+            seq_index,
+            num_seqs,
+            log_logging,
+            advantages,
+            ignore_index=ignore_index,
+            weighting=weighting,
+            clip=clip,
+            ppo_eps=ppo_eps,
+            normalizer=normalizer,
+        )
+    x = _prepare_logits_for_triton(logits, bool(inplace_backward))
+    loss, seq, weights, clipped = _PopeLossFunction.apply(
+        x,
+        targets.contiguous(),
+        seq_index.contiguous(),
+        num_seqs,
+        log_logging.detach().float().contiguous(),
+        advantages.detach().float().contiguous(),
+        ignore_index,
+        weighting == "token_mean",
+        clip,
+        ppo_eps,
+        normalizer,
+        bool(inplace_backward),
+    )
+    return PopeLossOutput(loss, seq, weights, clipped)
+
+
+def linear_sequence_logprob(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    seq_index: torch.Tensor,
+    num_seqs: int,
+    *,
+    ignore_index: int = -100,
+    chunk_size: int | None = None,
+    backend: str | None = None,
+) -> torch.Tensor:
+    r""":func:`sequence_logprob` of the logits :math:`Z = H W^\top`, never materialising them.
+
+    Rows are processed in chunks of ``chunk_size`` tokens: per chunk a torch matmul gives the
+    ``(C, V)`` logits, which the Triton log-prob kernel reduces. The backward **recomputes**
+    each chunk's logits from the saved inputs and the saved per-token log-sum-exp, writes
+    :math:`\bar Z_c = g_t(\mathrm{onehot}(y_t) - \mathrm{softmax}(z_t))` over them in place,
+    and forms :math:`\bar H_c = \bar Z_c W` and :math:`\bar W \mathrel{{+}{=}} \bar Z_c^\top
+    H_c` (fp32 accumulation of :math:`\bar W`). Gradients cannot be formed in the forward
+    because the incoming gradient of the (S,) output is unknown then. Cost: about 4/3 of the
+    unchunked matmul FLOPs; extra memory: one ``(C, V)`` chunk (plus an fp32 ``(V, H)``
+    accumulator for 16-bit weights).
+
+    Parameters
+    ----------
+    hidden : (N, H) float32 / bfloat16 / float16 tensor
+        Final hidden states (after the last norm), one row per token.
+    weight : (V, H) tensor, same dtype and device
+        LM head weight (no bias).
+    targets, seq_index, num_seqs, ignore_index
+        As in :func:`sequence_logprob`.
+    chunk_size : int >= 1, optional
+        Rows per chunk; default
+        :math:`2^{\lceil\log_2\lceil N/\lceil V/H\rceil\rceil\rceil}` (a logits chunk about
+        the size of ``hidden``). The torch reference processes the whole batch at once by
+        default (with activation checkpointing per chunk when given).
+    backend : {None, "auto", "triton", "torch"}
+
+    Returns
+    -------
+    (S,) fp32 tensor, differentiable w.r.t. ``hidden`` and ``weight``.
+    """
+    hidden = _check_logits(hidden, "hidden")
+    weight = _check_logits(weight, "weight")
+    if weight.dtype != hidden.dtype:
+        raise TypeError(f"weight dtype {weight.dtype} must match hidden dtype {hidden.dtype}")
+    if weight.device != hidden.device:
+        raise ValueError(f"weight is on {weight.device}, expected {hidden.device}")
+    if weight.shape[0] < 1:
+        raise ValueError("weight must have at least one row (V >= 1), got V = 0")
+    if weight.shape[1] != hidden.shape[1]:
+        raise ValueError(
+            f"weight must have shape (V, H) with H = hidden.shape[1] = {hidden.shape[1]}, "
+            f"got {tuple(weight.shape)}"
+        )
+    n = hidden.shape[0]
+    targets = _check_index("targets", targets, n, hidden.device)
+    seq_index = _check_index("seq_index", seq_index, n, hidden.device)
+    num_seqs = _check_num_seqs(num_seqs)
+    if not _is_int(ignore_index):
+        raise TypeError(f"ignore_index must be an int, got {type(ignore_index).__name__}")
+    ignore_index = int(ignore_index)
+    if chunk_size is not None:
+        if not _is_int(chunk_size):
+            raise TypeError(f"chunk_size must be an int or None, got {type(chunk_size).__name__}")
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        chunk_size = int(chunk_size)
+    _check_values(targets, seq_index, num_seqs, weight.shape[0], ignore_index)
+    if resolve_op_backend(backend, hidden.device) == "torch":
+        return ops_reference.linear_sequence_logprob(
+            hidden,
+            weight,
+            targets,
+            seq_index,
+            num_seqs,
+            ignore_index=ignore_index,
+            chunk_size=chunk_size,
+        )
+    return _LinearSequenceLogprobFunction.apply(
+        hidden.contiguous(),
+        weight.contiguous(),
+        targets.contiguous(),
+        seq_index.contiguous(),
+        num_seqs,
+        ignore_index,
+        chunk_size,
     )

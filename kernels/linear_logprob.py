@@ -1,0 +1,152 @@
+r"""Chunked sequence log-probabilities from hidden states and the LM head weight.
+
+The ``(N, V)`` logits :math:`Z = H W^\top` never exist at once: rows are processed in chunks
+of ``C`` tokens, and for each chunk the ``(C, V)`` logits are produced by a torch matmul and
+reduced by the Triton kernels of :mod:`pope.kernels.logprob`.
+
+Forward, per chunk ``c``: :math:`Z_c = H_c W^\top` (input dtype, fp32 accumulation inside the
+GEMM), then :func:`~pope.kernels.logprob.logprob_fwd` accumulates
+:math:`\log\pi(y_s) \mathrel{+}= \sum_{t \in c} z_{t,y_t} - \mathrm{lse}_t` into the shared
+``(S,)`` buffer and stores :math:`\mathrm{lse}_t` (``N`` fp32 values: the only thing kept for the
+backward besides the inputs).
+
+Backward (recompute strategy), per chunk: :math:`Z_c` is recomputed, the gradient
+
+.. math:: \bar Z_c = g_t\,(\mathrm{onehot}(y_t) - \mathrm{softmax}(z_t)), \qquad
+          g_t = \bar g_{s(t)}\,\mathbb{1}[y_t \ne \mathrm{ignore}]
+
+is written over the recomputed :math:`Z_c` in place (one Triton sweep from the saved LSE), then
+:math:`\bar H_c = \bar Z_c W` and :math:`\bar W \mathrel{+}= \bar Z_c^\top H_c`.
+
+Why recompute rather than compute the gradients inside the forward (the fused-linear
+cross-entropy approach): the output here is a vector of per-sequence log-probs whose incoming
+gradient :math:`\bar g` is unknown at forward time, so the gradient cannot be formed then without
+fixing the loss. Cost: forward one GEMM, backward three GEMMs (recompute,
+:math:`\bar H`, :math:`\bar W`), i.e. about 4/3 of the unchunked FLOPs; peak extra memory is
+one ``(C, V)`` chunk plus, for 16-bit weights, an fp32 ``(V, H)`` accumulator for
+:math:`\bar W` and one 16-bit ``(V, H)`` partial per chunk (chunk partial sums are added in
+fp32 and cast once at the end, so the rounding does not grow with the number of chunks).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+
+from .logprob import logprob_bwd, logprob_fwd
+
+__all__ = ["default_chunk_size", "linear_logprob_bwd", "linear_logprob_fwd"]
+
+
+def default_chunk_size(n_rows: int, hidden_size: int, vocab_size: int) -> int:
+    """Rows per chunk so that a ``(C, V)`` logits chunk is about as large as ``(N, H)``.
+
+    :math:`C = 2^{\\lceil \\log_2 \\lceil N / \\lceil V/H \\rceil \\rceil \\rceil}`, clipped to
+    ``[1, N]``: the transient chunk then costs roughly one more copy of the hidden states.
+    """
+    ratio = max(1, triton.cdiv(vocab_size, max(hidden_size, 1)))
+    chunk = triton.next_power_of_2(max(1, triton.cdiv(n_rows, ratio)))
+    return max(1, min(chunk, n_rows))
+
+
+def linear_logprob_fwd(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    seq_index: torch.Tensor,
+    num_seqs: int,
+    ignore_index: int = -100,
+    chunk_size: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Chunked forward.
+
+    Parameters
+    ----------
+    hidden : (N, H); weight : (V, H), same dtype; targets, seq_index : (N,) int.
+    chunk_size : rows per chunk (default :func:`default_chunk_size`).
+
+    Returns
+    -------
+    seq_logp : (S,) fp32; lse : (N,) fp32 (for :func:`linear_logprob_bwd`).
+    """
+    n_rows = hidden.shape[0]
+    device = hidden.device
+    if chunk_size is None:
+        chunk_size = default_chunk_size(n_rows, hidden.shape[1], weight.shape[0])
+    seq_logp = torch.zeros(num_seqs, dtype=torch.float32, device=device)
+    lse = torch.empty(n_rows, dtype=torch.float32, device=device)
+    tok = torch.empty(n_rows, dtype=torch.float32, device=device)
+    for start in range(0, n_rows, chunk_size):
+        end = min(start + chunk_size, n_rows)
+        logits = hidden[start:end] @ weight.t()
+        logprob_fwd(
+            logits,
+            targets[start:end],
+            seq_index[start:end],
+            num_seqs,
+            ignore_index,
+            out_seq=seq_logp,
+            out_tok=tok[start:end],
+            out_lse=lse[start:end],
+        )
+        del logits
+    return seq_logp, lse
+
+
+def linear_logprob_bwd(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    seq_index: torch.Tensor,
+    lse: torch.Tensor,
+    grad_seq: torch.Tensor,
+    ignore_index: int = -100,
+    chunk_size: int | None = None,
+    *,
+    need_hidden: bool = True,
+    need_weight: bool = True,
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Chunked backward (recomputes each logits chunk).
+
+    Parameters
+    ----------
+    lse : (N,) fp32 from :func:`linear_logprob_fwd`; grad_seq : (S,) fp32.
+    need_hidden, need_weight : which gradients to form.
+
+    Returns
+    -------
+    grad_hidden : (N, H) in ``hidden.dtype`` or None; grad_weight : (V, H) in
+    ``weight.dtype`` or None.
+    """
+    n_rows = hidden.shape[0]
+    if chunk_size is None:
+        chunk_size = default_chunk_size(n_rows, hidden.shape[1], weight.shape[0])
+    grad_hidden = torch.empty_like(hidden) if need_hidden else None
+    grad_weight = None
+    if need_weight:
+        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
+    for start in range(0, n_rows, chunk_size):
+        end = min(start + chunk_size, n_rows)
+        h = hidden[start:end]
+        logits = h @ weight.t()
+        dlogits = logprob_bwd(
+            logits,
+            targets[start:end],
+            seq_index[start:end],
+            lse[start:end],
+            grad_seq,
+            None,
+            ignore_index,
+            inplace=True,
+        )
+        if grad_hidden is not None:
+            torch.mm(dlogits, weight, out=grad_hidden[start:end])
+        if grad_weight is not None:
+            if grad_weight.dtype == h.dtype:
+                grad_weight.addmm_(dlogits.t(), h)
+            else:  # 16-bit inputs: one (V, H) 16-bit partial, added into the fp32 accumulator
+                grad_weight.add_(dlogits.t() @ h)
+        del logits, dlogits
+    if grad_weight is not None and grad_weight.dtype != weight.dtype:
+        grad_weight = grad_weight.to(weight.dtype)
+    return grad_hidden, grad_weight
