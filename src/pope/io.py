@@ -200,6 +200,24 @@ def iter_jsonl_frames(
         yield pd.DataFrame.from_records(buf)
 
 
+def _read_csv(path: Path, sep: str, text_columns: Sequence[str]) -> Any:
+    import pandas as pd
+
+    header = pd.read_csv(path, sep=sep, nrows=0).columns
+    text = [c for c in text_columns if c in header]
+    df = pd.read_csv(
+        path,
+        sep=sep,
+        dtype=dict.fromkeys(text, str),
+        keep_default_na=False,
+        na_values={c: ([""] if c in text else _CSV_NA) for c in header},
+    )
+    return df
+
+
+_CSV_NA = ["", "NA", "N/A", "NaN", "nan", "null", "NULL", "None", "#N/A", "-nan", "n/a"]
+
+
 def _read_hf(path: Path, split: str | None) -> Any:
     try:
         import datasets
@@ -231,6 +249,7 @@ def read_table(
     *,
     format: Format | None = None,
     split: str | None = None,
+    text_columns: Sequence[str] = ("prompt_id", "prompt", "response"),
 ) -> Any:
     """Read a whole log into a ``pandas.DataFrame`` (no validation).
 
@@ -241,6 +260,9 @@ def read_table(
         Overrides the format detected from the file name.
     split : str, optional
         The split of a ``DatasetDict`` directory.
+    text_columns : sequence of str
+        CSV/TSV columns read as text (so ``"007"`` stays ``"007"``); only empty fields are
+        missing in them.
 
     Raises
     ------
@@ -276,7 +298,7 @@ def read_table(
             frames = list(iter_jsonl_frames(p, 1 << 16))
             return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
         if fmt in ("csv", "tsv"):
-            return pd.read_csv(p, sep="\t" if fmt == "tsv" else ",")
+            return _read_csv(p, "\t" if fmt == "tsv" else ",", text_columns)
         return _read_hf(p, split)
     except LogFormatError:
         raise
@@ -965,7 +987,8 @@ def load_logs(
     LogData
     """
     cols = columns if isinstance(columns, LogColumns) else LogColumns.from_mapping(columns or {})
-    frame = read_table(source, format=format, split=split)
+    text = (cols.prompt_id, cols.prompt, cols.response)
+    frame = read_table(source, format=format, split=split, text_columns=text)
     data = validate_logs(
         frame,
         columns=cols,
