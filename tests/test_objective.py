@@ -385,7 +385,7 @@ def _kw(bt):
     [
         (lambda k: k.update(rewards=k["rewards"].clone().fill_(float("nan"))), ValueError,
          "rewards"),
-        (lambda k: k.update(rewards=k["rewards"] + 1.5), ValueError, r"rewards must lie in \[0, 1\]"),
+        (lambda k: k.update(rewards=k["rewards"] + 1.5), ValueError, r"rewards must lie in \["),
         (lambda k: k.update(prompt_index=k["prompt_index"][:-1]), ValueError, "prompt_index"),
         (lambda k: k.update(log_logging=k["log_logging"][:-2]), ValueError, "log_logging"),
         (lambda k: k.update(log_logging=k["log_logging"].abs()), ValueError, "log_logging"),
