@@ -98,19 +98,19 @@ def _logprob_fwd_kernel(
     if y != ignore_index:
         x_row = X_ptr + row * X_stride
         cols = tl.arange(0, BLOCK_V)
-        m = float("-inf")  # running max, base-2 units
-        d = 0.0  # running sum of exp2(x - m)
+        m = float("-inf")  # running max of the logits
+        d = 0.0  # running sum of exp(x - m), as exp2(x * log2e - m * log2e): one FMA + exp2
         for start in range(0, n_cols, BLOCK_V):
             offs = start + cols
             x = tl.load(x_row + offs, mask=offs < n_cols, other=float("-inf")).to(tl.float32)
-            x = x * LOG2_E
             m_new = tl.maximum(m, tl.max(x, axis=0))
             # A block (or row prefix) of -inf logits keeps m_new == -inf: shift by 0 instead,
             # so exp2(-inf - -inf) never produces NaN.
-            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-            d = d * tl.exp2(m - m_safe) + tl.sum(tl.exp2(x - m_safe), axis=0)
+            m2 = tl.where(m_new == float("-inf"), 0.0, m_new) * LOG2_E
+            d = d * tl.exp2(m * LOG2_E - m2) + tl.sum(tl.exp2(x * LOG2_E - m2), axis=0)
             m = m_new
-        lse = (m + tl.log2(d)) * LN_2
+        # max + log(sum): exact for a single dominant logit (and logp == 0 when V == 1)
+        lse = m + tl.log2(d) * LN_2
         x_y = tl.load(x_row + y).to(tl.float32)
         logp = x_y - lse
         tl.store(LSE_ptr + row, lse)
