@@ -171,7 +171,7 @@ class PolicyValue:
 # ----------------------------------------------------------------------------- response level
 @dataclass(frozen=True, eq=False)
 class SoftmaxPolicy:
-    r"""A softmax policy over the candidates of each prompt, :math:`\pi(j\mid x) \propto e^{z_{xj}}`.
+    r"""Softmax policy over the candidates of each prompt, :math:`\pi(j\mid x)\propto e^{z_{xj}}`.
 
     Parameters
     ----------
@@ -832,7 +832,7 @@ class TokenEnv:
         topic_bias: float = 0.5,
         popular_topic: int = 0,
     ) -> Any:
-        r"""The logging policy :math:`\pi_0`: a fresh model fitted (SFT) to a mode-collapsed mixture.
+        r"""The logging policy :math:`\pi_0`: a fresh model fitted (SFT) to a mode-collapsed mix.
 
         Training responses are drawn, for a uniform prompt, as: with probability ``focus`` a
         "popular" response whose tokens are each, with probability ``topic_bias``, a uniform
