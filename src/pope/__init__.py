@@ -1,5 +1,34 @@
-"""pope: pluralistic off-policy evaluation and alignment of LLMs."""
+"""pope: pluralistic off-policy evaluation and alignment of LLMs.
+
+Main entry points: :class:`LoggedFeedback` (the log), :func:`evaluate` (POPE relevance,
+diversity and total with intervals), the baseline estimators in :mod:`pope.estimators`, and
+the coverage helpers :func:`coverage`, :func:`coverage_entropy`, :func:`diversity_reward`.
+
+``import pope`` stays light (NumPy only); torch is imported by :mod:`pope.ops` on use.
+Note that ``pope.coverage`` is the function; import the module's other names with
+``from pope.coverage import ...``.
+"""
 
 from __future__ import annotations
 
 __version__ = "0.1.0"
+
+from pope import estimators
+from pope.coverage import coverage, coverage_entropy, diversity_reward
+from pope.data import LoggedFeedback
+from pope.estimate import Diagnostics, Estimate, WeightOverflowError
+from pope.estimators.pope import PopeEstimate, evaluate
+
+__all__ = [
+    "Diagnostics",
+    "Estimate",
+    "LoggedFeedback",
+    "PopeEstimate",
+    "WeightOverflowError",
+    "__version__",
+    "coverage",
+    "coverage_entropy",
+    "diversity_reward",
+    "estimators",
+    "evaluate",
+]

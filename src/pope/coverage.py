@@ -1,0 +1,258 @@
+r"""Importance-weighted aspect coverage per prompt, its entropy, and the diversity reward.
+
+For prompt :math:`i` with logged responses :math:`k = 1..K_i`, log weights :math:`\ell_{ik}`
+(:math:`w = e^\ell`) and aspect rows :math:`q_{ik}` on the simplex over :math:`C` aspects (a
+one-hot row for a hard label :math:`a_{ik}`):
+
+* self-normalised coverage (``mode="self_normalized"``, default)
+  :math:`\hat p(c|x_i) = \sum_k w_{ik} q_{ik}(c) / \sum_k w_{ik}`;
+* IPS coverage (``mode="ips"``) :math:`\hat p(c|x_i) = \frac{1}{K_i}\sum_k w_{ik} q_{ik}(c)`
+  (unbiased for :math:`p_\pi(c|x_i)`, but a row need not sum to 1);
+* normalised coverage entropy :math:`h_i = H(\hat p(\cdot|x_i))/\log C
+  = -\sum_c \hat p_c\log\hat p_c/\log C \in [0, 1]`;
+* per-response diversity reward
+  :math:`d_{ik} = -\sum_c q_{ik}(c)\log\hat p(c|x_i)/\log C`, which satisfies
+  :math:`\sum_k w_{ik} d_{ik} / \sum_k w_{ik} = h_i` exactly under self-normalised coverage
+  (and :math:`\frac{1}{K_i}\sum_k w_{ik} d_{ik} = h_i` under IPS coverage).
+
+Conventions: :math:`0\log 0 = 0` (an aspect with :math:`\hat p = 0` contributes nothing, also to
+:math:`d`); a prompt whose weights are all zero (the target gives probability 0 to all its
+logged responses), or that has no response, has an all-zero coverage row and :math:`h_i = 0`;
+with a single aspect (:math:`C = 1`) the entropy and the diversity reward are 0 (no division by
+:math:`\log 1`).
+
+Every function takes either a :class:`~pope.data.LoggedFeedback` (whose ``prompt_ptr`` and
+aspects are used) or the CSR offsets ``prompt_ptr`` with ``aspect`` (hard labels, plus
+``n_aspects``) or ``aspect_probs`` (soft rows). ``log_weight`` is the log importance weight of
+each response in stored row order; ``None`` means all weights 1 (the logging policy's own
+coverage). Work is dispatched to the CPU backend (``backend=None``: automatic).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+import numpy as np
+
+from pope._validation import as_float_array, as_index_array, check_prompt_ptr
+from pope.backends import get_backend
+from pope.data import LoggedFeedback
+
+__all__ = ["CoverageMode", "coverage", "coverage_entropy", "diversity_reward"]
+
+CoverageMode = Literal["self_normalized", "ips"]
+
+_LOG_MAX = float(np.log(np.finfo(np.float64).max))
+_SOFT_TOL = 1e-6
+
+
+def resolve_aspects(
+    source: Any, aspect: Any, aspect_probs: Any, n_aspects: Any
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None, int]:
+    """Validated ``(prompt_ptr, labels, soft, C)`` from a feedback object or from arrays."""
+    if isinstance(source, LoggedFeedback):
+        if aspect is not None or aspect_probs is not None or n_aspects is not None:
+            raise ValueError(
+                "aspects come from the LoggedFeedback; do not also pass aspect, aspect_probs "
+                "or n_aspects"
+            )
+        if source.aspect is None and source.aspect_probs is None:
+            raise ValueError("this LoggedFeedback has no aspects (aspect or aspect_probs)")
+        c = int(source.n_aspects)
+        return source.prompt_ptr, source.aspect, source.aspect_probs, c
+    if (aspect is None) == (aspect_probs is None):
+        raise ValueError("give exactly one of aspect (hard labels) or aspect_probs (soft rows)")
+    if aspect is not None:
+        labels = as_index_array(aspect, "aspect")
+        n = labels.shape[0]
+        if n_aspects is None:
+            raise ValueError("n_aspects is required with hard aspect labels")
+        c = _check_n_aspects(n_aspects)
+        if n and (labels.min() < 0 or labels.max() >= c):
+            bad = labels[(labels < 0) | (labels >= c)][0]
+            raise ValueError(f"aspect label {bad} out of range [0, {c})")
+        ptr = check_prompt_ptr(source, n)
+        return ptr, labels, None, c
+    soft = as_float_array(aspect_probs, "aspect_probs", ndim=2)
+    n, c = soft.shape
+    if n_aspects is not None and _check_n_aspects(n_aspects) != c:
+        raise ValueError(f"aspect_probs has {c} columns, n_aspects={n_aspects}")
+    if c < 1:
+        raise ValueError("aspect_probs must have at least one column")
+    if n and soft.min() < 0:
+        raise ValueError("aspect_probs must be >= 0")
+    if n:
+        err = np.abs(soft.sum(axis=1) - 1.0)
+        if err.max() > _SOFT_TOL:
+            i = int(np.argmax(err))
+            raise ValueError(f"aspect_probs rows must sum to 1; row {i} sums to {soft[i].sum()!r}")
+    ptr = check_prompt_ptr(source, n)
+    return ptr, None, soft, c
+
+
+def _check_n_aspects(c: Any) -> int:
+    if isinstance(c, bool) or not isinstance(c, (int, np.integer)):
+        raise TypeError(f"n_aspects must be an int, got {type(c).__name__}")
+    if c < 1:
+        raise ValueError(f"n_aspects must be >= 1, got {c}")
+    return int(c)
+
+
+def check_log_weight(log_weight: Any, n: int, mode: str) -> np.ndarray:
+    """Validated log weights (``-inf`` allowed; NaN and ``+inf`` not); zeros for ``None``."""
+    if mode not in ("self_normalized", "ips"):
+        raise ValueError(f"mode must be 'self_normalized' or 'ips', got {mode!r}")
+    if log_weight is None:
+        return np.zeros(n)
+    lw = as_float_array(log_weight, "log_weight", allow_neginf=True)
+    if lw.shape[0] != n:
+        raise ValueError(f"log_weight has length {lw.shape[0]}, expected {n}")
+    if mode == "ips" and lw.size and lw.max() > _LOG_MAX:
+        raise ValueError(
+            f"a weight is exp({lw.max():.1f}), beyond float64, which IPS coverage cannot use; "
+            "use mode='self_normalized' or clip the weights"
+        )
+    return lw
+
+
+def coverage_core(
+    be: Any, ptr: np.ndarray, lw: np.ndarray, labels: np.ndarray | None,
+    soft: np.ndarray | None, c: int, self_normalize: bool,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Backend dispatch on validated inputs: ``(p (P, C), H (P,))``, H in nats."""
+    if labels is not None:
+        p, h = be.segment_coverage_hard(ptr, lw, labels, c, self_normalize)
+    else:
+        p, h = be.segment_coverage_soft(ptr, lw, soft, self_normalize)
+    return np.asarray(p, dtype=np.float64), np.asarray(h, dtype=np.float64)
+
+
+def diversity_core(
+    be: Any, ptr: np.ndarray, p: np.ndarray, labels: np.ndarray | None,
+    soft: np.ndarray | None, c: int,
+) -> np.ndarray:
+    """Backend dispatch on validated inputs: ``d / log C`` per response (0 for ``C == 1``)."""
+    if c == 1:
+        return np.zeros(ptr[-1])
+    if labels is not None:
+        d = be.diversity_reward_hard(ptr, p, labels)
+    else:
+        d = be.diversity_reward_soft(ptr, p, soft)
+    return np.asarray(d, dtype=np.float64) / math.log(c)
+
+
+def coverage(
+    source: LoggedFeedback | Any,
+    log_weight: Any = None,
+    *,
+    aspect: Any = None,
+    aspect_probs: Any = None,
+    n_aspects: int | None = None,
+    mode: CoverageMode = "self_normalized",
+    backend: str | None = None,
+) -> np.ndarray:
+    r"""Importance-weighted aspect coverage :math:`\hat p(c|x_i)` of every prompt.
+
+    Parameters
+    ----------
+    source : LoggedFeedback or (P+1,) array_like
+        A feedback object, or the CSR offsets ``prompt_ptr`` (responses of prompt ``i`` are
+        rows ``prompt_ptr[i]:prompt_ptr[i+1]``; non-decreasing, from 0 to ``N``).
+    log_weight : (N,) array_like, optional
+        Log importance weights :math:`\ell_{ik}` (``-inf`` = zero weight); ``None``: all 0.
+    aspect : (N,) int array_like, optional
+        Hard labels in ``[0, n_aspects)`` (with ``prompt_ptr`` only).
+    aspect_probs : (N, C) array_like, optional
+        Soft rows, non-negative, each summing to 1 within 1e-6 (with ``prompt_ptr`` only).
+    n_aspects : int, optional
+        :math:`C`; required with ``aspect``.
+    mode : {"self_normalized", "ips"}
+        Normaliser :math:`\sum_k w_{ik}` or :math:`K_i`.
+    backend : str, optional
+
+    Returns
+    -------
+    (P, C) float64
+        Rows of zero-weight or empty prompts are all 0.
+    """
+    ptr, labels, soft, c = resolve_aspects(source, aspect, aspect_probs, n_aspects)
+    lw = check_log_weight(log_weight, int(ptr[-1]), mode)
+    p, _ = coverage_core(get_backend(backend), ptr, lw, labels, soft, c,
+                         mode == "self_normalized")
+    return p
+
+
+def coverage_entropy(
+    source: LoggedFeedback | Any,
+    log_weight: Any = None,
+    *,
+    aspect: Any = None,
+    aspect_probs: Any = None,
+    n_aspects: int | None = None,
+    mode: CoverageMode = "self_normalized",
+    normalize: bool = True,
+    backend: str | None = None,
+) -> np.ndarray:
+    r"""Entropy of each prompt's coverage, :math:`H(\hat p(\cdot|x_i))`.
+
+    With ``normalize=True`` (default) divided by :math:`\log C`, so in :math:`[0, 1]` for
+    self-normalised coverage (0 when :math:`C = 1`); otherwise in nats. Arguments as in
+    :func:`coverage`.
+
+    Returns
+    -------
+    (P,) float64
+    """
+    ptr, labels, soft, c = resolve_aspects(source, aspect, aspect_probs, n_aspects)
+    lw = check_log_weight(log_weight, int(ptr[-1]), mode)
+    _, h = coverage_core(get_backend(backend), ptr, lw, labels, soft, c,
+                         mode == "self_normalized")
+    if normalize:
+        return h / math.log(c) if c > 1 else np.zeros_like(h)
+    return h
+
+
+def diversity_reward(
+    source: LoggedFeedback | Any,
+    log_weight: Any = None,
+    *,
+    aspect: Any = None,
+    aspect_probs: Any = None,
+    n_aspects: int | None = None,
+    mode: CoverageMode = "self_normalized",
+    p: Any = None,
+    backend: str | None = None,
+) -> np.ndarray:
+    r"""Per-response diversity reward :math:`d_{ik} = -\sum_c q_{ik}(c)\log\hat p(c|x_i)/\log C`.
+
+    It decomposes the coverage entropy into per-response terms,
+    :math:`\sum_k w_{ik} d_{ik} / \sum_k w_{ik} = H(\hat p_i)/\log C`, so that relevance and
+    diversity share one importance-weighted form :math:`R = r + \lambda d`; it is also the
+    per-response factor of the policy gradient of :math:`H(p_\pi)`. Terms with
+    :math:`\hat p = 0` count 0; :math:`d = 0` when :math:`C = 1`.
+
+    Parameters
+    ----------
+    source, log_weight, aspect, aspect_probs, n_aspects, mode, backend
+        As in :func:`coverage`.
+    p : (P, C) array_like, optional
+        A coverage already computed (e.g. under a stop-gradient); by default computed from
+        ``log_weight``.
+
+    Returns
+    -------
+    (N,) float64, in stored row order.
+    """
+    ptr, labels, soft, c = resolve_aspects(source, aspect, aspect_probs, n_aspects)
+    be = get_backend(backend)
+    if p is None:
+        lw = check_log_weight(log_weight, int(ptr[-1]), mode)
+        pp, _ = coverage_core(be, ptr, lw, labels, soft, c, mode == "self_normalized")
+    else:
+        pp = as_float_array(p, "p", ndim=2)
+        if pp.shape != (ptr.shape[0] - 1, c):
+            raise ValueError(f"p must have shape {(ptr.shape[0] - 1, c)}, got {pp.shape}")
+        if pp.size and pp.min() < 0:
+            raise ValueError("p must be >= 0")
+    return diversity_core(be, ptr, pp, labels, soft, c)

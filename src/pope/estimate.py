@@ -1,0 +1,786 @@
+r"""Estimates, their diagnostics, and mergeable sufficient statistics.
+
+Every estimator of :mod:`pope.estimators` returns an :class:`Estimate`: the point value, a
+standard error, intervals (:meth:`Estimate.ci`), a high-confidence lower bound
+(:meth:`Estimate.lower_bound`), per-sample contributions (:attr:`Estimate.contributions`, computed
+on first access), weight :class:`Diagnostics`, and the estimator's sufficient statistics
+(:attr:`Estimate.stats`).
+
+Sufficient statistics are sums over samples. They are *mergeable*: the statistics of two
+disjoint shards add (``a + b``) to the statistics of their union, up to float rounding, so a log
+can be processed in pieces (streaming, several machines) and merged. Weighted sums are stored
+*scaled*: with :math:`m` the largest (clipped) log weight seen, the stored weights are
+:math:`\tilde w = e^{\ell - m}\le 1`; merging rescales both sides to the larger :math:`m`.
+Self-normalised estimators only need ratios of scaled sums, so they never overflow; linear
+estimators multiply by :math:`e^m` at the end and raise :class:`WeightOverflowError` if the
+result leaves the float64 range.
+
+Standard errors
+---------------
+For a linear estimator :math:`\hat V = \frac1n\sum_i X_i` the standard error is
+:math:`\sqrt{s^2/n}` with the unbiased sample variance :math:`s^2` of the :math:`X_i`.
+For a ratio (self-normalised) estimator it is the delta-method (linearisation) standard error
+:math:`\sqrt{\sum_i \psi_i^2 / (n(n-1))}` with the influence terms :math:`\psi_i` given with each
+statistics class.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+__all__ = [
+    "DRStats",
+    "Diagnostics",
+    "Estimate",
+    "IPSStats",
+    "IntervalMethod",
+    "MeanStats",
+    "WeightMoments",
+    "WeightOverflowError",
+]
+
+IntervalMethod = Literal["normal", "t", "bootstrap", "hoeffding", "bernstein"]
+BoundMethod = Literal["auto", "hoeffding", "bernstein"]
+
+_LOG_MAX = float(np.log(np.finfo(np.float64).max))
+
+
+class WeightOverflowError(OverflowError):
+    """An importance-weighted quantity does not fit in float64.
+
+    Raised by linear (non-self-normalised) estimators when a weight or the estimate exceeds
+    about :math:`e^{709.78}`. Pass ``clip=M`` or use a self-normalised estimator (``snips``,
+    ``sndr``), which works with scaled weights and never overflows.
+    """
+
+
+def _factor(m_from: float, m_to: float) -> float:
+    """:math:`e^{m_{from} - m_{to}}` with ``m_from = -inf`` (empty or all-zero side) giving 0."""
+    if m_from == -math.inf:
+        return 0.0
+    return math.exp(m_from - m_to)
+
+
+def _scaled(m: float, x: float, what: str) -> float:
+    r""":math:`x e^m` computed in log space; :class:`WeightOverflowError` beyond float64."""
+    if x == 0.0 or m == -math.inf:
+        return 0.0
+    lv = m + math.log(abs(x))
+    if lv > _LOG_MAX:
+        raise WeightOverflowError(
+            f"{what}: the importance weights reach exp({m:.1f}) and the estimate exceeds the "
+            "float64 range; pass clip=M or use a self-normalised estimator (snips / sndr)"
+        )
+    return math.copysign(math.exp(lv), x)
+
+
+def _check_same(a: Any, b: Any, names: tuple[str, ...]) -> None:
+    if type(a) is not type(b):
+        raise TypeError(f"cannot merge {type(a).__name__} with {type(b).__name__}")
+    for nm in names:
+        x, y = getattr(a, nm), getattr(b, nm)
+        if x != y and not (isinstance(x, float) and math.isnan(x) and math.isnan(y)):
+            raise ValueError(
+                f"cannot merge statistics computed with different {nm}: {x!r} != {y!r}"
+            )
+
+
+# ----------------------------------------------------------------------------- diagnostics
+@dataclass(frozen=True)
+class Diagnostics:
+    r"""Importance-weight diagnostics of an estimate.
+
+    Attributes
+    ----------
+    n : int
+        Number of importance weights (responses, lists or list positions).
+    ess : float
+        Effective sample size :math:`(\sum_i w_i)^2 / \sum_i w_i^2 \in [1, n]` (scale-free);
+        NaN without weights.
+    max_weight : float
+        Largest weight actually used (after clipping/smoothing); may be ``inf`` when it
+        exceeds float64 (see ``log_max_weight``).
+    mean_weight : float
+        :math:`\frac1n\sum_i w_i`; close to 1 when the log supports the target policy.
+    clipped_fraction : float
+        Fraction of weights with :math:`w > M` (0 without clipping).
+    log_max_weight : float
+        :math:`\log` of ``max_weight``, always finite unless every weight is 0.
+    n_units : int
+        Independent units the standard error is computed over (samples, or prompts for POPE).
+    extra : Mapping[str, float]
+        Estimator-specific entries (e.g. ``max_unclipped_weight``, ``switched_fraction``).
+    """
+
+    n: int
+    ess: float
+    max_weight: float
+    mean_weight: float
+    clipped_fraction: float
+    log_max_weight: float
+    n_units: int
+    extra: Mapping[str, float] = field(default_factory=dict)
+
+    @property
+    def ess_fraction(self) -> float:
+        """``ess / n``: 1 when all weights are equal."""
+        return self.ess / self.n if self.n else math.nan
+
+    @classmethod
+    def without_weights(cls, n: int) -> Diagnostics:
+        """Diagnostics of an estimator that uses no importance weight (DM)."""
+        nan = math.nan
+        return cls(n=n, ess=nan, max_weight=nan, mean_weight=nan, clipped_fraction=nan,
+                   log_max_weight=nan, n_units=n)
+
+
+@dataclass(frozen=True)
+class WeightMoments:
+    r"""Mergeable moments of a sample of (clipped) importance weights.
+
+    Weights are stored scaled: :math:`\sum \tilde w` and :math:`\sum \tilde w^2` with
+    :math:`\tilde w = e^{\ell - m}`, ``log_scale`` :math:`= m` (``-inf`` when empty or all 0).
+    """
+
+    log_scale: float
+    n: int
+    sum_w: float
+    sum_w2: float
+    n_clipped: int
+    max_log_ratio: float
+
+    @classmethod
+    def from_moments(cls, mom: np.ndarray) -> WeightMoments:
+        """From the vector of :func:`pope.backends.reference.ips_moments`."""
+        return cls(log_scale=float(mom[0]), n=int(mom[1]), sum_w=float(mom[2]),
+                   sum_w2=float(mom[3]), n_clipped=int(mom[7]), max_log_ratio=float(mom[8]))
+
+    def __add__(self, other: WeightMoments) -> WeightMoments:
+        if not isinstance(other, WeightMoments):
+            return NotImplemented
+        m = max(self.log_scale, other.log_scale)
+        fa, fb = _factor(self.log_scale, m), _factor(other.log_scale, m)
+        return WeightMoments(
+            log_scale=m,
+            n=self.n + other.n,
+            sum_w=fa * self.sum_w + fb * other.sum_w,
+            sum_w2=fa * fa * self.sum_w2 + fb * fb * other.sum_w2,
+            n_clipped=self.n_clipped + other.n_clipped,
+            max_log_ratio=max(self.max_log_ratio, other.max_log_ratio),
+        )
+
+    def diagnostics(
+        self, n_units: int | None = None, extra: Mapping[str, float] | None = None
+    ) -> Diagnostics:
+        """The :class:`Diagnostics` of these weights."""
+        n, m = self.n, self.log_scale
+        ess = self.sum_w**2 / self.sum_w2 if self.sum_w2 > 0 else 0.0
+        with np.errstate(over="ignore"):
+            max_w = float(np.exp(m)) if n else math.nan
+            mean_w = (float(np.exp(m + math.log(self.sum_w / n))) if self.sum_w > 0 else 0.0) \
+                if n else math.nan
+            max_raw = float(np.exp(self.max_log_ratio)) if n else math.nan
+        ex = {"max_unclipped_weight": max_raw}
+        ex.update(extra or {})
+        return Diagnostics(
+            n=n,
+            ess=ess,
+            max_weight=max_w,
+            mean_weight=mean_w,
+            clipped_fraction=self.n_clipped / n if n else math.nan,
+            log_max_weight=m,
+            n_units=n if n_units is None else n_units,
+            extra=ex,
+        )
+
+
+# ----------------------------------------------------------------------------- estimate
+BootstrapData = tuple[np.ndarray, Callable[[np.ndarray], np.ndarray]]
+
+
+@dataclass(frozen=True, eq=False)
+class Estimate:
+    r"""An off-policy estimate with its uncertainty.
+
+    Attributes
+    ----------
+    value : float
+        The point estimate :math:`\hat V`.
+    stderr : float
+        Estimated standard error (NaN with fewer than 2 units).
+    n : int
+        Number of independent units (samples; prompts for POPE).
+    diagnostics : Diagnostics
+    estimator : str
+        Name of the estimator (``"ips"``, ``"snips"``, ``"pope.total"``, ...).
+    alpha : float
+        Default :math:`\alpha` of :meth:`ci`.
+    stats : object
+        The mergeable sufficient statistics (``IPSStats``, ``DRStats``, ``MeanStats``,
+        ``PopeStats``); ``stats.estimate()`` reproduces this estimate.
+    bound_range : (float, float) or None
+        A priori range :math:`[a, b]` of each unit's term, used by :meth:`lower_bound` and the
+        ``"hoeffding"`` / ``"bernstein"`` intervals; ``None`` when no finite-sample bound
+        applies (self-normalised and POPE estimates).
+    bound_heuristic : bool
+        The range uses the largest *observed* weight because no clip bounds the weights; such a
+        bound is heuristic and is only returned with ``heuristic=True``.
+    bound_note : str
+        Why no (exact) bound is available.
+    backend : str or None
+        CPU backend used for the bootstrap.
+    """
+
+    value: float
+    stderr: float
+    n: int
+    diagnostics: Diagnostics
+    estimator: str = "estimate"
+    alpha: float = 0.05
+    stats: Any = None
+    bound_range: tuple[float, float] | None = None
+    bound_heuristic: bool = False
+    bound_note: str = ""
+    backend: str | None = None
+    _contrib_fn: Callable[[], np.ndarray] | None = field(default=None, repr=False)
+    _boot_fn: Callable[[], BootstrapData] | None = field(default=None, repr=False)
+    _cache: dict = field(init=False, default_factory=dict, repr=False)
+
+    # ------------------------------------------------------------------ basic views
+    @property
+    def variance(self) -> float:
+        """``stderr ** 2``: estimated variance of :attr:`value`."""
+        return self.stderr**2
+
+    @property
+    def contributions(self) -> np.ndarray:
+        r"""Per-unit contributions :math:`X_i` whose mean is :attr:`value`.
+
+        Linear estimators: the summands (e.g. :math:`w_i r_i` for IPS). Self-normalised ones:
+        :math:`n\,w_i r_i / \sum_j w_j` (SNIPS) and the like, so that
+        :math:`\frac1n\sum_i X_i = \hat V` still holds. Computed on first access (read-only
+        array). Not available for an estimate rebuilt from merged statistics.
+        """
+        if "contributions" not in self._cache:
+            if self._contrib_fn is None:
+                raise ValueError(
+                    f"{self.estimator}: per-sample contributions need the data; this estimate "
+                    "was built from (merged) sufficient statistics only"
+                )
+            c = np.asarray(self._contrib_fn(), dtype=np.float64)
+            c.flags.writeable = False
+            self._cache["contributions"] = c
+        return self._cache["contributions"]
+
+    # ------------------------------------------------------------------ bootstrap
+    def bootstrap(self, n_boot: int = 2000, seed: int = 0) -> np.ndarray:
+        """Bootstrap replicates of the estimate, ``(n_boot,)``.
+
+        Resamples units with replacement through the backend's ``bootstrap_sums`` (the same
+        resamples on every backend for a given ``seed``). Ratio estimators resample their
+        numerator and denominator together (one row per unit holds both).
+        """
+        if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or n_boot < 1:
+            raise ValueError(f"n_boot must be an integer >= 1, got {n_boot!r}")
+        if (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))
+                or not 0 <= int(seed) < 2**64):
+            raise ValueError(f"seed must be an integer in [0, 2**64), got {seed!r}")
+        key = ("bootstrap", int(n_boot), int(seed))
+        if key not in self._cache:
+            if self._boot_fn is None:
+                raise ValueError(
+                    f"{self.estimator}: the bootstrap needs the data; this estimate was built "
+                    "from (merged) sufficient statistics only"
+                )
+            from pope.backends import get_backend
+
+            values, fn = self._boot_fn()
+            values = np.ascontiguousarray(values, dtype=np.float64)
+            sums = get_backend(self.backend).bootstrap_sums(values, int(n_boot), int(seed))
+            reps = np.asarray(fn(np.asarray(sums)), dtype=np.float64)
+            reps.flags.writeable = False
+            self._cache[key] = reps
+        return self._cache[key]
+
+    # ------------------------------------------------------------------ intervals
+    def ci(
+        self,
+        alpha: float | None = None,
+        method: IntervalMethod = "normal",
+        *,
+        n_boot: int = 2000,
+        seed: int = 0,
+        heuristic: bool = False,
+    ) -> tuple[float, float]:
+        r"""Two-sided :math:`1-\alpha` confidence interval.
+
+        Parameters
+        ----------
+        alpha : float in (0, 1), optional
+            Defaults to :attr:`alpha`.
+        method : {"normal", "t", "bootstrap", "hoeffding", "bernstein"}
+            ``"normal"``: :math:`\hat V \pm z_{1-\alpha/2}\,\mathrm{se}`;
+            ``"t"``: :math:`\hat V \pm t_{n-1,1-\alpha/2}\,\mathrm{se}`;
+            ``"bootstrap"``: percentile interval of ``n_boot`` resamples (``seed``);
+            ``"hoeffding"`` / ``"bernstein"``: :math:`\hat V \pm h` with the one-sided
+            half-width :math:`h` of :meth:`lower_bound` at level :math:`\alpha/2` (needs a
+            bounded estimator, see :attr:`bound_range`).
+        n_boot, seed : int
+            Bootstrap size and seed.
+        heuristic : bool
+            Allow a concentration interval whose range uses the largest observed weight.
+
+        Returns
+        -------
+        (lower, upper)
+            ``(-inf, inf)`` for the normal/t intervals when the standard error is undefined
+            (fewer than two units).
+        """
+        from pope.estimators import intervals as iv
+
+        a = iv.check_alpha(self.alpha if alpha is None else alpha)
+        v = self.value
+        if method in ("normal", "t"):
+            if not math.isfinite(self.stderr) or self.n < 2:
+                return (-math.inf, math.inf)
+            q = (iv.normal_quantile(1.0 - a / 2.0) if method == "normal"
+                 else iv.t_quantile(1.0 - a / 2.0, self.n - 1))
+            return (v - q * self.stderr, v + q * self.stderr)
+        if method == "bootstrap":
+            return iv.percentile_interval(self.bootstrap(n_boot, seed), a)
+        if method in ("hoeffding", "bernstein"):
+            h = self._halfwidth(method, a / 2.0, heuristic)
+            return (v - h, v + h)
+        raise ValueError(
+            "method must be one of 'normal', 't', 'bootstrap', 'hoeffding', 'bernstein', "
+            f"got {method!r}"
+        )
+
+    def _value_range(self, heuristic: bool) -> float:
+        if self.bound_range is None:
+            raise ValueError(f"{self.estimator}: no finite-sample bound. {self.bound_note}")
+        if self.bound_heuristic and not heuristic:
+            raise ValueError(
+                f"{self.estimator}: {self.bound_note} Pass clip=M for a valid bound, or "
+                "heuristic=True to use the largest observed weight (not a guaranteed bound)."
+            )
+        lo, hi = self.bound_range
+        return hi - lo
+
+    def _halfwidth(self, method: str, delta: float, heuristic: bool) -> float:
+        from pope.estimators import intervals as iv
+
+        rng = self._value_range(heuristic)
+        var = self.n * self.stderr**2 if self.n > 1 else math.nan
+        if method == "hoeffding":
+            return iv.hoeffding_halfwidth(rng, self.n, delta)
+        if method == "bernstein":
+            return iv.empirical_bernstein_halfwidth(rng, var, self.n, delta)
+        if method == "auto":
+            return min(iv.hoeffding_halfwidth(rng, self.n, delta / 2.0),
+                       iv.empirical_bernstein_halfwidth(rng, var, self.n, delta / 2.0))
+        raise ValueError(f"method must be one of 'auto', 'hoeffding', 'bernstein', got {method!r}")
+
+    def lower_bound(
+        self, delta: float = 0.05, *, method: BoundMethod = "auto", heuristic: bool = False
+    ) -> float:
+        r"""High-confidence lower bound: :math:`P(\mathbb E\hat V \ge L) \ge 1-\delta`.
+
+        For an estimator that is a mean of i.i.d. terms in a known range :math:`[a, b]`
+        (:attr:`bound_range`, :math:`R = b - a`):
+
+        * ``"hoeffding"``: :math:`L = \hat V - R\sqrt{\log(1/\delta)/(2n)}`. For IPS clipped at
+          :math:`M` with rewards in :math:`[0,1]`, :math:`R = M` and this is
+          :math:`\hat V - M\sqrt{\log(1/\delta)/(2N)}`.
+        * ``"bernstein"``: the empirical Bernstein bound of Maurer & Pontil (2009),
+          :math:`L = \hat V - \sqrt{2 s^2\log(2/\delta)/n} - 7R\log(2/\delta)/(3(n-1))`;
+          much tighter when the variance :math:`s^2` is small compared with :math:`R^2`.
+        * ``"auto"`` (default): the larger of the two, each at level :math:`\delta/2` (a union
+          bound, so the result is still valid at :math:`1-\delta`).
+
+        The bound holds for the *expectation of the estimator*: the policy value for unbiased
+        estimators; for IPS clipped at :math:`M` with rewards :math:`\ge 0` that expectation is
+        itself :math:`\le V`, so the bound is also a lower bound of :math:`V`.
+
+        Without clipping no a priori range exists; then ``ValueError`` is raised unless
+        ``heuristic=True``, which uses the largest observed weight (not a guaranteed bound).
+        Self-normalised and POPE estimates have no bound (``ValueError``).
+        """
+        from pope.estimators import intervals as iv
+
+        d = iv.check_alpha(delta, "delta")
+        return self.value - self._halfwidth(method, d, heuristic)
+
+    # ------------------------------------------------------------------ display
+    def __repr__(self) -> str:
+        lo, hi = self.ci()
+        a = self.alpha
+        return (
+            f"Estimate({self.estimator}: {self.value:.6g} ± {self.stderr:.3g} (se), "
+            f"{100 * (1 - a):g}% CI [{lo:.6g}, {hi:.6g}], n={self.n}, "
+            f"ess={self.diagnostics.ess:.4g})"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-Python summary (value, stderr, normal CI, n and diagnostics)."""
+        lo, hi = self.ci()
+        d = self.diagnostics
+        return {
+            "estimator": self.estimator,
+            "value": self.value,
+            "stderr": self.stderr,
+            "ci_lower": lo,
+            "ci_upper": hi,
+            "alpha": self.alpha,
+            "n": self.n,
+            "ess": d.ess,
+            "max_weight": d.max_weight,
+            "mean_weight": d.mean_weight,
+            "clipped_fraction": d.clipped_fraction,
+        }
+
+
+# ----------------------------------------------------------------------------- statistics
+def _linear(m: float, n: int, s1: float, s2: float, what: str) -> tuple[float, float]:
+    r"""Value and standard error of a mean from the scaled sums of :math:`X = e^m\tilde X`."""
+    value = _scaled(m, s1 / n, what)
+    if n < 2:
+        return value, math.nan
+    var = max(s2 - s1 * s1 / n, 0.0) / (n - 1)
+    return value, _scaled(m, math.sqrt(var / n), what)
+
+
+def _sg_log_cap(log_clip: float, lam: float) -> float | None:
+    """log of the largest possible smoothed weight ``w_lam`` (None if unbounded)."""
+    if math.isfinite(log_clip):
+        a = math.log1p(-lam) if lam < 1 else -math.inf
+        b = (math.log(lam) if lam > 0 else -math.inf) + log_clip
+        return log_clip - float(np.logaddexp(a, b))
+    if lam > 0:
+        return -math.log(lam)
+    return None
+
+
+_NO_CLIP_NOTE = "The weights are unbounded (no clip), so the range of the terms is unknown."
+_REWARD_NOTE = "Finite-sample bounds need rewards (and reward models) in [0, 1]."
+
+
+def _bound(lo_hi: Callable[[float], tuple[float, float]], log_cap: float | None,
+           log_observed: float, rewards_ok: bool) -> tuple[tuple[float, float] | None, bool, str]:
+    if not rewards_ok:
+        return None, False, _REWARD_NOTE
+    if log_cap is None:
+        with np.errstate(over="ignore"):
+            return lo_hi(float(np.exp(log_observed))), True, _NO_CLIP_NOTE
+    with np.errstate(over="ignore"):
+        return lo_hi(float(np.exp(log_cap))), False, ""
+
+
+@dataclass(frozen=True)
+class IPSStats:
+    r"""Sufficient statistics of the IPS family (IPS, SNIPS, SIPS, sub-Gaussian IPS).
+
+    Sums of the scaled weights :math:`\tilde w_i = e^{\ell_i - m}` and rewards :math:`r_i`:
+    ``sum_w`` :math:`=\sum\tilde w`, ``sum_w2`` :math:`=\sum\tilde w^2`, ``sum_wr``
+    :math:`=\sum\tilde w r`, ``sum_w2r2`` :math:`=\sum(\tilde w r)^2`, ``sum_w2r``
+    :math:`=\sum\tilde w^2 r`, with ``log_scale`` :math:`m`.
+
+    Estimates
+    ---------
+    Linear kinds (``"ips"``, ``"sips"``, ``"sub_gaussian_ips"``):
+    :math:`\hat V = e^m \sum\tilde w r / n`, standard error from the sample variance of
+    :math:`w r`.
+
+    ``"snips"``: :math:`\hat V = \sum\tilde w r/\sum\tilde w` with influence terms
+    :math:`\psi_i = w_i(r_i - \hat V)/\bar w`, so
+    :math:`\sum\psi_i^2 = (\sum\tilde w^2r^2 - 2\hat V\sum\tilde w^2 r
+    + \hat V^2\sum\tilde w^2)/\bar{\tilde w}^2`.
+
+    ``a + b`` merges two shards (same kind and parameters).
+    """
+
+    kind: str
+    log_scale: float
+    n: int
+    sum_w: float
+    sum_w2: float
+    sum_wr: float
+    sum_w2r2: float
+    sum_w2r: float
+    n_clipped: int
+    max_log_ratio: float
+    log_clip: float = math.inf
+    lam: float = 0.0
+    list_length: int = 1
+    rewards_in_range: bool = True
+
+    _PARAMS = ("kind", "log_clip", "lam", "list_length")
+
+    @classmethod
+    def from_moments(cls, kind: str, mom: np.ndarray, **params: Any) -> IPSStats:
+        """From the 9-vector of ``ips_moments``."""
+        return cls(kind=kind, log_scale=float(mom[0]), n=int(mom[1]), sum_w=float(mom[2]),
+                   sum_w2=float(mom[3]), sum_wr=float(mom[4]), sum_w2r2=float(mom[5]),
+                   sum_w2r=float(mom[6]), n_clipped=int(mom[7]), max_log_ratio=float(mom[8]),
+                   **params)
+
+    @property
+    def weights(self) -> WeightMoments:
+        """The weight moments alone (for diagnostics)."""
+        return WeightMoments(self.log_scale, self.n, self.sum_w, self.sum_w2, self.n_clipped,
+                             self.max_log_ratio)
+
+    def __add__(self, other: IPSStats) -> IPSStats:
+        if not isinstance(other, IPSStats):
+            return NotImplemented
+        _check_same(self, other, self._PARAMS)
+        m = max(self.log_scale, other.log_scale)
+        fa, fb = _factor(self.log_scale, m), _factor(other.log_scale, m)
+        fa2, fb2 = fa * fa, fb * fb
+        return IPSStats(
+            kind=self.kind,
+            log_scale=m,
+            n=self.n + other.n,
+            sum_w=fa * self.sum_w + fb * other.sum_w,
+            sum_w2=fa2 * self.sum_w2 + fb2 * other.sum_w2,
+            sum_wr=fa * self.sum_wr + fb * other.sum_wr,
+            sum_w2r2=fa2 * self.sum_w2r2 + fb2 * other.sum_w2r2,
+            sum_w2r=fa2 * self.sum_w2r + fb2 * other.sum_w2r,
+            n_clipped=self.n_clipped + other.n_clipped,
+            max_log_ratio=max(self.max_log_ratio, other.max_log_ratio),
+            log_clip=self.log_clip,
+            lam=self.lam,
+            list_length=self.list_length,
+            rewards_in_range=self.rewards_in_range and other.rewards_in_range,
+        )
+
+    def estimate(self, alpha: float = 0.05) -> Estimate:
+        """The :class:`Estimate` these statistics determine (no contributions or bootstrap)."""
+        n, m = self.n, self.log_scale
+        if n == 0:
+            raise ValueError(f"{self.kind}: no samples")
+        extra = {}
+        if self.kind == "snips":
+            if self.sum_w <= 0:
+                raise ValueError(
+                    "snips: every importance weight is zero (the target gives probability 0 "
+                    "to every logged response); the self-normalised estimate is undefined"
+                )
+            v = self.sum_wr / self.sum_w
+            wbar = self.sum_w / n
+            ss = (self.sum_w2r2 - 2.0 * v * self.sum_w2r + v * v * self.sum_w2) / wbar**2
+            se = math.sqrt(max(ss, 0.0) / (n * (n - 1))) if n > 1 else math.nan
+            rng, heur, note = None, False, (
+                "Self-normalised estimators are ratios, not means of bounded i.i.d. terms; "
+                "use ci('normal'|'t'|'bootstrap'), or ips/sub_gaussian_ips with clip."
+            )
+        else:
+            v, se = _linear(m, n, self.sum_wr, self.sum_w2r2, self.kind)
+            if self.kind == "sub_gaussian_ips":
+                log_cap = _sg_log_cap(self.log_clip, self.lam)
+                extra["lam"] = self.lam
+            else:
+                log_cap = self.log_clip if math.isfinite(self.log_clip) else None
+            L = self.list_length
+            rng, heur, note = _bound(lambda M: (0.0, M * L), log_cap, m, self.rewards_in_range)
+        return Estimate(
+            value=v,
+            stderr=se,
+            n=n,
+            diagnostics=self.weights.diagnostics(extra=extra),
+            estimator=self.kind,
+            alpha=alpha,
+            stats=self,
+            bound_range=rng,
+            bound_heuristic=heur,
+            bound_note=note,
+        )
+
+
+@dataclass(frozen=True)
+class DRStats:
+    r"""Sufficient statistics of the doubly robust family (DR, SNDR, Switch-DR).
+
+    With :math:`\delta_i = r_i - \hat r_i` (set to 0 where Switch-DR falls back to DM,
+    i.e. where :math:`w_i > \tau`) and the model value :math:`\hat v_i`, the scaled sums
+    ``sum_wd`` :math:`=\sum\tilde w\delta`, ``sum_w2d2`` :math:`=\sum\tilde w^2\delta^2`,
+    ``sum_w2d`` :math:`=\sum\tilde w^2\delta`, ``sum_wvd`` :math:`=\sum\tilde w\hat v\delta`,
+    ``sum_wv`` :math:`=\sum\tilde w\hat v`, and the unscaled ``sum_v``, ``sum_v2``.
+
+    Estimates
+    ---------
+    DR / Switch-DR: :math:`X_i = \hat v_i + w_i\delta_i`, :math:`\hat V = \bar X`; the sample
+    variance expands to
+    :math:`(n-1)s^2 = \sum(\hat v-\bar v)^2 + 2e^m(\sum\tilde w\hat v\delta - \bar v\sum\tilde
+    w\delta) + e^{2m}(\sum\tilde w^2\delta^2 - (\sum\tilde w\delta)^2/n)`.
+
+    SNDR: :math:`\hat V = \bar v + D`, :math:`D = \sum\tilde w\delta/\sum\tilde w`; influence
+    :math:`\psi_i = (\hat v_i - \bar v) + w_i(\delta_i - D)/\bar w`, whose squares sum to
+    :math:`\sum(\hat v-\bar v)^2 + \frac{2}{\bar w}(\sum w\hat v\delta - D\sum w\hat v)
+    + \frac{1}{\bar w^2}(\sum w^2\delta^2 - 2D\sum w^2\delta + D^2\sum w^2)`.
+    """
+
+    kind: str
+    log_scale: float
+    n: int
+    sum_w: float
+    sum_w2: float
+    sum_wd: float
+    sum_w2d2: float
+    sum_w2d: float
+    sum_wvd: float
+    sum_wv: float
+    sum_v: float
+    sum_v2: float
+    n_clipped: int
+    max_log_ratio: float
+    n_switched: int = 0
+    log_clip: float = math.inf
+    log_tau: float = math.inf
+    rewards_in_range: bool = True
+
+    _PARAMS = ("kind", "log_clip", "log_tau")
+    _SCALED1 = ("sum_w", "sum_wd", "sum_wvd", "sum_wv")
+    _SCALED2 = ("sum_w2", "sum_w2d2", "sum_w2d")
+
+    @property
+    def weights(self) -> WeightMoments:
+        """The weight moments alone (for diagnostics)."""
+        return WeightMoments(self.log_scale, self.n, self.sum_w, self.sum_w2, self.n_clipped,
+                             self.max_log_ratio)
+
+    def __add__(self, other: DRStats) -> DRStats:
+        if not isinstance(other, DRStats):
+            return NotImplemented
+        _check_same(self, other, self._PARAMS)
+        m = max(self.log_scale, other.log_scale)
+        fa, fb = _factor(self.log_scale, m), _factor(other.log_scale, m)
+        kw: dict[str, Any] = {}
+        for nm in self._SCALED1:
+            kw[nm] = fa * getattr(self, nm) + fb * getattr(other, nm)
+        for nm in self._SCALED2:
+            kw[nm] = fa * fa * getattr(self, nm) + fb * fb * getattr(other, nm)
+        return DRStats(
+            kind=self.kind, log_scale=m, n=self.n + other.n,
+            sum_v=self.sum_v + other.sum_v, sum_v2=self.sum_v2 + other.sum_v2,
+            n_clipped=self.n_clipped + other.n_clipped,
+            max_log_ratio=max(self.max_log_ratio, other.max_log_ratio),
+            n_switched=self.n_switched + other.n_switched,
+            log_clip=self.log_clip, log_tau=self.log_tau,
+            rewards_in_range=self.rewards_in_range and other.rewards_in_range,
+            **kw,
+        )
+
+    def estimate(self, alpha: float = 0.05) -> Estimate:
+        """The :class:`Estimate` these statistics determine (no contributions or bootstrap)."""
+        n, m = self.n, self.log_scale
+        if n == 0:
+            raise ValueError(f"{self.kind}: no samples")
+        vbar = self.sum_v / n
+        a = max(self.sum_v2 - self.sum_v * vbar, 0.0)  # sum (v - vbar)^2
+        extra: dict[str, float] = {}
+        if self.kind == "switch_dr":
+            extra["switched_fraction"] = self.n_switched / n
+            extra["tau"] = math.exp(self.log_tau) if self.log_tau < _LOG_MAX else math.inf
+        if self.kind == "sndr":
+            if self.sum_w <= 0:
+                raise ValueError("sndr: every importance weight is zero; the estimate is undefined")
+            d = self.sum_wd / self.sum_w
+            v = vbar + d
+            wbar = self.sum_w / n
+            ss = (a + 2.0 * (self.sum_wvd - d * self.sum_wv) / wbar
+                  + (self.sum_w2d2 - 2.0 * d * self.sum_w2d + d * d * self.sum_w2) / wbar**2)
+            se = math.sqrt(max(ss, 0.0) / (n * (n - 1))) if n > 1 else math.nan
+            rng, heur, note = None, False, (
+                "Self-normalised estimators are ratios, not means of bounded i.i.d. terms; "
+                "use ci('normal'|'t'|'bootstrap'), or dr/switch_dr with clip."
+            )
+        else:
+            v = vbar + _scaled(m, self.sum_wd / n, self.kind)
+            if n > 1:
+                e = _scaled(m, 1.0, self.kind) if self.sum_wd or self.sum_w2d2 else 0.0
+                b = self.sum_wvd - vbar * self.sum_wd
+                c = max(self.sum_w2d2 - self.sum_wd**2 / n, 0.0)
+                if e >= 1.0:
+                    se = e * math.sqrt(max(a / e**2 + 2.0 * b / e + c, 0.0) / (n * (n - 1)))
+                else:
+                    se = math.sqrt(max(a + 2.0 * e * b + e * e * c, 0.0) / (n * (n - 1)))
+            else:
+                se = math.nan
+            log_cap = min(self.log_clip, self.log_tau)
+            rng, heur, note = _bound(lambda M: (-M, 1.0 + M),
+                                     log_cap if math.isfinite(log_cap) else None, m,
+                                     self.rewards_in_range)
+        return Estimate(
+            value=v, stderr=se, n=n, diagnostics=self.weights.diagnostics(extra=extra),
+            estimator=self.kind, alpha=alpha, stats=self, bound_range=rng,
+            bound_heuristic=heur, bound_note=note,
+        )
+
+
+@dataclass(frozen=True)
+class MeanStats:
+    r"""Sufficient statistics of an estimator that is a plain mean of per-sample terms.
+
+    Used by DM (:math:`X_i = \hat v_i`), IIPS and RIPS (:math:`X_i = \sum_l w_{il} r_{il}`).
+    Stores :math:`\sum\tilde X` and :math:`\sum\tilde X^2` of the scaled terms
+    :math:`\tilde X = e^{-m}X` (``log_scale`` :math:`m`, 0 for DM), and the weight moments of
+    the per-position weights (``None`` for DM).
+    """
+
+    kind: str
+    log_scale: float
+    n: int
+    sum_x: float
+    sum_x2: float
+    weights: WeightMoments | None = None
+    log_clip: float = math.inf
+    list_length: int = 1
+    rewards_in_range: bool = True
+
+    _PARAMS = ("kind", "log_clip", "list_length")
+
+    def __add__(self, other: MeanStats) -> MeanStats:
+        if not isinstance(other, MeanStats):
+            return NotImplemented
+        _check_same(self, other, self._PARAMS)
+        m = max(self.log_scale, other.log_scale)
+        fa, fb = _factor(self.log_scale, m), _factor(other.log_scale, m)
+        if (self.weights is None) != (other.weights is None):
+            raise ValueError("cannot merge statistics with and without weights")
+        w = None if self.weights is None else self.weights + other.weights
+        return MeanStats(
+            kind=self.kind, log_scale=m, n=self.n + other.n,
+            sum_x=fa * self.sum_x + fb * other.sum_x,
+            sum_x2=fa * fa * self.sum_x2 + fb * fb * other.sum_x2,
+            weights=w, log_clip=self.log_clip, list_length=self.list_length,
+            rewards_in_range=self.rewards_in_range and other.rewards_in_range,
+        )
+
+    def estimate(self, alpha: float = 0.05) -> Estimate:
+        """The :class:`Estimate` these statistics determine (no contributions or bootstrap)."""
+        n, m = self.n, self.log_scale
+        if n == 0:
+            raise ValueError(f"{self.kind}: no samples")
+        v, se = _linear(m, n, self.sum_x, self.sum_x2, self.kind)
+        diag = (Diagnostics.without_weights(n) if self.weights is None
+                else self.weights.diagnostics(n_units=n))
+        if self.kind == "dm":
+            rng, heur, note = ((0.0, 1.0), False, "") if self.rewards_in_range \
+                else (None, False, _REWARD_NOTE)
+        else:
+            if self.weights is None:
+                raise ValueError(f"{self.kind}: weight moments are required")
+            L = self.list_length
+            log_cap = self.log_clip if math.isfinite(self.log_clip) else None
+            rng, heur, note = _bound(lambda M: (0.0, M * L), log_cap, self.weights.log_scale,
+                                     self.rewards_in_range)
+        return Estimate(
+            value=v, stderr=se, n=n, diagnostics=diag, estimator=self.kind, alpha=alpha,
+            stats=self, bound_range=rng, bound_heuristic=heur, bound_note=note,
+        )

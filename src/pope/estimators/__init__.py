@@ -1,0 +1,45 @@
+r"""Off-policy estimators: one function per estimator, keyword arrays, an ``Estimate`` back.
+
+Single response per sample (:mod:`pope.estimators.single`):
+:func:`ips`, :func:`snips`, :func:`dm`, :func:`dr`, :func:`sndr`, :func:`switch_dr`,
+:func:`sub_gaussian_ips`.
+
+Lists of :math:`L` responses (:mod:`pope.estimators.lists`): :func:`sips` (joint list
+propensity), :func:`iips` (per-position marginals), :func:`rips` (cascade prefixes).
+
+POPE (:mod:`pope.estimators.pope`): :func:`evaluate` (relevance, diversity and their sum, with
+prompt-level uncertainty) and the mergeable :class:`PopeStats`.
+
+Interval maths: :mod:`pope.estimators.intervals`.
+"""
+
+from __future__ import annotations
+
+from pope.estimators.lists import (
+    cascade_log_propensity,
+    iips,
+    joint_log_propensity,
+    rips,
+    sips,
+)
+from pope.estimators.pope import PopeEstimate, PopeStats, evaluate, pope_stats
+from pope.estimators.single import dm, dr, ips, sndr, snips, sub_gaussian_ips, switch_dr
+
+__all__ = [
+    "PopeEstimate",
+    "PopeStats",
+    "cascade_log_propensity",
+    "dm",
+    "dr",
+    "evaluate",
+    "iips",
+    "ips",
+    "joint_log_propensity",
+    "pope_stats",
+    "rips",
+    "sips",
+    "sndr",
+    "snips",
+    "sub_gaussian_ips",
+    "switch_dr",
+]
