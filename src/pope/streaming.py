@@ -89,6 +89,10 @@ class EvalSpec:
     weighting : {"sequence", "token_mean"}
     clip : float, optional
         Weight truncation :math:`M` of the POPE estimates.
+    relevance : {"snips", "ips"}
+        Self-normalised or plain IPS relevance.
+    coverage : {"self_normalized", "ips"}
+        Normaliser of the per-prompt aspect coverage.
     diversity : {"coverage", "response_entropy"}
     alpha : float
         Level of the intervals (``1 - alpha`` coverage).
@@ -125,6 +129,8 @@ class EvalSpec:
     reward_normalization: str = "max"
     weighting: str = "sequence"
     clip: float | None = None
+    relevance: str = "snips"
+    coverage: str = "self_normalized"
     diversity: str = "coverage"
     alpha: float = 0.05
     estimators: tuple[str, ...] = ("snips", "clipped_ips")
@@ -388,16 +394,16 @@ def prepare(
     if spec.signal_scale is not None:
         data = replace(data, signal=data.signal / spec.signal_scale if spec.signal_scale > 0
                        else np.zeros_like(data.signal))
+    if spec.aspects == "none":  # one aspect: the diversity is 0, the total is the relevance
+        aspect, probs, n_aspects = np.zeros(len(data), dtype=np.int64), None, 1
     fb = data.to_feedback(
         log_logging=log_logging,
         aspect=aspect,
         aspect_probs=probs,
-        n_aspects=n_aspects if spec.aspects != "none" else None,
+        n_aspects=n_aspects,
         token_log_logging=tok_logging,
         use_token_log_logging=tokens,
     )
-    if spec.aspects == "none":
-        fb = replace(fb, aspect=None, aspect_probs=None, n_aspects=None)
     order = fb.row_index
     lt = np.asarray(log_target, dtype=np.float64)[order]
     tt = None
@@ -419,6 +425,8 @@ def _pope_kwargs(spec: EvalSpec) -> dict[str, Any]:
     return {
         "lam": spec.lam,
         "reward_normalization": norm,
+        "relevance": spec.relevance,
+        "coverage": spec.coverage,
         "diversity": spec.diversity,
         "weighting": spec.weighting,
         "clip": spec.clip,
@@ -433,9 +441,13 @@ def _estimates(prep: Prepared, spec: EvalSpec) -> tuple[Any, dict[str, Any]]:
 
     fb = prep.feedback
     kwargs = _pope_kwargs(spec)
-    if fb.n_aspects is None:
-        kwargs["lam"] = 0.0
-    res = pope.evaluate(fb, prep.log_target, token_log_target=prep.token_log_target, **kwargs)
+    token = spec.weighting == "token_mean"
+    res = pope.evaluate(
+        fb,
+        None if token else prep.log_target,
+        token_log_target=prep.token_log_target if token else None,
+        **kwargs,
+    )
     base: dict[str, Any] = {}
     if spec.estimators:
         reward = _total_reward(res, fb, prep, spec)
@@ -459,15 +471,12 @@ def _estimates(prep: Prepared, spec: EvalSpec) -> tuple[Any, dict[str, Any]]:
 
 def _total_reward(res: Any, fb: Any, prep: Prepared, spec: EvalSpec) -> np.ndarray:
     """Per-response total reward :math:`r + \\lambda d` used by the baselines."""
-    r = fb.rewards(_pope_kwargs(spec)["reward_normalization"])
-    if fb.n_aspects is None or spec.lam == 0:
-        return r
-    d = getattr(res, "diversity_reward", None)
-    if d is None:
-        from pope.coverage import diversity_reward
-
-        d = diversity_reward(fb, prep.log_target)
-    return r + spec.lam * np.asarray(d, dtype=np.float64)
+    r = res.reward if res.reward is not None else fb.rewards(
+        _pope_kwargs(spec)["reward_normalization"]
+    )
+    if spec.lam == 0 or res.diversity_reward is None:
+        return np.asarray(r, dtype=np.float64)
+    return np.asarray(r + spec.lam * res.diversity_reward, dtype=np.float64)
 
 
 @dataclass
