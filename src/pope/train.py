@@ -1,0 +1,1236 @@
+r"""Off-policy POPE fine-tuning of Hugging Face causal LMs.
+
+Three entry points, sharing one data path (:class:`PopeDataset` -> :class:`PopeCollator` ->
+:func:`pope_forward` -> :class:`pope.objective.PopeObjective`):
+
+* :class:`OffPolicyTrainer` — a self-contained loop: token-budget batches that keep all the
+  responses of a prompt together (the coverage :math:`\hat p(c\mid x_i)` is per prompt),
+  gradient accumulation, AdamW, linear warmup + cosine decay, gradient clipping, checkpoints
+  that resume bit-exactly, a tqdm bar and JSON-lines metrics;
+* :class:`PopeTrainerMixin` / :func:`make_compute_loss` — a ``compute_loss`` for
+  ``transformers.Trainer`` (and TRL trainers built on it);
+* :func:`pope_forward` — one model forward + objective on a collated batch, for custom loops.
+
+Tokenisation (:func:`pope.scoring.tokenize_pairs`): ``prompt_ids + response_ids`` (the prompt
+with the tokenizer's special tokens, or the chat template; the response without, plus EOS by
+default). Only response tokens enter the loss: the batch's ``labels`` follow the Hugging Face
+convention (equal to ``input_ids`` on the response, ``-100`` elsewhere, shifted inside
+:func:`pope_forward` with :func:`pope.objective.shift_labels`).
+
+Logging propensities :math:`\log\pi_0(y\mid x)`: taken from the data when given; otherwise
+computed once, before training, with a frozen reference model
+(:meth:`PopeDataset.compute_logprobs`, through :func:`pope.scoring.score_responses`), which
+must then be the policy that generated the responses. Neither given is an error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import random
+import time
+from collections.abc import Callable, Hashable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from pope._validation import as_float_array, as_index_array, check_same_length
+from pope.data import RewardNormalization, normalize_signal
+from pope.distributed import dist_info
+from pope.objective import PopeObjective, PopeOutput, PopeStats, shift_labels
+from pope.scoring import ContextLengthError, context_length, score_responses, tokenize_pairs
+
+__all__ = [
+    "OffPolicyTrainer",
+    "PopeCollator",
+    "PopeDataset",
+    "PopeTrainerMixin",
+    "TrainConfig",
+    "TrainingExample",
+    "make_compute_loss",
+    "pope_forward",
+    "token_budget_batches",
+]
+
+LMHead = Literal["logits", "hidden"]
+
+
+# ============================================================================ configuration
+@dataclass
+class TrainConfig:
+    r"""Settings of :class:`OffPolicyTrainer`.
+
+    Optimisation
+        ``lr`` (peak learning rate), ``weight_decay``, ``adam_betas``, ``adam_eps`` (AdamW);
+        ``warmup_steps`` (linear warmup from ``lr/warmup_steps``), ``schedule``
+        (``"cosine"``: decay to ``min_lr_ratio * lr`` at the last step; ``"constant"``);
+        ``max_grad_norm`` (``None``: no clipping).
+    Batching
+        ``token_budget``: padded tokens per micro-batch (``sequences x longest``), all the
+        responses of a prompt in one micro-batch; ``grad_accum_steps`` micro-batches per
+        optimizer step; ``max_steps`` or ``epochs`` (passes over the data; fractional
+        allowed; ``max_steps`` wins when both are set).
+    Objective (see :class:`pope.objective.PopeObjective`)
+        ``lam``, ``clip``, ``ppo_eps``, ``weighting``, ``baseline``, ``coverage``,
+        ``diversity``, ``truncation``, ``beta``.
+    Data
+        ``max_length`` (default: the model's context), ``add_eos``, ``chat_template``,
+        ``lm_head`` (``"logits"`` or ``"hidden"``: hidden states + LM head weight through
+        the chunked log-prob, no ``N x V`` logits).
+    Model
+        ``disable_dropout`` (dropout makes :math:`\pi_\theta` stochastic, so :math:`w \ne 1`
+        even at :math:`\theta = \theta_0`); ``lora`` (a dict of ``peft.LoraConfig`` arguments;
+        needs ``peft``).
+    Bookkeeping
+        ``seed``, ``output_dir``, ``save_every`` (steps; ``None``: no intermediate
+        checkpoints), ``save_final``, ``log_file`` (default ``output_dir/metrics.jsonl``),
+        ``log_every``, ``progress``.
+    """
+
+    lr: float = 1e-5
+    weight_decay: float = 0.0
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    adam_eps: float = 1e-8
+    warmup_steps: int = 0
+    schedule: Literal["cosine", "constant"] = "cosine"
+    min_lr_ratio: float = 0.0
+    max_grad_norm: float | None = 1.0
+    token_budget: int = 8192
+    grad_accum_steps: int = 1
+    max_steps: int | None = None
+    epochs: float = 1.0
+    lam: float = 1.0
+    clip: float | None = None
+    ppo_eps: float | None = None
+    weighting: Literal["sequence", "token_mean"] = "sequence"
+    baseline: Literal["mean", "none"] = "mean"
+    coverage: Literal["snips", "ips"] = "snips"
+    diversity: Literal["coverage", "response_entropy"] = "coverage"
+    truncation: Literal["estimator", "gradient"] = "estimator"
+    beta: float = 0.0
+    max_length: int | None = None
+    add_eos: bool = True
+    chat_template: bool = False
+    lm_head: LMHead = "logits"
+    disable_dropout: bool = True
+    lora: dict[str, Any] | None = None
+    seed: int = 0
+    output_dir: str = "pope-output"
+    save_every: int | None = None
+    save_final: bool = True
+    log_file: str | None = None
+    log_every: int = 1
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        def positive(name: str, integer: bool = False, allow_none: bool = False) -> None:
+            v = getattr(self, name)
+            if v is None and allow_none:
+                return
+            ok_type = isinstance(v, int) if integer else isinstance(v, (int, float))
+            if isinstance(v, bool) or not ok_type or not v > 0:
+                kind = "int" if integer else "number"
+                raise ValueError(f"{name} must be a positive {kind}, got {v!r}")
+
+        positive("lr")
+        positive("token_budget", integer=True)
+        positive("grad_accum_steps", integer=True)
+        positive("max_steps", integer=True, allow_none=True)
+        positive("epochs")
+        positive("save_every", integer=True, allow_none=True)
+        positive("log_every", integer=True)
+        positive("max_length", integer=True, allow_none=True)
+        positive("max_grad_norm", allow_none=True)
+        if not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be an int >= 0, got {self.warmup_steps!r}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError(f"min_lr_ratio must lie in [0, 1], got {self.min_lr_ratio!r}")
+        if self.schedule not in ("cosine", "constant"):
+            raise ValueError(f"schedule must be 'cosine' or 'constant', got {self.schedule!r}")
+        if self.lm_head not in ("logits", "hidden"):
+            raise ValueError(f"lm_head must be 'logits' or 'hidden', got {self.lm_head!r}")
+        self.objective()  # validates the objective options
+
+    def objective(self, **overrides: Any) -> PopeObjective:
+        """The :class:`~pope.objective.PopeObjective` these settings describe."""
+        kw = dict(
+            lam=self.lam,
+            clip=self.clip,
+            ppo_eps=self.ppo_eps,
+            weighting=self.weighting,
+            baseline=self.baseline,
+            coverage=self.coverage,
+            diversity=self.diversity,
+            truncation=self.truncation,
+            beta=self.beta,
+        )
+        kw.update(overrides)
+        return PopeObjective(**kw)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable settings."""
+        return dataclasses.asdict(self)
+
+
+# ============================================================================ data
+@dataclass
+class TrainingExample:
+    """One logged response.
+
+    Attributes
+    ----------
+    prompt_id : hashable
+        Responses with the same id share a prompt (and must have the same prompt text).
+    prompt, response : str
+    reward : float
+        In ``[0, 1]``, or a raw signal ``>= 0`` normalised by the dataset's
+        ``reward_normalization`` (see :func:`pope.data.normalize_signal`).
+    aspect : int or sequence of float
+        Hard aspect label in ``[0, C)`` or a soft row on the simplex.
+    log_logging : float, optional
+        :math:`\\log\\pi_0(y\\mid x)` of the response under the logging policy (sequence level);
+        ``None``: computed with a reference model.
+    """
+
+    prompt_id: Hashable
+    prompt: str
+    response: str
+    reward: float
+    aspect: int | Sequence[float]
+    log_logging: float | None = None
+
+
+class PopeDataset(torch.utils.data.Dataset):
+    r"""Logged responses grouped by prompt; one item per *prompt* (all its responses).
+
+    Build with :meth:`from_examples`, :meth:`from_records` or :meth:`from_arrays`; then
+    :meth:`tokenize` (and :meth:`compute_logprobs` when logging log-probs are missing or a
+    KL penalty needs reference token log-probs). Items (``dataset[i]``) are dicts of lists
+    for :class:`PopeCollator`, so the dataset plugs into a ``torch`` DataLoader or a
+    ``transformers.Trainer`` (the batch size then counts prompts).
+
+    Attributes
+    ----------
+    prompt_ids : list
+        The user's prompt ids, in order of first appearance; prompt ``i`` has the global
+        index ``i`` (used as ``prompt_index`` in batches, also across ranks).
+    prompt_ptr : (n+1,) int64
+        Responses of prompt ``i`` are rows ``prompt_ptr[i]:prompt_ptr[i+1]``.
+    prompts : list of str (n,);  responses : list of str (N,)
+    rewards : (N,) float64 in [0, 1]
+    aspects : (N,) int64 or (N, C) float64
+    num_aspects : int
+    log_logging : (N,) float64, NaN where unknown
+    row_index : (N,) int64
+        The input position of each stored response.
+    """
+
+    def __init__(
+        self,
+        prompt_ids: list[Hashable],
+        prompt_ptr: np.ndarray,
+        prompts: list[str],
+        responses: list[str],
+        rewards: np.ndarray,
+        aspects: np.ndarray,
+        num_aspects: int,
+        log_logging: np.ndarray,
+        row_index: np.ndarray,
+    ) -> None:
+        self.prompt_ids = prompt_ids
+        self.prompt_ptr = prompt_ptr
+        self.prompts = prompts
+        self.responses = responses
+        self.rewards = rewards
+        self.aspects = aspects
+        self.num_aspects = num_aspects
+        self.log_logging = log_logging
+        self.row_index = row_index
+        self.input_ids: list[np.ndarray] | None = None
+        self.prompt_lengths: np.ndarray | None = None
+        self.ref_token_logprobs: list[np.ndarray] | None = None
+
+    # ------------------------------------------------------------------ constructors
+    @classmethod
+    def from_arrays(
+        cls,
+        *,
+        prompt_id: Sequence[Hashable],
+        prompt: Sequence[str],
+        response: Sequence[str],
+        reward: Any,
+        aspect: Any = None,
+        aspect_probs: Any = None,
+        num_aspects: int | None = None,
+        log_logging: Any = None,
+        reward_normalization: RewardNormalization = "none",
+    ) -> PopeDataset:
+        """Build from one entry per response (rows grouped by ``prompt_id``).
+
+        Parameters
+        ----------
+        prompt_id, prompt, response : sequences of length N
+        reward : (N,) float
+            Rewards in [0, 1], or raw signals >= 0 with ``reward_normalization``.
+        aspect : (N,) int, or aspect_probs : (N, C) float
+            Exactly one of them.
+        num_aspects : int, optional
+            ``C`` (default ``max(aspect) + 1`` or the width of ``aspect_probs``).
+        log_logging : (N,) float, optional
+            Sequence-level logging log-probs; NaN (or None) where unknown.
+        reward_normalization : {"none", "max", "log1p", "rank", "global_max"}
+
+        Raises
+        ------
+        ValueError
+            Mismatched lengths, NaN or out-of-range rewards, bad aspects, log-probs > 0,
+            empty data, a prompt id with two different prompt texts.
+        """
+        pid = list(prompt_id)
+        n = len(pid)
+        if n == 0:
+            raise ValueError("no examples: the dataset is empty")
+        prompt, response = list(prompt), list(response)
+        for name, seq in (("prompt", prompt), ("response", response)):
+            if len(seq) != n:
+                raise ValueError(f"{name} has length {len(seq)}, expected {n}")
+            bad = [i for i, s in enumerate(seq) if not isinstance(s, str)]
+            if bad:
+                raise TypeError(f"{name}[{bad[0]}] must be a str, got {type(seq[bad[0]]).__name__}")
+        sig = as_float_array(reward, "reward")
+        check_same_length(n, reward=sig)
+        if (aspect is None) == (aspect_probs is None):
+            raise ValueError("give exactly one of aspect (hard labels) or aspect_probs (soft rows)")
+        if aspect is not None:
+            asp = as_index_array(aspect, "aspect")
+            check_same_length(n, aspect=asp)
+            if asp.min() < 0:
+                raise ValueError(f"aspect labels must be >= 0, got {asp.min()}")
+            c = int(asp.max()) + 1 if num_aspects is None else int(num_aspects)
+            if asp.max() >= c:
+                raise ValueError(f"aspect label {asp.max()} out of range for num_aspects={c}")
+        else:
+            asp = as_float_array(aspect_probs, "aspect_probs", ndim=2)
+            check_same_length(n, aspect_probs=asp)
+            c = asp.shape[1] if num_aspects is None else int(num_aspects)
+            if asp.shape[1] != c:
+                raise ValueError(f"aspect_probs has {asp.shape[1]} columns, num_aspects={c}")
+            if asp.min() < 0 or np.abs(asp.sum(1) - 1).max() > 1e-6:
+                raise ValueError("aspect_probs rows must be >= 0 and sum to 1")
+        if log_logging is None:
+            ll = np.full(n, np.nan)
+        else:
+            ll = as_float_array(
+                [np.nan if v is None else v for v in log_logging], "log_logging", allow_nan=True
+            )
+            check_same_length(n, log_logging=ll)
+            if (ll[~np.isnan(ll)] > 0).any():
+                raise ValueError("log_logging must be log-probabilities (<= 0)")
+
+        # group by prompt id, prompts in order of first appearance
+        first: dict[Hashable, int] = {}
+        for p in pid:
+            first.setdefault(p, len(first))
+        group = np.fromiter((first[p] for p in pid), dtype=np.int64, count=n)
+        order = np.argsort(group, kind="stable").astype(np.int64)
+        counts = np.bincount(group, minlength=len(first))
+        ptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        ids = list(first)
+        texts: list[str | None] = [None] * len(ids)
+        for i, p in enumerate(pid):
+            g = first[p]
+            if texts[g] is None:
+                texts[g] = prompt[i]
+            elif texts[g] != prompt[i]:
+                raise ValueError(f"prompt_id {p!r} has two different prompt texts (row {i})")
+        rewards = normalize_signal(sig[order], ptr, reward_normalization)
+        if np.isnan(rewards).any() or rewards.min() < 0 or rewards.max() > 1:
+            raise ValueError("rewards must lie in [0, 1] after normalisation")
+        return cls(
+            prompt_ids=ids,
+            prompt_ptr=ptr,
+            prompts=[str(t) for t in texts],
+            responses=[response[i] for i in order],
+            rewards=rewards,
+            aspects=asp[order],
+            num_aspects=c,
+            log_logging=ll[order],
+            row_index=order,
+        )
+
+    @classmethod
+    def from_examples(
+        cls,
+        examples: Iterable[TrainingExample],
+        *,
+        num_aspects: int | None = None,
+        reward_normalization: RewardNormalization = "none",
+    ) -> PopeDataset:
+        """Build from :class:`TrainingExample` objects (see :meth:`from_arrays`)."""
+        ex = list(examples)
+        bad = [i for i, e in enumerate(ex) if not isinstance(e, TrainingExample)]
+        if bad:
+            raise TypeError(f"examples[{bad[0]}] is not a TrainingExample")
+        soft = [not isinstance(e.aspect, (int, np.integer)) for e in ex]
+        if any(soft) and not all(soft):
+            raise ValueError("mix of hard (int) and soft (row) aspects; use one kind")
+        aspects = [e.aspect for e in ex]
+        return cls.from_arrays(
+            prompt_id=[e.prompt_id for e in ex],
+            prompt=[e.prompt for e in ex],
+            response=[e.response for e in ex],
+            reward=[e.reward for e in ex],
+            aspect=None if (ex and soft[0]) else aspects,
+            aspect_probs=aspects if (ex and soft[0]) else None,
+            num_aspects=num_aspects,
+            log_logging=[e.log_logging for e in ex],
+            reward_normalization=reward_normalization,
+        )
+
+    @classmethod
+    def from_records(
+        cls,
+        records: Iterable[dict[str, Any]],
+        *,
+        num_aspects: int | None = None,
+        reward_normalization: RewardNormalization = "none",
+    ) -> PopeDataset:
+        """Build from dicts with the fields of :class:`TrainingExample`."""
+        names = {f.name for f in dataclasses.fields(TrainingExample)}
+        out = []
+        for i, r in enumerate(records):
+            extra = set(r) - names
+            if extra:
+                raise ValueError(f"record {i} has unknown fields {sorted(extra)}")
+            try:
+                out.append(TrainingExample(**r))
+            except TypeError as e:
+                raise ValueError(f"record {i}: {e}") from e
+        return cls.from_examples(
+            out, num_aspects=num_aspects, reward_normalization=reward_normalization
+        )
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def n_prompts(self) -> int:
+        """Number of prompts."""
+        return len(self.prompt_ids)
+
+    @property
+    def n_responses(self) -> int:
+        """Number of responses."""
+        return len(self.responses)
+
+    @property
+    def prompt_index(self) -> np.ndarray:
+        """(N,) global prompt index of each response."""
+        return np.repeat(np.arange(self.n_prompts), np.diff(self.prompt_ptr))
+
+    @property
+    def lengths(self) -> np.ndarray:
+        """(N,) tokens per prompt + response pair (after :meth:`tokenize`)."""
+        self._require_tokens()
+        return np.array([a.shape[0] for a in self.input_ids], dtype=np.int64)
+
+    def _require_tokens(self) -> None:
+        if self.input_ids is None:
+            raise RuntimeError("call PopeDataset.tokenize(tokenizer, ...) first")
+
+    # ------------------------------------------------------------------ preparation
+    def tokenize(
+        self,
+        tokenizer: Any,
+        *,
+        max_length: int | None = None,
+        add_eos: bool = True,
+        chat_template: bool = False,
+    ) -> PopeDataset:
+        """Tokenise every prompt + response pair (see :func:`pope.scoring.tokenize_pairs`).
+
+        Parameters
+        ----------
+        tokenizer : transformers tokenizer
+        max_length : int, optional
+            Context limit; a longer pair is an error (truncating a logged response would
+            change its probability and break the importance weight).
+        add_eos, chat_template : bool
+
+        Returns
+        -------
+        self
+
+        Raises
+        ------
+        ValueError
+            An empty response (no token besides EOS).
+        pope.scoring.ContextLengthError
+            A pair longer than ``max_length``.
+        """
+        prompts = [self.prompts[i] for i in self.prompt_index]
+        pairs = tokenize_pairs(
+            tokenizer, prompts, self.responses, chat_template=chat_template, add_eos=add_eos
+        )
+        body = pairs.response_lengths - (1 if add_eos else 0)
+        if (body <= 0).any():
+            i = int(np.flatnonzero(body <= 0)[0])
+            raise ValueError(
+                f"response {int(self.row_index[i])} (prompt_id "
+                f"{self.prompt_ids[self.prompt_index[i]]!r}) is empty: it has no token"
+            )
+        lengths = pairs.lengths
+        if max_length is not None and (lengths > max_length).any():
+            rows = np.flatnonzero(lengths > max_length)
+            raise ContextLengthError(self.row_index[rows], lengths[rows], max_length)
+        self.input_ids = pairs.input_ids
+        self.prompt_lengths = pairs.prompt_lengths
+        self._tok_settings = dict(add_eos=add_eos, chat_template=chat_template)
+        return self
+
+    def compute_logprobs(
+        self,
+        model: Any,
+        tokenizer: Any,
+        *,
+        fill_logging: bool = True,
+        token_logprobs: bool = False,
+        batch_tokens: int = 8192,
+        progress: bool = False,
+    ) -> PopeDataset:
+        r"""Score the responses with a frozen reference model.
+
+        Parameters
+        ----------
+        model : causal LM
+            The reference policy (for ``fill_logging`` it must be the logging policy
+            :math:`\pi_0`).
+        tokenizer : its tokenizer (the same as for :meth:`tokenize`)
+        fill_logging : bool
+            Fill the unknown (NaN) ``log_logging`` entries with :math:`\log\pi_{ref}(y\mid x)`.
+        token_logprobs : bool
+            Also keep the per-token :math:`\log\pi_{ref}(y_t\mid\cdot)` (for the KL penalty).
+        batch_tokens : int
+            Token budget of a scoring batch.
+        """
+        self._require_tokens()
+        prompts = [self.prompts[i] for i in self.prompt_index]
+        res = score_responses(
+            model,
+            tokenizer,
+            prompts,
+            self.responses,
+            batch_tokens=batch_tokens,
+            return_token_logprobs=token_logprobs,
+            progress=progress,
+            **self._tok_settings,
+        )
+        seq, tok = res if token_logprobs else (res, None)
+        if fill_logging:
+            miss = np.isnan(self.log_logging)
+            self.log_logging = np.where(miss, seq, self.log_logging)
+        if token_logprobs:
+            want = self.lengths - self.prompt_lengths
+            got = np.array([t.shape[0] for t in tok])
+            if not np.array_equal(want, got):
+                raise RuntimeError("reference token log-probs do not match the tokenisation")
+            self.ref_token_logprobs = [np.asarray(t, dtype=np.float64) for t in tok]
+        return self
+
+    @property
+    def missing_log_logging(self) -> int:
+        """Number of responses without a logging log-prob."""
+        return int(np.isnan(self.log_logging).sum())
+
+    # ------------------------------------------------------------------ items
+    def __len__(self) -> int:
+        return self.n_prompts
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        """All the responses of prompt ``i`` as lists (the keys of :class:`PopeCollator`)."""
+        self._require_tokens()
+        if not 0 <= i < self.n_prompts:
+            raise IndexError(i)
+        lo, hi = int(self.prompt_ptr[i]), int(self.prompt_ptr[i + 1])
+        item: dict[str, Any] = {
+            "input_ids": [self.input_ids[k] for k in range(lo, hi)],
+            "prompt_lengths": self.prompt_lengths[lo:hi],
+            "rewards": self.rewards[lo:hi],
+            "prompt_index": i,
+            "log_logging": self.log_logging[lo:hi],
+            "aspects": self.aspects[lo:hi],
+        }
+        if self.ref_token_logprobs is not None:
+            item["ref_logprobs"] = self.ref_token_logprobs[lo:hi]
+        return item
+
+
+# ============================================================================ batching
+def token_budget_batches(group_lengths: Sequence[np.ndarray], budget: int) -> list[list[int]]:
+    """Pack whole groups (prompts) into batches of at most ``budget`` padded tokens.
+
+    The padded size of a batch is ``(number of sequences) x (longest sequence)``. Groups are
+    sorted by their longest sequence (descending) and packed greedily, so batches hold
+    sequences of similar lengths (little padding).
+
+    Parameters
+    ----------
+    group_lengths : sequence of 1-d int arrays
+        The sequence lengths of each group.
+    budget : int
+
+    Returns
+    -------
+    list of lists of group indices
+
+    Raises
+    ------
+    ValueError
+        A single group exceeds the budget (its responses cannot be split: the coverage is
+        per prompt).
+    """
+    sizes = [(len(g), int(np.max(g))) for g in group_lengths]
+    for i, (k, m) in enumerate(sizes):
+        if k * m > budget:
+            raise ValueError(
+                f"prompt {i} has {k} responses of up to {m} tokens ({k * m} padded tokens), more "
+                f"than token_budget={budget}; raise the budget (all the responses of a prompt "
+                "must share a batch)"
+            )
+    order = sorted(range(len(sizes)), key=lambda i: (-sizes[i][1], i))
+    batches: list[list[int]] = []
+    cur: list[int] = []
+    n_cur = m_cur = 0
+    for i in order:
+        k, m = sizes[i]
+        if cur and (n_cur + k) * max(m_cur, m) > budget:
+            batches.append(cur)
+            cur, n_cur, m_cur = [], 0, 0
+        cur.append(i)
+        n_cur += k
+        m_cur = max(m_cur, m)
+    if cur:
+        batches.append(cur)
+    return batches
+
+
+class PopeCollator:
+    """Collate prompt groups (items of :class:`PopeDataset`) into one padded batch.
+
+    Batch keys (what :func:`pope_forward` and :func:`make_compute_loss` expect):
+
+    ``input_ids`` (B, L) int64, right-padded with ``pad_token_id``; ``attention_mask`` (B, L);
+    ``labels`` (B, L) int64, Hugging Face convention: ``input_ids`` on the response tokens,
+    ``-100`` on the prompt and the padding; ``rewards`` (B,) float32 in [0, 1];
+    ``prompt_index`` (B,) int64, a *global* prompt id; ``log_logging`` (B,) float64
+    :math:`\\log\\pi_0(y\\mid x)`; ``aspects`` (B,) int64 or (B, C) float32; optionally
+    ``ref_logprobs`` (B, L) float32, the reference log-prob of the token at each response
+    position (0 elsewhere).
+
+    Parameters
+    ----------
+    pad_token_id : int
+    """
+
+    def __init__(self, pad_token_id: int = 0) -> None:
+        self.pad_token_id = int(pad_token_id)
+
+    def __call__(self, groups: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        ids = [np.asarray(a) for g in groups for a in g["input_ids"]]
+        plen = np.concatenate([np.asarray(g["prompt_lengths"]) for g in groups])
+        b, lmax = len(ids), max(a.shape[0] for a in ids)
+        input_ids = torch.full((b, lmax), self.pad_token_id, dtype=torch.long)
+        attn = torch.zeros((b, lmax), dtype=torch.long)
+        labels = torch.full((b, lmax), -100, dtype=torch.long)
+        for j, a in enumerate(ids):
+            t = torch.as_tensor(a, dtype=torch.long)
+            input_ids[j, : t.shape[0]] = t
+            attn[j, : t.shape[0]] = 1
+            labels[j, plen[j] : t.shape[0]] = t[plen[j] :]
+        ll = np.concatenate([np.asarray(g["log_logging"], dtype=np.float64) for g in groups])
+        if np.isnan(ll).any():
+            raise ValueError(
+                "log_logging is missing for some responses: give it in the data or compute it "
+                "with a reference model (PopeDataset.compute_logprobs)"
+            )
+        asp = np.concatenate([np.asarray(g["aspects"]) for g in groups])
+        out = {
+            "input_ids": input_ids,
+            "attention_mask": attn,
+            "labels": labels,
+            "rewards": torch.as_tensor(
+                np.concatenate([np.asarray(g["rewards"]) for g in groups]), dtype=torch.float32
+            ),
+            "prompt_index": torch.as_tensor(
+                np.concatenate([np.full(len(g["input_ids"]), g["prompt_index"]) for g in groups]),
+                dtype=torch.long,
+            ),
+            "log_logging": torch.as_tensor(ll, dtype=torch.float64),
+            "aspects": torch.as_tensor(asp, dtype=torch.float32 if asp.ndim == 2 else torch.long),
+        }
+        if all("ref_logprobs" in g for g in groups):
+            ref = torch.zeros((b, lmax), dtype=torch.float32)
+            toks = [t for g in groups for t in g["ref_logprobs"]]
+            for j, t in enumerate(toks):
+                ref[j, plen[j] : plen[j] + len(t)] = torch.as_tensor(t, dtype=torch.float32)
+            out["ref_logprobs"] = ref
+        return out
+
+
+# ============================================================================ forward
+POPE_BATCH_KEYS = ("rewards", "prompt_index", "log_logging", "aspects", "ref_logprobs")
+
+
+def _decoder(model: Any) -> Any:
+    get = getattr(model, "get_decoder", None)
+    dec = get() if callable(get) else None
+    return dec if dec is not None else model.base_model
+
+
+def pope_forward(
+    model: Any,
+    batch: dict[str, torch.Tensor],
+    objective: PopeObjective,
+    *,
+    normalizer: float | None = None,
+    lm_head: LMHead = "logits",
+) -> PopeOutput:
+    r"""Model forward on a collated batch and the POPE objective on its response tokens.
+
+    Only the response positions reach the log-prob op: the logits (or hidden states) at the
+    positions ``t`` whose shifted label (the token ``t + 1``) is a response token are
+    gathered into an ``(N_resp, V)`` block with one ``seq_index`` per row.
+
+    Parameters
+    ----------
+    model : causal LM (possibly wrapped in DDP/FSDP or peft)
+    batch : dict
+        The keys listed in :class:`PopeCollator`.
+    objective : PopeObjective
+    normalizer : float, optional
+        Passed to the objective (the number of sequences of the whole accumulated step).
+    lm_head : {"logits", "hidden"}
+        ``"hidden"``: last hidden states and the output embedding weight through the chunked
+        :func:`pope.ops.linear_sequence_logprob` (plain linear head without bias only).
+
+    Returns
+    -------
+    PopeOutput
+    """
+    missing = [k for k in ("input_ids", "labels", *POPE_BATCH_KEYS[:-1]) if k not in batch]
+    if missing:
+        raise KeyError(f"batch lacks the keys {missing} (see PopeCollator)")
+    ids = batch["input_ids"]
+    attn = batch.get("attention_mask")
+    labels = shift_labels(batch["labels"], objective.ignore_index)
+    rows, cols = torch.nonzero(labels != objective.ignore_index, as_tuple=True)
+    targets = labels[rows, cols]
+    ref = batch.get("ref_logprobs")
+    ref_tok = None if ref is None else ref[rows, cols + 1]
+    common = dict(
+        rewards=batch["rewards"],
+        prompt_index=batch["prompt_index"],
+        log_logging=batch["log_logging"],
+        aspects=batch["aspects"],
+        seq_index=rows,
+        ref_logprobs=ref_tok if objective.beta > 0 else None,
+        normalizer=normalizer,
+    )
+    if lm_head == "hidden":
+        inner = getattr(model, "module", model)  # DDP/FSDP wrapper
+        head = inner.get_output_embeddings()
+        if getattr(head, "bias", None) is not None:
+            raise ValueError("lm_head='hidden' needs an LM head without bias")
+        for name in ("final_logit_softcapping", "logit_scale"):
+            if getattr(inner.config, name, None) not in (None, 1.0):
+                raise ValueError(f"lm_head='hidden' does not support {name}; use 'logits'")
+        hidden = _decoder(inner)(input_ids=ids, attention_mask=attn, use_cache=False)[0]
+        w = head.weight
+        return objective(
+            None,
+            targets,
+            hidden_states=hidden[rows, cols].to(w.dtype),
+            lm_head_weight=w,
+            **common,
+        )
+    logits = model(input_ids=ids, attention_mask=attn, use_cache=False).logits
+    return objective(logits[rows, cols], targets, **common)
+
+
+def make_compute_loss(
+    objective: PopeObjective, *, lm_head: LMHead = "logits"
+) -> Callable[..., Any]:
+    """A ``transformers.Trainer``-compatible ``compute_loss``.
+
+    Returns ``compute_loss(model, inputs, return_outputs=False, num_items_in_batch=None)``
+    computing :func:`pope_forward` on ``inputs`` (the keys of :class:`PopeCollator`). The
+    loss is a per-batch mean over sequences (``num_items_in_batch``, a token count, is not
+    used); the Trainer divides it by the gradient-accumulation steps. With
+    ``return_outputs=True`` the second element is the :class:`~pope.objective.PopeOutput`.
+    """
+
+    def compute_loss(
+        model: Any,
+        inputs: dict[str, torch.Tensor],
+        return_outputs: bool = False,
+        num_items_in_batch: Any = None,
+    ) -> Any:
+        out = pope_forward(model, inputs, objective, lm_head=lm_head)
+        return (out.loss, out) if return_outputs else out.loss
+
+    return compute_loss
+
+
+class PopeTrainerMixin:
+    """Mix into ``transformers.Trainer`` (or a TRL trainer) to train with the POPE loss.
+
+    ``class PopeTrainer(PopeTrainerMixin, transformers.Trainer): pass`` then
+    ``PopeTrainer(model=..., args=..., train_dataset=PopeDataset(...).tokenize(tok),
+    data_collator=PopeCollator(tok.pad_token_id), pope_objective=PopeObjective(...))``.
+
+    * ``compute_loss`` is :func:`make_compute_loss` (batch keys: see :class:`PopeCollator`);
+    * the POPE batch keys are kept by ``remove_unused_columns``;
+    * ``loss_is_scaled_for_ga = False``: the loss is a per-batch mean, the Trainer divides
+      it by the gradient-accumulation steps;
+    * the last step's estimates are in ``self.pope_last_metrics`` and go to ``self.log``
+      with the Trainer's logging (prefix ``pope/``).
+
+    Keyword arguments
+    -----------------
+    pope_objective : PopeObjective, optional
+        Default ``PopeObjective()``.
+    pope_lm_head : {"logits", "hidden"}
+    """
+
+    loss_is_scaled_for_ga = False
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.pope_objective = kwargs.pop("pope_objective", None) or PopeObjective()
+        self.pope_lm_head = kwargs.pop("pope_lm_head", "logits")
+        self.pope_last_metrics: dict[str, float] = {}
+        super().__init__(*args, **kwargs)
+
+    def compute_loss(
+        self,
+        model: Any,
+        inputs: dict[str, torch.Tensor],
+        return_outputs: bool = False,
+        num_items_in_batch: Any = None,
+    ) -> Any:
+        out = pope_forward(model, inputs, self.pope_objective, lm_head=self.pope_lm_head)
+        self.pope_last_metrics = out.stats.metrics()
+        return (out.loss, out) if return_outputs else out.loss
+
+    def _set_signature_columns_if_needed(self) -> None:
+        super()._set_signature_columns_if_needed()  # type: ignore[misc]
+        cols = self._signature_columns  # type: ignore[has-type]
+        extra = ["prompt_lengths", *POPE_BATCH_KEYS]
+        self._signature_columns = list(cols) + [k for k in extra if k not in cols]
+
+    def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
+        if self.pope_last_metrics and "loss" in logs:
+            logs = {**logs, **{f"pope/{k}": v for k, v in self.pope_last_metrics.items()}}
+        super().log(logs, *args, **kwargs)  # type: ignore[misc]
+
+
+def __getattr__(name: str) -> Any:
+    # ``pope.train.PopeTrainer``: transformers.Trainer with the mixin (imported lazily)
+    if name == "PopeTrainer":
+        from transformers import Trainer
+
+        cls = type("PopeTrainer", (PopeTrainerMixin, Trainer), {"__module__": __name__})
+        globals()[name] = cls
+        return cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+# ============================================================================ trainer
+def _disable_dropout(model: torch.nn.Module) -> None:
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+        for attr in ("attention_dropout", "dropout_p"):
+            if isinstance(getattr(m, attr, None), float):
+                setattr(m, attr, 0.0)
+
+
+def _apply_lora(model: Any, lora: dict[str, Any]) -> Any:
+    try:
+        import peft
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise ImportError("TrainConfig.lora needs the 'peft' package (pip install peft)") from e
+    return peft.get_peft_model(model, peft.LoraConfig(task_type="CAUSAL_LM", **lora))
+
+
+def _rng_state() -> dict[str, Any]:
+    st = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),  # noqa: NPY002 (the global RNG user code sees)
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        st["cuda"] = torch.cuda.get_rng_state_all()
+    return st
+
+
+def _set_rng_state(st: dict[str, Any]) -> None:
+    random.setstate(st["python"])
+    np.random.set_state(st["numpy"])  # noqa: NPY002
+    torch.set_rng_state(st["torch"])
+    if "cuda" in st and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(st["cuda"])
+
+
+@dataclass
+class TrainResult:
+    """What :meth:`OffPolicyTrainer.train` returns: the step reached and the logged rows."""
+
+    step: int
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+class OffPolicyTrainer:
+    r"""Off-policy POPE fine-tuning of a causal LM from logged responses.
+
+    Parameters
+    ----------
+    model : transformers causal LM (``AutoModelForCausalLM``), or one wrapped in DDP
+        Trained in place (full fine-tuning, or LoRA with ``config.lora``).
+    tokenizer : its tokenizer
+    dataset : PopeDataset
+        Tokenised here if it is not yet.
+    config : TrainConfig
+    reference_model : causal LM, or "initial", optional
+        Frozen model that scores the responses whose ``log_logging`` is unknown, and gives
+        the per-token reference log-probs of the KL penalty (``beta > 0``). ``"initial"``:
+        the policy itself before training. Required when the data lacks log-probs or
+        ``beta > 0``.
+
+    Notes
+    -----
+    One optimizer step uses ``grad_accum_steps`` micro-batches of the data stream (the
+    token-budget batches, reshuffled every epoch with ``seed + epoch``); every micro-batch
+    loss is normalised by the number of sequences of the whole step, so the accumulated
+    gradient is that of the step's concatenated batch. Under ``torch.distributed`` (wrap the
+    model in DDP first) rank ``r`` takes micro-batches ``r, r + W, ...`` of each step's
+    ``W * grad_accum_steps`` and the objective reduces its statistics over the ranks.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        dataset: PopeDataset,
+        config: TrainConfig | None = None,
+        *,
+        reference_model: Any = None,
+    ) -> None:
+        self.config = config = config or TrainConfig()
+        if not isinstance(dataset, PopeDataset):
+            raise TypeError(f"dataset must be a PopeDataset, got {type(dataset).__name__}")
+        self.tokenizer = tokenizer
+        self.dataset = dataset
+        self.dist = dist_info()
+        self.is_main = self.dist.rank == 0
+        inner = getattr(model, "module", model)
+        if config.lora is not None:
+            if inner is not model:
+                raise ValueError("apply LoRA before wrapping the model in DDP")
+            model = inner = _apply_lora(model, config.lora)
+        if config.disable_dropout:
+            _disable_dropout(inner)
+        if inner is not model and config.lm_head == "hidden":
+            raise ValueError("lm_head='hidden' bypasses the DDP forward; use 'logits' with DDP")
+        self.model = model
+        self.inner_model = inner
+        self.device = next(inner.parameters()).device
+
+        need_ref = dataset.missing_log_logging > 0 or config.beta > 0
+        if need_ref and reference_model is None:
+            what = (
+                f"{dataset.missing_log_logging} responses have no log_logging"
+                if dataset.missing_log_logging
+                else "beta > 0 needs per-token reference log-probs"
+            )
+            raise ValueError(
+                f"{what} and no reference_model was given: pass log_logging in the data or "
+                "reference_model= (the logging policy, or 'initial')"
+            )
+        if dataset.input_ids is None:
+            limit = config.max_length or context_length(inner, tokenizer)
+            dataset.tokenize(
+                tokenizer,
+                max_length=limit,
+                add_eos=config.add_eos,
+                chat_template=config.chat_template,
+            )
+        if need_ref:
+            ref = (
+                inner
+                if isinstance(reference_model, str) and reference_model == "initial"
+                else reference_model
+            )
+            if isinstance(ref, str):
+                raise ValueError(f"reference_model must be a model or 'initial', got {ref!r}")
+            dataset.compute_logprobs(
+                ref,
+                tokenizer,
+                fill_logging=True,
+                token_logprobs=config.beta > 0,
+                batch_tokens=config.token_budget,
+                progress=config.progress and self.is_main,
+            )
+            inner.train()
+
+        self.objective = config.objective()
+        pad = tokenizer.pad_token_id
+        pad = tokenizer.eos_token_id if pad is None else pad
+        self.collator = PopeCollator(0 if pad is None else pad)
+        lengths = dataset.lengths
+        groups = [
+            lengths[dataset.prompt_ptr[i] : dataset.prompt_ptr[i + 1]]
+            for i in range(dataset.n_prompts)
+        ]
+        self.batches = token_budget_batches(groups, config.token_budget)
+        self.batch_sizes = [int(sum(len(groups[g]) for g in b)) for b in self.batches]
+        per_step = config.grad_accum_steps * self.dist.world_size
+        if config.max_steps is not None:
+            self.total_steps = config.max_steps
+        else:
+            self.total_steps = max(1, math.ceil(config.epochs * len(self.batches) / per_step))
+
+        torch.manual_seed(config.seed)
+        params = [p for p in inner.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(
+            params,
+            lr=config.lr,
+            betas=config.adam_betas,
+            eps=config.adam_eps,
+            weight_decay=config.weight_decay,
+        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_lambda)
+        self.step = 0
+        self.output_dir = Path(config.output_dir)
+        self.log_path = (
+            Path(config.log_file) if config.log_file else self.output_dir / "metrics.jsonl"
+        )
+
+    # ------------------------------------------------------------------ schedule and data
+    def _lr_lambda(self, step: int) -> float:
+        c = self.config
+        if step < c.warmup_steps:
+            return (step + 1) / c.warmup_steps
+        if c.schedule == "constant":
+            return 1.0
+        span = max(1, self.total_steps - c.warmup_steps)
+        progress = min(1.0, (step - c.warmup_steps) / span)
+        return c.min_lr_ratio + (1 - c.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    def _stream_batch(self, j: int) -> int:
+        """Index of the ``j``-th micro-batch of the data stream (epochs reshuffled)."""
+        nb = len(self.batches)
+        epoch, k = divmod(j, nb)
+        perm = np.random.default_rng([self.config.seed, epoch]).permutation(nb)
+        return int(perm[k])
+
+    def step_batches(self, step: int) -> tuple[list[int], int]:
+        """The micro-batches of optimizer step ``step`` on this rank, and the step's total
+        number of sequences over all ranks."""
+        w, r, a = self.dist.world_size, self.dist.rank, self.config.grad_accum_steps
+        all_mb = [self._stream_batch(step * a * w + i) for i in range(a * w)]
+        n_total = sum(self.batch_sizes[b] for b in all_mb)
+        return all_mb[r::w], n_total
+
+    def _collate(self, b: int) -> dict[str, torch.Tensor]:
+        batch = self.collator([self.dataset[g] for g in self.batches[b]])
+        return {k: v.to(self.device) for k, v in batch.items()}
+
+    # ------------------------------------------------------------------ steps
+    def train_step(self) -> dict[str, float]:
+        """One optimizer step (``grad_accum_steps`` micro-batches); returns its metrics."""
+        t0 = time.perf_counter()
+        self.model.train()
+        mbs, n_total = self.step_batches(self.step)
+        self.optimizer.zero_grad(set_to_none=True)
+        stats: PopeStats | None = None
+        loss_sum = 0.0
+        tokens = 0
+        for j, b in enumerate(mbs):
+            batch = self._collate(b)
+            sync = j == len(mbs) - 1 or not hasattr(self.model, "no_sync")
+            ctx = contextlib.nullcontext() if sync else self.model.no_sync()
+            with ctx:
+                out = pope_forward(
+                    self.model,
+                    batch,
+                    self.objective,
+                    normalizer=n_total,
+                    lm_head=self.config.lm_head,
+                )
+                out.loss.backward()
+            stats = out.stats if stats is None else stats + out.stats
+            loss_sum += float(out.loss.detach())
+            tokens += int(batch["attention_mask"].sum())
+        grad_norm = float("nan")
+        if self.config.max_grad_norm is not None:
+            grad_norm = float(
+                torch.nn.utils.clip_grad_norm_(
+                    [p for g in self.optimizer.param_groups for p in g["params"]],
+                    self.config.max_grad_norm,
+                )
+            )
+        lr = self.scheduler.get_last_lr()[0]
+        self.optimizer.step()
+        self.scheduler.step()
+        self.step += 1
+        if self.dist.enabled and self.objective.grad_reduction == "mean":
+            loss_sum /= self.dist.world_size  # undo the DDP scaling: this rank's share
+        row = {"step": self.step, "lr": lr, "loss": loss_sum}
+        row.update(stats.metrics())
+        row.update(grad_norm=grad_norm, tokens=tokens, seconds=time.perf_counter() - t0)
+        return row
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Estimates of the current policy over the whole dataset (no gradient, eval mode).
+
+        Every rank evaluates the whole dataset on its own (no collectives).
+        """
+        was = self.model.training
+        self.model.eval()
+        objective = self.config.objective(distributed=False)
+        stats: PopeStats | None = None
+        try:
+            for b in range(len(self.batches)):
+                out = pope_forward(
+                    self.inner_model, self._collate(b), objective, lm_head=self.config.lm_head
+                )
+                stats = out.stats if stats is None else stats + out.stats
+        finally:
+            self.model.train(was)
+        return stats.metrics()
+
+    def train(self, resume_from: str | os.PathLike[str] | None = None) -> TrainResult:
+        """Run until ``total_steps``; ``resume_from``: a checkpoint directory, or ``"latest"``.
+
+        Returns
+        -------
+        TrainResult
+            The final step and the metric rows written to the log file.
+        """
+        from tqdm.auto import tqdm
+
+        if resume_from is not None:
+            self.load_checkpoint(resume_from)
+        else:
+            torch.manual_seed(self.config.seed)
+            random.seed(self.config.seed)
+            np.random.seed(self.config.seed)  # noqa: NPY002
+        history: list[dict[str, float]] = []
+        if self.is_main:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        bar = tqdm(
+            total=self.total_steps,
+            initial=self.step,
+            desc="pope",
+            unit="step",
+            disable=not (self.config.progress and self.is_main),
+        )
+        try:
+            while self.step < self.total_steps:
+                row = self.train_step()
+                history.append(row)
+                if self.is_main and (
+                    self.step % self.config.log_every == 0 or self.step == self.total_steps
+                ):
+                    with self.log_path.open("a") as f:
+                        f.write(json.dumps(row) + "\n")
+                bar.update(1)
+                bar.set_postfix(
+                    total=f"{row['total']:.4f}", ess=f"{row['ess']:.1f}", loss=f"{row['loss']:.4g}"
+                )
+                if self.config.save_every and self.step % self.config.save_every == 0:
+                    self.save_checkpoint()
+        finally:
+            bar.close()
+        if self.config.save_final:
+            self.save_checkpoint()
+            if self.is_main and hasattr(self.inner_model, "save_pretrained"):
+                final = self.output_dir / "final"
+                self.inner_model.save_pretrained(final)
+                if hasattr(self.tokenizer, "save_pretrained"):
+                    self.tokenizer.save_pretrained(final)
+        return TrainResult(self.step, history)
+
+    # ------------------------------------------------------------------ checkpoints
+    def save_checkpoint(self, path: str | os.PathLike[str] | None = None) -> Path:
+        """Save model, optimizer, scheduler, RNG states, step and the precomputed log-probs.
+
+        Default path ``output_dir/checkpoint-{step}``. Only rank 0 writes.
+        """
+        d = Path(path) if path is not None else self.output_dir / f"checkpoint-{self.step}"
+        if not self.is_main:
+            return d
+        d.mkdir(parents=True, exist_ok=True)
+        torch.save(self.inner_model.state_dict(), d / "model.pt")
+        torch.save(self.optimizer.state_dict(), d / "optimizer.pt")
+        torch.save(self.scheduler.state_dict(), d / "scheduler.pt")
+        torch.save(_rng_state(), d / "rng.pt")
+        torch.save(
+            {
+                "log_logging": self.dataset.log_logging,
+                "ref_token_logprobs": self.dataset.ref_token_logprobs,
+            },
+            d / "logprobs.pt",
+        )
+        state = {
+            "step": self.step,
+            "total_steps": self.total_steps,
+            "n_batches": len(self.batches),
+            "n_responses": self.dataset.n_responses,
+            "config": self.config.to_dict(),
+        }
+        (d / "trainer_state.json").write_text(json.dumps(state, indent=1, default=str))
+        return d
+
+    def latest_checkpoint(self) -> Path | None:
+        """The checkpoint with the highest step under ``output_dir``, if any."""
+        found = []
+        for p in self.output_dir.glob("checkpoint-*"):
+            tail = p.name.split("-")[-1]
+            if tail.isdigit() and (p / "trainer_state.json").exists():
+                found.append((int(tail), p))
+        return max(found)[1] if found else None
+
+    def load_checkpoint(self, path: str | os.PathLike[str]) -> None:
+        """Restore a checkpoint written by :meth:`save_checkpoint` (``"latest"`` allowed)."""
+        if str(path) == "latest":
+            p = self.latest_checkpoint()
+            if p is None:
+                raise FileNotFoundError(f"no checkpoint under {self.output_dir}")
+        else:
+            p = Path(path)
+        if not (p / "trainer_state.json").exists():
+            raise FileNotFoundError(f"not a checkpoint directory: {p}")
+        state = json.loads((p / "trainer_state.json").read_text())
+        if state["n_responses"] != self.dataset.n_responses or state["n_batches"] != len(
+            self.batches
+        ):
+            raise ValueError(
+                f"checkpoint {p} was written for another dataset or token budget "
+                f"({state['n_responses']} responses, {state['n_batches']} batches)"
+            )
+        load = dict(map_location=self.device, weights_only=False)
+        self.inner_model.load_state_dict(torch.load(p / "model.pt", **load))
+        self.optimizer.load_state_dict(torch.load(p / "optimizer.pt", **load))
+        self.scheduler.load_state_dict(torch.load(p / "scheduler.pt", **load))
+        lp = torch.load(p / "logprobs.pt", weights_only=False)
+        self.dataset.log_logging = lp["log_logging"]
+        self.dataset.ref_token_logprobs = lp["ref_token_logprobs"]
+        _set_rng_state(torch.load(p / "rng.pt", weights_only=False))
+        self.step = int(state["step"])
