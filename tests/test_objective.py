@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from pope.objective import PopeObjective, PopeStats, shift_labels
+from pope.objective import ObjectiveStats, PopeObjective, shift_labels
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -349,7 +349,7 @@ def test_stats_merge_over_disjoint_prompts_equals_full_batch():
     split = bt["prompt"] <= bt["prompt"][5]
     parts = [obj(**{k: v[m] for k, v in kw.items()}).stats for m in (split, ~split)]
     merged = parts[0] + parts[1]
-    assert isinstance(merged, PopeStats)
+    assert isinstance(merged, ObjectiveStats)
     for k, v in full.metrics().items():
         assert merged.metrics()[k] == pytest.approx(v, rel=1e-12), k
 

@@ -81,9 +81,9 @@ from pope import ops
 from pope.distributed import DistInfo, all_reduce, dist_info, union_keys
 
 __all__ = [
+    "ObjectiveStats",
     "PopeObjective",
     "PopeOutput",
-    "PopeStats",
     "linear_sequence_logprob",
     "shift_labels",
 ]
@@ -179,7 +179,7 @@ def _logaddexp(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 @dataclass
-class PopeStats:
+class ObjectiveStats:
     r"""Mergeable sufficient statistics of one or more objective evaluations (0-d tensors).
 
     Sums of weights are kept in log space (``log_sum_w`` = :math:`\log\sum w`), so they merge
@@ -210,10 +210,10 @@ class PopeStats:
     sum_kl: torch.Tensor
     lam: float
 
-    def merge(self, other: PopeStats) -> PopeStats:
+    def merge(self, other: ObjectiveStats) -> ObjectiveStats:
         """Statistics of the union of two evaluations on disjoint prompts."""
-        if not isinstance(other, PopeStats):
-            raise TypeError(f"other must be a PopeStats, got {type(other).__name__}")
+        if not isinstance(other, ObjectiveStats):
+            raise TypeError(f"other must be a ObjectiveStats, got {type(other).__name__}")
         out: dict[str, Any] = {}
         for f in fields(self):
             a, b = getattr(self, f.name), getattr(other, f.name)
@@ -225,7 +225,7 @@ class PopeStats:
                 out[f.name] = torch.maximum(a, b)
             else:
                 out[f.name] = a + b
-        return PopeStats(**out)
+        return ObjectiveStats(**out)
 
     __add__ = merge
 
@@ -296,7 +296,7 @@ class PopeOutput:
     ----------
     loss : 0-d tensor
         The (local, see ``grad_reduction``) surrogate loss; call ``backward`` on it.
-    stats : PopeStats
+    stats : ObjectiveStats
         Global (all-reduced) statistics; ``stats.metrics()`` gives floats.
     logp : (S,) float64, detached
         :math:`\log\pi_\theta(y\mid x)` of the local sequences.
@@ -311,7 +311,7 @@ class PopeOutput:
     """
 
     loss: torch.Tensor
-    stats: PopeStats
+    stats: ObjectiveStats
     logp: torch.Tensor
     log_weights: torch.Tensor
     rewards: torch.Tensor
@@ -937,7 +937,7 @@ class PopeObjective(nn.Module):
         if info.enabled and self.grad_reduction == "mean":
             loss = loss * info.world_size
 
-        stats = PopeStats(
+        stats = ObjectiveStats(
             n_seqs=n_glob,
             n_prompts=torch.tensor(float(u), dtype=wd, device=dev),
             n_clipped=n_clip,

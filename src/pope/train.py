@@ -43,7 +43,7 @@ import torch
 from pope._validation import as_float_array, as_index_array, check_same_length
 from pope.data import RewardNormalization, normalize_signal
 from pope.distributed import dist_info
-from pope.objective import PopeObjective, PopeOutput, PopeStats, shift_labels
+from pope.objective import ObjectiveStats, PopeObjective, PopeOutput, shift_labels
 from pope.scoring import ContextLengthError, context_length, score_responses, tokenize_pairs
 
 __all__ = [
@@ -1056,7 +1056,7 @@ class OffPolicyTrainer:
         self.model.train()
         mbs, n_total = self.step_batches(self.step)
         self.optimizer.zero_grad(set_to_none=True)
-        stats: PopeStats | None = None
+        stats: ObjectiveStats | None = None
         loss_sum = 0.0
         tokens = 0
         for j, b in enumerate(mbs):
@@ -1103,7 +1103,7 @@ class OffPolicyTrainer:
         was = self.model.training
         self.model.eval()
         objective = self.config.objective(distributed=False)
-        stats: PopeStats | None = None
+        stats: ObjectiveStats | None = None
         try:
             for b in range(len(self.batches)):
                 out = pope_forward(
