@@ -595,14 +595,14 @@ class EvalResult:
             )
         return msgs
 
-    def table(self) -> str:
-        """The estimates as an aligned text table."""
+    def table(self, method: str = "normal") -> str:
+        """The estimates as an aligned text table (intervals by ``method``)."""
         a = self.spec.alpha
         head = (f"{'estimator':<34} {'value':>9} {'stderr':>9} "
                 f"{f'{100 * (1 - a):g}% CI':>21} {'ESS':>9} {'max w':>9} {'clipped':>7}")
         lines = [head, "-" * len(head)]
         for label, e in self.rows():
-            lo, hi = e.ci()
+            lo, hi = e.ci(method=method)
             d = e.diagnostics
             lines.append(
                 f"{label:<34} {e.value:>9.4f} {e.stderr:>9.4f} "
@@ -611,10 +611,13 @@ class EvalResult:
             )
         return "\n".join(lines)
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, method: str = "normal", ess_fraction: float = 0.1) -> dict[str, Any]:
         """JSON-friendly results (estimates, diagnostics, data report, settings)."""
+
         def est(e: Any) -> dict[str, Any]:
             d = dict(e.to_dict())
+            d["ci_lower"], d["ci_upper"] = e.ci(method=method)
+            d["ci_method"] = method
             return {k: _json_float(v) for k, v in d.items()}
 
         return {
@@ -627,7 +630,7 @@ class EvalResult:
             "n_prompts": self.n_prompts,
             "n_responses": self.n_responses,
             "data": self.report.to_dict(),
-            "warnings": self.warnings(),
+            "warnings": self.warnings(ess_fraction),
             "settings": self.spec.to_dict(),
         }
 

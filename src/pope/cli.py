@@ -1,0 +1,556 @@
+"""The ``pope`` command: evaluate a policy on real logs, train, run the demo or benchmarks.
+
+Exit codes: 0 success; 2 bad usage or bad input (a clear message on stderr, no traceback);
+1 an unexpected error (a bug: the traceback is shown).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["UsageError", "build_parser", "main"]
+
+PROG = "pope"
+
+
+class UsageError(Exception):
+    """Bad command-line usage detected after parsing (exit code 2)."""
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Keep the examples' layout and show defaults."""
+
+
+# ----------------------------------------------------------------------------- evaluate
+EVALUATE_EXAMPLES = """\
+examples:
+  # logged log-probs in the file (column log_logging), aspects from the 'aspect' column
+  pope evaluate --logs logs.parquet --policy ./my-model --lambda 0.5 --out results.json
+
+  # no logged log-probs: score the responses with the logging model too
+  pope evaluate --logs logs.jsonl --policy ./target --logging-model ./base
+
+  # aspects by k-means on embeddings stored in a .npy file (one row per log row)
+  pope evaluate --logs logs.csv --policy ./target --aspects-from emb.npy --n-aspects 8
+
+  # aspects from a local sentence-transformers model directory, soft assignment
+  pope evaluate --logs logs.parquet --policy ./target --aspects-from ./minilm \\
+      --n-aspects 8 --soft-aspects --temperature 0.1
+
+  # a log larger than memory, in chunks of 100k rows (rows of a prompt must be contiguous)
+  pope evaluate --logs big/ --policy ./target --chunk-rows 100000
+
+  # your own column names
+  pope evaluate --logs l.parquet --policy ./t --column prompt_id=qid --column signal=votes
+"""
+
+
+def _column_arg(text: str) -> tuple[str, str]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected FIELD=COLUMN, got {text!r}")
+    k, v = text.split("=", 1)
+    return k.strip(), v.strip()
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from e
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {v}")
+    return v
+
+
+def _nonneg_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from e
+    if not v >= 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text}")
+    return v
+
+
+def _positive_float(text: str) -> float:
+    v = _nonneg_float(text)
+    if v == 0:
+        raise argparse.ArgumentTypeError("expected a number > 0")
+    return v
+
+
+def _add_evaluate(sub: Any) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        help="estimate a policy's relevance, diversity and total value from logs",
+        description=(
+            "Score the logged responses with the target policy and estimate its POPE value "
+            "(relevance + lambda * diversity) off-policy, with the chosen baseline "
+            "estimators, confidence intervals and weight diagnostics. The log format is "
+            "described in docs/data-format.md."
+        ),
+        epilog=EVALUATE_EXAMPLES,
+        formatter_class=_Formatter,
+    )
+    g = p.add_argument_group("input")
+    g.add_argument("--logs", required=True, metavar="PATH",
+                   help="log file or directory: .parquet (or a directory of them), .jsonl, "
+                        ".csv/.tsv, or a Hugging Face datasets directory (save_to_disk)")
+    g.add_argument("--format", choices=["parquet", "jsonl", "csv", "tsv", "hf"],
+                   help="override the format detected from the file name")
+    g.add_argument("--split", help="split of a Hugging Face DatasetDict directory")
+    g.add_argument("--column", action="append", type=_column_arg, default=[],
+                   metavar="FIELD=NAME",
+                   help="map a schema field to a column of your log (repeatable), e.g. "
+                        "signal=upvotes")
+    g.add_argument("--on-error", choices=["fail", "skip"], default="fail",
+                   help="bad rows: stop with their list (fail) or drop them and report (skip)")
+    g.add_argument("--chunk-rows", type=_positive_int, metavar="N",
+                   help="stream the log in chunks of N rows (logs larger than memory)")
+
+    g = p.add_argument_group("policies")
+    g.add_argument("--policy", metavar="MODEL_DIR",
+                   help="target policy: a local Hugging Face causal LM directory; without it "
+                        "the log needs a log_target column")
+    g.add_argument("--logging-model", metavar="MODEL_DIR",
+                   help="logging policy to score the responses with, instead of the logged "
+                        "log_logging column")
+    g.add_argument("--batch-tokens", type=_positive_int, default=8192, metavar="N",
+                   help="token budget of a scoring batch (padding included)")
+    g.add_argument("--device", help="scoring device (default: cuda if available, else cpu)")
+    g.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"],
+                   default="auto", help="model dtype (auto: bfloat16 on CUDA, float32 on CPU)")
+    g.add_argument("--chat-template", action="store_true",
+                   help="format prompts with the tokenizer's chat template")
+    g.add_argument("--add-eos", action="store_true",
+                   help="score an EOS token after each response")
+    g.add_argument("--head", choices=["logits", "hidden"], default="logits",
+                   help="'hidden' scores from hidden states and the LM head weight without "
+                        "materialising all logits (plain linear heads only)")
+
+    g = p.add_argument_group("estimation")
+    g.add_argument("--lambda", dest="lam", type=_nonneg_float, default=1.0, metavar="L",
+                   help="weight of diversity in the total value")
+    g.add_argument("--reward-normalization",
+                   choices=["max", "log1p", "rank", "global_max", "none"], default="max",
+                   help="how signals become rewards in [0, 1] (see docs/method.md)")
+    g.add_argument("--weighting", choices=["sequence", "token_mean"], default="sequence",
+                   help="importance weight: exact sequence ratio or length-normalised "
+                        "per-token mean (needs per-token logging log-probs)")
+    g.add_argument("--clip", type=_positive_float, metavar="M",
+                   help="truncate importance weights at M")
+    g.add_argument("--relevance", choices=["snips", "ips"], default="snips",
+                   help="self-normalised or plain IPS relevance")
+    g.add_argument("--coverage", choices=["self_normalized", "ips"],
+                   default="self_normalized", help="normaliser of the per-prompt coverage")
+    g.add_argument("--diversity", choices=["coverage", "response_entropy"], default="coverage",
+                   help="coverage entropy, or its per-response lower bound")
+    g.add_argument("--alpha", type=float, default=0.05,
+                   help="intervals at level 1 - alpha")
+    g.add_argument("--ci", choices=["normal", "t", "bootstrap"], default="normal",
+                   help="interval method (bootstrap: in memory only)")
+    g.add_argument("--estimators", default="snips,clipped_ips", metavar="LIST",
+                   help="comma-separated baselines on the total reward: ips, snips, "
+                        "clipped_ips, sub_gaussian_ips, or 'none'")
+    g.add_argument("--baseline-clip", type=_positive_float, metavar="M",
+                   help="M of clipped_ips (default: --clip, else 10)")
+    g.add_argument("--ess-warning", type=float, default=0.1, metavar="FRACTION",
+                   help="warn when the effective sample size is below FRACTION * n")
+
+    g = p.add_argument_group("aspects")
+    g.add_argument("--aspects-from", default="labels", metavar="SOURCE",
+                   help="'labels' (the aspect / aspect_probs column), 'column[:NAME]' "
+                        "(k-means on an embedding column), a .npy file of embeddings (one row "
+                        "per log row), a local embedding model directory, or 'none'")
+    g.add_argument("--n-aspects", type=_positive_int, metavar="C",
+                   help="number of aspects (k-means clusters; or the label range)")
+    g.add_argument("--aspect-names", metavar="A,B,...",
+                   help="known aspect labels; other labels are reported as unknown")
+    g.add_argument("--soft-aspects", action="store_true",
+                   help="soft k-means assignment: softmax of negative distances")
+    g.add_argument("--temperature", type=_positive_float, default=1.0,
+                   help="temperature of the soft assignment")
+    g.add_argument("--seed", type=int, default=0, help="k-means seed")
+
+    g = p.add_argument_group("output")
+    g.add_argument("--out", metavar="FILE", help="write the results as JSON")
+    g.add_argument("--no-progress", action="store_true", help="no progress bars")
+    g.add_argument("-q", "--quiet", action="store_true",
+                   help="print only the table and warnings")
+    p.set_defaults(func=_cmd_evaluate)
+
+
+def _spec_from_args(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
+    from pope.io import LogColumns
+    from pope.streaming import BASELINES, EvalSpec
+
+    try:
+        columns = LogColumns.from_mapping(dict(args.column))
+    except ValueError as e:
+        raise UsageError(f"--column: {e}") from e
+    est = [e.strip() for e in args.estimators.split(",") if e.strip()]
+    if est == ["none"]:
+        est = []
+    bad = [e for e in est if e not in BASELINES]
+    if bad:
+        raise UsageError(f"--estimators: unknown {bad}; choose from {', '.join(BASELINES)}")
+    src = args.aspects_from
+    kw: dict[str, Any] = {}
+    if src in ("labels", "none"):
+        kw["aspects"] = src
+    elif src == "column" or src.startswith("column:"):
+        kw["aspects"] = "embedding"
+        name = src.split(":", 1)[1] if ":" in src else "embedding"
+        columns = LogColumns.from_mapping({**columns.as_dict(), "embedding": name})
+    elif src.endswith(".npy"):
+        if not Path(src).is_file():
+            raise UsageError(f"--aspects-from: embeddings file not found: {src}")
+        kw.update(aspects="npy", embeddings_path=src)
+    elif Path(src).is_dir():
+        kw.update(aspects="model", embedding_model=src)
+    else:
+        raise UsageError(
+            f"--aspects-from {src!r}: expected 'labels', 'column[:NAME]', a .npy file, a model "
+            "directory or 'none'"
+        )
+    if kw["aspects"] in ("embedding", "npy", "model") and not args.n_aspects:
+        raise UsageError("--aspects-from with embeddings needs --n-aspects C (k-means clusters)")
+    for name, path in (("--policy", args.policy), ("--logging-model", args.logging_model)):
+        if path is not None and not Path(path).is_dir():
+            raise UsageError(f"{name}: model directory not found: {path}")
+    if not 0 < args.alpha < 1:
+        raise UsageError(f"--alpha must lie in (0, 1), got {args.alpha}")
+    if args.ci == "bootstrap" and args.chunk_rows:
+        raise UsageError("--ci bootstrap needs the whole log in memory (drop --chunk-rows)")
+    names = None
+    if args.aspect_names:
+        names = tuple(s.strip() for s in args.aspect_names.split(",") if s.strip())
+    spec = EvalSpec(
+        lam=args.lam,
+        reward_normalization=args.reward_normalization,
+        weighting=args.weighting,
+        clip=args.clip,
+        relevance=args.relevance,
+        coverage=args.coverage,
+        diversity=args.diversity,
+        alpha=args.alpha,
+        estimators=tuple(est),
+        baseline_clip=args.baseline_clip,
+        policy=args.policy,
+        logging_model=args.logging_model,
+        batch_tokens=args.batch_tokens,
+        device=args.device,
+        dtype=args.dtype,
+        chat_template=args.chat_template,
+        add_eos=args.add_eos,
+        head=args.head,
+        n_aspects=args.n_aspects,
+        aspect_names=names,
+        soft_aspects=args.soft_aspects,
+        temperature=args.temperature,
+        seed=args.seed,
+        columns=columns,
+        on_error=args.on_error,
+        progress=not args.no_progress and not args.quiet,
+        **kw,
+    )
+    return spec, {"ci": args.ci}
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from pope.streaming import evaluate_logs, evaluate_stream
+
+    spec, opts = _spec_from_args(args)
+    _quiet_libraries()
+    if args.chunk_rows:
+        result = evaluate_stream(args.logs, spec, chunk_rows=args.chunk_rows,
+                                 format=args.format, split=args.split)
+    else:
+        result = evaluate_logs(args.logs, spec, format=args.format, split=args.split)
+    rep = result.report
+    if not args.quiet:
+        print(f"log: {args.logs}")
+        print(f"rows read: {rep.n_rows}; bad rows skipped: {rep.n_bad}; evaluated: "
+              f"{result.n_responses} responses over {result.n_prompts} prompts")
+        if rep.n_bad:
+            print(rep.summary())
+        lam = spec.lam
+        print(f"lambda={lam:g}, reward normalization={spec.reward_normalization}, "
+              f"weighting={spec.weighting}, clip={spec.clip}, aspects={spec.aspects}"
+              + (f" (C={spec.n_aspects})" if spec.n_aspects else ""))
+        print()
+    print(result.table(method=opts["ci"]))
+    warnings = result.warnings(args.ess_warning)
+    for w in warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    if args.out:
+        out = result.to_dict(method=opts["ci"], ess_fraction=args.ess_warning)
+        out["logs"] = str(args.logs)
+        Path(args.out).write_text(json.dumps(out, indent=2, allow_nan=False) + "\n")
+        if not args.quiet:
+            print(f"\nresults written to {args.out}")
+    return 0
+
+
+def _quiet_libraries() -> None:
+    """Silence the transformers loading bars and info logs (our own bars stay)."""
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    try:
+        import transformers
+
+        transformers.utils.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
+    except Exception:  # pragma: no cover - transformers is optional here
+        pass
+
+
+# ----------------------------------------------------------------------------- train
+TRAIN_EXAMPLES = """\
+examples:
+  pope train --logs logs.parquet --policy ./base --output-dir ./aligned --lambda 0.5
+  pope train --logs logs.jsonl --policy ./base --logging-model ./base --output-dir ./out \\
+      --epochs 2 --lr 1e-5 --clip 5
+"""
+
+
+def _add_train(sub: Any) -> None:
+    p = sub.add_parser(
+        "train",
+        help="off-policy POPE training of a policy on logs",
+        description=(
+            "Fine-tune a causal LM to maximise the estimated POPE value (relevance + lambda * "
+            "diversity) on logged responses only (pope.train.OffPolicyTrainer)."
+        ),
+        epilog=TRAIN_EXAMPLES,
+        formatter_class=_Formatter,
+    )
+    p.add_argument("--logs", required=True, metavar="PATH", help="log file (as for evaluate)")
+    p.add_argument("--format", choices=["parquet", "jsonl", "csv", "tsv", "hf"])
+    p.add_argument("--split")
+    p.add_argument("--column", action="append", type=_column_arg, default=[],
+                   metavar="FIELD=NAME", help="map a schema field to a column (repeatable)")
+    p.add_argument("--on-error", choices=["fail", "skip"], default="fail")
+    p.add_argument("--policy", required=True, metavar="MODEL_DIR",
+                   help="initial policy (local causal LM directory)")
+    p.add_argument("--logging-model", metavar="MODEL_DIR",
+                   help="score the logging log-probs with this model instead of the log")
+    p.add_argument("--output-dir", required=True, metavar="DIR",
+                   help="where the trained model is saved")
+    p.add_argument("--aspect-names", metavar="A,B,...")
+    p.add_argument("--n-aspects", type=_positive_int, metavar="C")
+    p.add_argument("--lambda", dest="lam", type=_nonneg_float, default=1.0, metavar="L")
+    p.add_argument("--reward-normalization",
+                   choices=["max", "log1p", "rank", "global_max", "none"], default="max")
+    p.add_argument("--clip", type=_positive_float, metavar="M")
+    p.add_argument("--epochs", type=_positive_int, default=1)
+    p.add_argument("--max-steps", type=_positive_int, metavar="N")
+    p.add_argument("--lr", type=_positive_float, default=1e-5)
+    p.add_argument("--batch-size", type=_positive_int, default=8, metavar="PROMPTS")
+    p.add_argument("--beta", type=_nonneg_float, default=0.0,
+                   help="KL penalty to the initial policy")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device")
+    p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"],
+                   default="auto")
+    p.set_defaults(func=_cmd_train)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    try:
+        from pope import train as train_mod
+    except ImportError as e:
+        raise UsageError(f"pope.train is not available in this installation ({e})") from e
+    from pope.io import load_logs
+
+    _quiet_libraries()
+    if not Path(args.policy).is_dir():
+        raise UsageError(f"--policy: model directory not found: {args.policy}")
+    names = tuple(s.strip() for s in args.aspect_names.split(",")) if args.aspect_names else None
+    data = load_logs(
+        args.logs,
+        columns=dict(args.column),
+        format=args.format,
+        split=args.split,
+        on_error=args.on_error,
+        require_log_logging=args.logging_model is None,
+        aspect_names=names,
+        n_aspects=args.n_aspects,
+    )
+    print(f"rows read: {data.report.n_rows}; bad rows skipped: {data.report.n_bad}")
+    runner: Callable[..., Any] | None = getattr(train_mod, "train_from_logs", None)
+    options = {
+        "policy": args.policy,
+        "logging_model": args.logging_model,
+        "output_dir": args.output_dir,
+        "lam": args.lam,
+        "reward_normalization": args.reward_normalization,
+        "clip": args.clip,
+        "epochs": args.epochs,
+        "max_steps": args.max_steps,
+        "lr": args.lr,
+        "batch_size": args.batch_size,
+        "beta": args.beta,
+        "seed": args.seed,
+        "device": args.device,
+        "dtype": args.dtype,
+    }
+    if runner is None:
+        raise UsageError(
+            "this version of pope.train has no train_from_logs entry point yet; use the "
+            "Python API (pope.train.OffPolicyTrainer)"
+        )
+    runner(data, **{k: v for k, v in options.items() if v is not None})
+    print(f"model saved to {args.output_dir}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- demo
+def _add_demo(sub: Any, load: bool) -> None:
+    desc = "run the end-to-end demo (synthetic logs, evaluation and training)"
+    if not load:
+        sub.add_parser("demo", help=desc, add_help=False)
+        return
+    p = sub.add_parser("demo", help=desc, description=desc, formatter_class=_Formatter)
+    try:
+        from pope import demo
+    except ImportError as e:
+        msg = str(e)
+
+        def unavailable(args: argparse.Namespace) -> int:
+            raise UsageError(f"the demo is not available in this installation ({msg})")
+
+        p.set_defaults(func=unavailable)
+        return
+    demo.add_arguments(p)
+    p.set_defaults(func=demo.run)
+
+
+# ----------------------------------------------------------------------------- bench
+BENCH_HELP = """\
+The CPU benchmarks live in the source tree (bench/bench_cpu.py); they are not installed with
+the package. From a checkout of the repository:
+
+  pip install -e '.[test]'
+  python bench/bench_cpu.py            # CPU backends of the estimators
+  python -m pytest bench -q            # benchmark suites, if any
+
+GPU kernels have their own scripts in bench/ (they need a CUDA device).
+Results and baselines are recorded in bench/RESULTS.md.
+"""
+
+
+def _find_bench() -> Path | None:
+    here = Path(__file__).resolve()
+    candidates = [Path.cwd() / "bench" / "bench_cpu.py"]
+    candidates += [parent / "bench" / "bench_cpu.py" for parent in here.parents[:4]]
+    for c in candidates:
+        if c.is_file():
+            return c
+    return None
+
+
+def _add_bench(sub: Any) -> None:
+    p = sub.add_parser(
+        "bench",
+        help="run the CPU benchmarks (bench/bench_cpu.py from the source tree)",
+        description="Run bench/bench_cpu.py; arguments after 'bench' are passed through.",
+        epilog="examples:\n  pope bench\n  pope bench -- --help\n  pope bench --where",
+        formatter_class=_Formatter,
+    )
+    p.add_argument("--where", action="store_true",
+                   help="print where the benchmark script is (or how to get it) and exit")
+    p.add_argument("bench_args", nargs=argparse.REMAINDER,
+                   help="arguments for bench_cpu.py")
+    p.set_defaults(func=_cmd_bench)
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    script = _find_bench()
+    if script is None:
+        print("bench/bench_cpu.py was not found next to this installation.\n")
+        print(BENCH_HELP)
+        return 0
+    if args.where:
+        print(script)
+        return 0
+    rest = list(args.bench_args)
+    if rest and rest[0] == "--":
+        rest = rest[1:]
+    return subprocess.call([sys.executable, str(script), *rest], cwd=str(script.parent.parent))
+
+
+# ----------------------------------------------------------------------------- main
+MAIN_EXAMPLES = """\
+examples:
+  pope evaluate --logs logs.parquet --policy ./model --out results.json
+  pope evaluate --help
+  pope train --logs logs.parquet --policy ./base --output-dir ./aligned
+  pope demo
+  pope bench
+
+exit codes: 0 ok, 2 bad usage or input, 1 unexpected error.
+"""
+
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The ``pope`` argument parser (the demo's options are loaded only for ``pope demo``)."""
+    from pope import __version__
+
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="POPE: pluralistic off-policy evaluation and alignment of LLMs.",
+        epilog=MAIN_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"pope {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    _add_evaluate(sub)
+    _add_train(sub)
+    argv_list = list(sys.argv[1:] if argv is None else argv)
+    _add_demo(sub, load=bool(argv_list) and argv_list[0] == "demo")
+    _add_bench(sub)
+    return parser
+
+
+def _expected_errors() -> tuple[type[BaseException], ...]:
+    from pope.io import LogFormatError
+    from pope.scoring import ContextLengthError
+
+    return (UsageError, LogFormatError, ContextLengthError, FileNotFoundError, OSError,
+            ValueError, ImportError)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``pope`` command; returns the exit code (0 ok, 2 bad usage/input)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # argparse: --help (0) or a usage error (2)
+        return int(e.code) if isinstance(e.code, int) else (0 if e.code is None else 2)
+    try:
+        expected = _expected_errors()
+    except ImportError as e:  # pragma: no cover - broken installation
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except expected as e:
+        msg = str(e) or type(e).__name__
+        print(f"{PROG} {args.command}: error: {msg}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
