@@ -49,6 +49,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from pope._validation import as_float_array
 from pope.backends import get_backend, resolve_backend
 from pope.coverage import check_log_weight, coverage_core, diversity_core, resolve_aspects
 from pope.data import LoggedFeedback, RewardNormalization
@@ -320,12 +321,13 @@ def _compute(
             raise ValueError("token_log_target is only used with weighting='token_mean'")
         if log_target is None:
             raise TypeError("log_target is required with weighting='sequence'")
-        lt, ll = validate_log_probs(log_target, fb.log_logging)
-        if lt.shape[0] != n_resp:
+        lt0 = as_float_array(log_target, "log_target", allow_neginf=True)
+        if lt0.shape[0] != n_resp:
             raise ValueError(
-                f"log_target has length {lt.shape[0]}, expected {n_resp} (one per stored "
+                f"log_target has length {lt0.shape[0]}, expected {n_resp} (one per stored "
                 "response, in the feedback's row order; see LoggedFeedback.row_index)"
             )
+        lt, ll = validate_log_probs(lt0, fb.log_logging)
     else:
         if log_target is not None:
             raise ValueError(
