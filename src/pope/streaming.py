@@ -1064,6 +1064,7 @@ def evaluate_ray(
 
     try:
         import ray
+        import ray.data
     except ImportError as e:  # pragma: no cover - depends on the environment
         raise ImportError("evaluate_ray needs Ray: pip install 'pope[ray]'") from e
     if _needs_prepass(spec):
