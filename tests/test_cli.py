@@ -377,6 +377,36 @@ def test_kmeans_aspects_from_npy_column_and_model(tmp_path, models, scored_log, 
     assert code == 2 and "rows" in err
 
 
+def test_train_then_evaluate(tmp_path, models, scored_log, capsys):
+    df, _ = scored_log
+    logs = write_logs(df.drop(columns=["log_logging"]), tmp_path / "logs.jsonl")
+    out_dir = tmp_path / "run"
+    code, stdout, err = run(
+        ["train", "--logs", logs, "--policy", models["logging"], "--logging-model",
+         models["logging"], "--output-dir", out_dir, "--max-steps", "3", "--lr", "1e-3",
+         "--no-progress"],
+        capsys,
+    )
+    assert code == 0, err
+    final = out_dir / "final"
+    assert "model saved" in stdout and (final / "config.json").exists()
+    rows = [json.loads(x) for x in (out_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    # the trained policy has a higher estimated value on the log than the logging policy
+    values = {}
+    for name, policy in (("before", models["logging"]), ("after", final)):
+        out = tmp_path / f"{name}.json"
+        code, _, err = run(
+            ["evaluate", "--logs", logs, "--policy", policy, "--logging-model",
+             models["logging"], "--out", out, "-q", "--no-progress"],
+            capsys,
+        )
+        assert code == 0, err
+        values[name] = json.loads(out.read_text())["pope"]["total"]
+    assert values["before"]["ess"] == pytest.approx(len(df))  # same policy: all weights 1
+    assert values["after"]["value"] > values["before"]["value"]
+
+
 @pytest.mark.parametrize(
     "argv, needle",
     [
@@ -390,6 +420,8 @@ def test_kmeans_aspects_from_npy_column_and_model(tmp_path, models, scored_log, 
         (["evaluate", "--logs", "{tmp}/wrong.csv", "--lambda", "-1"], "lambda"),
         (["evaluate", "--logs", "{tmp}/ok.csv", "--column", "nonsense=x"], "unknown schema"),
         (["frobnicate"], "invalid choice"),
+        (["train", "--logs", "{tmp}/ok.csv", "--policy", "{tmp}/nomodel", "--output-dir",
+          "{tmp}/o"], "not found"),
     ],
 )
 def test_bad_usage_and_input_exit_2(tmp_path, capsys, argv, needle):

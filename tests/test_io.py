@@ -188,6 +188,20 @@ def test_bad_rows_are_reported_with_row_numbers():
     assert "8 rows read, 7 bad" in text
 
 
+def test_prompt_text_must_agree_within_a_prompt_id():
+    df = pd.DataFrame(
+        {
+            "prompt_id": [1, 1, 2, 1],
+            "prompt": ["same", "same", "other", "changed"],
+            "response": ["a", "b", "c", "d"],
+            "signal": [1, 2, 3, 4],
+            "log_logging": [-1.0] * 4,
+        }
+    )
+    data = validate_logs(df)
+    assert [list(v) for v in data.report.issues.values()] == [[3]]
+
+
 def test_on_error_fail_and_skip():
     df = bad_frame()
     with pytest.raises(LogFormatError) as ei:

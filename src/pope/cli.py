@@ -11,7 +11,7 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -100,18 +100,7 @@ def _add_evaluate(sub: Any) -> None:
         formatter_class=_Formatter,
     )
     g = p.add_argument_group("input")
-    g.add_argument("--logs", required=True, metavar="PATH",
-                   help="log file or directory: .parquet (or a directory of them), .jsonl, "
-                        ".csv/.tsv, or a Hugging Face datasets directory (save_to_disk)")
-    g.add_argument("--format", choices=["parquet", "jsonl", "csv", "tsv", "hf"],
-                   help="override the format detected from the file name")
-    g.add_argument("--split", help="split of a Hugging Face DatasetDict directory")
-    g.add_argument("--column", action="append", type=_column_arg, default=[],
-                   metavar="FIELD=NAME",
-                   help="map a schema field to a column of your log (repeatable), e.g. "
-                        "signal=upvotes")
-    g.add_argument("--on-error", choices=["fail", "skip"], default="fail",
-                   help="bad rows: stop with their list (fail) or drop them and report (skip)")
+    _add_input_args(g)
     g.add_argument("--chunk-rows", type=_positive_int, metavar="N",
                    help="stream the log in chunks of N rows (logs larger than memory)")
 
@@ -164,20 +153,7 @@ def _add_evaluate(sub: Any) -> None:
     g.add_argument("--ess-warning", type=float, default=0.1, metavar="FRACTION",
                    help="warn when the effective sample size is below FRACTION * n")
 
-    g = p.add_argument_group("aspects")
-    g.add_argument("--aspects-from", default="labels", metavar="SOURCE",
-                   help="'labels' (the aspect / aspect_probs column), 'column[:NAME]' "
-                        "(k-means on an embedding column), a .npy file of embeddings (one row "
-                        "per log row), a local embedding model directory, or 'none'")
-    g.add_argument("--n-aspects", type=_positive_int, metavar="C",
-                   help="number of aspects (k-means clusters; or the label range)")
-    g.add_argument("--aspect-names", metavar="A,B,...",
-                   help="known aspect labels; other labels are reported as unknown")
-    g.add_argument("--soft-aspects", action="store_true",
-                   help="soft k-means assignment: softmax of negative distances")
-    g.add_argument("--temperature", type=_positive_float, default=1.0,
-                   help="temperature of the soft assignment")
-    g.add_argument("--seed", type=int, default=0, help="k-means seed")
+    _add_aspect_args(p.add_argument_group("aspects"))
 
     g = p.add_argument_group("output")
     g.add_argument("--out", metavar="FILE", help="write the results as JSON")
@@ -314,10 +290,50 @@ def _quiet_libraries() -> None:
 # ----------------------------------------------------------------------------- train
 TRAIN_EXAMPLES = """\
 examples:
+  # logged log-probs in the file; aspects from the 'aspect' column
   pope train --logs logs.parquet --policy ./base --output-dir ./aligned --lambda 0.5
+
+  # no logged log-probs: the logging model scores them once before training
   pope train --logs logs.jsonl --policy ./base --logging-model ./base --output-dir ./out \\
       --epochs 2 --lr 1e-5 --clip 5
+
+  # resume the latest checkpoint in the output directory
+  pope train --logs logs.parquet --policy ./base --output-dir ./aligned --resume latest
+
+The trained model and tokenizer are saved to OUTPUT_DIR/final; metrics go to
+OUTPUT_DIR/metrics.jsonl (one JSON row per step).
 """
+
+
+def _add_aspect_args(g: Any) -> None:
+    g.add_argument("--aspects-from", default="labels", metavar="SOURCE",
+                   help="'labels' (the aspect / aspect_probs column), 'column[:NAME]' "
+                        "(k-means on an embedding column), a .npy file of embeddings (one row "
+                        "per log row), a local embedding model directory, or 'none'")
+    g.add_argument("--n-aspects", type=_positive_int, metavar="C",
+                   help="number of aspects (k-means clusters; or the label range)")
+    g.add_argument("--aspect-names", metavar="A,B,...",
+                   help="known aspect labels; other labels are reported as unknown")
+    g.add_argument("--soft-aspects", action="store_true",
+                   help="soft k-means assignment: softmax of negative distances")
+    g.add_argument("--temperature", type=_positive_float, default=1.0,
+                   help="temperature of the soft assignment")
+    g.add_argument("--seed", type=int, default=0, help="seed (k-means; training)")
+
+
+def _add_input_args(g: Any) -> None:
+    g.add_argument("--logs", required=True, metavar="PATH",
+                   help="log file or directory: .parquet (or a directory of them), .jsonl, "
+                        ".csv/.tsv, or a Hugging Face datasets directory (save_to_disk)")
+    g.add_argument("--format", choices=["parquet", "jsonl", "csv", "tsv", "hf"],
+                   help="override the format detected from the file name")
+    g.add_argument("--split", help="split of a Hugging Face DatasetDict directory")
+    g.add_argument("--column", action="append", type=_column_arg, default=[],
+                   metavar="FIELD=NAME",
+                   help="map a schema field to a column of your log (repeatable), e.g. "
+                        "signal=upvotes")
+    g.add_argument("--on-error", choices=["fail", "skip"], default="fail",
+                   help="bad rows: stop with their list (fail) or drop them and report (skip)")
 
 
 def _add_train(sub: Any) -> None:
@@ -331,83 +347,165 @@ def _add_train(sub: Any) -> None:
         epilog=TRAIN_EXAMPLES,
         formatter_class=_Formatter,
     )
-    p.add_argument("--logs", required=True, metavar="PATH", help="log file (as for evaluate)")
-    p.add_argument("--format", choices=["parquet", "jsonl", "csv", "tsv", "hf"])
-    p.add_argument("--split")
-    p.add_argument("--column", action="append", type=_column_arg, default=[],
-                   metavar="FIELD=NAME", help="map a schema field to a column (repeatable)")
-    p.add_argument("--on-error", choices=["fail", "skip"], default="fail")
-    p.add_argument("--policy", required=True, metavar="MODEL_DIR",
-                   help="initial policy (local causal LM directory)")
-    p.add_argument("--logging-model", metavar="MODEL_DIR",
-                   help="score the logging log-probs with this model instead of the log")
-    p.add_argument("--output-dir", required=True, metavar="DIR",
-                   help="where the trained model is saved")
-    p.add_argument("--aspect-names", metavar="A,B,...")
-    p.add_argument("--n-aspects", type=_positive_int, metavar="C")
-    p.add_argument("--lambda", dest="lam", type=_nonneg_float, default=1.0, metavar="L")
-    p.add_argument("--reward-normalization",
+    _add_input_args(p.add_argument_group("input"))
+    g = p.add_argument_group("models")
+    g.add_argument("--policy", required=True, metavar="MODEL_DIR",
+                   help="initial policy (local causal LM directory), trained in place")
+    g.add_argument("--logging-model", metavar="MODEL_DIR",
+                   help="score the logging log-probs with this model instead of the log's "
+                        "log_logging column")
+    g.add_argument("--output-dir", required=True, metavar="DIR",
+                   help="checkpoints, metrics.jsonl and the final model (DIR/final)")
+    g.add_argument("--resume", metavar="CHECKPOINT",
+                   help="resume from a checkpoint directory, or 'latest'")
+    g.add_argument("--device", help="default: cuda if available, else cpu")
+    g.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"],
+                   default="float32", help="model dtype while training")
+    g.add_argument("--chat-template", action="store_true",
+                   help="format prompts with the tokenizer's chat template")
+    g.add_argument("--add-eos", action="store_true",
+                   help="score an EOS token after each response (must match how the logged "
+                        "log-probs were computed)")
+    g = p.add_argument_group("objective")
+    g.add_argument("--lambda", dest="lam", type=_nonneg_float, default=1.0, metavar="L")
+    g.add_argument("--reward-normalization",
                    choices=["max", "log1p", "rank", "global_max", "none"], default="max")
-    p.add_argument("--clip", type=_positive_float, metavar="M")
-    p.add_argument("--epochs", type=_positive_int, default=1)
-    p.add_argument("--max-steps", type=_positive_int, metavar="N")
-    p.add_argument("--lr", type=_positive_float, default=1e-5)
-    p.add_argument("--batch-size", type=_positive_int, default=8, metavar="PROMPTS")
-    p.add_argument("--beta", type=_nonneg_float, default=0.0,
+    g.add_argument("--weighting", choices=["sequence", "token_mean"], default="sequence")
+    g.add_argument("--clip", type=_positive_float, metavar="M", help="truncate weights at M")
+    g.add_argument("--ppo-eps", type=_positive_float, metavar="EPS",
+                   help="PPO-style ratio clipping to [1-EPS, 1+EPS]")
+    g.add_argument("--beta", type=_nonneg_float, default=0.0,
                    help="KL penalty to the initial policy")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device")
-    p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"],
-                   default="auto")
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--lr", type=_positive_float, default=1e-5)
+    g.add_argument("--epochs", type=_positive_float, default=1.0)
+    g.add_argument("--max-steps", type=_positive_int, metavar="N")
+    g.add_argument("--batch-tokens", type=_positive_int, default=8192, metavar="N",
+                   help="padded tokens per micro-batch (all responses of a prompt together)")
+    g.add_argument("--grad-accum-steps", type=_positive_int, default=1)
+    g.add_argument("--warmup-steps", type=int, default=0)
+    g.add_argument("--save-every", type=_positive_int, metavar="STEPS")
+    g.add_argument("--no-progress", action="store_true")
+    _add_aspect_args(p.add_argument_group("aspects"))
     p.set_defaults(func=_cmd_train)
 
 
+def _train_aspects(data: Any, args: argparse.Namespace) -> dict[str, Any]:
+    """``aspect``/``aspect_probs``/``num_aspects`` for the training set."""
+    import numpy as np
+
+    from pope.aspects import assign_aspects, embed_texts, load_embeddings
+
+    src = args.aspects_from
+    if src == "labels":
+        if data.aspect_probs is not None:
+            return {"aspect_probs": data.aspect_probs, "num_aspects": data.n_aspects}
+        if data.aspect is None:
+            raise UsageError(
+                "the log has no aspect column: use --aspects-from with embeddings (and "
+                "--n-aspects) or --aspects-from none"
+            )
+        return {"aspect": data.aspect, "num_aspects": data.n_aspects}
+    if src == "none":
+        return {"aspect": np.zeros(len(data), dtype=np.int64), "num_aspects": 1}
+    if not args.n_aspects:
+        raise UsageError("--aspects-from with embeddings needs --n-aspects C (k-means clusters)")
+    if src == "column" or src.startswith("column:"):
+        if data.embedding is None:
+            raise UsageError("--aspects-from column: the log has no embedding column")
+        emb = data.embedding
+    elif src.endswith(".npy"):
+        emb = load_embeddings(src)[data.rows]
+    elif Path(src).is_dir():
+        emb = embed_texts(data.response, src, device=args.device)
+    else:
+        raise UsageError(
+            f"--aspects-from {src!r}: expected 'labels', 'column[:NAME]', a .npy file, a model "
+            "directory or 'none'"
+        )
+    a = assign_aspects(emb, args.n_aspects, seed=args.seed, soft=args.soft_aspects,
+                       temperature=args.temperature)
+    if args.soft_aspects:
+        return {"aspect_probs": a.probs, "num_aspects": args.n_aspects}
+    return {"aspect": a.labels, "num_aspects": args.n_aspects}
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
-    try:
-        from pope import train as train_mod
-    except ImportError as e:
-        raise UsageError(f"pope.train is not available in this installation ({e})") from e
     from pope.io import load_logs
+    from pope.scoring import load_causal_lm
+    from pope.train import OffPolicyTrainer, PopeDataset, TrainConfig
 
     _quiet_libraries()
-    if not Path(args.policy).is_dir():
-        raise UsageError(f"--policy: model directory not found: {args.policy}")
-    names = tuple(s.strip() for s in args.aspect_names.split(",")) if args.aspect_names else None
+    for name, path in (("--policy", args.policy), ("--logging-model", args.logging_model)):
+        if path is not None and not Path(path).is_dir():
+            raise UsageError(f"{name}: model directory not found: {path}")
+    columns = dict(args.column)
+    src = args.aspects_from
+    if src == "column" or src.startswith("column:"):
+        columns["embedding"] = src.split(":", 1)[1] if ":" in src else "embedding"
+    names = None
+    if args.aspect_names:
+        names = tuple(s.strip() for s in args.aspect_names.split(",") if s.strip())
     data = load_logs(
         args.logs,
-        columns=dict(args.column),
+        columns=columns,
         format=args.format,
         split=args.split,
         on_error=args.on_error,
         require_log_logging=args.logging_model is None,
         aspect_names=names,
-        n_aspects=args.n_aspects,
+        n_aspects=args.n_aspects if src == "labels" else None,
+        use_aspects=src == "labels",
     )
-    print(f"rows read: {data.report.n_rows}; bad rows skipped: {data.report.n_bad}")
-    runner: Callable[..., Any] | None = getattr(train_mod, "train_from_logs", None)
-    options = {
-        "policy": args.policy,
-        "logging_model": args.logging_model,
-        "output_dir": args.output_dir,
-        "lam": args.lam,
-        "reward_normalization": args.reward_normalization,
-        "clip": args.clip,
-        "epochs": args.epochs,
-        "max_steps": args.max_steps,
-        "lr": args.lr,
-        "batch_size": args.batch_size,
-        "beta": args.beta,
-        "seed": args.seed,
-        "device": args.device,
-        "dtype": args.dtype,
-    }
-    if runner is None:
-        raise UsageError(
-            "this version of pope.train has no train_from_logs entry point yet; use the "
-            "Python API (pope.train.OffPolicyTrainer)"
-        )
-    runner(data, **{k: v for k, v in options.items() if v is not None})
-    print(f"model saved to {args.output_dir}")
+    rep = data.report
+    print(f"rows read: {rep.n_rows}; bad rows skipped: {rep.n_bad}; training on {len(data)} "
+          "responses")
+    if rep.n_bad:
+        print(rep.summary())
+    if len(data) == 0:
+        raise UsageError("no valid rows to train on")
+    dataset = PopeDataset.from_arrays(
+        prompt_id=list(data.prompt_id),
+        prompt=data.prompt,
+        response=data.response,
+        reward=data.signal,
+        log_logging=None if args.logging_model else data.log_logging,
+        reward_normalization=args.reward_normalization,
+        **_train_aspects(data, args),
+    )
+    config = TrainConfig(
+        lr=args.lr,
+        epochs=args.epochs,
+        max_steps=args.max_steps,
+        token_budget=args.batch_tokens,
+        grad_accum_steps=args.grad_accum_steps,
+        warmup_steps=args.warmup_steps,
+        lam=args.lam,
+        clip=args.clip,
+        ppo_eps=args.ppo_eps,
+        weighting=args.weighting,
+        beta=args.beta,
+        add_eos=args.add_eos,
+        chat_template=args.chat_template,
+        seed=args.seed,
+        output_dir=args.output_dir,
+        save_every=args.save_every,
+        progress=not args.no_progress,
+    )
+    model, tok = load_causal_lm(args.policy, device=args.device, dtype=args.dtype)
+    reference: Any = None
+    if args.logging_model:
+        reference, _ = load_causal_lm(args.logging_model, device=args.device, dtype=args.dtype)
+    elif args.beta > 0:
+        reference = "initial"
+    trainer = OffPolicyTrainer(model, tok, dataset, config, reference_model=reference)
+    result = trainer.train(resume_from=args.resume)
+    if result.history:
+        last = result.history[-1]
+        shown = ", ".join(f"{k}={last[k]:.4g}" for k in ("total", "relevance", "diversity",
+                                                          "ess", "loss") if k in last)
+        print(f"step {result.step}: {shown}")
+    print(f"model saved to {Path(args.output_dir) / 'final'}")
     return 0
 
 

@@ -809,6 +809,19 @@ def validate_logs(
         prompt = _text_column(frame[cols.prompt])
         if require_text:
             report.add("missing prompt", rows[np.array([p is None for p in prompt], bool)])
+    if prompt is not None and n:
+        # every row of a prompt_id must carry the same prompt text
+        first: dict[Any, str | None] = {}
+        differs = np.zeros(n, dtype=bool)
+        for i in range(n):
+            if pid_missing[i] or prompt[i] is None:
+                continue
+            key = prompt_id[i]
+            if key not in first:
+                first[key] = prompt[i]
+            elif first[key] != prompt[i]:
+                differs[i] = True
+        report.add("prompt text differs from the first row of its prompt_id", rows[differs])
     if has(cols.response):
         response = _text_column(frame[cols.response])
         if require_text:
