@@ -1,5 +1,9 @@
 // pybind11 entry point of pope._ext. Each routine lives in its own file; this file only binds.
+// Semantics: src/pope/backends/reference.py (the contract and the test oracle).
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include "pope_common.hpp"
 
 namespace py = pybind11;
 
@@ -9,4 +13,32 @@ namespace py = pybind11;
 PYBIND11_MODULE(_ext, m) {
     m.doc() = "pope C++ core: clipped IPS moments, segmented coverage, bootstrap";
     m.attr("__version__") = POPE_STR(POPE_VERSION_INFO);
+    m.attr("MOMENT_NAMES") = py::make_tuple("log_scale", "n", "sum_w", "sum_w2", "sum_wr",
+                                            "sum_w2r2", "sum_w2r", "n_clipped", "max_log_ratio");
+
+    m.def("ips_moments", &pope::ips_moments, py::arg("log_target"), py::arg("log_logging"),
+          py::arg("reward"), py::arg("log_clip"),
+          "Scaled moments of clipped importance weights, (9,) in MOMENT_NAMES order.\n\n"
+          "l_i = min(log_target_i - log_logging_i, log_clip), m = max_i l_i,\n"
+          "w~_i = exp(l_i - m); returns [m, n, sum w~, sum w~^2, sum w~ r, sum (w~ r)^2,\n"
+          "sum w~^2 r, #{lr_i > log_clip}, max_i lr_i]. One pass, threads over chunks.");
+    m.def("segment_coverage_hard", &pope::segment_coverage_hard, py::arg("prompt_ptr"),
+          py::arg("log_weight"), py::arg("labels"), py::arg("n_aspects"),
+          py::arg("self_normalize"),
+          "Per-prompt weighted aspect histogram p (P, C) and entropy H (P,), hard labels.\n\n"
+          "p[i, c] = sum_{k in i} w_k [a_k == c] / Z_i, H[i] = -sum_c p log p.");
+    m.def("segment_coverage_soft", &pope::segment_coverage_soft, py::arg("prompt_ptr"),
+          py::arg("log_weight"), py::arg("soft"), py::arg("self_normalize"),
+          "As segment_coverage_hard with soft aspect rows q (N, C): p[i] = sum_k w_k q_k / Z_i.");
+    m.def("diversity_reward_hard", &pope::diversity_reward_hard, py::arg("prompt_ptr"),
+          py::arg("p"), py::arg("labels"),
+          "d_k = -log p[i(k), a_k] (0 where p == 0), (N,).");
+    m.def("diversity_reward_soft", &pope::diversity_reward_soft, py::arg("prompt_ptr"),
+          py::arg("p"), py::arg("soft"),
+          "d_k = -sum_c q_k(c) log p[i(k), c] (terms with p == 0 count 0), (N,).");
+    m.def("bootstrap_sums", &pope::bootstrap_sums, py::arg("values"), py::arg("n_boot"),
+          py::arg("seed"),
+          "Column sums (n_boot, m) of with-replacement resamples of the rows of values;\n"
+          "indices idx(b, i) = ((splitmix64(splitmix64(seed) + b*G + i) >> 32) * n) >> 32.");
+    m.def("splitmix64", &pope::splitmix64, py::arg("z"), "SplitMix64 finaliser of one uint64.");
 }

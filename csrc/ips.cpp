@@ -1,0 +1,181 @@
+// Clipped, max-scaled importance-weight moments in one pass over the data.
+//
+// With l_i = min(log_target_i - log_logging_i, log_clip) and m = max_i l_i, the moments are
+// sums of w~_i = exp(l_i - m) (see MOMENT_NAMES in reference.py). The max is not known in
+// advance, so each chunk keeps a running max M and rescales its accumulators by exp(M_old -
+// M_new) when M grows (as in an online softmax). The running max is updated once per block of
+// kBlock elements: pass 1 over a block (memory -> L1) computes l, its max, the clip count and
+// the unclipped max; pass 2 (L1 only) adds exp(l - M) into the 4-lane accumulators. Chunks of
+// kChunk elements are independent partials merged in order with the same rescaling, so the
+// result does not depend on the number of threads.
+#include "pope_common.hpp"
+
+namespace pope {
+
+namespace ips_detail {
+
+constexpr std::size_t kBlock = 512;             // elements per max update (fits in L1)
+constexpr std::size_t kChunk = std::size_t{1} << 16;  // elements per partial
+constexpr std::size_t kMinPerThread = std::size_t{1} << 18;
+
+struct Partial {
+    double m = -kInf;  // running max of the clipped log-ratio
+    double sw = 0.0, sw2 = 0.0, swr = 0.0, swr2 = 0.0, sw2r = 0.0;
+    std::int64_t n_clipped = 0;
+    double max_lr = -kInf;
+};
+
+POPE_INLINE double hmax4(v4d v) {
+    const double a = v[0] > v[1] ? v[0] : v[1];
+    const double b = v[2] > v[3] ? v[2] : v[3];
+    return a > b ? a : b;
+}
+
+POPE_INLINE double hsum4(v4d v) { return (v[0] + v[1]) + (v[2] + v[3]); }
+
+}  // namespace ips_detail
+
+using namespace ips_detail;
+
+// One chunk [0, n) of the three arrays into `out`. Has external linkage because GCC's
+// target_clones wants it.
+POPE_TARGET_CLONES
+void ips_chunk_kernel(const double* lt, const double* ll, const double* rw, std::size_t n,
+                      double clip, Partial* out) {
+    alignas(32) double buf[kBlock];
+    alignas(32) double pad_t[kBlock], pad_l[kBlock], pad_r[kBlock];
+    const v4d clipv = splat4(clip);
+    const v4d ninf = splat4(-kInf);
+    v4d acc_w{}, acc_w2{}, acc_wr{}, acc_wr2{}, acc_w2r{};
+    v4d lrmax = ninf;
+    v4i cnt{};
+    double m_run = -kInf;
+
+    for (std::size_t s = 0; s < n; s += kBlock) {
+        const std::size_t len = std::min(kBlock, n - s);
+        const double* a = lt + s;
+        const double* b = ll + s;
+        const double* c = rw + s;
+        if (len < kBlock) {
+            // Tail: pad with zero-weight entries (l = -inf, reward 0).
+            std::copy(a, a + len, pad_t);
+            std::copy(b, b + len, pad_l);
+            std::copy(c, c + len, pad_r);
+            std::fill(pad_t + len, pad_t + kBlock, -kInf);
+            std::fill(pad_l + len, pad_l + kBlock, 0.0);
+            std::fill(pad_r + len, pad_r + kBlock, 0.0);
+            a = pad_t;
+            b = pad_l;
+            c = pad_r;
+        }
+        // Pass 1: clipped log-ratio, block max, clip count, unclipped max.
+        v4d bmax = ninf;
+        for (std::size_t j = 0; j < kBlock; j += 4) {
+            const v4d lr = load4(a + j) - load4(b + j);
+            const v4d l = lr < clipv ? lr : clipv;
+            store4(buf + j, l);
+            bmax = l > bmax ? l : bmax;
+            lrmax = lr > lrmax ? lr : lrmax;
+            cnt -= (lr > clipv);
+        }
+        const double bm = hmax4(bmax);
+        if (bm > m_run) {
+            const double sc = std::exp(m_run - bm);  // 0 on the first finite block
+            const double sc2 = sc * sc;
+            acc_w *= sc;
+            acc_wr *= sc;
+            acc_w2 *= sc2;
+            acc_wr2 *= sc2;
+            acc_w2r *= sc2;
+            m_run = bm;
+        }
+        if (m_run == -kInf) continue;  // every weight so far is zero
+        // Pass 2: scaled weights and their products with the reward.
+        const v4d mv = splat4(m_run);
+        for (std::size_t j = 0; j < kBlock; j += 4) {
+            const v4d w = exp_core<v4d, v4u>(load4(buf + j) - mv);
+            const v4d wr = w * load4(c + j);
+            acc_w += w;
+            acc_w2 += w * w;
+            acc_wr += wr;
+            acc_wr2 += wr * wr;
+            acc_w2r += w * wr;
+        }
+    }
+    out->m = m_run;
+    out->sw = hsum4(acc_w);
+    out->sw2 = hsum4(acc_w2);
+    out->swr = hsum4(acc_wr);
+    out->swr2 = hsum4(acc_wr2);
+    out->sw2r = hsum4(acc_w2r);
+    out->n_clipped = cnt[0] + cnt[1] + cnt[2] + cnt[3];  // each true lane subtracted -1
+    out->max_lr = hmax4(lrmax);
+}
+
+DArray ips_moments(const DArray& log_target, const DArray& log_logging, const DArray& reward,
+                   double log_clip) {
+    require(log_target.ndim() == 1 && log_logging.ndim() == 1 && reward.ndim() == 1,
+            "ips_moments: log_target, log_logging and reward must be 1-D");
+    const py::ssize_t n_signed = log_target.shape(0);
+    require(log_logging.shape(0) == n_signed && reward.shape(0) == n_signed,
+            "ips_moments: log_target, log_logging and reward must have the same length");
+    require(!std::isnan(log_clip), "ips_moments: log_clip must not be NaN");
+
+    DArray out(9);
+    double* o = out.mutable_data();
+    const std::size_t n = static_cast<std::size_t>(n_signed);
+    std::fill(o, o + 9, 0.0);
+    o[1] = static_cast<double>(n);
+    if (n == 0) {
+        o[0] = -kInf;
+        o[8] = -kInf;
+        return out;
+    }
+    const double* lt = log_target.data();
+    const double* ll = log_logging.data();
+    const double* rw = reward.data();
+    const std::size_t n_chunks = (n + kChunk - 1) / kChunk;
+    std::vector<Partial> parts(n_chunks);
+    {
+        py::gil_scoped_release release;
+        const int nt = num_threads(n, kMinPerThread, n_chunks);
+        parallel_for(nt, n_chunks, [&](int, std::size_t cb, std::size_t ce) {
+            for (std::size_t ci = cb; ci < ce; ++ci) {
+                const std::size_t s = ci * kChunk;
+                const std::size_t len = std::min(kChunk, n - s);
+                ips_chunk_kernel(lt + s, ll + s, rw + s, len, log_clip, &parts[ci]);
+            }
+        });
+    }
+    double m = -kInf, max_lr = -kInf;
+    std::int64_t n_clipped = 0;
+    for (const Partial& p : parts) {
+        m = std::max(m, p.m);
+        max_lr = std::max(max_lr, p.max_lr);
+        n_clipped += p.n_clipped;
+    }
+    double sw = 0.0, sw2 = 0.0, swr = 0.0, swr2 = 0.0, sw2r = 0.0;
+    if (m > -kInf) {
+        for (const Partial& p : parts) {
+            if (p.m == -kInf) continue;  // all weights of this chunk are zero
+            const double sc = p.m == m ? 1.0 : std::exp(p.m - m);
+            const double sc2 = sc * sc;
+            sw += p.sw * sc;
+            sw2 += p.sw2 * sc2;
+            swr += p.swr * sc;
+            swr2 += p.swr2 * sc2;
+            sw2r += p.sw2r * sc2;
+        }
+    }
+    o[0] = m;
+    o[2] = sw;
+    o[3] = sw2;
+    o[4] = swr;
+    o[5] = swr2;
+    o[6] = sw2r;
+    o[7] = static_cast<double>(n_clipped);
+    o[8] = max_lr;
+    return out;
+}
+
+}  // namespace pope
