@@ -75,15 +75,12 @@ def test_arrays_are_read_only_and_inputs_untouched():
     np.testing.assert_array_equal(sig, copy)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="LoggedFeedback stores a contiguous float64 input without copying and then marks "
-    "it read-only, so the caller's own array becomes read-only (data.py should copy first)",
-)
 def test_caller_array_flags_untouched():
     sig = np.array([1.0, 3.0, 0.0, 2.0, 2.0])
-    LoggedFeedback(**base(signal=sig))
+    fb = LoggedFeedback(**base(signal=sig))
     assert sig.flags.writeable
+    assert not fb.signal.flags.writeable
+    assert not np.shares_memory(fb.signal, sig)
 
 
 def test_aspect_rows_one_hot_and_soft():

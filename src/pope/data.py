@@ -164,8 +164,11 @@ class LoggedFeedback:
         for name in ("prompt_ptr", "signal", "log_logging", "aspect", "aspect_probs",
                      "token_log_logging", "token_ptr", "position", "row_index"):
             arr = getattr(self, name)
-            if arr is not None:
+            if arr is not None and arr.flags.writeable:
+                # own a private copy before freezing it: the caller's array stays as it was
+                arr = arr.copy()
                 arr.flags.writeable = False
+                set_(self, name, arr)
 
     def _validate_aspects(self, n: int) -> None:
         set_ = object.__setattr__
