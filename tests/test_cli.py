@@ -82,13 +82,18 @@ def models(tmp_path_factory):
     return {"target": make_model(root / "target", 1), "logging": make_model(root / "logging", 2)}
 
 
-def naive_logprob(model, tok, prompt: str, response: str) -> float:
-    """log pi(response | prompt), one pair at a time, straight from the model's logits."""
+def naive_token_logprobs(model, tok, prompt: str, response: str) -> np.ndarray:
+    """log pi(y_t | x, y_<t) of each response token, one pair at a time, from the logits."""
     p = tok(prompt)["input_ids"]
     r = tok(response, add_special_tokens=False)["input_ids"]
     with torch.no_grad():
         logp = torch.log_softmax(model(torch.tensor([p + r])).logits[0].double(), dim=-1)
-    return float(sum(logp[len(p) - 1 + t, r[t]] for t in range(len(r))))
+    return np.array([float(logp[len(p) - 1 + t, r[t]]) for t in range(len(r))])
+
+
+def naive_logprob(model, tok, prompt: str, response: str) -> float:
+    """log pi(response | prompt), one pair at a time, straight from the model's logits."""
+    return float(naive_token_logprobs(model, tok, prompt, response).sum())
 
 
 def random_log(rng: np.random.Generator, n_prompts: int = 12) -> pd.DataFrame:
@@ -262,6 +267,42 @@ def test_evaluate_streaming_cli_equals_in_memory(tmp_path, models, scored_log, c
         a, b = res["mem"]["pope"][part], res["stream"]["pope"][part]
         assert a["value"] == pytest.approx(b["value"], rel=1e-5)
         assert a["stderr"] == pytest.approx(b["stderr"], rel=1e-4)
+
+
+def test_evaluate_token_mean_weighting(tmp_path, models, scored_log, capsys):
+    df, _ = scored_log
+    logs = write_logs(df.drop(columns=["log_logging"]), tmp_path / "logs.parquet")
+    out = tmp_path / "r.json"
+    code, _, err = run(
+        ["evaluate", "--logs", logs, "--policy", models["target"], "--logging-model",
+         models["logging"], "--weighting", "token_mean", "--out", out, "-q", "--no-progress"],
+        capsys,
+    )
+    assert code == 0, err
+    got = json.loads(out.read_text())["pope"]
+    # direct: per-token log-probs of both models, one pair at a time
+    lm, lt = load_causal_lm(models["logging"], device="cpu")
+    tm, tt = load_causal_lm(models["target"], device="cpu")
+    pairs = list(zip(df.prompt, df.response))
+    tok0 = [naive_token_logprobs(lm, lt, p, r) for p, r in pairs]
+    tok1 = [naive_token_logprobs(tm, tt, p, r) for p, r in pairs]
+    names = sorted(set(df["aspect"]))
+    fb = LoggedFeedback.from_arrays(
+        prompt_id=df.prompt_id, signal=df.signal, log_logging=[t.sum() for t in tok0],
+        aspect=[names.index(a) for a in df["aspect"]], token_log_logging=tok0,
+    )
+    flat_target = np.concatenate([tok1[j] for j in fb.row_index])
+    ref = pope.evaluate(fb, None, weighting="token_mean", token_log_target=flat_target)
+    for part in ("relevance", "diversity", "total"):
+        assert got[part]["value"] == pytest.approx(getattr(ref, part).value, rel=1e-5)
+    # without per-token logging log-probs: a clear error
+    logs2 = write_logs(df, tmp_path / "l2.parquet")
+    code, _, err = run(
+        ["evaluate", "--logs", logs2, "--policy", models["target"], "--weighting",
+         "token_mean"],
+        capsys,
+    )
+    assert code == 2 and "per-token logging" in err
 
 
 def test_bad_rows_fail_then_skip(tmp_path, scored_log, capsys):

@@ -48,6 +48,7 @@ __all__ = [
     "ValidationReport",
     "detect_format",
     "iter_jsonl_frames",
+    "load_hf_dataset",
     "load_logs",
     "read_table",
     "validate_logs",
@@ -218,7 +219,12 @@ def _read_csv(path: Path, sep: str, text_columns: Sequence[str]) -> Any:
 _CSV_NA = ["", "NA", "N/A", "NaN", "nan", "null", "NULL", "None", "#N/A", "-nan", "n/a"]
 
 
-def _read_hf(path: Path, split: str | None) -> Any:
+def load_hf_dataset(path: str | os.PathLike[str], split: str | None = None) -> Any:
+    """A ``datasets.Dataset`` (memory-mapped) from a ``save_to_disk`` directory.
+
+    A ``DatasetDict`` directory needs ``split`` unless it holds a single split.
+    """
+    path = Path(path)
     try:
         import datasets
     except ImportError as e:  # pragma: no cover - depends on the environment
@@ -241,7 +247,11 @@ def _read_hf(path: Path, split: str | None) -> Any:
         if split not in ds:
             raise LogFormatError(f"split {split!r} not in {path}; splits are {splits}")
         ds = ds[split]
-    return ds.to_pandas()
+    return ds
+
+
+def _read_hf(path: Path, split: str | None) -> Any:
+    return load_hf_dataset(path, split).to_pandas()
 
 
 def read_table(

@@ -839,9 +839,10 @@ def iter_raw_chunks(
                 na_values={c: ([""] if c in text else _CSV_NA) for c in header},
             )
         elif fmt == "hf":
-            frame = read_table(p, format="hf", split=split)
-            for i in range(0, len(frame), chunk_rows):
-                yield frame.iloc[i : i + chunk_rows].reset_index(drop=True)
+            from pope.io import load_hf_dataset
+
+            ds = load_hf_dataset(p, split)  # memory-mapped Arrow; batches are read lazily
+            yield from ds.to_pandas(batch_size=chunk_rows, batched=True)
         else:
             raise ValueError(f"unknown format {fmt!r}")
     except LogFormatError:
