@@ -13,8 +13,10 @@ ranks, so the per-prompt coverage and baseline need the keyed all-reduce. Scalin
 from __future__ import annotations
 
 import copy
+import importlib.util
 import os
 import socket
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -25,6 +27,7 @@ from torch import nn
 from pope.distributed import DistInfo, dist_info, union_keys
 from pope.objective import PopeObjective
 
+HAS_TRANSFORMERS = importlib.util.find_spec("transformers") is not None
 WORLD = 2
 V, H, T = 19, 8, 7
 PROMPT = torch.tensor([0, 0, 0, 1, 1, 2, 2, 2, 2, 3]) * 5 + 3  # global prompt ids
@@ -34,6 +37,28 @@ CONFIGS = {
     "clip_token_mean_kl": dict(lam=0.5, clip=1.5, weighting="token_mean", beta=0.2),
     "ppo_ips_soft": dict(lam=1.0, ppo_eps=0.2, coverage="ips"),
 }
+
+
+class TinyCausalLM(nn.Module):
+    """Duck-typed stand-in for a transformers causal LM (``model(input_ids=...).logits``).
+
+    Causal by construction (prefix means), so right padding does not leak backwards. Used for
+    the trainer-under-DDP test: building a transformers model in each spawned process costs
+    seconds of imports on 2 cores.
+    """
+
+    def __init__(self, vocab: int) -> None:
+        super().__init__()
+        self.config = SimpleNamespace(max_position_embeddings=64)
+        self.emb = nn.Embedding(vocab, H)
+        self.mid = nn.Linear(H, H)
+        self.head = nn.Linear(H, vocab)
+
+    def forward(self, input_ids, attention_mask=None, use_cache=None):
+        h = self.emb(input_ids)
+        steps = torch.arange(1, input_ids.shape[1] + 1, dtype=h.dtype)[None, :, None]
+        h = torch.cumsum(h, 1) / steps
+        return SimpleNamespace(logits=self.head(torch.tanh(self.mid(h))))
 
 
 class TinyLM(nn.Module):
@@ -127,8 +152,43 @@ def _worker(rank: int, port: int, outdir: str) -> None:
         res["union"] = union_keys(keys, info)
         res["info"] = (info.enabled, info.world_size, info.rank)
         torch.save(res, os.path.join(outdir, f"rank{rank}.pt"))
+        if HAS_TRANSFORMERS:
+            _trainer_part(rank, outdir)
     finally:
         dist.destroy_process_group()
+
+
+def _trainer_config(outdir: str, accum: int):
+    from pope.train import TrainConfig
+
+    return TrainConfig(
+        lr=5e-3, token_budget=60, grad_accum_steps=accum, max_steps=1, output_dir=outdir,
+        progress=False, save_final=False, lam=0.5, clip=5.0, seed=0,
+    )
+
+
+def _trainer_part(rank: int, outdir: str) -> None:
+    """OffPolicyTrainer on a DDP-wrapped tiny causal LM, one micro-batch per rank."""
+    from test_train import make_records, make_tokenizer
+
+    from pope.train import OffPolicyTrainer, PopeDataset
+
+    tok = make_tokenizer()
+    torch.manual_seed(0)
+    model = nn.parallel.DistributedDataParallel(TinyCausalLM(len(tok)))
+    ds = PopeDataset.from_records(make_records(n_prompts=6, k=3, seed=5))
+    tr = OffPolicyTrainer(model, tok, ds,
+                          _trainer_config(os.path.join(outdir, str(rank)), accum=1),
+                          reference_model="initial")
+    mbs, _ = tr.step_batches(0)
+    row = tr.train_step()
+    res = {
+        "row": row,
+        "mbs": mbs,
+        "grads": {k: p.grad.clone() for k, p in model.module.named_parameters()},
+        "params": {k: p.detach().clone() for k, p in model.module.named_parameters()},
+    }
+    torch.save(res, os.path.join(outdir, f"trainer{rank}.pt"))
 
 
 def _free_port() -> int:
@@ -143,8 +203,13 @@ def rank_results(tmp_path_factory):
         pytest.skip("torch.distributed with gloo is not available")
     outdir = str(tmp_path_factory.mktemp("dist"))
     mp.spawn(_worker, args=(_free_port(), outdir), nprocs=WORLD, join=True)
-    return [torch.load(os.path.join(outdir, f"rank{r}.pt"), weights_only=False)
-            for r in range(WORLD)]
+    out = []
+    for r in range(WORLD):
+        res = torch.load(os.path.join(outdir, f"rank{r}.pt"), weights_only=False)
+        if HAS_TRANSFORMERS:
+            res["trainer"] = torch.load(os.path.join(outdir, f"trainer{r}.pt"), weights_only=False)
+        out.append(res)
+    return out
 
 
 def single_process(name: str):
@@ -209,3 +274,29 @@ def test_single_process_helpers_without_init():
     assert keys.tolist() == [2, 4] and pos.tolist() == [1, 0, 1]
     with pytest.raises(RuntimeError, match="not initialised"):
         dist_info(enabled=True)
+
+
+@pytest.mark.skipif(not HAS_TRANSFORMERS, reason="needs transformers (tokenizer)")
+def test_offpolicy_trainer_under_ddp_equals_single_process_accumulation(rank_results, tmp_path):
+    """W ranks x 1 micro-batch == 1 process x W accumulated micro-batches (same stream)."""
+    from test_train import make_records, make_tokenizer
+
+    from pope.train import OffPolicyTrainer, PopeDataset
+
+    ranks = [r["trainer"] for r in rank_results]
+    tok = make_tokenizer()
+    torch.manual_seed(0)
+    model = TinyCausalLM(len(tok))
+    ds = PopeDataset.from_records(make_records(n_prompts=6, k=3, seed=5))
+    tr = OffPolicyTrainer(model, tok, ds,
+                          _trainer_config(str(tmp_path / "single"), accum=WORLD),
+                          reference_model="initial")
+    mbs, _ = tr.step_batches(0)
+    assert [r["mbs"][0] for r in ranks] == mbs  # rank r took micro-batch r of the step
+    row = tr.train_step()
+    for r in ranks:
+        for k, p in model.named_parameters():
+            torch.testing.assert_close(r["grads"][k], p.grad, rtol=1e-4, atol=1e-6, msg=k)
+            torch.testing.assert_close(r["params"][k], p.detach(), rtol=1e-4, atol=1e-6, msg=k)
+        for k in ("relevance", "diversity", "total", "ess", "weight_max", "n_seqs", "n_prompts"):
+            assert r["row"][k] == pytest.approx(row[k], rel=1e-5), k

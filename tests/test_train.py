@@ -35,8 +35,8 @@ WORDS = (
 SPECIAL = ["[PAD]", "[UNK]", "[BOS]", "[EOS]"]
 
 
-@pytest.fixture(scope="module")
-def tok():
+def make_tokenizer():
+    """A word-level tokenizer over WORDS that prepends [BOS] (built locally)."""
     from tokenizers import Tokenizer, models, pre_tokenizers, processors
 
     vocab = {w: i for i, w in enumerate(SPECIAL + WORDS)}
@@ -49,6 +49,11 @@ def tok():
         tokenizer_object=t, pad_token="[PAD]", unk_token="[UNK]", bos_token="[BOS]",
         eos_token="[EOS]",
     )
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return make_tokenizer()
 
 
 def tiny_gpt2(seed: int = 0, dropout: float = 0.0, n_positions: int = 48):
