@@ -24,8 +24,16 @@ class UsageError(Exception):
     """Bad command-line usage detected after parsing (exit code 2)."""
 
 
-class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """Keep the examples' layout and show defaults."""
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Keep the examples' layout; show the defaults that say something."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text or not action.option_strings:
+            return text
+        if action.default in (None, False, [], argparse.SUPPRESS):
+            return text
+        return f"{text} (default: %(default)s)"
 
 
 # ----------------------------------------------------------------------------- evaluate
@@ -91,10 +99,9 @@ def _add_evaluate(sub: Any) -> None:
         "evaluate",
         help="estimate a policy's relevance, diversity and total value from logs",
         description=(
-            "Score the logged responses with the target policy and estimate its POPE value "
-            "(relevance + lambda * diversity) off-policy, with the chosen baseline "
-            "estimators, confidence intervals and weight diagnostics. The log format is "
-            "described in docs/data-format.md."
+            "Score the logged responses with the target policy and estimate its POPE value\n"
+            "(relevance + lambda * diversity) off-policy, with the chosen baseline estimators,\n"
+            "confidence intervals and weight diagnostics. Log format: docs/data-format.md."
         ),
         epilog=EVALUATE_EXAMPLES,
         formatter_class=_Formatter,
@@ -341,8 +348,9 @@ def _add_train(sub: Any) -> None:
         "train",
         help="off-policy POPE training of a policy on logs",
         description=(
-            "Fine-tune a causal LM to maximise the estimated POPE value (relevance + lambda * "
-            "diversity) on logged responses only (pope.train.OffPolicyTrainer)."
+            "Fine-tune a causal LM to maximise the estimated POPE value\n"
+            "(relevance + lambda * diversity) on logged responses only\n"
+            "(pope.train.OffPolicyTrainer)."
         ),
         epilog=TRAIN_EXAMPLES,
         formatter_class=_Formatter,
