@@ -52,6 +52,7 @@ __all__ = [
     "PopeDataset",
     "PopeTrainerMixin",
     "TrainConfig",
+    "TrainResult",
     "TrainingExample",
     "make_compute_loss",
     "pope_forward",
@@ -1003,7 +1004,6 @@ class OffPolicyTrainer:
         else:
             self.total_steps = max(1, math.ceil(config.epochs * len(self.batches) / per_step))
 
-        torch.manual_seed(config.seed)
         params = [p for p in inner.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(
             params,
