@@ -170,6 +170,16 @@ def _add_evaluate(sub: Any) -> None:
     p.set_defaults(func=_cmd_evaluate)
 
 
+def _check_device(device: str | None) -> None:
+    """A CUDA device asked for on a machine without one is a usage error, not a crash."""
+    if device is None or not device.startswith("cuda"):
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        raise UsageError(f"--device {device}: no CUDA device is available on this machine")
+
+
 def _spec_from_args(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
     from pope.io import LogColumns
     from pope.streaming import BASELINES, EvalSpec
@@ -210,6 +220,7 @@ def _spec_from_args(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
             raise UsageError(f"{name}: model directory not found: {path}")
     if not 0 < args.alpha < 1:
         raise UsageError(f"--alpha must lie in (0, 1), got {args.alpha}")
+    _check_device(args.device)
     if args.ci == "bootstrap" and args.chunk_rows:
         raise UsageError("--ci bootstrap needs the whole log in memory (drop --chunk-rows)")
     names = None
@@ -447,6 +458,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     for name, path in (("--policy", args.policy), ("--logging-model", args.logging_model)):
         if path is not None and not Path(path).is_dir():
             raise UsageError(f"{name}: model directory not found: {path}")
+    _check_device(args.device)
     columns = dict(args.column)
     src = args.aspects_from
     if src == "column" or src.startswith("column:"):
