@@ -1,0 +1,853 @@
+"""Numba backend: ``@njit`` twins of :mod:`pope.backends.reference`.
+
+Same functions, signatures and semantics as the reference (the contract and the test oracle).
+Design, shared with the C++ backend:
+
+* ``ips_moments`` makes one pass over the data. Chunks of ``_CHUNK`` samples run in parallel
+  (``prange``); each keeps a running max ``M`` of the clipped log-ratio, updated once per block
+  of ``_BLOCK`` samples, and rescales its sums by ``exp(M_old - M_new)`` when ``M`` grows (as in
+  an online softmax). Partials are merged in chunk order, so the result does not depend on the
+  number of threads.
+* ``exp`` and ``log`` are evaluated by branch-free polynomial kernels over small buffers
+  (:func:`_exp_into`, :func:`_log_into`), which LLVM vectorises; ``math.exp`` / ``math.log``
+  would be scalar library calls. Both are accurate to about 1-2 ulp.
+* Coverage and diversity run in parallel over batches of whole prompts; every accumulation
+  stays in response order, as ``np.bincount`` / ``np.add.at`` in the reference.
+* ``bootstrap_sums`` runs in parallel over resamples; the SplitMix64 index stream is computed
+  with ``uint64`` arithmetic only (every constant is a ``np.uint64``: mixing ``uint64`` with
+  ``int64`` would promote to ``float64``), so indices are bit-identical to the reference.
+
+Only the reductions of ``ips_moments`` use a fast-math flag (``reassoc``: lane-wise partial
+sums); nothing assumes finite values, since ``-inf`` log-weights are legal.
+
+``POPE_NUM_THREADS`` (a positive integer) caps the Numba threads, as it sets the C++ threads.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+from numba import config as _numba_config
+from numba import njit, prange, set_num_threads
+
+from pope.backends.reference import MOMENT_NAMES, splitmix64
+
+__all__ = [
+    "MOMENT_NAMES",
+    "bootstrap_sums",
+    "diversity_reward_hard",
+    "diversity_reward_soft",
+    "ips_moments",
+    "segment_coverage_hard",
+    "segment_coverage_soft",
+    "splitmix64",
+]
+
+_U64_MAX = (1 << 64) - 1
+
+# ips_moments partition (fixed, so results do not depend on the thread count)
+_CHUNK = 1 << 16
+_BLOCK = 512
+# coverage / diversity batches of whole prompts
+_BATCH_RESP = 4096
+_BATCH_CELLS = 8192
+# bootstrap index buffer
+_BOOT_BLOCK = 512
+
+# exp: Cody-Waite reduction, Taylor polynomial of degree 13, 2^k = 2^k1 * 2^k2
+_LOG2E = 1.4426950408889634
+_LN2HI = 6.93147180369123816490e-01
+_LN2LO = 1.90821492927058770002e-10
+_SHIFTER = 6755399441055744.0  # 1.5 * 2^52
+_SHIFTER_BIAS = _SHIFTER + 1023.0
+_EXP_LO = -746.0
+_EXP_HI = 710.0
+_E2 = 1.0 / 2
+_E3 = 1.0 / 6
+_E4 = 1.0 / 24
+_E5 = 1.0 / 120
+_E6 = 1.0 / 720
+_E7 = 1.0 / 5040
+_E8 = 1.0 / 40320
+_E9 = 1.0 / 362880
+_E10 = 1.0 / 3628800
+_E11 = 1.0 / 39916800
+_E12 = 1.0 / 479001600
+_E13 = 1.0 / 6227020800.0
+# log: x = 2^e m, log m = 2 atanh((m - 1) / (m + 1))
+_TWO52 = 4503599627370496.0
+_EXP_OFFSET = _TWO52 + 1023.0
+_DBL_MIN = 2.2250738585072014e-308
+_SQRT2 = 1.4142135623730951
+_MANT_MASK = np.uint64(0x000FFFFFFFFFFFFF)
+_ONE_BITS = np.uint64(0x3FF0000000000000)
+_EXP_TAG = np.uint64(0x4330000000000000)
+_U52 = np.uint64(52)
+# SplitMix64
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_M1 = np.uint64(0xBF58476D1CE4E5B9)
+_M2 = np.uint64(0x94D049BB133111EB)
+_S27 = np.uint64(27)
+_S30 = np.uint64(30)
+_S31 = np.uint64(31)
+_S32 = np.uint64(32)
+_LOW32 = np.uint64(0xFFFFFFFF)
+
+_NINF = -np.inf
+
+
+# ---------------------------------------------------------------------------------------------
+# Vectorisable exp / log over buffers
+# ---------------------------------------------------------------------------------------------
+
+
+@njit(cache=True)
+def _exp_into(x, out, t1, t2, n):  # pragma: no cover - compiled
+    """``out[:n] = exp(x[:n])``; ``t1``, ``t2`` are float64 scratch of length >= n."""
+    for j in range(n):
+        xj = x[j]
+        xj = _EXP_LO if xj < _EXP_LO else xj
+        xj = _EXP_HI if xj > _EXP_HI else xj
+        kd = xj * _LOG2E + _SHIFTER
+        kd = kd - _SHIFTER
+        r = xj - kd * _LN2HI
+        r = r - kd * _LN2LO
+        p = _E13
+        p = p * r + _E12
+        p = p * r + _E11
+        p = p * r + _E10
+        p = p * r + _E9
+        p = p * r + _E8
+        p = p * r + _E7
+        p = p * r + _E6
+        p = p * r + _E5
+        p = p * r + _E4
+        p = p * r + _E3
+        p = p * r + _E2
+        p = p * r + 1.0
+        p = p * r + 1.0
+        k1 = (kd * 0.5 + _SHIFTER) - _SHIFTER
+        k2 = kd - k1
+        t1[j] = k1 + _SHIFTER_BIAS
+        t2[j] = k2 + _SHIFTER_BIAS
+        out[j] = p
+    u1 = t1.view(np.uint64)
+    u2 = t2.view(np.uint64)
+    for j in range(n):
+        u1[j] = u1[j] << _U52
+        u2[j] = u2[j] << _U52
+    for j in range(n):
+        out[j] = (out[j] * t1[j]) * t2[j]
+
+
+@njit(cache=True)
+def _log_into(x, out, t1, t2, t3, n):  # pragma: no cover - compiled
+    """``out[:n] = log(x[:n])`` for finite ``x > 0``; ``t1..t3`` float64 scratch (>= n)."""
+    for j in range(n):
+        xj = x[j]
+        sub = xj < _DBL_MIN
+        t1[j] = xj * _TWO52 if sub else xj
+        t3[j] = -52.0 if sub else 0.0
+    u1 = t1.view(np.uint64)
+    u2 = t2.view(np.uint64)
+    for j in range(n):
+        b = u1[j]
+        u2[j] = (b >> _U52) | _EXP_TAG
+        u1[j] = (b & _MANT_MASK) | _ONE_BITS
+    for j in range(n):
+        m = t1[j]
+        e = (t2[j] - _EXP_OFFSET) + t3[j]
+        big = m > _SQRT2
+        m = m * 0.5 if big else m
+        e = e + 1.0 if big else e
+        f = m - 1.0
+        s = f / (f + 2.0)
+        z = s * s
+        r = 1.0 / 19
+        r = r * z + 1.0 / 17
+        r = r * z + 1.0 / 15
+        r = r * z + 1.0 / 13
+        r = r * z + 1.0 / 11
+        r = r * z + 1.0 / 9
+        r = r * z + 1.0 / 7
+        r = r * z + 1.0 / 5
+        r = r * z + 1.0 / 3
+        r = r * z
+        s2 = s * 2.0
+        lm = s2 + s2 * r
+        out[j] = e * _LN2HI + (lm + e * _LN2LO)
+
+
+# ---------------------------------------------------------------------------------------------
+# ips_moments
+# ---------------------------------------------------------------------------------------------
+
+
+@njit(cache=True, fastmath={"reassoc"})
+def _ips_accumulate(w, rw, off, n):  # pragma: no cover - compiled
+    a = 0.0
+    b = 0.0
+    c = 0.0
+    d = 0.0
+    f = 0.0
+    for j in range(n):
+        wj = w[j]
+        wr = wj * rw[off + j]
+        a += wj
+        b += wj * wj
+        c += wr
+        d += wr * wr
+        f += wj * wr
+    return a, b, c, d, f
+
+
+@njit(cache=True)
+def _ips_chunk(lt, ll, rw, s, e, clip, out, buf, wb, t1, t2):  # pragma: no cover - compiled
+    """Partial of samples [s, e): out = [M, sw, sw2, swr, swr2, sw2r, n_clipped, max_lr]."""
+    m_run = _NINF
+    sw = 0.0
+    sw2 = 0.0
+    swr = 0.0
+    swr2 = 0.0
+    sw2r = 0.0
+    ncl = 0
+    lrmax = _NINF
+    for b0 in range(s, e, _BLOCK):
+        ln = min(_BLOCK, e - b0)
+        bmax = _NINF
+        for j in range(ln):
+            lr = lt[b0 + j] - ll[b0 + j]
+            l = lr if lr < clip else clip
+            buf[j] = l
+            bmax = l if l > bmax else bmax
+            lrmax = lr if lr > lrmax else lrmax
+            ncl += 1 if lr > clip else 0
+        if bmax > m_run:
+            sc = math.exp(m_run - bmax)  # 0 on the first finite block
+            sc2 = sc * sc
+            sw *= sc
+            swr *= sc
+            sw2 *= sc2
+            swr2 *= sc2
+            sw2r *= sc2
+            m_run = bmax
+        if m_run == _NINF:
+            continue  # every weight so far is zero
+        for j in range(ln):
+            buf[j] = buf[j] - m_run
+        _exp_into(buf, wb, t1, t2, ln)
+        a, b, c, d, f = _ips_accumulate(wb, rw, b0, ln)
+        sw += a
+        sw2 += b
+        swr += c
+        swr2 += d
+        sw2r += f
+    out[0] = m_run
+    out[1] = sw
+    out[2] = sw2
+    out[3] = swr
+    out[4] = swr2
+    out[5] = sw2r
+    out[6] = ncl
+    out[7] = lrmax
+
+
+@njit(cache=True, parallel=True)
+def _ips_partials(lt, ll, rw, clip, parts):  # pragma: no cover - compiled
+    n = lt.shape[0]
+    for ci in prange(parts.shape[0]):
+        buf = np.empty(_BLOCK)
+        wb = np.empty(_BLOCK)
+        t1 = np.empty(_BLOCK)
+        t2 = np.empty(_BLOCK)
+        s = ci * _CHUNK
+        e = min(n, s + _CHUNK)
+        _ips_chunk(lt, ll, rw, s, e, clip, parts[ci], buf, wb, t1, t2)
+
+
+@njit(cache=True)
+def _ips_merge(parts, n, out):  # pragma: no cover - compiled
+    m = _NINF
+    max_lr = _NINF
+    ncl = 0.0
+    for ci in range(parts.shape[0]):
+        m = max(m, parts[ci, 0])
+        max_lr = max(max_lr, parts[ci, 7])
+        ncl += parts[ci, 6]
+    sw = 0.0
+    sw2 = 0.0
+    swr = 0.0
+    swr2 = 0.0
+    sw2r = 0.0
+    if m > _NINF:
+        for ci in range(parts.shape[0]):
+            pm = parts[ci, 0]
+            if pm == _NINF:
+                continue  # all weights of this chunk are zero
+            sc = 1.0 if pm == m else math.exp(pm - m)
+            sc2 = sc * sc
+            sw += parts[ci, 1] * sc
+            sw2 += parts[ci, 2] * sc2
+            swr += parts[ci, 3] * sc
+            swr2 += parts[ci, 4] * sc2
+            sw2r += parts[ci, 5] * sc2
+    out[0] = m
+    out[1] = n
+    out[2] = sw
+    out[3] = sw2
+    out[4] = swr
+    out[5] = swr2
+    out[6] = sw2r
+    out[7] = ncl
+    out[8] = max_lr
+
+
+# ---------------------------------------------------------------------------------------------
+# Coverage and diversity
+# ---------------------------------------------------------------------------------------------
+
+
+@njit(cache=True)
+def _prompt_batches(ptr, n_cols, max_resp, max_cells):  # pragma: no cover - compiled
+    """Starts of batches of whole prompts (at least one prompt per batch), plus the end P."""
+    n_prompts = ptr.shape[0] - 1
+    starts = np.empty(n_prompts + 1, np.int64)
+    nb = 0
+    i = 0
+    while i < n_prompts:
+        starts[nb] = i
+        nb += 1
+        j = i + 1
+        while (
+            j < n_prompts and ptr[j + 1] - ptr[i] <= max_resp and (j + 1 - i) * n_cols <= max_cells
+        ):
+            j += 1
+        i = j
+    starts[nb] = n_prompts
+    return starts[: nb + 1].copy()
+
+
+@njit(cache=True)
+def _batch_weights(ptr, lw, i, j, self_normalize, w):  # pragma: no cover - compiled
+    """w[k - ptr[i]] = exp(l_k - shift_q) for the responses of prompts [i, j)."""
+    r0 = ptr[i]
+    n = ptr[j] - r0
+    x = np.empty(n)
+    if self_normalize:
+        for q in range(i, j):
+            mx = _NINF
+            for k in range(ptr[q], ptr[q + 1]):
+                mx = lw[k] if lw[k] > mx else mx
+            shift = mx if np.isfinite(mx) else 0.0
+            for k in range(ptr[q], ptr[q + 1]):
+                x[k - r0] = lw[k] - shift
+    else:
+        for k in range(n):
+            x[k] = lw[r0 + k]
+    _exp_into(x, w, np.empty(n), np.empty(n), n)
+
+
+@njit(cache=True)
+def _batch_normalise_entropy(pf, H, i, j, C, norm):  # pragma: no cover - compiled
+    """Rows [i, j) of the flat (P*C) histogram become p = hist / norm; H = -sum p log p."""
+    ncell = (j - i) * C
+    c0 = i * C
+    pc = np.empty(ncell)
+    arg = np.empty(ncell)
+    for q in range(j - i):
+        nq = norm[q]
+        safe = nq if nq > 0.0 else 1.0
+        for c in range(C):
+            v = pf[c0 + q * C + c] / safe
+            v = v if nq > 0.0 else 0.0
+            pc[q * C + c] = v
+    for k in range(ncell):
+        arg[k] = pc[k] if pc[k] > 0.0 else 1.0
+    lg = np.empty(ncell)
+    _log_into(arg, lg, np.empty(ncell), np.empty(ncell), np.empty(ncell), ncell)
+    for q in range(j - i):
+        t = 0.0
+        for c in range(C):
+            k = q * C + c
+            v = pc[k]
+            pf[c0 + k] = v
+            t += v * lg[k] if v > 0.0 else 0.0
+        H[i + q] = -t
+
+
+@njit(cache=True, parallel=True)
+def _coverage_hard(ptr, lw, labels, C, self_normalize, starts, pf, H, bad):
+    # pragma: no cover - compiled
+    for bi in prange(starts.shape[0] - 1):
+        i = starts[bi]
+        j = starts[bi + 1]
+        r0 = ptr[i]
+        w = np.empty(ptr[j] - r0)
+        _batch_weights(ptr, lw, i, j, self_normalize, w)
+        norm = np.empty(j - i)
+        for q in range(i, j):
+            row = q * C
+            for c in range(C):
+                pf[row + c] = 0.0
+            z = 0.0
+            for k in range(ptr[q], ptr[q + 1]):
+                a = labels[k]
+                if a < 0 or a >= C:
+                    bad[bi] = True
+                    continue
+                wk = w[k - r0]
+                pf[row + a] += wk
+                z += wk
+            norm[q - i] = z if self_normalize else float(ptr[q + 1] - ptr[q])
+        _batch_normalise_entropy(pf, H, i, j, C, norm)
+
+
+@njit(cache=True, parallel=True)
+def _coverage_soft(ptr, lw, soft, self_normalize, starts, pf, H):  # pragma: no cover - compiled
+    C = soft.shape[1]
+    for bi in prange(starts.shape[0] - 1):
+        i = starts[bi]
+        j = starts[bi + 1]
+        r0 = ptr[i]
+        w = np.empty(ptr[j] - r0)
+        _batch_weights(ptr, lw, i, j, self_normalize, w)
+        norm = np.empty(j - i)
+        for q in range(i, j):
+            row = q * C
+            for c in range(C):
+                pf[row + c] = 0.0
+            z = 0.0
+            for k in range(ptr[q], ptr[q + 1]):
+                wk = w[k - r0]
+                for c in range(C):
+                    pf[row + c] += soft[k, c] * wk
+                z += wk
+            norm[q - i] = z if self_normalize else float(ptr[q + 1] - ptr[q])
+        _batch_normalise_entropy(pf, H, i, j, C, norm)
+
+
+@njit(cache=True, parallel=True)
+def _diversity_hard(ptr, p, labels, starts, d, bad):  # pragma: no cover - compiled
+    C = p.shape[1]
+    for bi in prange(starts.shape[0] - 1):
+        i = starts[bi]
+        j = starts[bi + 1]
+        r0 = ptr[i]
+        n = ptr[j] - r0
+        arg = np.empty(n)
+        for q in range(i, j):
+            for k in range(ptr[q], ptr[q + 1]):
+                a = labels[k]
+                if a < 0 or a >= C:
+                    bad[bi] = True
+                    arg[k - r0] = 0.0
+                    continue
+                arg[k - r0] = p[q, a]
+        pk = arg.copy()
+        for k in range(n):
+            arg[k] = pk[k] if pk[k] > 0.0 else 1.0
+        lg = np.empty(n)
+        _log_into(arg, lg, np.empty(n), np.empty(n), np.empty(n), n)
+        for k in range(n):
+            d[r0 + k] = -lg[k] if pk[k] > 0.0 else 0.0
+
+
+@njit(cache=True, parallel=True)
+def _diversity_soft(ptr, p, soft, starts, d):  # pragma: no cover - compiled
+    C = p.shape[1]
+    for bi in prange(starts.shape[0] - 1):
+        i = starts[bi]
+        j = starts[bi + 1]
+        ncell = (j - i) * C
+        arg = np.empty(ncell)
+        for q in range(j - i):
+            for c in range(C):
+                v = p[i + q, c]
+                arg[q * C + c] = v if v > 0.0 else 1.0
+        lg = np.empty(ncell)
+        _log_into(arg, lg, np.empty(ncell), np.empty(ncell), np.empty(ncell), ncell)
+        for q in range(j - i):
+            for c in range(C):
+                if not p[i + q, c] > 0.0:
+                    lg[q * C + c] = 0.0
+            for k in range(ptr[i + q], ptr[i + q + 1]):
+                t = 0.0
+                for c in range(C):
+                    t += soft[k, c] * lg[q * C + c]
+                d[k] = -t
+
+
+# ---------------------------------------------------------------------------------------------
+# Bootstrap
+# ---------------------------------------------------------------------------------------------
+
+
+@njit(cache=True)
+def _fill_indices(x0, nn, ln, ib):  # pragma: no cover - compiled
+    """ib[j] = ((splitmix64(x0 + j) >> 32) * n) >> 32 for j < ln (uint64 throughout)."""
+    n32 = nn & _LOW32  # n < 2^32: lets LLVM use a 32x32->64 multiply
+    for j in range(ln):
+        z = x0 + np.uint64(j)
+        z = (z ^ (z >> _S30)) * _M1
+        z = (z ^ (z >> _S27)) * _M2
+        z = z ^ (z >> _S31)
+        ib[j] = ((z >> _S32) * n32) >> _S32
+
+
+@njit(cache=True, parallel=True)
+def _bootstrap(values, n_boot, key, out):  # pragma: no cover - compiled
+    n = values.shape[0]
+    m = values.shape[1]
+    nn = np.uint64(n)
+    for b in prange(n_boot):
+        ib = np.empty(_BOOT_BLOCK, np.uint64)
+        base = key + np.uint64(b) * _GOLDEN
+        if m == 1:
+            a0 = 0.0
+            a1 = 0.0
+            a2 = 0.0
+            a3 = 0.0
+            for s in range(0, n, _BOOT_BLOCK):
+                ln = min(_BOOT_BLOCK, n - s)
+                _fill_indices(base + np.uint64(s), nn, ln, ib)
+                j = 0
+                while j + 4 <= ln:
+                    a0 += values[np.int64(ib[j]), 0]
+                    a1 += values[np.int64(ib[j + 1]), 0]
+                    a2 += values[np.int64(ib[j + 2]), 0]
+                    a3 += values[np.int64(ib[j + 3]), 0]
+                    j += 4
+                while j < ln:
+                    a0 += values[np.int64(ib[j]), 0]
+                    j += 1
+            out[b, 0] = (a0 + a1) + (a2 + a3)
+        else:
+            for c in range(m):
+                out[b, c] = 0.0
+            for s in range(0, n, _BOOT_BLOCK):
+                ln = min(_BOOT_BLOCK, n - s)
+                _fill_indices(base + np.uint64(s), nn, ln, ib)
+                for j in range(ln):
+                    row = np.int64(ib[j])
+                    for c in range(m):
+                        out[b, c] += values[row, c]
+
+
+# ---------------------------------------------------------------------------------------------
+# Public API (reference signatures)
+# ---------------------------------------------------------------------------------------------
+
+
+def _apply_thread_cap() -> None:
+    """Honour ``POPE_NUM_THREADS`` (capped by Numba's pool size)."""
+    env = os.environ.get("POPE_NUM_THREADS", "")
+    try:
+        req = int(env)
+    except ValueError:
+        req = 0
+    cap = _numba_config.NUMBA_NUM_THREADS
+    set_num_threads(min(req, cap) if req > 0 else cap)
+
+
+def _check_ptr(prompt_ptr: np.ndarray, n_rows: int, name: str) -> int:
+    if prompt_ptr.ndim != 1 or prompt_ptr.shape[0] < 1:
+        raise ValueError(f"{name}: prompt_ptr must be 1-D with at least one entry")
+    if prompt_ptr[0] != 0 or prompt_ptr[-1] != n_rows:
+        raise ValueError(f"{name}: prompt_ptr must start at 0 and end at {n_rows}")
+    if prompt_ptr.shape[0] > 1 and np.any(prompt_ptr[1:] < prompt_ptr[:-1]):
+        raise ValueError(f"{name}: prompt_ptr must be non-decreasing")
+    return prompt_ptr.shape[0] - 1
+
+
+def ips_moments(
+    log_target: np.ndarray, log_logging: np.ndarray, reward: np.ndarray, log_clip: float
+) -> np.ndarray:
+    r"""Scaled weighted moments of a clipped importance-weighted sample.
+
+    With :math:`l_i = \min(\log\pi_\theta(y_i) - \log\pi_0(y_i), \log M)`,
+    :math:`m = \max_i l_i` and :math:`\tilde w_i = e^{l_i - m}` (so :math:`w_i = e^m \tilde w_i`)
+    the result is
+
+    .. math::
+
+        [m,\ n,\ \sum \tilde w,\ \sum \tilde w^2,\ \sum \tilde w r,\ \sum (\tilde w r)^2,\
+        \sum \tilde w^2 r,\ \#\{\ell_i > \log M\},\ \max_i \ell_i]
+
+    where :math:`\ell_i` is the unclipped log-ratio; one pass over the data.
+
+    Parameters
+    ----------
+    log_target, log_logging, reward : numpy.ndarray
+        ``(n,)`` float64.
+    log_clip : float
+        ``log(M)`` for truncation ``min(w, M)``; ``inf`` for none.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(9,)`` float64 in the order of :data:`MOMENT_NAMES`. When every weight is zero
+        (all ``l_i == -inf``) the sums are 0 and ``log_scale`` is ``-inf``.
+    """
+    n = log_target.shape[0]
+    if log_target.ndim != 1 or log_logging.shape != (n,) or reward.shape != (n,):
+        raise ValueError("ips_moments: log_target, log_logging and reward must be (n,) arrays")
+    log_clip = float(log_clip)
+    if math.isnan(log_clip):
+        raise ValueError("ips_moments: log_clip must not be NaN")
+    out = np.zeros(len(MOMENT_NAMES))
+    if n == 0:
+        out[0] = -np.inf
+        out[8] = -np.inf
+        return out
+    _apply_thread_cap()
+    parts = np.empty(((n + _CHUNK - 1) // _CHUNK, 8))
+    _ips_partials(
+        np.ascontiguousarray(log_target, dtype=np.float64),
+        np.ascontiguousarray(log_logging, dtype=np.float64),
+        np.ascontiguousarray(reward, dtype=np.float64),
+        log_clip,
+        parts,
+    )
+    _ips_merge(parts, float(n), out)
+    return out
+
+
+def segment_coverage_hard(
+    prompt_ptr: np.ndarray,
+    log_weight: np.ndarray,
+    labels: np.ndarray,
+    n_aspects: int,
+    self_normalize: bool,
+) -> tuple[np.ndarray, np.ndarray]:
+    r"""Weighted aspect histogram per prompt and its entropy, hard labels.
+
+    .. math::
+
+        \hat p(c \mid x_i) = \frac{1}{Z_i} \sum_{k \in i} w_k [a_k = c], \qquad
+        H_i = -\sum_c \hat p(c \mid x_i) \log \hat p(c \mid x_i)
+
+    with :math:`w_k = e^{l_k - \max_{k' \in i} l_{k'}}` and :math:`Z_i = \sum_k w_k`
+    (self-normalised) or :math:`w_k = e^{l_k}`, :math:`Z_i = K_i` (IPS); rows with
+    :math:`Z_i = 0` are zero and :math:`0 \log 0 = 0`.
+
+    Parameters
+    ----------
+    prompt_ptr : numpy.ndarray
+        ``(P+1,)`` int64 CSR offsets of the responses of each prompt.
+    log_weight : numpy.ndarray
+        ``(N,)`` float64 log importance weights, may hold ``-inf``.
+    labels : numpy.ndarray
+        ``(N,)`` int64 aspect of each response, in ``[0, n_aspects)``.
+    n_aspects : int
+        Number of aspects ``C``.
+    self_normalize : bool
+        Self-normalised (``True``) or IPS (``False``) histogram.
+
+    Returns
+    -------
+    p : numpy.ndarray
+        ``(P, C)`` float64.
+    H : numpy.ndarray
+        ``(P,)`` float64.
+    """
+    n_aspects = int(n_aspects)
+    if n_aspects < 1:
+        raise ValueError("segment_coverage_hard: n_aspects must be >= 1")
+    if log_weight.ndim != 1 or labels.shape != log_weight.shape:
+        raise ValueError("segment_coverage_hard: log_weight and labels must be (N,) arrays")
+    ptr = np.ascontiguousarray(prompt_ptr, dtype=np.int64)
+    n_prompts = _check_ptr(ptr, log_weight.shape[0], "segment_coverage_hard")
+    _apply_thread_cap()
+    starts = _prompt_batches(ptr, n_aspects, _BATCH_RESP, _BATCH_CELLS)
+    pf = np.empty(n_prompts * n_aspects)
+    H = np.empty(n_prompts)
+    bad = np.zeros(max(starts.shape[0] - 1, 1), dtype=np.bool_)
+    _coverage_hard(
+        ptr,
+        np.ascontiguousarray(log_weight, dtype=np.float64),
+        np.ascontiguousarray(labels, dtype=np.int64),
+        n_aspects,
+        bool(self_normalize),
+        starts,
+        pf,
+        H,
+        bad,
+    )
+    if bad.any():
+        raise ValueError("segment_coverage_hard: labels must lie in [0, n_aspects)")
+    return pf.reshape(n_prompts, n_aspects), H
+
+
+def segment_coverage_soft(
+    prompt_ptr: np.ndarray,
+    log_weight: np.ndarray,
+    soft: np.ndarray,
+    self_normalize: bool,
+) -> tuple[np.ndarray, np.ndarray]:
+    r"""As :func:`segment_coverage_hard` with soft aspect rows.
+
+    :math:`\hat p(c \mid x_i) = Z_i^{-1} \sum_{k \in i} w_k q_k(c)`, ``soft`` is ``(N, C)``.
+
+    Parameters
+    ----------
+    prompt_ptr : numpy.ndarray
+        ``(P+1,)`` int64 CSR offsets.
+    log_weight : numpy.ndarray
+        ``(N,)`` float64, may hold ``-inf``.
+    soft : numpy.ndarray
+        ``(N, C)`` float64 aspect distributions ``q_k``.
+    self_normalize : bool
+        Self-normalised (``True``) or IPS (``False``) histogram.
+
+    Returns
+    -------
+    p : numpy.ndarray
+        ``(P, C)`` float64.
+    H : numpy.ndarray
+        ``(P,)`` float64.
+    """
+    if log_weight.ndim != 1 or soft.ndim != 2 or soft.shape[0] != log_weight.shape[0]:
+        raise ValueError("segment_coverage_soft: soft must be (N, C) with N = len(log_weight)")
+    if soft.shape[1] < 1:
+        raise ValueError("segment_coverage_soft: soft needs at least one aspect")
+    ptr = np.ascontiguousarray(prompt_ptr, dtype=np.int64)
+    n_prompts = _check_ptr(ptr, log_weight.shape[0], "segment_coverage_soft")
+    n_aspects = soft.shape[1]
+    _apply_thread_cap()
+    starts = _prompt_batches(ptr, n_aspects, _BATCH_RESP, _BATCH_CELLS)
+    pf = np.empty(n_prompts * n_aspects)
+    H = np.empty(n_prompts)
+    _coverage_soft(
+        ptr,
+        np.ascontiguousarray(log_weight, dtype=np.float64),
+        np.ascontiguousarray(soft, dtype=np.float64),
+        bool(self_normalize),
+        starts,
+        pf,
+        H,
+    )
+    return pf.reshape(n_prompts, n_aspects), H
+
+
+def diversity_reward_hard(prompt_ptr: np.ndarray, p: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    r"""Per-response coverage cross-entropy, hard labels.
+
+    :math:`d_k = -\log \hat p(a_k \mid x_{i(k)})`, and 0 where that probability is 0.
+
+    Parameters
+    ----------
+    prompt_ptr : numpy.ndarray
+        ``(P+1,)`` int64 CSR offsets.
+    p : numpy.ndarray
+        ``(P, C)`` float64 coverage histograms.
+    labels : numpy.ndarray
+        ``(N,)`` int64 in ``[0, C)``.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(N,)`` float64.
+    """
+    if p.ndim != 2 or p.shape[1] < 1 or labels.ndim != 1:
+        raise ValueError("diversity_reward_hard: p must be (P, C) and labels (N,)")
+    ptr = np.ascontiguousarray(prompt_ptr, dtype=np.int64)
+    n_prompts = _check_ptr(ptr, labels.shape[0], "diversity_reward_hard")
+    if p.shape[0] != n_prompts:
+        raise ValueError("diversity_reward_hard: p must have one row per prompt")
+    _apply_thread_cap()
+    starts = _prompt_batches(ptr, 1, _BATCH_RESP, _BATCH_CELLS)
+    d = np.empty(labels.shape[0])
+    bad = np.zeros(max(starts.shape[0] - 1, 1), dtype=np.bool_)
+    _diversity_hard(
+        ptr,
+        np.ascontiguousarray(p, dtype=np.float64),
+        np.ascontiguousarray(labels, dtype=np.int64),
+        starts,
+        d,
+        bad,
+    )
+    if bad.any():
+        raise ValueError("diversity_reward_hard: labels must lie in [0, C)")
+    return d
+
+
+def diversity_reward_soft(prompt_ptr: np.ndarray, p: np.ndarray, soft: np.ndarray) -> np.ndarray:
+    r"""Per-response coverage cross-entropy, soft labels.
+
+    :math:`d_k = -\sum_c q_k(c) \log \hat p(c \mid x_{i(k)})`; terms with
+    :math:`\hat p = 0` count 0.
+
+    Parameters
+    ----------
+    prompt_ptr : numpy.ndarray
+        ``(P+1,)`` int64 CSR offsets.
+    p : numpy.ndarray
+        ``(P, C)`` float64 coverage histograms.
+    soft : numpy.ndarray
+        ``(N, C)`` float64.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(N,)`` float64.
+    """
+    if p.ndim != 2 or p.shape[1] < 1 or soft.ndim != 2 or soft.shape[1] != p.shape[1]:
+        raise ValueError("diversity_reward_soft: p must be (P, C) and soft (N, C)")
+    ptr = np.ascontiguousarray(prompt_ptr, dtype=np.int64)
+    n_prompts = _check_ptr(ptr, soft.shape[0], "diversity_reward_soft")
+    if p.shape[0] != n_prompts:
+        raise ValueError("diversity_reward_soft: p must have one row per prompt")
+    _apply_thread_cap()
+    starts = _prompt_batches(ptr, p.shape[1], _BATCH_RESP, _BATCH_CELLS)
+    d = np.empty(soft.shape[0])
+    _diversity_soft(
+        ptr,
+        np.ascontiguousarray(p, dtype=np.float64),
+        np.ascontiguousarray(soft, dtype=np.float64),
+        starts,
+        d,
+    )
+    return d
+
+
+def bootstrap_sums(values: np.ndarray, n_boot: int, seed: int) -> np.ndarray:
+    r"""Column sums of ``n_boot`` with-replacement resamples of the rows of ``values``.
+
+    :math:`S_{b} = \sum_{i=0}^{n-1} v_{\mathrm{idx}(b, i)}` with the counter-based index
+    stream of :mod:`pope.backends.reference` (bit-identical across backends):
+    :math:`\mathrm{idx}(b, i) = ((\mathrm{sm}(\mathrm{sm}(s) + bG + i) \gg 32) \cdot n) \gg 32`.
+
+    Parameters
+    ----------
+    values : numpy.ndarray
+        ``(n, m)`` float64, ``1 <= n < 2**32``.
+    n_boot : int
+        Number of resamples.
+    seed : int
+        In ``[0, 2**64)``.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(n_boot, m)`` float64.
+    """
+    if values.ndim != 2:
+        raise ValueError("bootstrap_sums: values must be 2-D (n, m)")
+    n, m = values.shape
+    if not 1 <= n < 2**32:
+        raise ValueError("bootstrap_sums: need 1 <= n < 2**32 rows")
+    n_boot = int(n_boot)
+    if n_boot < 0:
+        raise ValueError("bootstrap_sums: n_boot must be >= 0")
+    seed = int(seed)
+    if not 0 <= seed <= _U64_MAX:
+        raise ValueError(f"seed must lie in [0, 2**64), got {seed}")
+    out = np.zeros((n_boot, m))
+    if n_boot == 0 or m == 0:
+        return out
+    _apply_thread_cap()
+    key = splitmix64(np.array([seed], dtype=np.uint64))[0]
+    _bootstrap(np.ascontiguousarray(values, dtype=np.float64), n_boot, key, out)
+    return out
