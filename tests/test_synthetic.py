@@ -248,7 +248,7 @@ def test_on_policy_logs_give_sample_means(env: CandidateEnv) -> None:
 
     if not hasattr(pope, "evaluate"):
         pytest.skip("pope.evaluate not available yet")
-    res = pope.evaluate(fb, lt, lam=0.5, normalize="none")
+    res = pope.evaluate(fb, lt, lam=0.5, reward_normalization="none")
     c = env.n_aspects
     divs = []
     for i in range(fb.n_prompts):

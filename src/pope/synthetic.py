@@ -497,7 +497,19 @@ class CandidateEnv:
         / \log C` — the estimand of the plug-in coverage on lists of :math:`K` on-policy
         responses (:math:`D_K \le D`, :math:`D_K \to D` as :math:`K\to\infty`). Exact for
         hard aspects (a sum over the multinomial count vectors); Monte Carlo with ``n_mc``
-        lists per prompt for soft aspects.
+        lists per prompt for soft aspects (stderr > 0).
+        """
+        per, var = self.list_diversity_per_prompt(policy, k, n_mc=n_mc, seed=seed)
+        return float(per.mean()), float(math.sqrt(var.sum()) / self.n_prompts)
+
+    def list_diversity_per_prompt(
+        self, policy: SoftmaxPolicy, k: int, *, n_mc: int = 20000, seed: int | None = 0
+    ) -> tuple[np.ndarray, np.ndarray]:
+        r""":math:`D_K(x)` per prompt (see :meth:`list_diversity`) and its Monte Carlo variance.
+
+        Returns
+        -------
+        values, variances : (P,) float (variances are 0 for hard aspects: exact)
         """
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
@@ -516,18 +528,18 @@ class CandidateEnv:
             logpmf = gammaln(k + 1) - gammaln(comps + 1).sum(axis=1)[None] + term.sum(axis=2)
             h = entropy(comps / k)  # (S,)
             d = (np.exp(logpmf) * h[None]).sum(axis=1) / math.log(c_)
-            return float(d.mean()), 0.0
+            return d, np.zeros_like(d)
         rng = _rng(seed)
-        pi = policy.probs
-        cdf = np.cumsum(pi, axis=1)
+        cdf = np.cumsum(policy.probs, axis=1)
         per_prompt = np.empty(self.n_prompts)
         var = np.empty(self.n_prompts)
         for x in range(self.n_prompts):
-            j = np.minimum((rng.random((n_mc, k, 1)) > cdf[x]).sum(-1), self.n_candidates - 1)
+            u = rng.random((n_mc, k, 1)) * cdf[x, -1]
+            j = np.minimum((u >= cdf[x]).sum(-1), self.n_candidates - 1)
             h = entropy(self.aspect_probs[x][j].mean(axis=1)) / math.log(c_)
             per_prompt[x] = h.mean()
             var[x] = h.var(ddof=1) / n_mc
-        return float(per_prompt.mean()), float(math.sqrt(var.sum()) / self.n_prompts)
+        return per_prompt, var
 
     def kl(self, policy: SoftmaxPolicy, base: SoftmaxPolicy | None = None) -> float:
         r""":math:`\mathbb E_x \mathrm{KL}(\pi(\cdot\mid x)\,\|\,\pi_{base}(\cdot\mid x))`."""
