@@ -28,6 +28,7 @@ COLT.
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 from statistics import NormalDist
 
 import numpy as np
@@ -97,11 +98,15 @@ def t_quantile(p: float, df: int) -> float:
         raise ValueError(f"p must lie in (0, 1), got {p!r}")
     if isinstance(df, bool) or int(df) != df or df < 1:
         raise ValueError(f"df must be an integer >= 1, got {df!r}")
-    df = int(df)
+    return _t_quantile(float(p), int(df))
+
+
+@lru_cache(maxsize=256)
+def _t_quantile(p: float, df: int) -> float:
     if p == 0.5:
         return 0.0
     if p < 0.5:
-        return -t_quantile(1.0 - p, df)
+        return -_t_quantile(1.0 - p, df)
     if df > _EXACT_T_MAX_DF:
         z = normal_quantile(p)
         z2 = z * z
