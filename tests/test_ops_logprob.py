@@ -451,3 +451,33 @@ def test_invalid_inputs(override, err, match):
 def test_device_mismatch_is_rejected():
     with pytest.raises(ValueError, match="targets is on"):
         ops.sequence_logprob(_X.cuda(), _Y, _S.cuda(), 3)
+
+
+# ---------------------------------------------------------------------- benchmark script
+
+
+def _load_bench():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "bench_logprob.py"
+    spec = importlib.util.spec_from_file_location("bench_logprob", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_benchmark_script_smoke(tmp_path, capsys):
+    """The benchmark's --smoke mode runs every provider on a tiny case and checks them."""
+    bench = _load_bench()
+    assert bench.main(["--smoke", "--out", str(tmp_path)]) == 0
+    assert "smoke: ok" in capsys.readouterr().out
+    for name in ("bench_logprob.csv", "bench_linear_logprob.csv", "bench_logprob.json"):
+        assert (tmp_path / name).stat().st_size > 0
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU exit")
+def test_benchmark_script_refuses_without_gpu(capsys):
+    assert _load_bench().main([]) == 2
+    assert "no CUDA device" in capsys.readouterr().err
