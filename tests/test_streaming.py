@@ -240,6 +240,7 @@ def test_distributed_needs_a_complete_spec(rng):
 
 
 @pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning")
 def test_ray_local_equals_in_memory(rng):
     ray = pytest.importorskip("ray")
     pytest.importorskip("ray.data")
