@@ -529,3 +529,42 @@ def test_zero_weights(rng):
     est = E.snips(**{**kw, "log_target": lt2})
     w = np.exp(lt2 - d["log_logging"])
     assert est.value == pytest.approx((w * d["reward"]).sum() / w.sum(), rel=1e-12)
+
+
+# ----------------------------------------------------------------------------- weights module
+def test_weight_helpers(rng):
+    from pope import weights as W
+
+    d = make_bandit(rng, 50)
+    lt, ll = d["log_target"], d["log_logging"]
+    np.testing.assert_allclose(W.log_importance_weights(lt, ll, clip=1.5),
+                               np.log(naive_w(d, 1.5)), rtol=1e-12)
+    dg = W.weight_diagnostics(lt, ll, clip=1.5)
+    w = naive_w(d, 1.5)
+    assert dg.ess == pytest.approx(w.sum() ** 2 / (w**2).sum(), rel=1e-12)
+    assert dg.mean_weight == pytest.approx(w.mean(), rel=1e-12)
+    assert dg.ess_fraction == pytest.approx(dg.ess / 50)
+    # smoothed weights: w / (1 - lam + lam w), zero stays zero
+    lw = np.array([-np.inf, -3.0, 0.0, 2.0, 50.0])
+    with np.errstate(divide="ignore"):
+        wl = np.exp(lw) / (1 - 0.25 + 0.25 * np.exp(lw))
+    np.testing.assert_allclose(np.exp(W.sub_gaussian_log_weights(lw, 0.25)), wl, rtol=1e-12)
+    # token means, with an empty response
+    ptr = np.array([0, 2, 2, 5])
+    tlt, tll = np.log(rng.uniform(0.1, 1, 5)), np.log(rng.uniform(0.1, 1, 5))
+    got = W.token_mean_log_ratio(tlt, tll, ptr)
+    expect = [np.mean(tlt[0:2] - tll[0:2]), 0.0, np.mean(tlt[2:5] - tll[2:5])]
+    np.testing.assert_allclose(got, expect, rtol=1e-12)
+    with pytest.raises(ValueError, match="token_ptr"):
+        W.token_mean_log_ratio(tlt, tll, [0, 3, 2, 5])
+    with pytest.raises(WeightOverflowError, match="clip"):
+        W.importance_weights([0.0], [-800.0])
+
+
+def test_estimate_summaries(rng):
+    d = make_bandit(rng, 100)
+    est = E.ips(reward=d["reward"], log_target=d["log_target"], log_logging=d["log_logging"])
+    out = est.to_dict()
+    assert out["value"] == est.value and out["ci_lower"] == est.ci()[0]
+    assert "ips" in repr(est)
+    assert est.variance == pytest.approx(est.stderr**2)
