@@ -1,7 +1,7 @@
 """The ``pope`` command: evaluate a policy on real logs, train, run the demo or benchmarks.
 
-Exit codes: 0 success; 2 bad usage or bad input (a clear message on stderr, no traceback);
-1 an unexpected error (a bug: the traceback is shown).
+Exit codes: 0 success; 2 bad usage or bad input (a clear message on stderr, no traceback;
+set ``POPE_DEBUG=1`` to see it); 1 an unexpected error (a bug: the traceback is shown).
 """
 
 from __future__ import annotations
@@ -662,6 +662,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except expected as e:
+        if os.environ.get("POPE_DEBUG"):  # show the traceback of an input error
+            raise
         msg = str(e) or type(e).__name__
         print(f"{PROG} {args.command}: error: {msg}", file=sys.stderr)
         return 2
