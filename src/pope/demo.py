@@ -467,16 +467,16 @@ def print_training(tr: dict[str, Any], lam: float, file: Any = None) -> None:
           f"clip={e['clip']:g}; lambda={lam:g})", file=file)
     print("TRUE values measured on-policy by sampling (+- standard error), before -> after:",
           file=file)
-    print(f"{'method':26s} {'relevance U':>24s} {'diversity D':>24s} {'total V':>24s}",
+    print(f"{'method':26s} {'relevance U':>25s} {'diversity D':>25s} {'total V':>25s}",
           file=file)
 
     def cell(k: str, a: dict[str, float]) -> str:
-        return f"{b[k]:.3f} -> {a[k]:.3f}+-{a[k + '_stderr']:.3f}"
+        return f"{b[k]:.3f} -> {a[k]:.3f}+-{a[k + '_stderr']:.4f}"
 
     for m in tr["methods"].values():
         a = m["after"]
-        print(f"{m['label']:26s} {cell('relevance', a):>24s} {cell('diversity', a):>24s} "
-              f"{cell('total', a):>24s}", file=file)
+        print(f"{m['label']:26s} {cell('relevance', a):>25s} {cell('diversity', a):>25s} "
+              f"{cell('total', a):>25s}", file=file)
     print("\nPOPE estimate of each trained policy's total V from logs vs its truth:", file=file)
     print(f"{'method':26s} {'truth V':>8s} {'est. (train log)':>17s} {'est. (held-out)':>16s} "
           f"{'ESS held-out':>12s}", file=file)
@@ -526,13 +526,16 @@ def make_figure(results: dict[str, Any], path: Path) -> None:
     axes[0, 0].legend(fontsize=8)
     ax = axes[1, 1]
     colors = {"U": "tab:blue", "D": "tab:green", "V": "tab:red"}
-    for q, c in colors.items():
-        pts = [(r["truth"], r["estimate"]) for p in results["evaluation"]["policies"]
-               for r in p["estimates"] if r["quantity"] == q]
-        if pts:
-            t, est = np.array(pts).T
-            ax.scatter(t, np.clip(est, -1, 3), s=12, alpha=0.6, color=c,
-                       label=f"{q} (all estimators, 6 targets)")
+    markers = {"relevance": ("o", "single-response"), "list": ("^", "SIPS/IIPS/RIPS"),
+               "pope": ("s", "POPE decomposed"), "joint": ("x", "joint (list/total)")}
+    for fam, (mk, fam_label) in markers.items():
+        for q, c in colors.items():
+            pts = [(r["truth"], r["estimate"]) for p in results["evaluation"]["policies"]
+                   for r in p["estimates"] if r["quantity"] == q and r["family"] == fam]
+            if pts:
+                t, est = np.array(pts).T
+                ax.scatter(t, np.clip(est, -1, 3), s=18, alpha=0.7, color=c, marker=mk,
+                           label=f"{fam_label}: {q}")
     for m in tr["methods"].values():
         ax.scatter([m["after"]["total"]], [m["pope_estimate"]["heldout_log"]["total"]],
                    marker="*", s=120, edgecolor="k",
@@ -571,12 +574,20 @@ def run(args: argparse.Namespace) -> int:
     """Run the demo with parsed ``args``; returns the exit status."""
     import torch
 
-    t0 = time.perf_counter()
-    if args.threads and args.threads > 0:
-        torch.set_num_threads(args.threads)
     if args.lam < 0:
         print("error: --lam must be >= 0", file=sys.stderr)
         return 2
+    threads = torch.get_num_threads()
+    if args.threads and args.threads > 0:
+        torch.set_num_threads(args.threads)
+    try:
+        return _run(args)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(args: argparse.Namespace) -> int:
+    t0 = time.perf_counter()
     cfg = DemoConfig.quick() if args.quick else DemoConfig.full()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
