@@ -149,6 +149,7 @@ def evaluation_suite(
     clip: float = 10.0,
     reward_model: np.ndarray | None = None,
     lists: bool = True,
+    list_diversity_prompt: np.ndarray | None = None,
 ) -> list[dict[str, Any]]:
     r"""Every estimator on one log and one target, each row against its truth.
 
@@ -172,6 +173,11 @@ def evaluation_suite(
       the diversity term, :math:`\hat V_i = \hat v(x_i) + \lambda D_K(x_i)`), truth :math:`V`;
       and ``"IPS r+lam*d"``, per-response IPS on :math:`r_{ik} + \lambda d_{ik}` with POPE's
       diversity reward :math:`d_{ik}`.
+
+    ``truth`` holds the exact ``relevance``, ``diversity`` and ``total``
+    (:func:`true_values`); ``list_diversity_prompt`` optionally gives :math:`D_K(x)` of the
+    target for every *environment* prompt (:meth:`CandidateEnv.list_diversity_per_prompt`,
+    :math:`K` = the log's median :math:`K_i`), to save recomputing it for each log.
 
     Returns
     -------
@@ -227,8 +233,10 @@ def evaluation_suite(
     big_r = joint_list_reward(log, lam)
     lt_list, ll_list = log.list_log_prob(target), log.list_log_prob(log.logging_policy)
     jb = {"reward": big_r, "log_target": lt_list, "log_logging": ll_list}
-    dk_prompt = env.list_diversity_per_prompt(target, int(np.median(counts)), n_mc=2000)[0]
-    dk_prompt = dk_prompt[log.prompt]
+    if list_diversity_prompt is None:
+        kmed = int(np.median(counts))
+        list_diversity_prompt = env.list_diversity_per_prompt(target, kmed, n_mc=2000)[0]
+    dk_prompt = np.asarray(list_diversity_prompt)[log.prompt]
     jv = vhat_prompt + lam * dk_prompt
     rbar_hat = np.add.reduceat(rhat, fb.prompt_ptr[:-1]) / counts
     jr_hat = rbar_hat + (big_r - np.add.reduceat(r, fb.prompt_ptr[:-1]) / counts)

@@ -1,0 +1,477 @@
+r"""Accuracy of POPE's decomposed estimators against joint and standard OPE estimators.
+
+Ground truth: :class:`pope.synthetic.CandidateEnv` (exact values by enumeration). For every
+cell of two grids — sample size (``n`` logged prompts x ``K`` i.i.d. responses each, at a
+fixed target) and target/logging divergence (targets tilted further and further from
+:math:`\pi_0`, at fixed ``n``, ``K``) — ``--seeds`` independent logs are drawn and every
+estimator of :func:`pope.demo.evaluation_suite` is run. Reported per estimator and cell: bias,
+standard deviation, RMSE (against the true value), coverage of the 95% normal interval and
+the mean ESS.
+
+Definitions (also in bench/RESULTS.md):
+
+* **decomposed (POPE)** — ``pope.evaluate``: :math:`\hat V = \hat U + \lambda\hat D`,
+  :math:`\hat U = \sum w r/\sum w` over responses (or IPS), :math:`\hat D = \frac1n\sum_i
+  H(\hat p_i)/\log C`, :math:`\hat p_i = \sum_k w_{ik} q_{ik}/\sum_k w_{ik}`: each response
+  carries its own weight :math:`w_{ik} = \pi(y_{ik}|x_i)/\pi_0(y_{ik}|x_i)`.
+* **joint (list level)** — the list of prompt :math:`i` is one action with weight
+  :math:`W_i = \prod_k w_{ik}` and total reward :math:`R_i = \bar r_i + \lambda H(\bar q_i)/\log
+  C`; IPS (= SIPS on the total), SNIPS, clipped IPS, DM and DR on :math:`(W_i, R_i)`.
+  Unbiased (IPS) for :math:`V_K = U + \lambda D_K`, the value of a :math:`K`-list
+  (:math:`D_K` = expected coverage entropy of :math:`K` i.i.d. responses).
+* **joint (per response)** — IPS on the per-response total :math:`r_{ik} + \lambda d_{ik}`,
+  :math:`d_{ik} = -\sum_c q_{ik}(c)\log\hat p_i(c)/\log C` (POPE's diversity reward).
+
+Usage::
+
+    python bench/accuracy.py                    # recorded configuration (200 seeds)
+    python bench/accuracy.py --seeds 20 --quick # smoke run
+    python bench/accuracy.py --update-results   # also rewrite the section in RESULTS.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import pope
+from pope.demo import evaluation_suite, true_values
+from pope.synthetic import CandidateEnv, SoftmaxPolicy
+
+HERE = Path(__file__).resolve().parent
+SECTION = "## Accuracy (synthetic ground truth)"
+
+V_ESTIMATORS = [
+    "POPE total",
+    "POPE total (IPS rel.)",
+    "joint IPS (=SIPS)",
+    "joint SNIPS",
+    "joint IPS clip 10",
+    "joint DM",
+    "joint DR",
+    "IPS r+lam*d",
+    "POPE total, D Miller-Madow (bench-only)",
+]
+U_ESTIMATORS = [
+    "IPS", "SNIPS", "IPS clip 10", "SG-IPS", "DM", "DR", "SNDR", "Switch-DR tau 10",
+    "SIPS/K", "IIPS/K", "RIPS/K",
+]
+
+
+def target(env: CandidateEnv, alpha: float) -> SoftmaxPolicy:
+    r"""Targets along one direction: :math:`z = z^0 + 2\alpha\,r + \alpha\,d^{\pi_0}`."""
+    return env.tilt(utility=2.0 * alpha, diversity=alpha, name=f"alpha={alpha:g}")
+
+
+def cells(quick: bool) -> list[dict[str, Any]]:
+    """The grid: sample size (n, K) at alpha = 1, and divergence (alpha) at n = 1000, K = 4."""
+    if quick:
+        size = [(250, 2), (1000, 4)]
+        alphas = [0.0, 1.0, 4.0]
+    else:
+        size = [(n, k) for k in (2, 4, 8, 16) for n in (250, 1000, 4000)]
+        alphas = [0.0, 0.25, 0.5, 1.0, 2.0, 4.0]
+    out = [{"axis": "size", "n": n, "k": k, "alpha": 1.0} for n, k in size]
+    out += [{"axis": "divergence", "n": 1000, "k": 4, "alpha": a} for a in alphas]
+    return out
+
+
+def miller_madow_row(log: Any, pol: SoftmaxPolicy, lam: float,
+                     truth: dict[str, float]) -> dict[str, Any]:
+    r"""Bench-only variant: POPE total with a Miller–Madow correction of the plug-in entropy.
+
+    :math:`\hat D_{MM} = \frac1n\sum_i [H(\hat p_i) + (C^+_i - 1)/(2 n^{eff}_i)]/\log C` with
+    :math:`C^+_i` the aspects with :math:`\hat p_i > 0` and :math:`n^{eff}_i = (\sum_k
+    w_{ik})^2/\sum_k w_{ik}^2` the prompt's effective sample size; interval = POPE's total
+    interval shifted by the correction (its stderr ignores the correction's variability).
+    Not a library estimator: it is here to size the plug-in bias.
+    """
+    fb = log.feedback
+    pe = pope.evaluate(fb, log.log_prob(pol), lam=lam, reward_normalization="none")
+    lw = np.asarray(pe.log_weight)
+    ptr = fb.prompt_ptr
+    mx = np.maximum.reduceat(lw, ptr[:-1])
+    w = np.exp(lw - np.repeat(mx, fb.counts))
+    neff = np.add.reduceat(w, ptr[:-1]) ** 2 / np.add.reduceat(w * w, ptr[:-1])
+    cplus = (np.asarray(pe.p_hat) > 0).sum(axis=1)
+    logc = math.log(fb.n_aspects)
+    h = np.asarray(pe.prompt_diversity) * logc
+    d_mm = float(np.nanmean(h + (cplus - 1) / (2 * neff)) / logc)
+    value = pe.relevance.value + lam * d_mm
+    shift = value - pe.total.value
+    lo, hi = (x + shift for x in pe.total.ci(0.05))
+    return {"estimator": V_ESTIMATORS[-1], "family": "pope", "quantity": "V",
+            "truth": truth["total"], "estimate": value, "stderr": pe.total.stderr,
+            "ci_lower": lo, "ci_upper": hi, "covered": bool(lo <= truth["total"] <= hi),
+            "ess": pe.diagnostics.ess, "error": value - truth["total"]}
+
+
+def run_cell(env: CandidateEnv, cell: dict[str, Any], seeds: int, lam: float,
+             cell_id: int) -> dict[str, Any]:
+    """All seeds of one cell; returns the per-estimator summary."""
+    pol = target(env, cell["alpha"])
+    truth = true_values(env, pol, lam, cell["k"])
+    dk = env.list_diversity_per_prompt(pol, cell["k"])[0]
+    est: dict[str, list[float]] = {}
+    cov: dict[str, list[bool]] = {}
+    ess: dict[str, list[float]] = {}
+    meta: dict[str, tuple[str, str, float]] = {}
+    for s in range(seeds):
+        ss = np.random.SeedSequence([2026, cell_id, s])
+        log = env.sample_logs(n_prompts=cell["n"], k=cell["k"],
+                              seed=np.random.default_rng(ss))
+        rows = evaluation_suite(log, pol, lam=lam, truth=truth, list_diversity_prompt=dk)
+        rows.append(miller_madow_row(log, pol, lam, truth))
+        for r in rows:
+            name = r["estimator"]
+            est.setdefault(name, []).append(r["estimate"])
+            cov.setdefault(name, []).append(r["covered"])
+            ess.setdefault(name, []).append(r["ess"])
+            meta[name] = (r["family"], r["quantity"], r["truth"])
+    summary = {}
+    for name, vals in est.items():
+        v = np.asarray(vals, dtype=np.float64)
+        fam, qty, tr = meta[name]
+        summary[name] = {
+            "family": fam,
+            "quantity": qty,
+            "truth": tr,
+            "mean": float(v.mean()),
+            "bias": float(v.mean() - tr),
+            "sd": float(v.std(ddof=1)),
+            "rmse": float(math.sqrt(np.mean((v - tr) ** 2))),
+            "coverage": float(np.mean(cov[name])),
+            "ess": float(np.nanmean(ess[name])) if np.isfinite(ess[name]).any() else math.nan,
+            "n_seeds": int(v.size),
+        }
+    return {**cell, "kl": truth["kl"], "truth": truth, "estimators": summary}
+
+
+# ----------------------------------------------------------------------------- report
+def _cell_label(c: dict[str, Any]) -> str:
+    if c["axis"] == "size":
+        return f"n={c['n']},K={c['k']}"
+    return f"KL={c['kl']:.2f}"
+
+
+def _fmt(x: float, nd: int = 3) -> str:
+    if x is None or not math.isfinite(x):
+        return "-"
+    if abs(x) >= 1000:
+        return f"{x:.2e}"
+    return f"{x:.{nd}f}"
+
+
+def _metric_table(res: list[dict[str, Any]], names: list[str], metric: str,
+                  nd: int = 3, pct: bool = False) -> str:
+    hdr = "| estimator | " + " | ".join(_cell_label(c) for c in res) + " |"
+    sep = "|---|" + "---:|" * len(res)
+    lines = [hdr, sep]
+    for nm in names:
+        vals = []
+        for c in res:
+            e = c["estimators"].get(nm)
+            if e is None:
+                vals.append("n/a")
+            else:
+                x = e[metric]
+                vals.append(f"{100 * x:.0f}%" if pct else _fmt(x, nd))
+        lines.append(f"| {nm} | " + " | ".join(vals) + " |")
+    return "\n".join(lines)
+
+
+def _ratio_table(res: list[dict[str, Any]]) -> str:
+    hdr = "| SD ratio vs POPE total | " + " | ".join(_cell_label(c) for c in res) + " |"
+    lines = [hdr, "|---|" + "---:|" * len(res)]
+    for nm in ("joint IPS (=SIPS)", "joint SNIPS", "joint IPS clip 10", "joint DR",
+               "IPS r+lam*d", "POPE total (IPS rel.)"):
+        vals = []
+        for c in res:
+            base = c["estimators"]["POPE total"]["sd"]
+            vals.append(_fmt(c["estimators"][nm]["sd"] / base, 2) if base > 0 else "-")
+        lines.append(f"| {nm} | " + " | ".join(vals) + " |")
+    return "\n".join(lines)
+
+
+def _truth_table(res: list[dict[str, Any]]) -> str:
+    hdr = "| cell | KL | U | D | D_K | V | V_K | mean POPE D-hat | POPE D bias |"
+    lines = [hdr, "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for c in res:
+        t = c["truth"]
+        pdv = c["estimators"]["POPE diversity"]
+        lines.append(
+            f"| {_cell_label(c)} | {t['kl']:.3f} | {t['relevance']:.4f} | {t['diversity']:.4f} |"
+            f" {t['list_diversity']:.4f} | {t['total']:.4f} | {t['list_total']:.4f} |"
+            f" {pdv['mean']:.4f} | {pdv['bias']:+.4f} |"
+        )
+    return "\n".join(lines)
+
+
+def machine() -> str:
+    cpu = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return (f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+            f"numpy {np.__version__}, {platform.system()} {platform.release()}")
+
+
+def commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, cwd=HERE, check=False).stdout.strip() or "unknown"
+    except OSError:
+        return "unknown"
+
+
+def markdown(result: dict[str, Any]) -> str:
+    size = [c for c in result["cells"] if c["axis"] == "size"]
+    div = [c for c in result["cells"] if c["axis"] == "divergence"]
+    cfg = result["config"]
+    env = cfg["env"]
+    out = [
+        SECTION,
+        "",
+        f"Machine: {result['machine']}. Date: {result['date']}. Commit: {result['commit']}.",
+        f"Command: `{result['command']}` ({result['runtime_s']:.0f} s).",
+        "",
+        f"Environment: `CandidateEnv.make(n_prompts={env['n_prompts']}, n_candidates="
+        f"{env['n_candidates']}, n_aspects={env['n_aspects']}, n_groups={env['n_groups']}, "
+        f"seed={env['seed']})`, hard aspects, Bernoulli votes (E[u|x,y] = r(x,y)), "
+        f"lambda = {cfg['lam']:g}. Each log draws `n` prompts uniformly with replacement from "
+        "the population and `K` i.i.d. responses per prompt from pi0; the truth is the exact "
+        "population value (enumeration). Targets: `z = z0 + 2*alpha*r + alpha*d_pi0` "
+        "(towards utility and rarely covered aspects); the size grid uses alpha = 1. "
+        f"{cfg['seeds']} independent logs per cell; clip M = 10, Switch-DR tau = 10, SG-IPS "
+        "lambda = min(1, sqrt(log(20)/(N mean w^2))); DM/DR use a ridge reward model on "
+        "observable features (aspect x quality) that cannot see the latent user group. "
+        "Coverage = fraction of logs whose 95% normal interval (the estimator's own stderr) "
+        "contains the truth.",
+        "",
+        "**What is compared.** *Decomposed (POPE)*: `pope.evaluate`, V = U_hat + lambda D_hat "
+        "with U_hat = SNIPS over responses (or IPS: 'IPS rel.') and D_hat = mean over prompts "
+        "of the plug-in entropy of the self-normalised weighted coverage, each response "
+        "carrying its own weight w_ik. *Joint (list level)*: the K-list of a prompt is one "
+        "action with weight W_i = prod_k w_ik and total reward R_i = mean_k r_ik + lambda "
+        "H(mean_k q_ik)/log C; IPS on (W, R) is SIPS on the total; SNIPS, clipped IPS, DM and "
+        "DR likewise (joint DM: reward model + exact aspect tagger, "
+        "V_hat_i = v_hat(x_i) + lambda D_K(x_i)). Joint IPS is unbiased for V_K = U + lambda "
+        "D_K, the value of a K-list, not for V. *Joint (per response)*: 'IPS r+lam*d', IPS on "
+        "r_ik + lambda d_ik with POPE's per-response diversity reward d_ik. All errors below "
+        "are against the true V (or U, D).",
+        "",
+        "### Total value V: vs sample size (alpha = 1)",
+        "",
+        "Standard deviation over logs:",
+        "",
+        _metric_table(size, V_ESTIMATORS, "sd"),
+        "",
+        "Bias:",
+        "",
+        _metric_table(size, V_ESTIMATORS, "bias"),
+        "",
+        "RMSE:",
+        "",
+        _metric_table(size, V_ESTIMATORS, "rmse"),
+        "",
+        "Coverage of the 95% interval:",
+        "",
+        _metric_table(size, V_ESTIMATORS, "coverage", pct=True),
+        "",
+        "Variance claim: SD of each alternative divided by the SD of POPE's decomposed total "
+        "(> 1 means POPE has lower variance):",
+        "",
+        _ratio_table(size),
+        "",
+        "### Total value V: vs target/logging divergence (n = 1000, K = 4)",
+        "",
+        "RMSE:",
+        "",
+        _metric_table(div, V_ESTIMATORS, "rmse"),
+        "",
+        "Bias:",
+        "",
+        _metric_table(div, V_ESTIMATORS, "bias"),
+        "",
+        "Standard deviation:",
+        "",
+        _metric_table(div, V_ESTIMATORS, "sd"),
+        "",
+        "Coverage:",
+        "",
+        _metric_table(div, V_ESTIMATORS, "coverage", pct=True),
+        "",
+        _ratio_table(div),
+        "",
+        "### Relevance U (single-response and list estimators)",
+        "",
+        "RMSE vs divergence (n = 1000, K = 4):",
+        "",
+        _metric_table(div, U_ESTIMATORS, "rmse"),
+        "",
+        "Coverage vs divergence:",
+        "",
+        _metric_table(div, U_ESTIMATORS, "coverage", pct=True),
+        "",
+        "RMSE vs sample size (alpha = 1):",
+        "",
+        _metric_table(size, U_ESTIMATORS, "rmse"),
+        "",
+        "### Truths and the diversity plug-in bias",
+        "",
+        _truth_table(result["cells"]),
+        "",
+        "Figures: `bench/accuracy_size.png` (RMSE and SD of the V estimators vs n, per K), "
+        "`bench/accuracy_divergence.png` (bias, SD, RMSE, coverage vs KL).",
+        "",
+    ]
+    findings = result.get("findings")
+    if findings:
+        out += ["### Findings", "", findings, ""]
+    return "\n".join(out)
+
+
+def update_results(md: str, path: Path) -> None:
+    """Replace (or append) only this section of RESULTS.md."""
+    text = path.read_text() if path.exists() else "# Benchmark results\n"
+    start = text.find(SECTION)
+    if start < 0:
+        new = text.rstrip("\n") + "\n\n" + md.rstrip("\n") + "\n"
+    else:
+        nxt = text.find("\n## ", start + len(SECTION))
+        end = len(text) if nxt < 0 else nxt + 1
+        new = text[:start] + md.rstrip("\n") + "\n" + ("\n" + text[end:] if nxt >= 0 else "")
+    path.write_text(new)
+
+
+def plots(result: dict[str, Any], outdir: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    names = V_ESTIMATORS
+    size = [c for c in result["cells"] if c["axis"] == "size"]
+    ks = sorted({c["k"] for c in size})
+    fig, axes = plt.subplots(2, len(ks), figsize=(4 * len(ks), 7), squeeze=False)
+    for j, k in enumerate(ks):
+        cs = sorted([c for c in size if c["k"] == k], key=lambda c: c["n"])
+        ns = [c["n"] for c in cs]
+        for row, metric in enumerate(("rmse", "sd")):
+            ax = axes[row, j]
+            for nm in names:
+                ax.plot(ns, [max(c["estimators"][nm][metric], 1e-4) for c in cs], marker="o",
+                        label=nm, lw=2 if nm.startswith("POPE") else 1)
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            ax.set_title(f"{metric.upper()} of V, K={k}")
+            ax.set_xlabel("logged prompts n")
+            ax.grid(alpha=0.3)
+    axes[0, 0].legend(fontsize=7)
+    fig.tight_layout()
+    p = outdir / "accuracy_size.png"
+    fig.savefig(p, dpi=100)
+    plt.close(fig)
+    paths.append(p)
+
+    div = sorted([c for c in result["cells"] if c["axis"] == "divergence"],
+                 key=lambda c: c["kl"])
+    kl = [c["kl"] for c in div]
+    fig, axes = plt.subplots(2, 2, figsize=(11, 8))
+    for ax, metric in zip(axes.flat, ("bias", "sd", "rmse", "coverage")):
+        for nm in names:
+            ax.plot(kl, [c["estimators"][nm][metric] for c in div], marker="o", label=nm,
+                    lw=2 if nm.startswith("POPE") else 1)
+        ax.set_xlabel("KL(target || pi0)")
+        ax.set_title(f"{metric} of V estimators (n=1000, K=4)")
+        ax.grid(alpha=0.3)
+        if metric in ("sd", "rmse"):
+            ax.set_yscale("log")
+        if metric == "coverage":
+            ax.axhline(0.95, color="k", ls="--", lw=1)
+            ax.set_ylim(-0.02, 1.02)
+        if metric == "bias":
+            ax.set_ylim(-1.0, 0.5)
+    axes[0, 0].legend(fontsize=7)
+    fig.tight_layout()
+    p = outdir / "accuracy_divergence.png"
+    fig.savefig(p, dpi=100)
+    plt.close(fig)
+    paths.append(p)
+    return paths
+
+
+# ----------------------------------------------------------------------------- main
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--seeds", type=int, default=200, help="logs per cell (default 200)")
+    ap.add_argument("--lam", type=float, default=1.0)
+    ap.add_argument("--quick", action="store_true", help="a small grid (smoke test)")
+    ap.add_argument("--out", type=Path, default=HERE, help="where JSON and PNGs go")
+    ap.add_argument("--update-results", action="store_true",
+                    help="rewrite the 'Accuracy (synthetic ground truth)' section of "
+                         "bench/RESULTS.md")
+    ap.add_argument("--findings", type=Path, default=None,
+                    help="a markdown file whose text is appended as the Findings subsection")
+    args = ap.parse_args(argv)
+    if args.seeds < 2:
+        ap.error("--seeds must be >= 2")
+    t0 = time.perf_counter()
+    env_cfg = {"n_prompts": 500, "n_candidates": 10, "n_aspects": 4, "n_groups": 3,
+               "seed": 2026}
+    env = CandidateEnv.make(**env_cfg)
+    grid = cells(args.quick)
+    res = []
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # pragma: no cover
+        def tqdm(x: Any, **_: Any) -> Any:
+            return x
+    for i, c in enumerate(tqdm(grid, desc="cells", file=sys.stderr)):
+        res.append(run_cell(env, c, args.seeds, args.lam, i))
+    runtime = time.perf_counter() - t0
+    cmd = "python bench/accuracy.py" + ("" if argv is None else " " + " ".join(argv))
+    if argv is None:
+        cmd = "python bench/accuracy.py " + " ".join(sys.argv[1:])
+    result = {
+        "config": {"seeds": args.seeds, "lam": args.lam, "quick": args.quick, "env": env_cfg},
+        "machine": machine(),
+        "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "commit": commit(),
+        "command": cmd.strip(),
+        "runtime_s": runtime,
+        "cells": res,
+    }
+    if args.findings is not None:
+        result["findings"] = args.findings.read_text().strip()
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "accuracy.json").write_text(json.dumps(result, indent=1, default=float))
+    pngs = plots(result, args.out)
+    md = markdown(result)
+    print(md)
+    if args.update_results:
+        update_results(md, HERE / "RESULTS.md")
+        print(f"\nupdated {HERE / 'RESULTS.md'}", file=sys.stderr)
+    print(f"\nwrote {args.out / 'accuracy.json'}, {', '.join(str(p) for p in pngs)} "
+          f"({runtime:.0f} s)", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
