@@ -26,7 +26,7 @@ Usage::
 
     python bench/accuracy.py                    # recorded configuration (200 seeds)
     python bench/accuracy.py --seeds 20 --quick # smoke run
-    python bench/accuracy.py --update-results   # also rewrite the section in RESULTS.md
+    python bench/accuracy.py --update-results   # also rewrite its block in bench/RESULTS.md
 """
 
 from __future__ import annotations
@@ -245,8 +245,6 @@ def markdown(result: dict[str, Any]) -> str:
     cfg = result["config"]
     env = cfg["env"]
     out = [
-        SECTION,
-        "",
         f"Machine: {result['machine']}. Date: {result['date']}. Commit: {result['commit']}.",
         f"Command: `{result['command']}` ({result['runtime_s']:.0f} s).",
         "",
@@ -340,23 +338,36 @@ def markdown(result: dict[str, Any]) -> str:
         "`bench/accuracy_divergence.png` (bias, SD, RMSE, coverage vs KL).",
         "",
     ]
-    findings = result.get("findings")
-    if findings:
-        out += ["### Findings", "", findings, ""]
     return "\n".join(out)
 
 
+BEGIN, END = "<!-- accuracy.py: begin generated -->", "<!-- accuracy.py: end generated -->"
+
+
 def update_results(md: str, path: Path) -> None:
-    """Replace (or append) only this section of RESULTS.md."""
+    """Rewrite only the generated block of this section of RESULTS.md.
+
+    The section is ``SECTION`` (a ``##`` heading); inside it, the text between ``BEGIN`` and
+    ``END`` is replaced (hand-written text around it, e.g. the findings, is kept). The section
+    is appended when absent; the rest of the file is never touched.
+    """
+    block = f"{BEGIN}\n{md.rstrip()}\n{END}"
     text = path.read_text() if path.exists() else "# Benchmark results\n"
     start = text.find(SECTION)
     if start < 0:
-        new = text.rstrip("\n") + "\n\n" + md.rstrip("\n") + "\n"
+        path.write_text(text.rstrip("\n") + f"\n\n{SECTION}\n\n{block}\n")
+        return
+    nxt = text.find("\n## ", start + len(SECTION))
+    end = len(text) if nxt < 0 else nxt + 1
+    sec = text[start:end]
+    b, e = sec.find(BEGIN), sec.find(END)
+    if b < 0 or e < 0:
+        sec = sec.rstrip("\n") + f"\n\n{block}\n"
     else:
-        nxt = text.find("\n## ", start + len(SECTION))
-        end = len(text) if nxt < 0 else nxt + 1
-        new = text[:start] + md.rstrip("\n") + "\n" + ("\n" + text[end:] if nxt >= 0 else "")
-    path.write_text(new)
+        sec = sec[:b] + block + sec[e + len(END):]
+    if nxt >= 0 and not sec.endswith("\n\n"):
+        sec = sec.rstrip("\n") + "\n\n"
+    path.write_text(text[:start] + sec + text[end:])
 
 
 def plots(result: dict[str, Any], outdir: Path) -> list[Path]:
@@ -380,6 +391,8 @@ def plots(result: dict[str, Any], outdir: Path) -> list[Path]:
                         label=nm, lw=2 if nm.startswith("POPE") else 1)
             ax.set_xscale("log")
             ax.set_yscale("log")
+            ax.set_xticks(ns, [str(n) for n in ns])
+            ax.minorticks_off()
             ax.set_title(f"{metric.upper()} of V, K={k}")
             ax.set_xlabel("logged prompts n")
             ax.grid(alpha=0.3)
@@ -423,12 +436,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, default=200, help="logs per cell (default 200)")
     ap.add_argument("--lam", type=float, default=1.0)
     ap.add_argument("--quick", action="store_true", help="a small grid (smoke test)")
-    ap.add_argument("--out", type=Path, default=HERE, help="where JSON and PNGs go")
+    ap.add_argument("--out", type=Path, default=HERE, help="where the PNGs go (default bench/)")
+    ap.add_argument("--json", type=Path, default=None, help="also write the raw summary here")
     ap.add_argument("--update-results", action="store_true",
                     help="rewrite the 'Accuracy (synthetic ground truth)' section of "
                          "bench/RESULTS.md")
-    ap.add_argument("--findings", type=Path, default=None,
-                    help="a markdown file whose text is appended as the Findings subsection")
     args = ap.parse_args(argv)
     if args.seeds < 2:
         ap.error("--seeds must be >= 2")
@@ -458,18 +470,16 @@ def main(argv: list[str] | None = None) -> int:
         "runtime_s": runtime,
         "cells": res,
     }
-    if args.findings is not None:
-        result["findings"] = args.findings.read_text().strip()
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "accuracy.json").write_text(json.dumps(result, indent=1, default=float))
+    if args.json is not None:
+        args.json.write_text(json.dumps(result, indent=1, default=float))
     pngs = plots(result, args.out)
     md = markdown(result)
     print(md)
     if args.update_results:
         update_results(md, HERE / "RESULTS.md")
         print(f"\nupdated {HERE / 'RESULTS.md'}", file=sys.stderr)
-    print(f"\nwrote {args.out / 'accuracy.json'}, {', '.join(str(p) for p in pngs)} "
-          f"({runtime:.0f} s)", file=sys.stderr)
+    print(f"\nwrote {', '.join(str(p) for p in pngs)} ({runtime:.0f} s)", file=sys.stderr)
     return 0
 
 
