@@ -256,7 +256,9 @@ def measure(fn, mode, inputs, nbytes, args, gold, restore=False) -> dict:
         def call():
             if restore:
                 x.data.copy_(x0)
-            out = fn(x, *rest)
+            # A view, as model logits are a non-leaf: a gradient arriving at a leaf directly
+            # would be copied by autograd (AccumulateGrad), hiding the in-place saving.
+            out = fn(x.view_as(x), *rest)
             out.backward(g if out.dim() == 1 else None)
 
         call()

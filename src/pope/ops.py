@@ -445,7 +445,10 @@ def sequence_logprob(
         Triton path only: the backward writes the gradient over ``logits`` (no extra N x V
         buffer). The logits tensor is **consumed**: after the backward it holds the gradient;
         autograd's version counter is bumped, so another autograd use of the same tensor
-        raises instead of silently reading the gradient. Ignored by the torch reference.
+        raises instead of silently reading the gradient. The saving is real when the logits
+        are produced by an autograd graph (a model output, or a view); a leaf tensor passed
+        directly gets its gradient *copied* into ``.grad`` by autograd. Ignored by the torch
+        reference.
     backend : {None, "auto", "triton", "torch"}
         See the module docstring.
 
