@@ -464,7 +464,7 @@ def test_peak_memory_on_gpu(inplace):
         case["adv"],
         inplace_backward=inplace,
         backend="triton",
-    )  # fmt: skip  (a view: a gradient arriving at a leaf directly is copied by autograd)
+    )  # a view: a gradient arriving at a leaf directly would be copied by autograd
     out.loss.backward()
     torch.cuda.synchronize()
     extra = torch.cuda.max_memory_allocated() - base
