@@ -575,7 +575,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="torch CPU threads (default 1: the model is tiny and more "
                              "threads only add overhead)")
     parser.add_argument("--no-progress", dest="progress", action="store_false",
-                        help="hide the progress bars")
+                        default=argparse.SUPPRESS, help="hide the progress bars")
 
 
 def run(args: argparse.Namespace) -> int:
