@@ -69,16 +69,16 @@ void ips_chunk_kernel(const double* lt, const double* ll, const double* rw, std:
             c = pad_r;
         }
         // Pass 1: clipped log-ratio, block max, clip count, unclipped max.
-        v4d bmax = ninf;
+        v4d blr = ninf;
         for (std::size_t j = 0; j < kBlock; j += 4) {
             const v4d lr = load4(a + j) - load4(b + j);
-            const v4d l = lr < clipv ? lr : clipv;
-            store4(buf + j, l);
-            bmax = l > bmax ? l : bmax;
-            lrmax = lr > lrmax ? lr : lrmax;
+            store4(buf + j, lr < clipv ? lr : clipv);
+            blr = lr > blr ? lr : blr;
             cnt -= (lr > clipv);
         }
-        const double bm = hmax4(bmax);
+        lrmax = blr > lrmax ? blr : lrmax;
+        const double blr_max = hmax4(blr);
+        const double bm = blr_max < clip ? blr_max : clip;  // = max_j min(lr_j, clip)
         if (bm > m_run) {
             const double sc = std::exp(m_run - bm);  // 0 on the first finite block
             const double sc2 = sc * sc;

@@ -8,17 +8,20 @@ Design, shared with the C++ backend:
   of ``_BLOCK`` samples, and rescales its sums by ``exp(M_old - M_new)`` when ``M`` grows (as in
   an online softmax). Partials are merged in chunk order, so the result does not depend on the
   number of threads.
-* ``exp`` and ``log`` are evaluated by branch-free polynomial kernels over small buffers
-  (:func:`_exp_into`, :func:`_log_into`), which LLVM vectorises; ``math.exp`` / ``math.log``
-  would be scalar library calls. Both are accurate to about 1-2 ulp.
+* ``exp`` and ``log`` are branch-free polynomial kernels (:func:`_exp1`, :func:`_log1`; the
+  float/int bit casts are LLVM ``bitcast`` intrinsics) that LLVM inlines and vectorises in the
+  loops; ``math.exp`` / ``math.log`` would be scalar library calls. Both are accurate to about
+  2 ulp.
 * Coverage and diversity run in parallel over batches of whole prompts; every accumulation
   stays in response order, as ``np.bincount`` / ``np.add.at`` in the reference.
 * ``bootstrap_sums`` runs in parallel over resamples; the SplitMix64 index stream is computed
   with ``uint64`` arithmetic only (every constant is a ``np.uint64``: mixing ``uint64`` with
   ``int64`` would promote to ``float64``), so indices are bit-identical to the reference.
 
-Only the reductions of ``ips_moments`` use a fast-math flag (``reassoc``: lane-wise partial
-sums); nothing assumes finite values, since ``-inf`` log-weights are legal.
+Fast-math flags are limited to ``reassoc`` on the reductions of ``ips_moments`` (lane-wise
+partial sums) and ``contract`` (FMA) inside ``exp`` / ``log``; nothing assumes finite values,
+since ``-inf`` log-weights are legal. ``error_model="numpy"`` drops Python's zero-division
+checks, which would block vectorisation (every division here is guarded).
 
 ``POPE_NUM_THREADS`` (a positive integer) caps the Numba threads, as it sets the C++ threads.
 """
@@ -29,8 +32,10 @@ import math
 import os
 
 import numpy as np
+from llvmlite import ir as llvm_ir
 from numba import config as _numba_config
-from numba import njit, prange, set_num_threads
+from numba import njit, prange, set_num_threads, types
+from numba.extending import intrinsic
 
 from pope.backends.reference import MOMENT_NAMES, splitmix64
 
@@ -81,6 +86,15 @@ _TWO52 = 4503599627370496.0
 _EXP_OFFSET = _TWO52 + 1023.0
 _DBL_MIN = 2.2250738585072014e-308
 _SQRT2 = 1.4142135623730951
+_L3 = 1.0 / 3
+_L5 = 1.0 / 5
+_L7 = 1.0 / 7
+_L9 = 1.0 / 9
+_L11 = 1.0 / 11
+_L13 = 1.0 / 13
+_L15 = 1.0 / 15
+_L17 = 1.0 / 17
+_L19 = 1.0 / 19
 _MANT_MASK = np.uint64(0x000FFFFFFFFFFFFF)
 _ONE_BITS = np.uint64(0x3FF0000000000000)
 _EXP_TAG = np.uint64(0x4330000000000000)
@@ -103,81 +117,93 @@ _NINF = -np.inf
 # ---------------------------------------------------------------------------------------------
 
 
-@njit(cache=True)
-def _exp_into(x, out, t1, t2, n):  # pragma: no cover - compiled
-    """``out[:n] = exp(x[:n])``; ``t1``, ``t2`` are float64 scratch of length >= n."""
-    for j in range(n):
-        xj = x[j]
-        xj = _EXP_LO if xj < _EXP_LO else xj
-        xj = _EXP_HI if xj > _EXP_HI else xj
-        kd = xj * _LOG2E + _SHIFTER
-        kd = kd - _SHIFTER
-        r = xj - kd * _LN2HI
-        r = r - kd * _LN2LO
-        p = _E13
-        p = p * r + _E12
-        p = p * r + _E11
-        p = p * r + _E10
-        p = p * r + _E9
-        p = p * r + _E8
-        p = p * r + _E7
-        p = p * r + _E6
-        p = p * r + _E5
-        p = p * r + _E4
-        p = p * r + _E3
-        p = p * r + _E2
-        p = p * r + 1.0
-        p = p * r + 1.0
-        k1 = (kd * 0.5 + _SHIFTER) - _SHIFTER
-        k2 = kd - k1
-        t1[j] = k1 + _SHIFTER_BIAS
-        t2[j] = k2 + _SHIFTER_BIAS
-        out[j] = p
-    u1 = t1.view(np.uint64)
-    u2 = t2.view(np.uint64)
-    for j in range(n):
-        u1[j] = u1[j] << _U52
-        u2[j] = u2[j] << _U52
-    for j in range(n):
-        out[j] = (out[j] * t1[j]) * t2[j]
+@intrinsic
+def _f64_bits(typingctx, x):  # pragma: no cover - compiled
+    """Bit pattern of a float64 as a uint64 (an LLVM bitcast)."""
+    if x != types.float64:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], llvm_ir.IntType(64))
+
+    return types.uint64(types.float64), codegen
 
 
-@njit(cache=True)
-def _log_into(x, out, t1, t2, t3, n):  # pragma: no cover - compiled
-    """``out[:n] = log(x[:n])`` for finite ``x > 0``; ``t1..t3`` float64 scratch (>= n)."""
+@intrinsic
+def _bits_f64(typingctx, u):  # pragma: no cover - compiled
+    """float64 with the bit pattern of a uint64 (an LLVM bitcast)."""
+    if u != types.uint64:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], llvm_ir.DoubleType())
+
+    return types.float64(types.uint64), codegen
+
+
+@njit(cache=True, fastmath={"contract"}, error_model="numpy")
+def _exp1(x):  # pragma: no cover - compiled
+    """``exp(x)``, branch-free (vectorises when inlined in a loop), about 2 ulp.
+
+    ``x = k ln2 + r`` (Cody-Waite), ``e^r`` by its degree-13 Taylor polynomial in Estrin form,
+    ``2^k = 2^k1 2^k2`` built from exponent bits (correct down to the subnormals; -inf -> 0,
+    +inf -> inf).
+    """
+    x = _EXP_LO if x < _EXP_LO else x
+    x = _EXP_HI if x > _EXP_HI else x
+    kd = x * _LOG2E + _SHIFTER
+    kd = kd - _SHIFTER
+    r = x - kd * _LN2HI
+    r = r - kd * _LN2LO
+    r2 = r * r
+    r4 = r2 * r2
+    r8 = r4 * r4
+    s0 = (1.0 + r) + (_E2 + _E3 * r) * r2
+    s1 = (_E4 + _E5 * r) + (_E6 + _E7 * r) * r2
+    s2 = (_E8 + _E9 * r) + (_E10 + _E11 * r) * r2
+    s3 = _E12 + _E13 * r
+    p = (s0 + s1 * r4) + (s2 + s3 * r4) * r8
+    k1 = (kd * 0.5 + _SHIFTER) - _SHIFTER
+    k2 = kd - k1
+    f1 = _bits_f64(_f64_bits(k1 + _SHIFTER_BIAS) << _U52)
+    f2 = _bits_f64(_f64_bits(k2 + _SHIFTER_BIAS) << _U52)
+    return (p * f1) * f2
+
+
+@njit(cache=True, fastmath={"contract"}, error_model="numpy")
+def _log1(x):  # pragma: no cover - compiled
+    """``log(x)`` for finite ``x > 0``, branch-free, about 2 ulp.
+
+    ``x = 2^e m``, ``m`` in ``[sqrt(1/2), sqrt(2))`` (subnormals scaled by ``2^52`` first);
+    ``log m = 2 atanh(s)``, ``s = (m - 1) / (m + 1)``, series to ``s^19`` in Estrin form.
+    """
+    sub = x < _DBL_MIN
+    xs = x * _TWO52 if sub else x
+    eadj = -52.0 if sub else 0.0
+    b = _f64_bits(xs)
+    m = _bits_f64((b & _MANT_MASK) | _ONE_BITS)
+    e = (_bits_f64((b >> _U52) | _EXP_TAG) - _EXP_OFFSET) + eadj
+    big = m > _SQRT2
+    m = m * 0.5 if big else m
+    e = e + 1.0 if big else e
+    f = m - 1.0
+    s = f / (f + 2.0)
+    z = s * s
+    z2 = z * z
+    z4 = z2 * z2
+    z8 = z4 * z4
+    a0 = (_L3 + _L5 * z) + (_L7 + _L9 * z) * z2
+    a1 = (_L11 + _L13 * z) + (_L15 + _L17 * z) * z2
+    r = ((a0 + a1 * z4) + _L19 * z8) * z
+    s2 = s * 2.0
+    return e * _LN2HI + ((s2 + s2 * r) + e * _LN2LO)
+
+
+@njit(cache=True, error_model="numpy")
+def _exp_into(x, shift, out, n):  # pragma: no cover - compiled
+    """``out[:n] = exp(x[:n] - shift)``."""
     for j in range(n):
-        xj = x[j]
-        sub = xj < _DBL_MIN
-        t1[j] = xj * _TWO52 if sub else xj
-        t3[j] = -52.0 if sub else 0.0
-    u1 = t1.view(np.uint64)
-    u2 = t2.view(np.uint64)
-    for j in range(n):
-        b = u1[j]
-        u2[j] = (b >> _U52) | _EXP_TAG
-        u1[j] = (b & _MANT_MASK) | _ONE_BITS
-    for j in range(n):
-        m = t1[j]
-        e = (t2[j] - _EXP_OFFSET) + t3[j]
-        big = m > _SQRT2
-        m = m * 0.5 if big else m
-        e = e + 1.0 if big else e
-        f = m - 1.0
-        s = f / (f + 2.0)
-        z = s * s
-        r = 1.0 / 19
-        r = r * z + 1.0 / 17
-        r = r * z + 1.0 / 15
-        r = r * z + 1.0 / 13
-        r = r * z + 1.0 / 11
-        r = r * z + 1.0 / 9
-        r = r * z + 1.0 / 7
-        r = r * z + 1.0 / 5
-        r = r * z + 1.0 / 3
-        r = r * z
-        s2 = s * 2.0
-        lm = s2 + s2 * r
-        out[j] = e * _LN2HI + (lm + e * _LN2LO)
+        out[j] = _exp1(x[j] - shift)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -185,15 +211,19 @@ def _log_into(x, out, t1, t2, t3, n):  # pragma: no cover - compiled
 # ---------------------------------------------------------------------------------------------
 
 
-@njit(cache=True, fastmath={"reassoc"})
-def _ips_accumulate(w, rw, off, n):  # pragma: no cover - compiled
+@njit(cache=True, fastmath={"reassoc"}, error_model="numpy")
+def _ips_accumulate(buf, m, rw, off, n):  # pragma: no cover - compiled
+    """Sums of w, w^2, w r, (w r)^2, w^2 r with ``w = exp(buf - m)`` over ``n`` samples.
+
+    ``reassoc`` lets LLVM keep lane-wise partial sums; :func:`_exp1` keeps its own flags.
+    """
     a = 0.0
     b = 0.0
     c = 0.0
     d = 0.0
     f = 0.0
     for j in range(n):
-        wj = w[j]
+        wj = _exp1(buf[j] - m)
         wr = wj * rw[off + j]
         a += wj
         b += wj * wj
@@ -203,8 +233,8 @@ def _ips_accumulate(w, rw, off, n):  # pragma: no cover - compiled
     return a, b, c, d, f
 
 
-@njit(cache=True)
-def _ips_chunk(lt, ll, rw, s, e, clip, out, buf, wb, t1, t2):  # pragma: no cover - compiled
+@njit(cache=True, error_model="numpy")
+def _ips_chunk(lt, ll, rw, s, e, clip, out, buf):  # pragma: no cover - compiled
     """Partial of samples [s, e): out = [M, sw, sw2, swr, swr2, sw2r, n_clipped, max_lr]."""
     m_run = _NINF
     sw = 0.0
@@ -216,14 +246,14 @@ def _ips_chunk(lt, ll, rw, s, e, clip, out, buf, wb, t1, t2):  # pragma: no cove
     lrmax = _NINF
     for b0 in range(s, e, _BLOCK):
         ln = min(_BLOCK, e - b0)
-        bmax = _NINF
+        blr = _NINF
         for j in range(ln):
             lr = lt[b0 + j] - ll[b0 + j]
-            l = lr if lr < clip else clip
-            buf[j] = l
-            bmax = l if l > bmax else bmax
-            lrmax = lr if lr > lrmax else lrmax
+            buf[j] = lr if lr < clip else clip
+            blr = lr if lr > blr else blr
             ncl += 1 if lr > clip else 0
+        lrmax = blr if blr > lrmax else lrmax
+        bmax = blr if blr < clip else clip  # max_j min(lr_j, clip) = min(max_j lr_j, clip)
         if bmax > m_run:
             sc = math.exp(m_run - bmax)  # 0 on the first finite block
             sc2 = sc * sc
@@ -235,10 +265,7 @@ def _ips_chunk(lt, ll, rw, s, e, clip, out, buf, wb, t1, t2):  # pragma: no cove
             m_run = bmax
         if m_run == _NINF:
             continue  # every weight so far is zero
-        for j in range(ln):
-            buf[j] = buf[j] - m_run
-        _exp_into(buf, wb, t1, t2, ln)
-        a, b, c, d, f = _ips_accumulate(wb, rw, b0, ln)
+        a, b, c, d, f = _ips_accumulate(buf, m_run, rw, b0, ln)
         sw += a
         sw2 += b
         swr += c
@@ -254,20 +281,17 @@ def _ips_chunk(lt, ll, rw, s, e, clip, out, buf, wb, t1, t2):  # pragma: no cove
     out[7] = lrmax
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, error_model="numpy")
 def _ips_partials(lt, ll, rw, clip, parts):  # pragma: no cover - compiled
     n = lt.shape[0]
     for ci in prange(parts.shape[0]):
         buf = np.empty(_BLOCK)
-        wb = np.empty(_BLOCK)
-        t1 = np.empty(_BLOCK)
-        t2 = np.empty(_BLOCK)
         s = ci * _CHUNK
         e = min(n, s + _CHUNK)
-        _ips_chunk(lt, ll, rw, s, e, clip, parts[ci], buf, wb, t1, t2)
+        _ips_chunk(lt, ll, rw, s, e, clip, parts[ci], buf)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _ips_merge(parts, n, out):  # pragma: no cover - compiled
     m = _NINF
     max_lr = _NINF
@@ -309,7 +333,7 @@ def _ips_merge(parts, n, out):  # pragma: no cover - compiled
 # ---------------------------------------------------------------------------------------------
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _prompt_batches(ptr, n_cols, max_resp, max_cells):  # pragma: no cover - compiled
     """Starts of batches of whole prompts (at least one prompt per batch), plus the end P."""
     n_prompts = ptr.shape[0] - 1
@@ -329,7 +353,7 @@ def _prompt_batches(ptr, n_cols, max_resp, max_cells):  # pragma: no cover - com
     return starts[: nb + 1].copy()
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _batch_weights(ptr, lw, i, j, self_normalize, w):  # pragma: no cover - compiled
     """w[k - ptr[i]] = exp(l_k - shift_q) for the responses of prompts [i, j)."""
     r0 = ptr[i]
@@ -346,40 +370,36 @@ def _batch_weights(ptr, lw, i, j, self_normalize, w):  # pragma: no cover - comp
     else:
         for k in range(n):
             x[k] = lw[r0 + k]
-    _exp_into(x, w, np.empty(n), np.empty(n), n)
+    _exp_into(x, 0.0, w, n)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _batch_normalise_entropy(pf, H, i, j, C, norm):  # pragma: no cover - compiled
     """Rows [i, j) of the flat (P*C) histogram become p = hist / norm; H = -sum p log p."""
     ncell = (j - i) * C
     c0 = i * C
-    pc = np.empty(ncell)
-    arg = np.empty(ncell)
+    t = np.empty(ncell)
     for q in range(j - i):
         nq = norm[q]
         safe = nq if nq > 0.0 else 1.0
         for c in range(C):
-            v = pf[c0 + q * C + c] / safe
-            v = v if nq > 0.0 else 0.0
-            pc[q * C + c] = v
-    for k in range(ncell):
-        arg[k] = pc[k] if pc[k] > 0.0 else 1.0
-    lg = np.empty(ncell)
-    _log_into(arg, lg, np.empty(ncell), np.empty(ncell), np.empty(ncell), ncell)
-    for q in range(j - i):
-        t = 0.0
-        for c in range(C):
             k = q * C + c
-            v = pc[k]
+            v = pf[c0 + k] / safe
+            v = v if nq > 0.0 else 0.0
             pf[c0 + k] = v
-            t += v * lg[k] if v > 0.0 else 0.0
-        H[i + q] = -t
+    for k in range(ncell):
+        v = pf[c0 + k]
+        lg = _log1(v if v > 0.0 else 1.0)
+        t[k] = v * lg if v > 0.0 else 0.0
+    for q in range(j - i):
+        acc = 0.0
+        for c in range(C):
+            acc += t[q * C + c]
+        H[i + q] = -acc
 
 
-@njit(cache=True, parallel=True)
-def _coverage_hard(ptr, lw, labels, C, self_normalize, starts, pf, H, bad):
-    # pragma: no cover - compiled
+@njit(cache=True, parallel=True, error_model="numpy")
+def _coverage_hard(ptr, lw, labels, C, self_normalize, starts, pf, H, bad):  # pragma: no cover
     for bi in prange(starts.shape[0] - 1):
         i = starts[bi]
         j = starts[bi + 1]
@@ -404,7 +424,7 @@ def _coverage_hard(ptr, lw, labels, C, self_normalize, starts, pf, H, bad):
         _batch_normalise_entropy(pf, H, i, j, C, norm)
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, error_model="numpy")
 def _coverage_soft(ptr, lw, soft, self_normalize, starts, pf, H):  # pragma: no cover - compiled
     C = soft.shape[1]
     for bi in prange(starts.shape[0] - 1):
@@ -428,7 +448,7 @@ def _coverage_soft(ptr, lw, soft, self_normalize, starts, pf, H):  # pragma: no 
         _batch_normalise_entropy(pf, H, i, j, C, norm)
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, error_model="numpy")
 def _diversity_hard(ptr, p, labels, starts, d, bad):  # pragma: no cover - compiled
     C = p.shape[1]
     for bi in prange(starts.shape[0] - 1):
@@ -436,42 +456,35 @@ def _diversity_hard(ptr, p, labels, starts, d, bad):  # pragma: no cover - compi
         j = starts[bi + 1]
         r0 = ptr[i]
         n = ptr[j] - r0
-        arg = np.empty(n)
+        pk = np.empty(n)
         for q in range(i, j):
             for k in range(ptr[q], ptr[q + 1]):
                 a = labels[k]
                 if a < 0 or a >= C:
                     bad[bi] = True
-                    arg[k - r0] = 0.0
+                    pk[k - r0] = 0.0
                     continue
-                arg[k - r0] = p[q, a]
-        pk = arg.copy()
+                pk[k - r0] = p[q, a]
         for k in range(n):
-            arg[k] = pk[k] if pk[k] > 0.0 else 1.0
-        lg = np.empty(n)
-        _log_into(arg, lg, np.empty(n), np.empty(n), np.empty(n), n)
-        for k in range(n):
-            d[r0 + k] = -lg[k] if pk[k] > 0.0 else 0.0
+            v = pk[k]
+            lg = _log1(v if v > 0.0 else 1.0)
+            d[r0 + k] = -lg if v > 0.0 else 0.0
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, error_model="numpy")
 def _diversity_soft(ptr, p, soft, starts, d):  # pragma: no cover - compiled
     C = p.shape[1]
     for bi in prange(starts.shape[0] - 1):
         i = starts[bi]
         j = starts[bi + 1]
         ncell = (j - i) * C
-        arg = np.empty(ncell)
+        lg = np.empty(ncell)
         for q in range(j - i):
             for c in range(C):
                 v = p[i + q, c]
-                arg[q * C + c] = v if v > 0.0 else 1.0
-        lg = np.empty(ncell)
-        _log_into(arg, lg, np.empty(ncell), np.empty(ncell), np.empty(ncell), ncell)
+                lv = _log1(v if v > 0.0 else 1.0)
+                lg[q * C + c] = lv if v > 0.0 else 0.0
         for q in range(j - i):
-            for c in range(C):
-                if not p[i + q, c] > 0.0:
-                    lg[q * C + c] = 0.0
             for k in range(ptr[i + q], ptr[i + q + 1]):
                 t = 0.0
                 for c in range(C):
@@ -484,7 +497,7 @@ def _diversity_soft(ptr, p, soft, starts, d):  # pragma: no cover - compiled
 # ---------------------------------------------------------------------------------------------
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _fill_indices(x0, nn, ln, ib):  # pragma: no cover - compiled
     """ib[j] = ((splitmix64(x0 + j) >> 32) * n) >> 32 for j < ln (uint64 throughout)."""
     n32 = nn & _LOW32  # n < 2^32: lets LLVM use a 32x32->64 multiply
@@ -496,11 +509,13 @@ def _fill_indices(x0, nn, ln, ib):  # pragma: no cover - compiled
         ib[j] = ((z >> _S32) * n32) >> _S32
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, error_model="numpy")
 def _bootstrap(values, n_boot, key, out):  # pragma: no cover - compiled
     n = values.shape[0]
     m = values.shape[1]
     nn = np.uint64(n)
+    mm = np.uint64(m)
+    flat = values.ravel()  # C-contiguous: a view; uint64 indices skip wraparound checks
     for b in prange(n_boot):
         ib = np.empty(_BOOT_BLOCK, np.uint64)
         base = key + np.uint64(b) * _GOLDEN
@@ -514,13 +529,13 @@ def _bootstrap(values, n_boot, key, out):  # pragma: no cover - compiled
                 _fill_indices(base + np.uint64(s), nn, ln, ib)
                 j = 0
                 while j + 4 <= ln:
-                    a0 += values[np.int64(ib[j]), 0]
-                    a1 += values[np.int64(ib[j + 1]), 0]
-                    a2 += values[np.int64(ib[j + 2]), 0]
-                    a3 += values[np.int64(ib[j + 3]), 0]
+                    a0 += flat[ib[j]]
+                    a1 += flat[ib[j + 1]]
+                    a2 += flat[ib[j + 2]]
+                    a3 += flat[ib[j + 3]]
                     j += 4
                 while j < ln:
-                    a0 += values[np.int64(ib[j]), 0]
+                    a0 += flat[ib[j]]
                     j += 1
             out[b, 0] = (a0 + a1) + (a2 + a3)
         else:
@@ -530,9 +545,9 @@ def _bootstrap(values, n_boot, key, out):  # pragma: no cover - compiled
                 ln = min(_BOOT_BLOCK, n - s)
                 _fill_indices(base + np.uint64(s), nn, ln, ib)
                 for j in range(ln):
-                    row = np.int64(ib[j])
+                    row = ib[j] * mm
                     for c in range(m):
-                        out[b, c] += values[row, c]
+                        out[b, c] += flat[row + np.uint64(c)]
 
 
 # ---------------------------------------------------------------------------------------------
