@@ -141,3 +141,24 @@ def test_cli_plumbing() -> None:
 
 def test_bad_lambda(tmp_path: Path) -> None:
     assert demo.main(["--quick", "--lam", "-1", "--out", str(tmp_path)]) == 2
+
+
+def test_evaluation_suite_ragged_and_soft() -> None:
+    """Ragged K (no list estimators) and soft aspects: every row finite, truths consistent."""
+    env = CandidateEnv.make(n_prompts=30, n_candidates=6, n_aspects=3, soft_aspects=True,
+                            seed=2)
+    log = env.sample_logs(n_prompts=200, k=(2, 6), seed=1)
+    pol = env.tilt(utility=1.0)
+    truth = demo.true_values(env, pol, 0.5, 4)
+    rows = demo.evaluation_suite(log, pol, lam=0.5, truth=truth)
+    assert {r["family"] for r in rows} == {"relevance", "pope", "joint"}  # lists skipped
+    for r in rows:
+        assert _finite(r["estimate"]) and _finite(r["truth"])
+    # the joint list reward is the mean reward plus lambda times the normalised entropy
+    big_r = demo.joint_list_reward(log, 0.5)
+    fb = log.feedback
+    i = 3
+    sl = slice(fb.prompt_ptr[i], fb.prompt_ptr[i + 1])
+    q = fb.aspect_probs[sl].mean(axis=0)
+    h = -sum(x * math.log(x) for x in q if x > 0) / math.log(3)
+    assert big_r[i] == pytest.approx(fb.signal[sl].mean() + 0.5 * h)

@@ -614,7 +614,10 @@ def _run(args: argparse.Namespace) -> int:
         "runtime_s": {"evaluation": t1 - t0, "training": t2 - t1},
     }
     fig_path = out / "demo.png"
-    make_figure(results, fig_path)
+    try:
+        make_figure(results, fig_path)
+    except ImportError as exc:  # matplotlib is the optional "plot" extra
+        print(f"warning: no figure ({exc}); pip install 'pope[plot]'", file=sys.stderr)
     results["runtime_s"]["total"] = time.perf_counter() - t0
     (out / "results.json").write_text(json.dumps(_jsonable(results), indent=1))
     print(f"\nwrote {out / 'results.json'} and {fig_path} "

@@ -43,7 +43,6 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
-from scipy.special import gammaln, logsumexp
 
 from pope.data import LoggedFeedback
 
@@ -78,6 +77,13 @@ def entropy(p: np.ndarray, axis: int = -1) -> np.ndarray:
     with np.errstate(divide="ignore", invalid="ignore"):
         t = np.where(p > 0, -p * np.log(np.where(p > 0, p, 1.0)), 0.0)
     return t.sum(axis=axis)
+
+
+def _log_softmax(z: np.ndarray) -> np.ndarray:
+    """Row-wise :math:`z - \\log\\sum e^z` (``-inf`` entries stay ``-inf``)."""
+    m = np.max(z, axis=1, keepdims=True)
+    with np.errstate(divide="ignore"):
+        return z - m - np.log(np.exp(z - m).sum(axis=1, keepdims=True))
 
 
 def _rng(seed: int | np.random.Generator | None) -> np.random.Generator:
@@ -198,7 +204,7 @@ class SoftmaxPolicy:
     @property
     def log_probs(self) -> np.ndarray:
         r""":math:`\log\pi(j\mid x) = z_{xj} - \log\sum_{j'} e^{z_{xj'}}`, (P, M)."""
-        return self.logits - logsumexp(self.logits, axis=1, keepdims=True)
+        return _log_softmax(self.logits)
 
     @property
     def probs(self) -> np.ndarray:
@@ -525,7 +531,9 @@ class CandidateEnv:
                 logc = np.log(cov)
                 # log multinomial pmf; counts > 0 on zero-probability aspects give -inf
                 term = np.where(comps[None] > 0, comps[None] * logc[:, None, :], 0.0)
-            logpmf = gammaln(k + 1) - gammaln(comps + 1).sum(axis=1)[None] + term.sum(axis=2)
+            log_fact = np.concatenate([[0.0], np.cumsum(np.log(np.arange(1, k + 1)))])
+            lf = log_fact[comps.astype(np.int64)].sum(axis=1)
+            logpmf = log_fact[k] - lf[None] + term.sum(axis=2)
             h = entropy(comps / k)  # (S,)
             d = (np.exp(logpmf) * h[None]).sum(axis=1) / math.log(c_)
             return d, np.zeros_like(d)
