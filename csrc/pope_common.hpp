@@ -240,7 +240,7 @@ inline double log_scalar(double x) { return log_core<double, std::uint64_t>(x); 
 // Validation helpers (throw std::invalid_argument, which pybind11 maps to ValueError)
 // ---------------------------------------------------------------------------------------------
 
-inline void require(bool cond, const std::string& msg) {
+inline void require(bool cond, const char* msg) {
     if (!cond) throw std::invalid_argument(msg);
 }
 
@@ -253,9 +253,10 @@ inline std::size_t check_prompt_ptr(const IArray& prompt_ptr, py::ssize_t n_rows
     require(ptr(0) == 0, "prompt_ptr[0] must be 0");
     for (py::ssize_t i = 1; i < n_ptr; ++i)
         require(ptr(i) >= ptr(i - 1), "prompt_ptr must be non-decreasing");
-    require(ptr(n_ptr - 1) == n_rows,
-            "prompt_ptr[-1] (" + std::to_string(ptr(n_ptr - 1)) +
-                ") must equal the number of responses (" + std::to_string(n_rows) + ")");
+    if (ptr(n_ptr - 1) != n_rows)
+        throw std::invalid_argument("prompt_ptr[-1] (" + std::to_string(ptr(n_ptr - 1)) +
+                                    ") must equal the number of responses (" +
+                                    std::to_string(n_rows) + ")");
     return static_cast<std::size_t>(n_ptr - 1);
 }
 
