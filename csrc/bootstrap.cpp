@@ -146,7 +146,9 @@ DArray bootstrap_sums(const DArray& values, std::int64_t n_boot, std::uint64_t s
     {
         py::gil_scoped_release release;
         const int nt = num_threads(B * static_cast<std::size_t>(n), kMinPerThread, B);
-        parallel_for(nt, B, [&](int, std::size_t b0, std::size_t b1) {
+        // blocks of about 2^20 draws
+        const std::size_t grain = std::max<std::size_t>(1, (std::size_t{1} << 20) / n);
+        parallel_for(nt, B, grain, [&](int, std::size_t b0, std::size_t b1) {
             if (m == 1)
                 boot_m1(fill, v, n, key, b0, b1, o);
             else

@@ -13,6 +13,7 @@ namespace cov_detail {
 constexpr std::size_t kMinPerThread = std::size_t{1} << 15;  // responses + histogram cells
 constexpr std::size_t kBatchResp = 2048;                     // responses per batch (soft)
 constexpr std::size_t kBatchCells = 4096;                    // histogram cells per batch
+constexpr std::size_t kGrainPrompts = 1024;                  // prompts per scheduling block
 
 // y[k] = exp(x[k]) for k < n.
 POPE_INLINE void exp_array(const double* x, std::size_t n, double* y) {
@@ -268,10 +269,10 @@ std::tuple<DArray, DArray> segment_coverage_hard(const IArray& prompt_ptr,
     std::vector<char> bad(static_cast<std::size_t>(nt), 0);
     {
         py::gil_scoped_release release;
-        parallel_for(nt, P, [&](int tid, std::size_t b, std::size_t e) {
+        parallel_for(nt, P, kGrainPrompts, [&](int tid, std::size_t b, std::size_t e) {
             bool flag = false;
             coverage_hard_kernel(ptr, lw, lab, C, self_normalize, b, e, pp, hh, &flag);
-            bad[static_cast<std::size_t>(tid)] = flag;
+            if (flag) bad[static_cast<std::size_t>(tid)] = 1;
         });
     }
     for (char f : bad) require(!f, "segment_coverage_hard: labels must lie in [0, n_aspects)");
@@ -297,7 +298,7 @@ std::tuple<DArray, DArray> segment_coverage_soft(const IArray& prompt_ptr,
     const int nt = coverage_threads(P, static_cast<std::size_t>(log_weight.shape(0)), C);
     {
         py::gil_scoped_release release;
-        parallel_for(nt, P, [&](int, std::size_t b, std::size_t e) {
+        parallel_for(nt, P, kGrainPrompts, [&](int, std::size_t b, std::size_t e) {
             coverage_soft_kernel(ptr, lw, q, C, self_normalize, b, e, pp, hh);
         });
     }
@@ -321,10 +322,10 @@ DArray diversity_reward_hard(const IArray& prompt_ptr, const DArray& p, const IA
     std::vector<char> bad(static_cast<std::size_t>(nt), 0);
     {
         py::gil_scoped_release release;
-        parallel_for(nt, P, [&](int tid, std::size_t b, std::size_t e) {
+        parallel_for(nt, P, kGrainPrompts, [&](int tid, std::size_t b, std::size_t e) {
             bool flag = false;
             diversity_hard_kernel(ptr, pp, lab, C, b, e, dd, &flag);
-            bad[static_cast<std::size_t>(tid)] = flag;
+            if (flag) bad[static_cast<std::size_t>(tid)] = 1;
         });
     }
     for (char f : bad) require(!f, "diversity_reward_hard: labels must lie in [0, C)");
@@ -348,7 +349,7 @@ DArray diversity_reward_soft(const IArray& prompt_ptr, const DArray& p, const DA
     const int nt = num_threads(N * C + P * C, kMinPerThread, P);
     {
         py::gil_scoped_release release;
-        parallel_for(nt, P, [&](int, std::size_t b, std::size_t e) {
+        parallel_for(nt, P, kGrainPrompts, [&](int, std::size_t b, std::size_t e) {
             diversity_soft_kernel(ptr, pp, q, C, b, e, dd);
         });
     }

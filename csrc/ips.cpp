@@ -139,7 +139,7 @@ DArray ips_moments(const DArray& log_target, const DArray& log_logging, const DA
     {
         py::gil_scoped_release release;
         const int nt = num_threads(n, kMinPerThread, n_chunks);
-        parallel_for(nt, n_chunks, [&](int, std::size_t cb, std::size_t ce) {
+        parallel_for(nt, n_chunks, 1, [&](int, std::size_t cb, std::size_t ce) {
             for (std::size_t ci = cb; ci < ce; ++ci) {
                 const std::size_t s = ci * kChunk;
                 const std::size_t len = std::min(kChunk, n - s);

@@ -7,6 +7,7 @@
 #include <pybind11/pybind11.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
@@ -53,24 +54,35 @@ inline int num_threads(std::size_t work, std::size_t min_work_per_thread, std::s
     return static_cast<int>(std::max<std::size_t>(t, 1));
 }
 
-// Calls fn(tid, begin, end) on `nthreads` contiguous slices of [0, n_items), the first slice on
-// the calling thread. Exceptions thrown by fn are re-thrown (the first one) after all joins.
+// Calls fn(tid, begin, end) on consecutive blocks of `grain` items covering [0, n_items).
+// With nthreads > 1 the blocks are handed out dynamically (an atomic counter), so a thread that
+// the OS slows down does not hold the others back; the calling thread is worker 0. Every item
+// is visited exactly once, and the kernels make each item's result independent of which thread
+// computes it, so results do not depend on the thread count or on scheduling. Exceptions thrown
+// by fn are re-thrown (the first one) after all joins.
 template <class Fn>
-void parallel_for(int nthreads, std::size_t n_items, Fn&& fn) {
+void parallel_for(int nthreads, std::size_t n_items, std::size_t grain, Fn&& fn) {
     if (n_items == 0) return;
-    const std::size_t t = std::min<std::size_t>(std::max(nthreads, 1), n_items);
+    grain = std::max<std::size_t>(grain, 1);
+    const std::size_t n_blocks = (n_items + grain - 1) / grain;
+    const std::size_t t = std::min<std::size_t>(std::max(nthreads, 1), n_blocks);
     if (t == 1) {
         fn(0, std::size_t{0}, n_items);
         return;
     }
+    std::atomic<std::size_t> next{0};
     std::vector<std::exception_ptr> errors(t);
     auto run = [&](std::size_t tid) {
-        const std::size_t b = n_items * tid / t;
-        const std::size_t e = n_items * (tid + 1) / t;
         try {
-            fn(static_cast<int>(tid), b, e);
+            for (;;) {
+                const std::size_t blk = next.fetch_add(1, std::memory_order_relaxed);
+                if (blk >= n_blocks) break;
+                const std::size_t b = blk * grain;
+                fn(static_cast<int>(tid), b, std::min(n_items, b + grain));
+            }
         } catch (...) {
             errors[tid] = std::current_exception();
+            next.store(n_blocks, std::memory_order_relaxed);  // stop handing out work
         }
     };
     std::vector<std::thread> pool;
