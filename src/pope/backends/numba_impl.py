@@ -34,7 +34,7 @@ import os
 import numpy as np
 from llvmlite import ir as llvm_ir
 from numba import config as _numba_config
-from numba import njit, prange, set_num_threads, types
+from numba import njit, parallel_chunksize, prange, set_num_threads, types
 from numba.extending import intrinsic
 
 from pope.backends.reference import MOMENT_NAMES, splitmix64
@@ -400,6 +400,7 @@ def _batch_normalise_entropy(pf, H, i, j, C, norm):  # pragma: no cover - compil
 
 @njit(cache=True, parallel=True, error_model="numpy")
 def _coverage_hard(ptr, lw, labels, C, self_normalize, starts, pf, H, bad):  # pragma: no cover
+    uC = np.uint64(C)
     for bi in prange(starts.shape[0] - 1):
         i = starts[bi]
         j = starts[bi + 1]
@@ -411,14 +412,15 @@ def _coverage_hard(ptr, lw, labels, C, self_normalize, starts, pf, H, bad):  # p
             row = q * C
             for c in range(C):
                 pf[row + c] = 0.0
+            urow = np.uint64(row)
             z = 0.0
             for k in range(ptr[q], ptr[q + 1]):
-                a = labels[k]
-                if a < 0 or a >= C:
+                a = np.uint64(labels[k])  # negative labels wrap to huge values: caught below
+                if a >= uC:
                     bad[bi] = True
                     continue
                 wk = w[k - r0]
-                pf[row + a] += wk
+                pf[urow + a] += wk
                 z += wk
             norm[q - i] = z if self_normalize else float(ptr[q + 1] - ptr[q])
         _batch_normalise_entropy(pf, H, i, j, C, norm)
@@ -451,6 +453,8 @@ def _coverage_soft(ptr, lw, soft, self_normalize, starts, pf, H):  # pragma: no 
 @njit(cache=True, parallel=True, error_model="numpy")
 def _diversity_hard(ptr, p, labels, starts, d, bad):  # pragma: no cover - compiled
     C = p.shape[1]
+    uC = np.uint64(C)
+    pf = p.ravel()
     for bi in prange(starts.shape[0] - 1):
         i = starts[bi]
         j = starts[bi + 1]
@@ -458,13 +462,14 @@ def _diversity_hard(ptr, p, labels, starts, d, bad):  # pragma: no cover - compi
         n = ptr[j] - r0
         pk = np.empty(n)
         for q in range(i, j):
+            row = np.uint64(q) * uC
             for k in range(ptr[q], ptr[q + 1]):
-                a = labels[k]
-                if a < 0 or a >= C:
+                a = np.uint64(labels[k])  # negative labels wrap to huge values: caught below
+                if a >= uC:
                     bad[bi] = True
                     pk[k - r0] = 0.0
                     continue
-                pk[k - r0] = p[q, a]
+                pk[k - r0] = pf[row + a]
         for k in range(n):
             v = pk[k]
             lg = _log1(v if v > 0.0 else 1.0)
@@ -618,13 +623,14 @@ def ips_moments(
         return out
     _apply_thread_cap()
     parts = np.empty(((n + _CHUNK - 1) // _CHUNK, 8))
-    _ips_partials(
-        np.ascontiguousarray(log_target, dtype=np.float64),
-        np.ascontiguousarray(log_logging, dtype=np.float64),
-        np.ascontiguousarray(reward, dtype=np.float64),
-        log_clip,
-        parts,
-    )
+    with parallel_chunksize(1):  # dynamic hand-out of chunks: robust to a busy core
+        _ips_partials(
+            np.ascontiguousarray(log_target, dtype=np.float64),
+            np.ascontiguousarray(log_logging, dtype=np.float64),
+            np.ascontiguousarray(reward, dtype=np.float64),
+            log_clip,
+            parts,
+        )
     _ips_merge(parts, float(n), out)
     return out
 
@@ -679,17 +685,18 @@ def segment_coverage_hard(
     pf = np.empty(n_prompts * n_aspects)
     H = np.empty(n_prompts)
     bad = np.zeros(max(starts.shape[0] - 1, 1), dtype=np.bool_)
-    _coverage_hard(
-        ptr,
-        np.ascontiguousarray(log_weight, dtype=np.float64),
-        np.ascontiguousarray(labels, dtype=np.int64),
-        n_aspects,
-        bool(self_normalize),
-        starts,
-        pf,
-        H,
-        bad,
-    )
+    with parallel_chunksize(2):
+        _coverage_hard(
+            ptr,
+            np.ascontiguousarray(log_weight, dtype=np.float64),
+            np.ascontiguousarray(labels, dtype=np.int64),
+            n_aspects,
+            bool(self_normalize),
+            starts,
+            pf,
+            H,
+            bad,
+        )
     if bad.any():
         raise ValueError("segment_coverage_hard: labels must lie in [0, n_aspects)")
     return pf.reshape(n_prompts, n_aspects), H
@@ -734,15 +741,16 @@ def segment_coverage_soft(
     starts = _prompt_batches(ptr, n_aspects, _BATCH_RESP, _BATCH_CELLS)
     pf = np.empty(n_prompts * n_aspects)
     H = np.empty(n_prompts)
-    _coverage_soft(
-        ptr,
-        np.ascontiguousarray(log_weight, dtype=np.float64),
-        np.ascontiguousarray(soft, dtype=np.float64),
-        bool(self_normalize),
-        starts,
-        pf,
-        H,
-    )
+    with parallel_chunksize(2):
+        _coverage_soft(
+            ptr,
+            np.ascontiguousarray(log_weight, dtype=np.float64),
+            np.ascontiguousarray(soft, dtype=np.float64),
+            bool(self_normalize),
+            starts,
+            pf,
+            H,
+        )
     return pf.reshape(n_prompts, n_aspects), H
 
 
@@ -775,14 +783,15 @@ def diversity_reward_hard(prompt_ptr: np.ndarray, p: np.ndarray, labels: np.ndar
     starts = _prompt_batches(ptr, 1, _BATCH_RESP, _BATCH_CELLS)
     d = np.empty(labels.shape[0])
     bad = np.zeros(max(starts.shape[0] - 1, 1), dtype=np.bool_)
-    _diversity_hard(
-        ptr,
-        np.ascontiguousarray(p, dtype=np.float64),
-        np.ascontiguousarray(labels, dtype=np.int64),
-        starts,
-        d,
-        bad,
-    )
+    with parallel_chunksize(2):
+        _diversity_hard(
+            ptr,
+            np.ascontiguousarray(p, dtype=np.float64),
+            np.ascontiguousarray(labels, dtype=np.int64),
+            starts,
+            d,
+            bad,
+        )
     if bad.any():
         raise ValueError("diversity_reward_hard: labels must lie in [0, C)")
     return d
@@ -817,13 +826,14 @@ def diversity_reward_soft(prompt_ptr: np.ndarray, p: np.ndarray, soft: np.ndarra
     _apply_thread_cap()
     starts = _prompt_batches(ptr, p.shape[1], _BATCH_RESP, _BATCH_CELLS)
     d = np.empty(soft.shape[0])
-    _diversity_soft(
-        ptr,
-        np.ascontiguousarray(p, dtype=np.float64),
-        np.ascontiguousarray(soft, dtype=np.float64),
-        starts,
-        d,
-    )
+    with parallel_chunksize(2):
+        _diversity_soft(
+            ptr,
+            np.ascontiguousarray(p, dtype=np.float64),
+            np.ascontiguousarray(soft, dtype=np.float64),
+            starts,
+            d,
+        )
     return d
 
 
@@ -864,5 +874,6 @@ def bootstrap_sums(values: np.ndarray, n_boot: int, seed: int) -> np.ndarray:
         return out
     _apply_thread_cap()
     key = splitmix64(np.array([seed], dtype=np.uint64))[0]
-    _bootstrap(np.ascontiguousarray(values, dtype=np.float64), n_boot, key, out)
+    with parallel_chunksize(max(1, (1 << 20) // n)):  # blocks of about 2^20 draws
+        _bootstrap(np.ascontiguousarray(values, dtype=np.float64), n_boot, key, out)
     return out
