@@ -10,9 +10,9 @@ Measured in one process, on the same arrays:
 * ``ips_moments`` with a finite clip over ``n`` samples (bytes read = 3 * 8 * n): GB/s and the
   fraction of the copy bandwidth (target >= 60 %);
 * ``bootstrap_sums`` of 10,000 resamples of n = 1e5 rows, m = 1 (target < 1 s);
-* ``segment_coverage_hard`` / ``_soft`` (self-normalised) and the matching diversity rewards on
-  ~1e6 responses in 1e5 prompts of ragged K (1..19), C = 8, against the NumPy reference
-  (target >= 5x).
+* ``segment_coverage_hard`` / ``_soft`` (self-normalised) on ~1e6 responses in 1e5 prompts of
+  ragged K (1..19), C = 8, against the NumPy reference (target >= 5x); the matching diversity
+  rewards are timed too (no target).
 
 Every backend is called once before timing (Numba compiles or loads its cache then); the table
 reports the best and the median of ``--repeats`` timed calls. The NumPy bootstrap is timed on
@@ -108,6 +108,7 @@ def run(args: argparse.Namespace) -> dict:
             "python": sys.version.split()[0],
             "numpy": np.__version__,
             "loadavg_before": os.getloadavg() if hasattr(os, "getloadavg") else None,
+            "POPE_NUM_THREADS": os.environ.get("POPE_NUM_THREADS"),
         },
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "command": "python " + " ".join(sys.argv),
@@ -183,8 +184,9 @@ def run(args: argparse.Namespace) -> dict:
             }
             if ref_t is not None and b != "reference":
                 row["speedup_vs_ref"] = ref_t["best_s"] / t["best_s"]
-                row["target"] = ">= 5x numpy"
-                row["met"] = row["speedup_vs_ref"] >= 5.0
+                if task.startswith("segment_coverage"):  # the stated target; diversity: info
+                    row["target"] = ">= 5x numpy"
+                    row["met"] = row["speedup_vs_ref"] >= 5.0
             rows.append(row)
     res["machine"]["loadavg_after"] = os.getloadavg() if hasattr(os, "getloadavg") else None
     return res
@@ -218,21 +220,29 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n", type=lambda s: int(float(s)), default=10_000_000)
     ap.add_argument("--out", type=Path, default=Path("bench/cpu_results.json"))
-    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--boot-n", type=lambda s: int(float(s)), default=100_000)
     ap.add_argument("--boot-b", type=int, default=10_000)
-    ap.add_argument("--boot-repeats", type=int, default=3)
+    ap.add_argument("--boot-repeats", type=int, default=5)
     ap.add_argument("--ref-boot", type=int, default=50)
     ap.add_argument("--cov-p", type=lambda s: int(float(s)), default=100_000)
     ap.add_argument("--cov-kmax", type=int, default=19)
     ap.add_argument("--cov-c", type=int, default=8)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--backends", nargs="*", default=None, help="default: all available")
+    ap.add_argument(
+        "--threads", type=int, default=0, help="set POPE_NUM_THREADS (default: leave as is)"
+    )
     args = ap.parse_args(argv)
+    if args.threads > 0:
+        os.environ["POPE_NUM_THREADS"] = str(args.threads)
     res = run(args)
     md = to_markdown(res)
     m = res["machine"]
-    print(f"{m['cpu']}, nproc={m['nproc']}, loadavg before {m['loadavg_before']}")
+    print(
+        f"{m['cpu']}, nproc={m['nproc']}, POPE_NUM_THREADS={m['POPE_NUM_THREADS']}, "
+        f"loadavg before {m['loadavg_before']} after {m['loadavg_after']}"
+    )
     print(md)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
