@@ -86,13 +86,20 @@ def test_evaluation_numbers_reproduce(demo_run: tuple[Path, dict[str, Any], str]
     # on-policy: IPS = SNIPS = the sample mean reward
     assert rows["IPS"]["estimate"] == pytest.approx(log.feedback.signal.mean(), abs=1e-12)
     assert rows["SNIPS"]["estimate"] == pytest.approx(log.feedback.signal.mean(), abs=1e-12)
-    # on-policy POPE diversity: mean plug-in entropy of the logged aspects per prompt
+    # on-policy POPE diversity (library default, the jackknife): mean over prompts of
+    # K H(counts/K) - (K-1)/K sum_k H(counts without response k/(K-1)), in units of log C
     fb = log.feedback
+
+    def ent(a: np.ndarray) -> float:
+        p = np.bincount(a, minlength=env.n_aspects) / a.size
+        return -sum(x * math.log(x) for x in p if x > 0) / math.log(env.n_aspects)
+
     h = []
     for i in range(fb.n_prompts):
         a = fb.aspect[fb.prompt_ptr[i]:fb.prompt_ptr[i + 1]]
-        p = np.bincount(a, minlength=env.n_aspects) / a.size
-        h.append(-sum(x * math.log(x) for x in p if x > 0) / math.log(env.n_aspects))
+        k = a.size
+        loo = sum(ent(np.delete(a, j)) for j in range(k)) if k > 1 else 0.0
+        h.append(k * ent(a) - (k - 1) / k * loo if k > 1 else ent(a))
     assert rows["POPE diversity"]["estimate"] == pytest.approx(np.mean(h), abs=1e-10)
 
 

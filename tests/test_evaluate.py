@@ -41,8 +41,27 @@ def make_feedback(rng, n_prompts=60, c=4, soft=False, tokens=False, zero_prompt=
     return fb, lt
 
 
+def naive_entropy(w, q, z_of):
+    """Coverage entropy (nats) of rows q with weights w; ``z_of(w)`` is the normaliser."""
+    z = z_of(w)
+    return entr((w[:, None] * q).sum(0) / z).sum() if z > 0 else 0.0
+
+
+def naive_jackknife(w, q, z_of):
+    """Delete-one-response jackknife by brute force (plug-in if K <= 1 or nothing is left)."""
+    k = len(w)
+    h = naive_entropy(w, q, z_of)
+    if k <= 1 or z_of(w) <= 0:
+        return h
+    loo = []
+    for j in range(k):
+        m = np.arange(k) != j
+        loo.append(naive_entropy(w[m], q[m], z_of) if z_of(w[m]) > 0 else h)
+    return k * h - (k - 1) / k * sum(loo)
+
+
 def naive_pope(fb, lw, *, lam=1.0, relevance="snips", coverage="self_normalized",
-               diversity="coverage"):
+               diversity="coverage", diversity_estimator="jackknife"):
     """Per-prompt loops in probability space; rewards normalised by the per-prompt max."""
     c = fb.n_aspects
     q = (fb.aspect_probs if fb.aspect_probs is not None else np.eye(c)[fb.aspect])
@@ -60,8 +79,13 @@ def naive_pope(fb, lw, *, lam=1.0, relevance="snips", coverage="self_normalized"
         z = w.sum() if coverage == "self_normalized" else hi - lo
         ok = z > 0
         if diversity == "coverage":
-            p = (w[:, None] * q[lo:hi]).sum(0) / z if ok else np.zeros(c)
-            hh = entr(p).sum() / math.log(c)
+            def z_of(v):
+                return v.sum() if coverage == "self_normalized" else len(v)
+            if diversity_estimator == "jackknife":
+                hh = naive_jackknife(w, q[lo:hi], z_of) / math.log(c) if ok else 0.0
+            else:
+                p = (w[:, None] * q[lo:hi]).sum(0) / z if ok else np.zeros(c)
+                hh = entr(p).sum() / math.log(c)
         else:
             hh = (w * entr(q[lo:hi]).sum(1)).sum() / z / math.log(c) if ok else 0.0
         h.append(hh)
@@ -83,9 +107,9 @@ def naive_pope(fb, lw, *, lam=1.0, relevance="snips", coverage="self_normalized"
 
 
 OPTIONS = [
-    {"relevance": rel, "coverage": cov, "diversity": div}
+    {"relevance": rel, "coverage": cov, "diversity": div, "diversity_estimator": de}
     for rel in ("snips", "ips") for cov in ("self_normalized", "ips")
-    for div in ("coverage", "response_entropy")
+    for div in ("coverage", "response_entropy") for de in ("jackknife", "plugin")
 ]
 
 
@@ -124,7 +148,7 @@ def test_backends_agree(rng):
 
 def test_per_prompt_outputs_and_identity(rng):
     fb, lt = make_feedback(rng, soft=True)
-    res = pope.evaluate(fb, lt, lam=0.5)
+    res = pope.evaluate(fb, lt, lam=0.5, diversity_estimator="plugin")
     lw = lt - fb.log_logging
     np.testing.assert_allclose(res.log_weight, lw)
     seg = fb.prompt_index
@@ -140,6 +164,13 @@ def test_per_prompt_outputs_and_identity(rng):
     np.testing.assert_allclose(res.decomposed_reward, res.reward + 0.5 * res.diversity_reward)
     assert res.diagnostics.extra["n_diversity_prompts"] == fb.n_prompts - 2
     assert "relevance" in res.summary()
+    # the jackknife corrects h_i only: coverage and the decomposed reward d are the plug-in's
+    jk = pope.evaluate(fb, lt, lam=0.5, diversity_estimator="jackknife")
+    np.testing.assert_array_equal(jk.p_hat, res.p_hat)
+    np.testing.assert_array_equal(jk.diversity_reward, res.diversity_reward)
+    np.testing.assert_array_equal(np.isnan(jk.prompt_diversity), np.isnan(res.prompt_diversity))
+    assert jk.diversity.value > res.diversity.value  # corrects the plug-in's downward bias
+    assert jk.relevance.value == res.relevance.value
 
 
 def test_lambda_zero_and_single_aspect(rng):

@@ -109,21 +109,29 @@ RMU = np.array([[0.9, 0.2, 0.5, 0.6], [0.3, 0.8, 0.4, 0.1]])
 LAM = 0.7
 
 
-def h_of(ys, x):
-    """Normalised entropy of the self-normalised coverage of the logged responses ys."""
+def h_of(ys, x, estimator="plugin"):
+    """Normalised entropy of the self-normalised coverage of the logged responses ys.
+
+    ``estimator="jackknife"``: its delete-one-response jackknife (plug-in when K = 1).
+    """
     w = PT[x, ys] / P0[x, ys]
     p = (w[:, None] * Q[ys]).sum(0) / w.sum()
-    return entr(p).sum() / math.log(C)
+    h = entr(p).sum() / math.log(C)
+    k = len(ys)
+    if estimator == "plugin" or k == 1:
+        return h
+    loo = sum(h_of(np.delete(ys, j), x) for j in range(k))
+    return k * h - (k - 1) / k * loo
 
 
-def exact_moments(k):
-    """E[h] and Var[h] of one prompt's plug-in diversity with K = k, by enumeration."""
+def exact_moments(k, estimator="plugin"):
+    """E[h] and Var[h] of one prompt's diversity estimate with K = k, by enumeration."""
     m1 = m2 = 0.0
     for x in range(2):
         for ys in itertools.product(range(Y), repeat=k):
             ys = np.array(ys)
             pr = 0.5 * np.prod(P0[x, ys])
-            h = h_of(ys, x)
+            h = h_of(ys, x, estimator)
             m1 += pr * h
             m2 += pr * h * h
     return m1, m2 - m1 * m1
@@ -143,13 +151,15 @@ def sample_pope(rng, n, k):
     return fb, np.log(PT[x, y])
 
 
-def test_pope_diversity_matches_enumerated_expectation_as_n_grows():
+@pytest.mark.parametrize("estimator", ["plugin", "jackknife"])
+def test_pope_diversity_matches_enumerated_expectation_as_n_grows(estimator):
     k = 3
-    eh, vh = exact_moments(k)
+    eh, vh = exact_moments(k, estimator)
     rng = np.random.default_rng(5)
     for n in (500, 5000, 50_000):
         fb, lt = sample_pope(rng, n, k)
-        res = pope.evaluate(fb, lt, lam=LAM, reward_normalization="none")
+        res = pope.evaluate(fb, lt, lam=LAM, reward_normalization="none",
+                            diversity_estimator=estimator)
         se = math.sqrt(vh / n)
         assert abs(res.diversity.value - eh) <= 3 * se, n
         assert res.diversity.stderr == pytest.approx(se, rel=0.15)
@@ -162,23 +172,35 @@ def test_pope_plugin_bias_vanishes_with_more_responses():
     e2, _ = exact_moments(2)
     rng = np.random.default_rng(6)
     fb, lt = sample_pope(rng, 400, 100)
-    res = pope.evaluate(fb, lt, lam=LAM, reward_normalization="none")
+    res = pope.evaluate(fb, lt, lam=LAM, reward_normalization="none",
+                        diversity_estimator="plugin")
     gap_small_k = abs(e2 - D_TRUE)
     assert gap_small_k > 0.02  # the plug-in is visibly biased with K = 2
     assert abs(res.diversity.value - D_TRUE) < gap_small_k / 4
     assert abs(res.total.value - (U_TRUE + LAM * D_TRUE)) < 4 * res.total.stderr + 0.01
 
 
-def test_pope_interval_coverage():
+def test_pope_jackknife_bias_is_smaller_than_plugin_bias():
+    """Exact expectations (enumeration): the jackknife removes most of the plug-in's bias."""
+    for k in (2, 3, 4):
+        e_plug, _ = exact_moments(k, "plugin")
+        e_jack, _ = exact_moments(k, "jackknife")
+        assert e_plug < D_TRUE  # the plug-in is biased low
+        assert abs(e_jack - D_TRUE) < 0.5 * abs(e_plug - D_TRUE), k
+
+
+@pytest.mark.parametrize("estimator", ["plugin", "jackknife"])
+def test_pope_interval_coverage(estimator):
     """Prompt-level (cluster) intervals of the total cover its estimand U + lam E[h]."""
     k, n, reps = 3, 400, 200
-    eh, _ = exact_moments(k)
+    eh, _ = exact_moments(k, estimator)
     target = U_TRUE + LAM * eh
     rng = np.random.default_rng(99)
     hits = {"normal": 0, "bootstrap": 0}
     for rep in range(reps):
         fb, lt = sample_pope(rng, n, k)
-        res = pope.evaluate(fb, lt, lam=LAM, reward_normalization="none")
+        res = pope.evaluate(fb, lt, lam=LAM, reward_normalization="none",
+                            diversity_estimator=estimator)
         for m in hits:
             lo, hi = res.total.ci(0.05, m, n_boot=300, seed=rep)
             hits[m] += lo <= target <= hi

@@ -235,7 +235,7 @@ def test_reward_model_is_reasonable(env: CandidateEnv) -> None:
 
 def test_on_policy_logs_give_sample_means(env: CandidateEnv) -> None:
     """With target = logging policy every weight is 1: IPS = SNIPS = the sample mean reward,
-    POPE's diversity = mean over prompts of the logged coverage entropy."""
+    POPE's plug-in diversity = mean over prompts of the logged coverage entropy."""
     est = pytest.importorskip("pope.estimators")
     log = env.sample_logs(n_prompts=300, k=(2, 6), seed=8)
     fb = log.feedback
@@ -248,7 +248,8 @@ def test_on_policy_logs_give_sample_means(env: CandidateEnv) -> None:
 
     if not hasattr(pope, "evaluate"):
         pytest.skip("pope.evaluate not available yet")
-    res = pope.evaluate(fb, lt, lam=0.5, reward_normalization="none")
+    res = pope.evaluate(fb, lt, lam=0.5, reward_normalization="none",
+                        diversity_estimator="plugin")
     c = env.n_aspects
     divs = []
     for i in range(fb.n_prompts):

@@ -148,6 +148,10 @@ def _add_evaluate(sub: Any) -> None:
                    default="self_normalized", help="normaliser of the per-prompt coverage")
     g.add_argument("--diversity", choices=["coverage", "response_entropy"], default="coverage",
                    help="coverage entropy, or its per-response lower bound")
+    g.add_argument("--diversity-estimator", choices=["jackknife", "plugin"],
+                   default="jackknife",
+                   help="per-prompt coverage entropy: delete-one-response jackknife "
+                        "(bias-corrected) or plug-in")
     g.add_argument("--alpha", type=float, default=0.05,
                    help="intervals at level 1 - alpha")
     g.add_argument("--ci", choices=["normal", "t", "bootstrap"], default="normal",
@@ -234,6 +238,7 @@ def _spec_from_args(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
         relevance=args.relevance,
         coverage=args.coverage,
         diversity=args.diversity,
+        diversity_estimator=args.diversity_estimator,
         alpha=args.alpha,
         estimators=tuple(est),
         baseline_clip=args.baseline_clip,

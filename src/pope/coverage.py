@@ -39,9 +39,17 @@ from pope._validation import as_float_array, as_index_array, check_prompt_ptr
 from pope.backends import get_backend
 from pope.data import LoggedFeedback
 
-__all__ = ["CoverageMode", "coverage", "coverage_entropy", "diversity_reward"]
+__all__ = [
+    "CoverageMode",
+    "DiversityEstimator",
+    "coverage",
+    "coverage_entropy",
+    "diversity_reward",
+]
 
 CoverageMode = Literal["self_normalized", "ips"]
+DiversityEstimator = Literal["plugin", "jackknife"]
+DIVERSITY_ESTIMATORS: tuple[str, ...] = ("plugin", "jackknife")
 
 _LOG_MAX = float(np.log(np.finfo(np.float64).max))
 _SOFT_TOL = 1e-6
@@ -128,6 +136,113 @@ def coverage_core(
     return np.asarray(p, dtype=np.float64), np.asarray(h, dtype=np.float64)
 
 
+def _xlogx(x: np.ndarray) -> np.ndarray:
+    """:math:`x\\log x` elementwise with :math:`0\\log 0 = 0` (``x >= 0``)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(x > 0, x * np.log(np.where(x > 0, x, 1.0)), 0.0)
+
+
+def _segment_sum(x: np.ndarray, starts: np.ndarray, nonempty: np.ndarray) -> np.ndarray:
+    """Per-prompt sums of the rows of ``x`` (CSR, grouped rows); 0 for empty prompts."""
+    out = np.zeros((nonempty.shape[0], *x.shape[1:]))
+    if starts.size:
+        out[nonempty] = np.add.reduceat(x, starts, axis=0)
+    return out
+
+
+def jackknife_entropy_core(
+    ptr: np.ndarray, lw: np.ndarray, labels: np.ndarray | None, soft: np.ndarray | None,
+    c: int, self_normalize: bool,
+) -> np.ndarray:
+    r"""Delete-one-response jackknife of the coverage entropy per prompt (nats), ``(P,)``.
+
+    :math:`H^J_i = K_i H(\hat p_i) - \frac{K_i-1}{K_i}\sum_k H(\hat p_{i,-k})` with the
+    leave-one-out coverage :math:`\hat p_{i,-k} = (A_i - w_k q_k) / (Z_i - t_k)`, where
+    :math:`A_i = \sum_k w_k q_k`, and :math:`Z_i = \sum_k w_k`, :math:`t_k = w_k`
+    (self-normalised) or :math:`Z_i = K_i`, :math:`t_k = 1` (IPS). Conventions:
+    :math:`K_i \le 1` gives the plug-in :math:`H(\hat p_i)`; a deletion that leaves no
+    positive weight (self-normalised, the prompt's only positive-weight response) counts
+    :math:`H(\hat p_{i,-k}) = H(\hat p_i)`, so a prompt with one positive weight also gets
+    the plug-in; a zero-weight response deletes nothing (:math:`\hat p_{i,-k} = \hat p_i`);
+    a prompt without positive weight (self-normalised) or response gets 0. No clipping.
+
+    Numerics: self-normalised weights are shifted by the prompt's largest log-weight. Every
+    deletion but that of the prompt's largest-weight response removes at most half of the
+    prompt's weight, so subtracting it from the totals is accurate; the largest-weight
+    response's leave-one-out sums are summed afresh from the other rows (no cancellation).
+    Hard labels cost :math:`O(N + PC)` (only one component of the histogram changes per
+    deletion), soft rows :math:`O(NC)`.
+    """
+    n_prompts = ptr.shape[0] - 1
+    n = int(ptr[-1])
+    counts = np.diff(ptr)
+    nonempty = counts > 0
+    starts = ptr[:-1][nonempty]
+    seg = np.repeat(np.arange(n_prompts), counts)
+    kf = counts.astype(np.float64)
+    if c == 1 or n == 0:
+        return np.zeros(n_prompts)
+    mx = np.full(n_prompts, -np.inf)
+    if starts.size:
+        mx[nonempty] = np.maximum.reduceat(lw, starts)
+    finite = np.isfinite(mx)
+    if self_normalize:
+        w = np.exp(lw - np.where(finite, mx, 0.0)[seg])
+    else:
+        w = np.exp(lw)
+    # the (first) largest-weight row of each prompt: its deletion is summed afresh
+    cand = np.flatnonzero((lw == mx[seg]) & finite[seg])
+    _, first = np.unique(seg[cand], return_index=True)
+    star = np.zeros(n, dtype=bool)
+    star[cand[first]] = True
+    keep = np.where(star, 0.0, 1.0)
+    if labels is not None:
+        flat = seg * c + labels
+        a = np.bincount(flat, weights=w, minlength=n_prompts * c).reshape(n_prompts, c)
+        a_ex = np.bincount(flat, weights=w * keep,
+                           minlength=n_prompts * c).reshape(n_prompts, c)
+    else:
+        a = _segment_sum(soft * w[:, None], starts, nonempty)
+        a_ex = _segment_sum(soft * (w * keep)[:, None], starts, nonempty)
+    if self_normalize:
+        z = _segment_sum(w, starts, nonempty)
+        z_ex = _segment_sum(w * keep, starts, nonempty)
+        dec = w
+    else:
+        z = kf
+        z_ex = np.maximum(kf - 1.0, 0.0)
+        dec = np.ones(n)
+    pos = z > 0
+    h = -_xlogx(a / np.where(pos, z, 1.0)[:, None]).sum(axis=1)
+    h = np.where(pos, h, 0.0)
+    pos_ex = z_ex > 0
+    h_ex = -_xlogx(a_ex / np.where(pos_ex, z_ex, 1.0)[:, None]).sum(axis=1)
+    h_ex = np.where(pos_ex, h_ex, h)  # nothing left after the deletion: count the plug-in
+    # leave-one-out entropies of the other rows: Z - t_k >= Z / 2 > 0 (or K - 1 >= 1)
+    den = z[seg] - dec
+    ok = ~star & (den > 0)
+    dsafe = np.where(ok, den, 1.0)
+    if labels is not None:
+        aa = a[seg, labels]
+        na = np.maximum(aa - w, 0.0)
+        tot = a.sum(axis=1)
+        g = _xlogx(a).sum(axis=1)
+        sum_num = tot[seg] - aa + na
+        sum_g = g[seg] - _xlogx(aa) + _xlogx(na)
+        h_del = (sum_num * np.log(dsafe) - sum_g) / dsafe
+    else:
+        num = a[seg]
+        num -= w[:, None] * soft
+        np.maximum(num, 0.0, out=num)
+        num /= dsafe[:, None]
+        h_del = -_xlogx(num).sum(axis=1)
+    h_del = np.where(ok, h_del, np.where(star, h_ex[seg], h[seg]))
+    s_del = np.bincount(seg, weights=h_del, minlength=n_prompts)
+    kk = np.maximum(kf, 1.0)
+    hj = kf * h - (kf - 1.0) / kk * s_del
+    return np.where(counts >= 2, np.where(pos, hj, 0.0), h)
+
+
 def diversity_core(
     be: Any, ptr: np.ndarray, p: np.ndarray, labels: np.ndarray | None,
     soft: np.ndarray | None, c: int,
@@ -192,13 +307,19 @@ def coverage_entropy(
     n_aspects: int | None = None,
     mode: CoverageMode = "self_normalized",
     normalize: bool = True,
+    estimator: DiversityEstimator = "plugin",
     backend: str | None = None,
 ) -> np.ndarray:
     r"""Entropy of each prompt's coverage, :math:`H(\hat p(\cdot|x_i))`.
 
     With ``normalize=True`` (default) divided by :math:`\log C`, so in :math:`[0, 1]` for
-    self-normalised coverage (0 when :math:`C = 1`); otherwise in nats. Arguments as in
-    :func:`coverage`.
+    self-normalised coverage (0 when :math:`C = 1`); otherwise in nats. ``estimator="plugin"``
+    (default here) is the entropy of the estimated coverage; ``"jackknife"`` is its
+    delete-one-response jackknife :math:`K_i H(\hat p_i) - \frac{K_i-1}{K_i}\sum_k
+    H(\hat p_{i,-k})`, which removes the :math:`O(1/K_i)` term of the plug-in's downward
+    bias (plug-in for :math:`K_i = 1`; not clipped, so a value may leave :math:`[0, 1]`;
+    see ``docs/method.md`` §5; computed with NumPy whatever ``backend``). Other arguments as
+    in :func:`coverage`.
 
     Returns
     -------
@@ -206,8 +327,13 @@ def coverage_entropy(
     """
     ptr, labels, soft, c = resolve_aspects(source, aspect, aspect_probs, n_aspects)
     lw = check_log_weight(log_weight, int(ptr[-1]), mode)
-    _, h = coverage_core(get_backend(backend), ptr, lw, labels, soft, c,
-                         mode == "self_normalized")
+    if estimator not in DIVERSITY_ESTIMATORS:
+        raise ValueError(f"estimator must be one of {DIVERSITY_ESTIMATORS}, got {estimator!r}")
+    if estimator == "jackknife":
+        h = jackknife_entropy_core(ptr, lw, labels, soft, c, mode == "self_normalized")
+    else:
+        _, h = coverage_core(get_backend(backend), ptr, lw, labels, soft, c,
+                             mode == "self_normalized")
     if normalize:
         return h / math.log(c) if c > 1 else np.zeros_like(h)
     return h

@@ -94,6 +94,8 @@ class EvalSpec:
     coverage : {"self_normalized", "ips"}
         Normaliser of the per-prompt aspect coverage.
     diversity : {"coverage", "response_entropy"}
+    diversity_estimator : {"jackknife", "plugin"}
+        Per-prompt coverage-entropy estimator (:func:`pope.evaluate`; default jackknife).
     alpha : float
         Level of the intervals (``1 - alpha`` coverage).
     estimators : tuple of str
@@ -132,6 +134,7 @@ class EvalSpec:
     relevance: str = "snips"
     coverage: str = "self_normalized"
     diversity: str = "coverage"
+    diversity_estimator: str = "jackknife"
     alpha: float = 0.05
     estimators: tuple[str, ...] = ("snips", "clipped_ips")
     baseline_clip: float | None = None
@@ -428,6 +431,7 @@ def _pope_kwargs(spec: EvalSpec) -> dict[str, Any]:
         "relevance": spec.relevance,
         "coverage": spec.coverage,
         "diversity": spec.diversity,
+        "diversity_estimator": spec.diversity_estimator,
         "weighting": spec.weighting,
         "clip": spec.clip,
         "alpha": spec.alpha,

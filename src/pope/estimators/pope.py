@@ -10,8 +10,11 @@ responses :math:`y_{ik}\sim\pi_0` carrying a reward :math:`r_{ik}\in[0,1]` and a
   :math:`\hat U = \sum_{i,k} w_{ik} r_{ik} / \sum_{i,k} w_{ik}`; (``"ips"``):
   :math:`\hat U = \frac1N\sum_{i,k} w_{ik} r_{ik}` with :math:`N = \sum_i K_i`;
 * diversity: :math:`\hat D = \frac{1}{|\mathcal D|}\sum_{i\in\mathcal D} h_i` with
-  :math:`h_i = H(\hat p(\cdot|x_i))/\log C` (``diversity="coverage"``, plug-in, see
-  :mod:`pope.coverage`) or :math:`h_i = \sum_k w_{ik} H(q_{ik})/\log C / \sum_k w_{ik}`
+  (``diversity="coverage"``) the coverage entropy of prompt :math:`i`, either its
+  delete-one-response jackknife (``diversity_estimator="jackknife"``, default)
+  :math:`h_i = [K_i H(\hat p_i) - \frac{K_i-1}{K_i}\sum_k H(\hat p_{i,-k})]/\log C`, or the
+  plug-in :math:`h_i = H(\hat p(\cdot|x_i))/\log C` (``"plugin"``), see :mod:`pope.coverage`;
+  or :math:`h_i = \sum_k w_{ik} H(q_{ik})/\log C / \sum_k w_{ik}`
   (``diversity="response_entropy"``, a lower bound by Jensen's inequality), over the set
   :math:`\mathcal D` of prompts with :math:`K_i \ge 1` and (for self-normalised coverage)
   a positive total weight;
@@ -29,7 +32,8 @@ per-prompt sums :math:`a_i = \sum_k \tilde w_{ik} r_{ik}`, :math:`b_i = \sum_k \
     \psi_i = s\,\frac{a_i - \hat R b_i}{\bar b}
              + \kappa\,\mathbb 1\{i\in\mathcal D\}\,(h_i - \hat D),
 
-(:math:`s = 1` for SNIPS, :math:`s = e^m` for IPS), and
+(:math:`s = 1` for SNIPS, :math:`s = e^m` for IPS; :math:`h_i` the corrected value under the
+jackknife), and
 :math:`\widehat{\mathrm{se}}(\hat V) = \sqrt{\sum_i\psi_i^2/(n_u(n_u-1))}`. This accounts for
 the covariance of relevance and diversity within a prompt. The bootstrap resamples prompts.
 
@@ -51,7 +55,15 @@ import numpy as np
 
 from pope._validation import as_float_array
 from pope.backends import get_backend, resolve_backend
-from pope.coverage import check_log_weight, coverage_core, diversity_core, resolve_aspects
+from pope.coverage import (
+    DIVERSITY_ESTIMATORS,
+    DiversityEstimator,
+    check_log_weight,
+    coverage_core,
+    diversity_core,
+    jackknife_entropy_core,
+    resolve_aspects,
+)
 from pope.data import LoggedFeedback, RewardNormalization
 from pope.estimate import Estimate, WeightMoments, _factor, _scaled
 from pope.estimators.intervals import check_alpha
@@ -62,8 +74,9 @@ __all__ = ["PopeEstimate", "PopeStats", "evaluate", "pope_stats"]
 
 _NO_BOUND = (
     "POPE's relevance is a ratio over prompts with random K_i and its diversity a plug-in "
-    "entropy, neither a mean of bounded i.i.d. terms; use ci('normal'|'t'|'bootstrap'), or "
-    "pope.estimators.ips with clip on the rewards for a bound on the relevance."
+    "or jackknife entropy, neither a mean of bounded i.i.d. terms; use "
+    "ci('normal'|'t'|'bootstrap'), or pope.estimators.ips with clip on the rewards for a "
+    "bound on the relevance."
 )
 _SUMS = ("sum_a", "sum_b", "sum_aa", "sum_ab", "sum_bb", "sum_h", "sum_hh", "sum_ah",
          "sum_bh", "sum_a_div", "sum_b_div")
@@ -218,10 +231,13 @@ class PopeEstimate:
     p_hat : (n_prompts, C) ndarray or None
         Estimated coverage of the target policy per prompt (rows of excluded prompts are 0).
     prompt_diversity : (n_prompts,) ndarray or None
-        :math:`h_i`; NaN for prompts outside :math:`\mathcal D` (no response, or zero weight).
+        :math:`h_i` (jackknife-corrected under ``diversity_estimator="jackknife"``); NaN for
+        prompts outside :math:`\mathcal D` (no response, or zero weight).
     diversity_reward : (N,) ndarray or None
-        Per-response :math:`d_{ik}` (so that the weighted mean of :math:`d` over a prompt is
-        :math:`h_i`), in stored row order.
+        Per-response :math:`d_{ik}` of the plug-in coverage, in stored row order: the
+        weighted mean of :math:`d` over a prompt is the *plug-in* :math:`h_i` (the
+        decomposition and the policy-gradient factor); it is the same under both
+        ``diversity_estimator`` values.
     reward : (N,) ndarray or None
         Normalised rewards :math:`r_{ik}` used for the relevance.
     log_weight : (N,) ndarray or None
@@ -292,6 +308,7 @@ def _compute(
     relevance: str,
     coverage: str,
     diversity: str,
+    diversity_estimator: str,
     weighting: str,
     token_log_target: Any,
     clip: Any,
@@ -307,6 +324,7 @@ def _compute(
     _check_choice(relevance, "relevance", ("snips", "ips"))
     _check_choice(coverage, "coverage", ("self_normalized", "ips"))
     _check_choice(diversity, "diversity", ("coverage", "response_entropy"))
+    _check_choice(diversity_estimator, "diversity_estimator", DIVERSITY_ESTIMATORS)
     _check_choice(weighting, "weighting", ("sequence", "token_mean"))
     fb = feedback
     n_resp = fb.n_responses
@@ -358,6 +376,8 @@ def _compute(
     p, ent = coverage_core(be, ptr, lw, labels, soft, c, selfn)
     log_c = math.log(c) if c > 1 else 1.0
     if diversity == "coverage":
+        if diversity_estimator == "jackknife":
+            ent = jackknife_entropy_core(ptr, lw, labels, soft, c, selfn)
         h = ent / log_c if c > 1 else np.zeros(n_prompts)
         d = diversity_core(be, ptr, p, labels, soft, c)
     else:
@@ -392,7 +412,8 @@ def _compute(
     hu = np.where(in_div, h, 0.0)[units]
     stats = PopeStats(
         lam=lam, relevance=relevance,
-        options=(("coverage", coverage), ("diversity", diversity), ("weighting", weighting),
+        options=(("coverage", coverage), ("diversity", diversity),
+                 ("diversity_estimator", diversity_estimator), ("weighting", weighting),
                  ("log_clip", log_clip), ("reward_normalization", reward_normalization)),
         n_aspects=c, log_scale=m, n_prompts=n_prompts, n_units=int(units.sum()),
         n_div=int(in_div.sum()),
@@ -423,6 +444,7 @@ def pope_stats(
     relevance: Literal["snips", "ips"] = "snips",
     coverage: Literal["self_normalized", "ips"] = "self_normalized",
     diversity: Literal["coverage", "response_entropy"] = "coverage",
+    diversity_estimator: DiversityEstimator = "jackknife",
     weighting: Literal["sequence", "token_mean"] = "sequence",
     token_log_target: Any = None,
     clip: float | None = None,
@@ -436,7 +458,8 @@ def pope_stats(
     """
     stats, _ = _compute(
         feedback, log_target, lam=lam, reward_normalization=reward_normalization,
-        relevance=relevance, coverage=coverage, diversity=diversity, weighting=weighting,
+        relevance=relevance, coverage=coverage, diversity=diversity,
+        diversity_estimator=diversity_estimator, weighting=weighting,
         token_log_target=token_log_target, clip=clip, backend=backend,
     )
     return stats
@@ -451,6 +474,7 @@ def evaluate(
     relevance: Literal["snips", "ips"] = "snips",
     coverage: Literal["self_normalized", "ips"] = "self_normalized",
     diversity: Literal["coverage", "response_entropy"] = "coverage",
+    diversity_estimator: DiversityEstimator = "jackknife",
     weighting: Literal["sequence", "token_mean"] = "sequence",
     token_log_target: Any = None,
     clip: float | None = None,
@@ -477,9 +501,22 @@ def evaluate(
     coverage : {"self_normalized", "ips"}
         Normaliser of the per-prompt coverage (:mod:`pope.coverage`).
     diversity : {"coverage", "response_entropy"}
-        Plug-in coverage entropy (default), or the weighted mean per-response entropy
+        Coverage entropy (default), or the weighted mean per-response entropy
         :math:`H(q_{ik})/\log C` (a Jensen lower bound of the coverage entropy, useful with
         soft aspects; 0 for hard labels).
+    diversity_estimator : {"jackknife", "plugin"}
+        Estimator of each prompt's coverage entropy (``diversity="coverage"`` only; the
+        response entropy is a weighted mean and is used as is). ``"jackknife"`` (default):
+        the delete-one-response jackknife
+        :math:`K_i H(\hat p_i) - \frac{K_i-1}{K_i}\sum_k H(\hat p_{i,-k})` with the
+        leave-one-out coverage :math:`\hat p_{i,-k}` (self-normalised or IPS like
+        :math:`\hat p_i`); it removes the :math:`O(1/K_i)` term of the plug-in's downward
+        bias, at a larger variance, and is not clipped to :math:`[0, 1]` (clipping would
+        bias it down again). Prompts with :math:`K_i = 1` (or, for self-normalised
+        coverage, a single positive weight) get the plug-in. ``"plugin"``:
+        :math:`H(\hat p_i)/\log C`, which estimates the expected coverage entropy of
+        :math:`K_i` responses rather than :math:`D` (biased low for small :math:`K_i`).
+        Measured in ``bench/RESULTS.md`` (accuracy section).
     weighting : {"sequence", "token_mean"}
         Sequence ratio :math:`\exp(\log\pi_\theta - \log\pi_0)`, or the length-normalised
         :math:`\exp(\frac1T\sum_t[\log\pi_\theta(y_t|\cdot) - \log\pi_0(y_t|\cdot)])`
@@ -504,7 +541,8 @@ def evaluate(
     a_ = check_alpha(alpha)
     stats, arr = _compute(
         feedback, log_target, lam=lam, reward_normalization=reward_normalization,
-        relevance=relevance, coverage=coverage, diversity=diversity, weighting=weighting,
+        relevance=relevance, coverage=coverage, diversity=diversity,
+        diversity_estimator=diversity_estimator, weighting=weighting,
         token_log_target=token_log_target, clip=clip, backend=backend,
     )
     est = stats.estimate(a_)
