@@ -12,8 +12,13 @@ Definitions (also in bench/RESULTS.md):
 
 * **decomposed (POPE)** — ``pope.evaluate``: :math:`\hat V = \hat U + \lambda\hat D`,
   :math:`\hat U = \sum w r/\sum w` over responses (or IPS), :math:`\hat D = \frac1n\sum_i
-  H(\hat p_i)/\log C`, :math:`\hat p_i = \sum_k w_{ik} q_{ik}/\sum_k w_{ik}`: each response
-  carries its own weight :math:`w_{ik} = \pi(y_{ik}|x_i)/\pi_0(y_{ik}|x_i)`.
+  h_i`, :math:`\hat p_i = \sum_k w_{ik} q_{ik}/\sum_k w_{ik}`: each response carries its own
+  weight :math:`w_{ik} = \pi(y_{ik}|x_i)/\pi_0(y_{ik}|x_i)`. Two per-prompt entropy
+  estimators: the plug-in :math:`h_i = H(\hat p_i)/\log C` (``diversity_estimator="plugin"``)
+  and its delete-one-response jackknife :math:`h_i = [K_i H(\hat p_i) - \frac{K_i-1}{K_i}
+  \sum_k H(\hat p_{i,-k})]/\log C` (``"jackknife"``); both rows are computed with the
+  estimator named explicitly, whatever the library default. Bench-only rows: the
+  jackknife clipped to :math:`[0, 1]` per prompt, and a Miller–Madow correction.
 * **joint (list level)** — the list of prompt :math:`i` is one action with weight
   :math:`W_i = \prod_k w_{ik}` and total reward :math:`R_i = \bar r_i + \lambda H(\bar q_i)/\log
   C`; IPS (= SIPS on the total), SNIPS, clipped IPS, DM and DR on :math:`(W_i, R_i)`.
@@ -46,26 +51,42 @@ from typing import Any
 import numpy as np
 
 import pope
-from pope.demo import evaluation_suite, true_values
+from pope.demo import _row, evaluation_suite, true_values
 from pope.synthetic import CandidateEnv, SoftmaxPolicy
 
 HERE = Path(__file__).resolve().parent
 SECTION = "## Accuracy (synthetic ground truth)"
 
+JK_TOTAL = "POPE total, jackknife D"
+PLUG_TOTAL = "POPE total, plug-in D"
+JK_DIV = "POPE diversity, jackknife"
+PLUG_DIV = "POPE diversity, plug-in"
 V_ESTIMATORS = [
-    "POPE total",
-    "POPE total (IPS rel.)",
+    JK_TOTAL,
+    PLUG_TOTAL,
+    "POPE total (IPS rel.), jackknife D",
     "joint IPS (=SIPS)",
     "joint SNIPS",
     "joint IPS clip 10",
     "joint DM",
     "joint DR",
     "IPS r+lam*d",
+    "POPE total, jackknife D clipped to [0,1] (bench-only)",
     "POPE total, D Miller-Madow (bench-only)",
 ]
+D_ESTIMATORS = [JK_DIV, PLUG_DIV]
 U_ESTIMATORS = [
-    "IPS", "SNIPS", "IPS clip 10", "SG-IPS", "DM", "DR", "SNDR", "Switch-DR tau 10",
-    "SIPS/K", "IIPS/K", "RIPS/K",
+    "IPS",
+    "SNIPS",
+    "IPS clip 10",
+    "SG-IPS",
+    "DM",
+    "DR",
+    "SNDR",
+    "Switch-DR tau 10",
+    "SIPS/K",
+    "IIPS/K",
+    "RIPS/K",
 ]
 
 
@@ -87,18 +108,64 @@ def cells(quick: bool) -> list[dict[str, Any]]:
     return out
 
 
-def miller_madow_row(log: Any, pol: SoftmaxPolicy, lam: float,
-                     truth: dict[str, float]) -> dict[str, Any]:
+def _shifted_row(name: str, value: float, base: Any, truth: float) -> dict[str, Any]:
+    """A bench-only V row: ``value`` with the interval of ``base`` (an Estimate) shifted to it."""
+    shift = value - base.value
+    lo, hi = (x + shift for x in base.ci(0.05))
+    return {
+        "estimator": name,
+        "family": "pope",
+        "quantity": "V",
+        "truth": truth,
+        "estimate": value,
+        "stderr": base.stderr,
+        "ci_lower": lo,
+        "ci_upper": hi,
+        "covered": bool(lo <= truth <= hi),
+        "ess": base.diagnostics.ess,
+        "error": value - truth,
+    }
+
+
+def pope_rows(
+    log: Any, pol: SoftmaxPolicy, lam: float, truth: dict[str, float]
+) -> list[dict[str, Any]]:
+    """POPE's rows with the diversity estimator named explicitly (plug-in and jackknife).
+
+    Also the bench-only jackknife clipped to [0, 1] per prompt (mean of the clipped values;
+    interval = the jackknife total's, shifted) and the Miller-Madow row.
+    """
+    fb = log.feedback
+    lt = log.log_prob(pol)
+    kw = {"lam": lam, "reward_normalization": "none"}
+    jk = pope.evaluate(fb, lt, diversity_estimator="jackknife", **kw)
+    pl = pope.evaluate(fb, lt, diversity_estimator="plugin", **kw)
+    jk_ips = pope.evaluate(fb, lt, diversity_estimator="jackknife", relevance="ips", **kw)
+    d, v = truth["diversity"], truth["total"]
+    rows = [
+        _row(JK_DIV, "pope", "D", jk.diversity, d),
+        _row(PLUG_DIV, "pope", "D", pl.diversity, d),
+        _row(JK_TOTAL, "pope", "V", jk.total, v),
+        _row(PLUG_TOTAL, "pope", "V", pl.total, v),
+        _row("POPE total (IPS rel.), jackknife D", "pope", "V", jk_ips.total, v),
+    ]
+    d_clip = float(np.nanmean(np.clip(np.asarray(jk.prompt_diversity), 0.0, 1.0)))
+    rows.append(_shifted_row(V_ESTIMATORS[-2], jk.relevance.value + lam * d_clip, jk.total, v))
+    rows.append(miller_madow_row(log, lam, truth, pl))
+    return rows
+
+
+def miller_madow_row(log: Any, lam: float, truth: dict[str, float], pe: Any) -> dict[str, Any]:
     r"""Bench-only variant: POPE total with a Miller–Madow correction of the plug-in entropy.
 
     :math:`\hat D_{MM} = \frac1n\sum_i [H(\hat p_i) + (C^+_i - 1)/(2 n^{eff}_i)]/\log C` with
     :math:`C^+_i` the aspects with :math:`\hat p_i > 0` and :math:`n^{eff}_i = (\sum_k
     w_{ik})^2/\sum_k w_{ik}^2` the prompt's effective sample size; interval = POPE's total
     interval shifted by the correction (its stderr ignores the correction's variability).
-    Not a library estimator: it is here to size the plug-in bias.
+    Not a library estimator: it is here to size the plug-in bias. ``pe`` is the plug-in
+    evaluation (``diversity_estimator="plugin"``) of the log.
     """
     fb = log.feedback
-    pe = pope.evaluate(fb, log.log_prob(pol), lam=lam, reward_normalization="none")
     lw = np.asarray(pe.log_weight)
     ptr = fb.prompt_ptr
     mx = np.maximum.reduceat(lw, ptr[:-1])
@@ -109,16 +176,12 @@ def miller_madow_row(log: Any, pol: SoftmaxPolicy, lam: float,
     h = np.asarray(pe.prompt_diversity) * logc
     d_mm = float(np.nanmean(h + (cplus - 1) / (2 * neff)) / logc)
     value = pe.relevance.value + lam * d_mm
-    shift = value - pe.total.value
-    lo, hi = (x + shift for x in pe.total.ci(0.05))
-    return {"estimator": V_ESTIMATORS[-1], "family": "pope", "quantity": "V",
-            "truth": truth["total"], "estimate": value, "stderr": pe.total.stderr,
-            "ci_lower": lo, "ci_upper": hi, "covered": bool(lo <= truth["total"] <= hi),
-            "ess": pe.diagnostics.ess, "error": value - truth["total"]}
+    return _shifted_row(V_ESTIMATORS[-1], value, pe.total, truth["total"])
 
 
-def run_cell(env: CandidateEnv, cell: dict[str, Any], seeds: int, lam: float,
-             cell_id: int) -> dict[str, Any]:
+def run_cell(
+    env: CandidateEnv, cell: dict[str, Any], seeds: int, lam: float, cell_id: int
+) -> dict[str, Any]:
     """All seeds of one cell; returns the per-estimator summary."""
     pol = target(env, cell["alpha"])
     truth = true_values(env, pol, lam, cell["k"])
@@ -130,10 +193,11 @@ def run_cell(env: CandidateEnv, cell: dict[str, Any], seeds: int, lam: float,
     meta: dict[str, tuple[str, str, float]] = {}
     for s in range(seeds):
         ss = np.random.SeedSequence([2026, cell_id, s])
-        log = env.sample_logs(n_prompts=cell["n"], k=cell["k"],
-                              seed=np.random.default_rng(ss))
+        log = env.sample_logs(n_prompts=cell["n"], k=cell["k"], seed=np.random.default_rng(ss))
         rows = evaluation_suite(log, pol, lam=lam, truth=truth, list_diversity_prompt=dk)
-        rows.append(miller_madow_row(log, pol, lam, truth))
+        # the suite's POPE rows follow the library default; the bench names its estimators
+        rows = [r for r in rows if r["family"] != "pope" or r["quantity"] == "U"]
+        rows += pope_rows(log, pol, lam, truth)
         for r in rows:
             name = r["estimator"]
             est.setdefault(name, []).append(r["estimate"])
@@ -176,8 +240,9 @@ def _fmt(x: float, nd: int = 3) -> str:
     return f"{x:.{nd}f}"
 
 
-def _metric_table(res: list[dict[str, Any]], names: list[str], metric: str,
-                  nd: int = 3, pct: bool = False) -> str:
+def _metric_table(
+    res: list[dict[str, Any]], names: list[str], metric: str, nd: int = 3, pct: bool = False
+) -> str:
     hdr = "| estimator | " + " | ".join(_cell_label(c) for c in res) + " |"
     sep = "|---|" + "---:|" * len(res)
     lines = [hdr, sep]
@@ -194,29 +259,39 @@ def _metric_table(res: list[dict[str, Any]], names: list[str], metric: str,
     return "\n".join(lines)
 
 
-def _ratio_table(res: list[dict[str, Any]]) -> str:
-    hdr = "| SD ratio vs POPE total | " + " | ".join(_cell_label(c) for c in res) + " |"
+def _ratio_table(res: list[dict[str, Any]], base_name: str = JK_TOTAL) -> str:
+    hdr = f"| SD ratio vs {base_name} | " + " | ".join(_cell_label(c) for c in res) + " |"
     lines = [hdr, "|---|" + "---:|" * len(res)]
-    for nm in ("joint IPS (=SIPS)", "joint SNIPS", "joint IPS clip 10", "joint DR",
-               "IPS r+lam*d", "POPE total (IPS rel.)"):
+    for nm in (
+        "joint IPS (=SIPS)",
+        "joint SNIPS",
+        "joint IPS clip 10",
+        "joint DR",
+        "IPS r+lam*d",
+        "POPE total (IPS rel.), jackknife D",
+        PLUG_TOTAL,
+    ):
         vals = []
         for c in res:
-            base = c["estimators"]["POPE total"]["sd"]
+            base = c["estimators"][base_name]["sd"]
             vals.append(_fmt(c["estimators"][nm]["sd"] / base, 2) if base > 0 else "-")
         lines.append(f"| {nm} | " + " | ".join(vals) + " |")
     return "\n".join(lines)
 
 
 def _truth_table(res: list[dict[str, Any]]) -> str:
-    hdr = "| cell | KL | U | D | D_K | V | V_K | mean POPE D-hat | POPE D bias |"
-    lines = [hdr, "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    hdr = (
+        "| cell | KL | U | D | D_K | V | V_K | mean D-hat plug-in | plug-in D bias |"
+        " mean D-hat jackknife | jackknife D bias |"
+    )
+    lines = [hdr, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for c in res:
         t = c["truth"]
-        pdv = c["estimators"]["POPE diversity"]
+        pl, jk = c["estimators"][PLUG_DIV], c["estimators"][JK_DIV]
         lines.append(
             f"| {_cell_label(c)} | {t['kl']:.3f} | {t['relevance']:.4f} | {t['diversity']:.4f} |"
             f" {t['list_diversity']:.4f} | {t['total']:.4f} | {t['list_total']:.4f} |"
-            f" {pdv['mean']:.4f} | {pdv['bias']:+.4f} |"
+            f" {pl['mean']:.4f} | {pl['bias']:+.4f} | {jk['mean']:.4f} | {jk['bias']:+.4f} |"
         )
     return "\n".join(lines)
 
@@ -230,14 +305,24 @@ def machine() -> str:
                 break
     except OSError:
         pass
-    return (f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-            f"numpy {np.__version__}, {platform.system()} {platform.release()}")
+    return (
+        f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+        f"numpy {np.__version__}, {platform.system()} {platform.release()}"
+    )
 
 
 def commit() -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True, cwd=HERE, check=False).stdout.strip() or "unknown"
+        return (
+            subprocess.run(
+                ["git", "rev-parse", "--short", "HEAD"],
+                capture_output=True,
+                text=True,
+                cwd=HERE,
+                check=False,
+            ).stdout.strip()
+            or "unknown"
+        )
     except OSError:
         return "unknown"
 
@@ -266,9 +351,16 @@ def markdown(result: dict[str, Any]) -> str:
         "",
         "**What is compared.** *Decomposed (POPE)*: `pope.evaluate`, V = U_hat + lambda D_hat "
         "with U_hat = SNIPS over responses (or IPS: 'IPS rel.') and D_hat = mean over prompts "
-        "of the plug-in entropy of the self-normalised weighted coverage, each response "
-        "carrying its own weight w_ik. *Joint (list level)*: the K-list of a prompt is one "
-        "action with weight W_i = prod_k w_ik and total reward R_i = mean_k r_ik + lambda "
+        "of an estimate of the entropy of the self-normalised weighted coverage p_hat_i, each "
+        "response carrying its own weight w_ik: the plug-in H(p_hat_i)/log C "
+        '(`diversity_estimator="plugin"`) or its delete-one-response jackknife '
+        '[K H(p_hat_i) - (K-1)/K sum_k H(p_hat_i,-k)]/log C (`"jackknife"`, the library '
+        "default); the rows name the estimator explicitly. Bench-only rows: the jackknife "
+        "with each prompt's value clipped to [0, 1], and a Miller-Madow correction "
+        "(H + (C+ - 1)/(2 ESS_i)) of the plug-in; their intervals are the unclipped "
+        "jackknife's (resp. the plug-in's) shifted to the corrected value. "
+        "*Joint (list level)*: the K-list of a prompt is one action with weight "
+        "W_i = prod_k w_ik and total reward R_i = mean_k r_ik + lambda "
         "H(mean_k q_ik)/log C; IPS on (W, R) is SIPS on the total; SNIPS, clipped IPS, DM and "
         "DR likewise (joint DM: reward model + exact aspect tagger, "
         "V_hat_i = v_hat(x_i) + lambda D_K(x_i)). Joint IPS is unbiased for V_K = U + lambda "
@@ -300,7 +392,8 @@ def markdown(result: dict[str, Any]) -> str:
         _metric_table(size, V_ESTIMATORS, "se_ratio", nd=2),
         "",
         "Variance claim: SD of each alternative divided by the SD of POPE's decomposed total "
-        "(> 1 means POPE has lower variance):",
+        "with the default (jackknife) diversity (> 1 means POPE has lower variance; the "
+        "plug-in row shows what the bias correction costs in SD):",
         "",
         _ratio_table(size),
         "",
@@ -338,7 +431,37 @@ def markdown(result: dict[str, Any]) -> str:
         "",
         _metric_table(size, U_ESTIMATORS, "rmse"),
         "",
-        "### Truths and the diversity plug-in bias",
+        "### Diversity D: plug-in vs jackknife",
+        "",
+        "Bias vs sample size (alpha = 1):",
+        "",
+        _metric_table(size, D_ESTIMATORS, "bias"),
+        "",
+        "RMSE vs sample size:",
+        "",
+        _metric_table(size, D_ESTIMATORS, "rmse"),
+        "",
+        "Standard deviation vs sample size:",
+        "",
+        _metric_table(size, D_ESTIMATORS, "sd"),
+        "",
+        "Coverage of the 95% interval vs sample size:",
+        "",
+        _metric_table(size, D_ESTIMATORS, "coverage", pct=True),
+        "",
+        "Stderr calibration (mean stderr / SD) vs sample size:",
+        "",
+        _metric_table(size, D_ESTIMATORS, "se_ratio", nd=2),
+        "",
+        "Bias, RMSE and coverage vs divergence (n = 1000, K = 4):",
+        "",
+        _metric_table(div, D_ESTIMATORS, "bias"),
+        "",
+        _metric_table(div, D_ESTIMATORS, "rmse"),
+        "",
+        _metric_table(div, D_ESTIMATORS, "coverage", pct=True),
+        "",
+        "### Truths and the diversity bias",
         "",
         _truth_table(result["cells"]),
         "",
@@ -372,7 +495,7 @@ def update_results(md: str, path: Path) -> None:
     if b < 0 or e < 0:
         sec = sec.rstrip("\n") + f"\n\n{block}\n"
     else:
-        sec = sec[:b] + block + sec[e + len(END):]
+        sec = sec[:b] + block + sec[e + len(END) :]
     if nxt >= 0 and not sec.endswith("\n\n"):
         sec = sec.rstrip("\n") + "\n\n"
     path.write_text(text[:start] + sec + text[end:])
@@ -395,8 +518,13 @@ def plots(result: dict[str, Any], outdir: Path) -> list[Path]:
         for row, metric in enumerate(("rmse", "sd")):
             ax = axes[row, j]
             for nm in names:
-                ax.plot(ns, [max(c["estimators"][nm][metric], 1e-4) for c in cs], marker="o",
-                        label=nm, lw=2 if nm.startswith("POPE") else 1)
+                ax.plot(
+                    ns,
+                    [max(c["estimators"][nm][metric], 1e-4) for c in cs],
+                    marker="o",
+                    label=nm,
+                    lw=2 if nm.startswith("POPE") else 1,
+                )
             ax.set_xscale("log")
             ax.set_yscale("log")
             ax.set_xticks(ns, [str(n) for n in ns])
@@ -411,14 +539,18 @@ def plots(result: dict[str, Any], outdir: Path) -> list[Path]:
     plt.close(fig)
     paths.append(p)
 
-    div = sorted([c for c in result["cells"] if c["axis"] == "divergence"],
-                 key=lambda c: c["kl"])
+    div = sorted([c for c in result["cells"] if c["axis"] == "divergence"], key=lambda c: c["kl"])
     kl = [c["kl"] for c in div]
     fig, axes = plt.subplots(2, 2, figsize=(11, 8))
     for ax, metric in zip(axes.flat, ("bias", "sd", "rmse", "coverage")):
         for nm in names:
-            ax.plot(kl, [c["estimators"][nm][metric] for c in div], marker="o", label=nm,
-                    lw=2 if nm.startswith("POPE") else 1)
+            ax.plot(
+                kl,
+                [c["estimators"][nm][metric] for c in div],
+                marker="o",
+                label=nm,
+                lw=2 if nm.startswith("POPE") else 1,
+            )
         ax.set_xlabel("KL(target || pi0)")
         ax.set_title(f"{metric} of V estimators (n=1000, K=4)")
         ax.grid(alpha=0.3)
@@ -446,23 +578,26 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="a small grid (smoke test)")
     ap.add_argument("--out", type=Path, default=HERE, help="where the PNGs go (default bench/)")
     ap.add_argument("--json", type=Path, default=None, help="also write the raw summary here")
-    ap.add_argument("--update-results", action="store_true",
-                    help="rewrite the 'Accuracy (synthetic ground truth)' section of "
-                         "bench/RESULTS.md")
+    ap.add_argument(
+        "--update-results",
+        action="store_true",
+        help="rewrite the 'Accuracy (synthetic ground truth)' section of bench/RESULTS.md",
+    )
     args = ap.parse_args(argv)
     if args.seeds < 2:
         ap.error("--seeds must be >= 2")
     t0 = time.perf_counter()
-    env_cfg = {"n_prompts": 500, "n_candidates": 10, "n_aspects": 4, "n_groups": 3,
-               "seed": 2026}
+    env_cfg = {"n_prompts": 500, "n_candidates": 10, "n_aspects": 4, "n_groups": 3, "seed": 2026}
     env = CandidateEnv.make(**env_cfg)
     grid = cells(args.quick)
     res = []
     try:
         from tqdm.auto import tqdm
     except ImportError:  # pragma: no cover
+
         def tqdm(x: Any, **_: Any) -> Any:
             return x
+
     for i, c in enumerate(tqdm(grid, desc="cells", file=sys.stderr)):
         res.append(run_cell(env, c, args.seeds, args.lam, i))
     runtime = time.perf_counter() - t0
