@@ -501,6 +501,16 @@ def update_results(md: str, path: Path) -> None:
     path.write_text(text[:start] + sec + text[end:])
 
 
+def _style(name: str) -> dict[str, Any]:
+    """Line style of an estimator: a colour of its own, POPE thick, bench-only rows dashed."""
+    i = V_ESTIMATORS.index(name)
+    return {
+        "color": f"C{i}" if i < 10 else "k",
+        "lw": 2 if name.startswith("POPE") else 1,
+        "ls": "--" if "bench-only" in name else "-",
+    }
+
+
 def plots(result: dict[str, Any], outdir: Path) -> list[Path]:
     import matplotlib
 
@@ -523,7 +533,7 @@ def plots(result: dict[str, Any], outdir: Path) -> list[Path]:
                     [max(c["estimators"][nm][metric], 1e-4) for c in cs],
                     marker="o",
                     label=nm,
-                    lw=2 if nm.startswith("POPE") else 1,
+                    **_style(nm),
                 )
             ax.set_xscale("log")
             ax.set_yscale("log")
@@ -549,7 +559,7 @@ def plots(result: dict[str, Any], outdir: Path) -> list[Path]:
                 [c["estimators"][nm][metric] for c in div],
                 marker="o",
                 label=nm,
-                lw=2 if nm.startswith("POPE") else 1,
+                **_style(nm),
             )
         ax.set_xlabel("KL(target || pi0)")
         ax.set_title(f"{metric} of V estimators (n=1000, K=4)")
