@@ -110,6 +110,8 @@ _S32 = np.uint64(32)
 _LOW32 = np.uint64(0xFFFFFFFF)
 
 _NINF = -np.inf
+_PINF = np.inf
+_U1 = np.uint64(1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -224,7 +226,7 @@ def _ips_accumulate(buf, m, rw, off, n):  # pragma: no cover - compiled
     f = 0.0
     for j in range(n):
         wj = _exp1(buf[j] - m)
-        wr = wj * rw[off + j]
+        wr = wj * rw[off + np.uint64(j)]  # uint64 offset: no wraparound select
         a += wj
         b += wj * wj
         c += wr
@@ -246,9 +248,10 @@ def _ips_chunk(lt, ll, rw, s, e, clip, out, buf):  # pragma: no cover - compiled
     lrmax = _NINF
     for b0 in range(s, e, _BLOCK):
         ln = min(_BLOCK, e - b0)
+        ub0 = np.uint64(b0)  # uint64 offsets: no negative-index wraparound select
         blr = _NINF
         for j in range(ln):
-            lr = lt[b0 + j] - ll[b0 + j]
+            lr = lt[ub0 + np.uint64(j)] - ll[ub0 + np.uint64(j)]
             buf[j] = lr if lr < clip else clip
             blr = lr if lr > blr else blr
             ncl += 1 if lr > clip else 0
@@ -265,7 +268,7 @@ def _ips_chunk(lt, ll, rw, s, e, clip, out, buf):  # pragma: no cover - compiled
             m_run = bmax
         if m_run == _NINF:
             continue  # every weight so far is zero
-        a, b, c, d, f = _ips_accumulate(buf, m_run, rw, b0, ln)
+        a, b, c, d, f = _ips_accumulate(buf, m_run, rw, ub0, ln)
         sw += a
         sw2 += b
         swr += c
@@ -353,148 +356,196 @@ def _prompt_batches(ptr, n_cols, max_resp, max_cells):  # pragma: no cover - com
     return starts[: nb + 1].copy()
 
 
+# The kernels below index with uint64 (prompt offsets, labels viewed as uint64): signed indices
+# make Numba emit a negative-index wraparound select at every access, which costs about a third
+# of the time of these short, ragged loops. A negative label becomes a huge uint64 and fails the
+# ``a < C`` test like any other out-of-range label.
+
+
 @njit(cache=True, error_model="numpy")
-def _batch_weights(ptr, lw, i, j, self_normalize, w):  # pragma: no cover - compiled
-    """w[k - ptr[i]] = exp(l_k - shift_q) for the responses of prompts [i, j)."""
-    r0 = ptr[i]
-    n = ptr[j] - r0
-    x = np.empty(n)
+def _batch_weights(uptr, lw, i, j, self_normalize, w):  # pragma: no cover - compiled
+    """w[k - uptr[i]] = exp(l_k - shift_q) for the responses of prompts [i, j) (uint64)."""
+    r0 = uptr[i]
+    n = np.int64(uptr[j] - r0)
     if self_normalize:
-        for q in range(i, j):
+        q = i
+        while q < j:
+            s = uptr[q]
+            e = uptr[q + _U1]
             mx = _NINF
-            for k in range(ptr[q], ptr[q + 1]):
-                mx = lw[k] if lw[k] > mx else mx
-            shift = mx if np.isfinite(mx) else 0.0
-            for k in range(ptr[q], ptr[q + 1]):
-                x[k - r0] = lw[k] - shift
+            k = s
+            while k < e:
+                v = lw[k]
+                mx = v if v > mx else mx
+                k += _U1
+            shift = mx if (mx > _NINF and mx < _PINF) else 0.0
+            k = s
+            while k < e:
+                w[k - r0] = lw[k] - shift
+                k += _U1
+            q += _U1
+        for t in range(n):
+            w[t] = _exp1(w[t])
     else:
-        for k in range(n):
-            x[k] = lw[r0 + k]
-    _exp_into(x, 0.0, w, n)
+        for t in range(n):
+            w[t] = _exp1(lw[r0 + np.uint64(t)])
 
 
 @njit(cache=True, error_model="numpy")
-def _batch_normalise_entropy(pf, H, i, j, C, norm):  # pragma: no cover - compiled
+def _batch_normalise_entropy(pf, H, i, j, uC, norm):  # pragma: no cover - compiled
     """Rows [i, j) of the flat (P*C) histogram become p = hist / norm; H = -sum p log p."""
-    ncell = (j - i) * C
-    c0 = i * C
-    t = np.empty(ncell)
-    for q in range(j - i):
+    nrow = np.int64(j - i)
+    C = np.int64(uC)
+    c0 = i * uC
+    t = np.empty(nrow * C)
+    for q in range(nrow):
         nq = norm[q]
         safe = nq if nq > 0.0 else 1.0
+        base = c0 + np.uint64(q) * uC
         for c in range(C):
-            k = q * C + c
-            v = pf[c0 + k] / safe
-            v = v if nq > 0.0 else 0.0
-            pf[c0 + k] = v
-    for k in range(ncell):
-        v = pf[c0 + k]
+            v = pf[base + np.uint64(c)] / safe
+            pf[base + np.uint64(c)] = v if nq > 0.0 else 0.0
+    for k in range(nrow * C):
+        v = pf[c0 + np.uint64(k)]
         lg = _log1(v if v > 0.0 else 1.0)
         t[k] = v * lg if v > 0.0 else 0.0
-    for q in range(j - i):
+    for q in range(nrow):
         acc = 0.0
         for c in range(C):
             acc += t[q * C + c]
-        H[i + q] = -acc
+        H[i + np.uint64(q)] = -acc
 
 
 @njit(cache=True, parallel=True, error_model="numpy")
-def _coverage_hard(ptr, lw, labels, C, self_normalize, starts, pf, H, bad):  # pragma: no cover
+def _coverage_hard(uptr, lw, ulabels, C, self_normalize, ustarts, pf, H, bad):  # pragma: no cover
     uC = np.uint64(C)
-    for bi in prange(starts.shape[0] - 1):
-        i = starts[bi]
-        j = starts[bi + 1]
-        r0 = ptr[i]
-        w = np.empty(ptr[j] - r0)
-        _batch_weights(ptr, lw, i, j, self_normalize, w)
-        norm = np.empty(j - i)
-        for q in range(i, j):
-            row = q * C
+    for bi in prange(ustarts.shape[0] - 1):
+        i = ustarts[bi]
+        j = ustarts[bi + 1]
+        r0 = uptr[i]
+        w = np.empty(np.int64(uptr[j] - r0))
+        _batch_weights(uptr, lw, i, j, self_normalize, w)
+        norm = np.empty(np.int64(j - i))
+        flag = False
+        q = i
+        while q < j:
+            row = q * uC
             for c in range(C):
-                pf[row + c] = 0.0
-            urow = np.uint64(row)
+                pf[row + np.uint64(c)] = 0.0
+            s = uptr[q]
+            e = uptr[q + _U1]
             z = 0.0
-            for k in range(ptr[q], ptr[q + 1]):
-                a = np.uint64(labels[k])  # negative labels wrap to huge values: caught below
-                if a >= uC:
-                    bad[bi] = True
-                    continue
-                wk = w[k - r0]
-                pf[urow + a] += wk
-                z += wk
-            norm[q - i] = z if self_normalize else float(ptr[q + 1] - ptr[q])
-        _batch_normalise_entropy(pf, H, i, j, C, norm)
+            k = s
+            while k < e:
+                a = ulabels[k]
+                if a < uC:
+                    wk = w[k - r0]
+                    pf[row + a] += wk
+                    z += wk
+                else:
+                    flag = True
+                k += _U1
+            norm[q - i] = z if self_normalize else float(e - s)
+            q += _U1
+        if flag:
+            bad[bi] = True
+        _batch_normalise_entropy(pf, H, i, j, uC, norm)
 
 
 @njit(cache=True, parallel=True, error_model="numpy")
-def _coverage_soft(ptr, lw, soft, self_normalize, starts, pf, H):  # pragma: no cover - compiled
+def _coverage_soft(uptr, lw, soft, self_normalize, ustarts, pf, H):  # pragma: no cover - compiled
     C = soft.shape[1]
-    for bi in prange(starts.shape[0] - 1):
-        i = starts[bi]
-        j = starts[bi + 1]
-        r0 = ptr[i]
-        w = np.empty(ptr[j] - r0)
-        _batch_weights(ptr, lw, i, j, self_normalize, w)
-        norm = np.empty(j - i)
-        for q in range(i, j):
-            row = q * C
+    uC = np.uint64(C)
+    sf = soft.ravel()
+    for bi in prange(ustarts.shape[0] - 1):
+        i = ustarts[bi]
+        j = ustarts[bi + 1]
+        r0 = uptr[i]
+        w = np.empty(np.int64(uptr[j] - r0))
+        _batch_weights(uptr, lw, i, j, self_normalize, w)
+        norm = np.empty(np.int64(j - i))
+        q = i
+        while q < j:
+            row = q * uC
             for c in range(C):
-                pf[row + c] = 0.0
+                pf[row + np.uint64(c)] = 0.0
+            s = uptr[q]
+            e = uptr[q + _U1]
             z = 0.0
-            for k in range(ptr[q], ptr[q + 1]):
+            k = s
+            while k < e:
                 wk = w[k - r0]
+                qk = k * uC
                 for c in range(C):
-                    pf[row + c] += soft[k, c] * wk
+                    pf[row + np.uint64(c)] += sf[qk + np.uint64(c)] * wk
                 z += wk
-            norm[q - i] = z if self_normalize else float(ptr[q + 1] - ptr[q])
-        _batch_normalise_entropy(pf, H, i, j, C, norm)
+                k += _U1
+            norm[q - i] = z if self_normalize else float(e - s)
+            q += _U1
+        _batch_normalise_entropy(pf, H, i, j, uC, norm)
 
 
 @njit(cache=True, parallel=True, error_model="numpy")
-def _diversity_hard(ptr, p, labels, starts, d, bad):  # pragma: no cover - compiled
+def _diversity_hard(uptr, p, ulabels, ustarts, d, bad):  # pragma: no cover - compiled
+    uC = np.uint64(p.shape[1])
+    pf = p.ravel()
+    for bi in prange(ustarts.shape[0] - 1):
+        i = ustarts[bi]
+        j = ustarts[bi + 1]
+        flag = False
+        q = i
+        while q < j:  # gather p[i(k), a_k] into d
+            row = q * uC
+            k = uptr[q]
+            e = uptr[q + _U1]
+            while k < e:
+                a = ulabels[k]
+                if a < uC:
+                    d[k] = pf[row + a]
+                else:
+                    d[k] = 0.0
+                    flag = True
+                k += _U1
+            q += _U1
+        if flag:
+            bad[bi] = True
+        r0 = uptr[i]
+        for t in range(np.int64(uptr[j] - r0)):  # in place: d = -log p (0 where p == 0)
+            kk = r0 + np.uint64(t)
+            v = d[kk]
+            lg = _log1(v if v > 0.0 else 1.0)
+            d[kk] = -lg if v > 0.0 else 0.0
+
+
+@njit(cache=True, parallel=True, error_model="numpy")
+def _diversity_soft(uptr, p, soft, ustarts, d):  # pragma: no cover - compiled
     C = p.shape[1]
     uC = np.uint64(C)
     pf = p.ravel()
-    for bi in prange(starts.shape[0] - 1):
-        i = starts[bi]
-        j = starts[bi + 1]
-        r0 = ptr[i]
-        n = ptr[j] - r0
-        pk = np.empty(n)
-        for q in range(i, j):
-            row = np.uint64(q) * uC
-            for k in range(ptr[q], ptr[q + 1]):
-                a = np.uint64(labels[k])  # negative labels wrap to huge values: caught below
-                if a >= uC:
-                    bad[bi] = True
-                    pk[k - r0] = 0.0
-                    continue
-                pk[k - r0] = pf[row + a]
-        for k in range(n):
-            v = pk[k]
-            lg = _log1(v if v > 0.0 else 1.0)
-            d[r0 + k] = -lg if v > 0.0 else 0.0
-
-
-@njit(cache=True, parallel=True, error_model="numpy")
-def _diversity_soft(ptr, p, soft, starts, d):  # pragma: no cover - compiled
-    C = p.shape[1]
-    for bi in prange(starts.shape[0] - 1):
-        i = starts[bi]
-        j = starts[bi + 1]
-        ncell = (j - i) * C
+    sf = soft.ravel()
+    for bi in prange(ustarts.shape[0] - 1):
+        i = ustarts[bi]
+        j = ustarts[bi + 1]
+        c0 = i * uC
+        ncell = np.int64(j - i) * C
         lg = np.empty(ncell)
-        for q in range(j - i):
-            for c in range(C):
-                v = p[i + q, c]
-                lv = _log1(v if v > 0.0 else 1.0)
-                lg[q * C + c] = lv if v > 0.0 else 0.0
-        for q in range(j - i):
-            for k in range(ptr[i + q], ptr[i + q + 1]):
-                t = 0.0
+        for t in range(ncell):
+            v = pf[c0 + np.uint64(t)]
+            lv = _log1(v if v > 0.0 else 1.0)
+            lg[t] = lv if v > 0.0 else 0.0
+        q = i
+        while q < j:
+            lrow = (q - i) * uC
+            k = uptr[q]
+            e = uptr[q + _U1]
+            while k < e:
+                qk = k * uC
+                acc = 0.0
                 for c in range(C):
-                    t += soft[k, c] * lg[q * C + c]
-                d[k] = -t
+                    acc += sf[qk + np.uint64(c)] * lg[lrow + np.uint64(c)]
+                d[k] = -acc
+                k += _U1
+            q += _U1
 
 
 # ---------------------------------------------------------------------------------------------
@@ -687,12 +738,12 @@ def segment_coverage_hard(
     bad = np.zeros(max(starts.shape[0] - 1, 1), dtype=np.bool_)
     with parallel_chunksize(2):
         _coverage_hard(
-            ptr,
+            ptr.view(np.uint64),
             np.ascontiguousarray(log_weight, dtype=np.float64),
-            np.ascontiguousarray(labels, dtype=np.int64),
+            np.ascontiguousarray(labels, dtype=np.int64).view(np.uint64),
             n_aspects,
             bool(self_normalize),
-            starts,
+            starts.view(np.uint64),
             pf,
             H,
             bad,
@@ -743,11 +794,11 @@ def segment_coverage_soft(
     H = np.empty(n_prompts)
     with parallel_chunksize(2):
         _coverage_soft(
-            ptr,
+            ptr.view(np.uint64),
             np.ascontiguousarray(log_weight, dtype=np.float64),
             np.ascontiguousarray(soft, dtype=np.float64),
             bool(self_normalize),
-            starts,
+            starts.view(np.uint64),
             pf,
             H,
         )
@@ -785,10 +836,10 @@ def diversity_reward_hard(prompt_ptr: np.ndarray, p: np.ndarray, labels: np.ndar
     bad = np.zeros(max(starts.shape[0] - 1, 1), dtype=np.bool_)
     with parallel_chunksize(2):
         _diversity_hard(
-            ptr,
+            ptr.view(np.uint64),
             np.ascontiguousarray(p, dtype=np.float64),
-            np.ascontiguousarray(labels, dtype=np.int64),
-            starts,
+            np.ascontiguousarray(labels, dtype=np.int64).view(np.uint64),
+            starts.view(np.uint64),
             d,
             bad,
         )
@@ -828,10 +879,10 @@ def diversity_reward_soft(prompt_ptr: np.ndarray, p: np.ndarray, soft: np.ndarra
     d = np.empty(soft.shape[0])
     with parallel_chunksize(2):
         _diversity_soft(
-            ptr,
+            ptr.view(np.uint64),
             np.ascontiguousarray(p, dtype=np.float64),
             np.ascontiguousarray(soft, dtype=np.float64),
-            starts,
+            starts.view(np.uint64),
             d,
         )
     return d
