@@ -138,8 +138,10 @@ def coverage_core(
 
 def _xlogx(x: np.ndarray) -> np.ndarray:
     """:math:`x\\log x` elementwise with :math:`0\\log 0 = 0` (``x >= 0``)."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(x > 0, x * np.log(np.where(x > 0, x, 1.0)), 0.0)
+    out = np.zeros(np.shape(x))
+    np.log(x, out=out, where=x > 0)
+    out *= x
+    return out
 
 
 def _segment_sum(x: np.ndarray, starts: np.ndarray, nonempty: np.ndarray) -> np.ndarray:
@@ -192,21 +194,28 @@ def jackknife_entropy_core(
         w = np.exp(lw)
     # the (first) largest-weight row of each prompt: its deletion is summed afresh
     cand = np.flatnonzero((lw == mx[seg]) & finite[seg])
-    _, first = np.unique(seg[cand], return_index=True)
+    sc = seg[cand]  # non-decreasing: keep the first candidate of each prompt
+    first = np.ones(sc.shape[0], dtype=bool)
+    first[1:] = sc[1:] != sc[:-1]
     star = np.zeros(n, dtype=bool)
     star[cand[first]] = True
-    keep = np.where(star, 0.0, 1.0)
+    si = np.flatnonzero(star)
+    sp = seg[si]  # at most one largest-weight row per prompt
+    wk = np.where(star, 0.0, w)
+    # sums without the largest-weight row (exact), then the full sums = those + that row
     if labels is not None:
-        flat = seg * c + labels
-        a = np.bincount(flat, weights=w, minlength=n_prompts * c).reshape(n_prompts, c)
-        a_ex = np.bincount(flat, weights=w * keep,
+        a_ex = np.bincount(seg * c + labels, weights=wk,
                            minlength=n_prompts * c).reshape(n_prompts, c)
+        a = a_ex.copy()
+        a[sp, labels[si]] += w[si]
     else:
-        a = _segment_sum(soft * w[:, None], starts, nonempty)
-        a_ex = _segment_sum(soft * (w * keep)[:, None], starts, nonempty)
+        a_ex = _segment_sum(soft * wk[:, None], starts, nonempty)
+        a = a_ex.copy()
+        a[sp] += soft[si] * w[si, None]
     if self_normalize:
-        z = _segment_sum(w, starts, nonempty)
-        z_ex = _segment_sum(w * keep, starts, nonempty)
+        z_ex = _segment_sum(wk, starts, nonempty)
+        z = z_ex.copy()
+        z[sp] += w[si]
         dec = w
     else:
         z = kf
@@ -230,12 +239,16 @@ def jackknife_entropy_core(
         sum_num = tot[seg] - aa + na
         sum_g = g[seg] - _xlogx(aa) + _xlogx(na)
         h_del = (sum_num * np.log(dsafe) - sum_g) / dsafe
-    else:
-        num = a[seg]
-        num -= w[:, None] * soft
-        np.maximum(num, 0.0, out=num)
-        num /= dsafe[:, None]
-        h_del = -_xlogx(num).sum(axis=1)
+    else:  # row blocks of ~64k numbers: temporaries stay small and in cache
+        h_del = np.empty(n)
+        step = max(1, (1 << 16) // c)
+        for s0 in range(0, n, step):
+            sl = slice(s0, min(s0 + step, n))
+            num = a[seg[sl]]
+            num -= soft[sl] * w[sl, None]
+            np.maximum(num, 0.0, out=num)
+            num /= dsafe[sl, None]
+            h_del[sl] = -_xlogx(num).sum(axis=1)
     h_del = np.where(ok, h_del, np.where(star, h_ex[seg], h[seg]))
     s_del = np.bincount(seg, weights=h_del, minlength=n_prompts)
     kk = np.maximum(kf, 1.0)
