@@ -80,7 +80,8 @@ def ips_moments(
     lr = log_target - log_logging
     l = np.minimum(lr, log_clip)
     m = l.max()
-    w = np.exp(l - m)
+    # every weight zero (all log-ratios -inf): sums of 0 with log_scale -inf, no NaN
+    w = np.exp(l - m) if m > -np.inf else np.zeros_like(l)
     wr = w * reward
     out[0] = m
     out[2] = w.sum()
