@@ -635,32 +635,7 @@ def _check_ptr(prompt_ptr: np.ndarray, n_rows: int, name: str) -> int:
 def ips_moments(
     log_target: np.ndarray, log_logging: np.ndarray, reward: np.ndarray, log_clip: float
 ) -> np.ndarray:
-    r"""Scaled weighted moments of a clipped importance-weighted sample.
-
-    With :math:`l_i = \min(\log\pi_\theta(y_i) - \log\pi_0(y_i), \log M)`,
-    :math:`m = \max_i l_i` and :math:`\tilde w_i = e^{l_i - m}` (so :math:`w_i = e^m \tilde w_i`)
-    the result is
-
-    .. math::
-
-        [m,\ n,\ \sum \tilde w,\ \sum \tilde w^2,\ \sum \tilde w r,\ \sum (\tilde w r)^2,\
-        \sum \tilde w^2 r,\ \#\{\ell_i > \log M\},\ \max_i \ell_i]
-
-    where :math:`\ell_i` is the unclipped log-ratio; one pass over the data.
-
-    Parameters
-    ----------
-    log_target, log_logging, reward : numpy.ndarray
-        ``(n,)`` float64.
-    log_clip : float
-        ``log(M)`` for truncation ``min(w, M)``; ``inf`` for none.
-
-    Returns
-    -------
-    numpy.ndarray
-        ``(9,)`` float64 in the order of :data:`MOMENT_NAMES`. When every weight is zero
-        (all ``l_i == -inf``) the sums are 0 and ``log_scale`` is ``-inf``.
-    """
+    """Numba twin of :func:`pope.backends.reference.ips_moments`."""
     n = log_target.shape[0]
     if log_target.ndim != 1 or log_logging.shape != (n,) or reward.shape != (n,):
         raise ValueError("ips_moments: log_target, log_logging and reward must be (n,) arrays")
@@ -693,37 +668,7 @@ def segment_coverage_hard(
     n_aspects: int,
     self_normalize: bool,
 ) -> tuple[np.ndarray, np.ndarray]:
-    r"""Weighted aspect histogram per prompt and its entropy, hard labels.
-
-    .. math::
-
-        \hat p(c \mid x_i) = \frac{1}{Z_i} \sum_{k \in i} w_k [a_k = c], \qquad
-        H_i = -\sum_c \hat p(c \mid x_i) \log \hat p(c \mid x_i)
-
-    with :math:`w_k = e^{l_k - \max_{k' \in i} l_{k'}}` and :math:`Z_i = \sum_k w_k`
-    (self-normalised) or :math:`w_k = e^{l_k}`, :math:`Z_i = K_i` (IPS); rows with
-    :math:`Z_i = 0` are zero and :math:`0 \log 0 = 0`.
-
-    Parameters
-    ----------
-    prompt_ptr : numpy.ndarray
-        ``(P+1,)`` int64 CSR offsets of the responses of each prompt.
-    log_weight : numpy.ndarray
-        ``(N,)`` float64 log importance weights, may hold ``-inf``.
-    labels : numpy.ndarray
-        ``(N,)`` int64 aspect of each response, in ``[0, n_aspects)``.
-    n_aspects : int
-        Number of aspects ``C``.
-    self_normalize : bool
-        Self-normalised (``True``) or IPS (``False``) histogram.
-
-    Returns
-    -------
-    p : numpy.ndarray
-        ``(P, C)`` float64.
-    H : numpy.ndarray
-        ``(P,)`` float64.
-    """
+    """Numba twin of :func:`pope.backends.reference.segment_coverage_hard`."""
     n_aspects = int(n_aspects)
     if n_aspects < 1:
         raise ValueError("segment_coverage_hard: n_aspects must be >= 1")
@@ -759,28 +704,7 @@ def segment_coverage_soft(
     soft: np.ndarray,
     self_normalize: bool,
 ) -> tuple[np.ndarray, np.ndarray]:
-    r"""As :func:`segment_coverage_hard` with soft aspect rows.
-
-    :math:`\hat p(c \mid x_i) = Z_i^{-1} \sum_{k \in i} w_k q_k(c)`, ``soft`` is ``(N, C)``.
-
-    Parameters
-    ----------
-    prompt_ptr : numpy.ndarray
-        ``(P+1,)`` int64 CSR offsets.
-    log_weight : numpy.ndarray
-        ``(N,)`` float64, may hold ``-inf``.
-    soft : numpy.ndarray
-        ``(N, C)`` float64 aspect distributions ``q_k``.
-    self_normalize : bool
-        Self-normalised (``True``) or IPS (``False``) histogram.
-
-    Returns
-    -------
-    p : numpy.ndarray
-        ``(P, C)`` float64.
-    H : numpy.ndarray
-        ``(P,)`` float64.
-    """
+    """Numba twin of :func:`pope.backends.reference.segment_coverage_soft`."""
     if log_weight.ndim != 1 or soft.ndim != 2 or soft.shape[0] != log_weight.shape[0]:
         raise ValueError("segment_coverage_soft: soft must be (N, C) with N = len(log_weight)")
     if soft.shape[1] < 1:
@@ -806,24 +730,7 @@ def segment_coverage_soft(
 
 
 def diversity_reward_hard(prompt_ptr: np.ndarray, p: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    r"""Per-response coverage cross-entropy, hard labels.
-
-    :math:`d_k = -\log \hat p(a_k \mid x_{i(k)})`, and 0 where that probability is 0.
-
-    Parameters
-    ----------
-    prompt_ptr : numpy.ndarray
-        ``(P+1,)`` int64 CSR offsets.
-    p : numpy.ndarray
-        ``(P, C)`` float64 coverage histograms.
-    labels : numpy.ndarray
-        ``(N,)`` int64 in ``[0, C)``.
-
-    Returns
-    -------
-    numpy.ndarray
-        ``(N,)`` float64.
-    """
+    """Numba twin of :func:`pope.backends.reference.diversity_reward_hard`."""
     if p.ndim != 2 or p.shape[1] < 1 or labels.ndim != 1:
         raise ValueError("diversity_reward_hard: p must be (P, C) and labels (N,)")
     ptr = np.ascontiguousarray(prompt_ptr, dtype=np.int64)
@@ -849,25 +756,7 @@ def diversity_reward_hard(prompt_ptr: np.ndarray, p: np.ndarray, labels: np.ndar
 
 
 def diversity_reward_soft(prompt_ptr: np.ndarray, p: np.ndarray, soft: np.ndarray) -> np.ndarray:
-    r"""Per-response coverage cross-entropy, soft labels.
-
-    :math:`d_k = -\sum_c q_k(c) \log \hat p(c \mid x_{i(k)})`; terms with
-    :math:`\hat p = 0` count 0.
-
-    Parameters
-    ----------
-    prompt_ptr : numpy.ndarray
-        ``(P+1,)`` int64 CSR offsets.
-    p : numpy.ndarray
-        ``(P, C)`` float64 coverage histograms.
-    soft : numpy.ndarray
-        ``(N, C)`` float64.
-
-    Returns
-    -------
-    numpy.ndarray
-        ``(N,)`` float64.
-    """
+    """Numba twin of :func:`pope.backends.reference.diversity_reward_soft`."""
     if p.ndim != 2 or p.shape[1] < 1 or soft.ndim != 2 or soft.shape[1] != p.shape[1]:
         raise ValueError("diversity_reward_soft: p must be (P, C) and soft (N, C)")
     ptr = np.ascontiguousarray(prompt_ptr, dtype=np.int64)
@@ -889,26 +778,7 @@ def diversity_reward_soft(prompt_ptr: np.ndarray, p: np.ndarray, soft: np.ndarra
 
 
 def bootstrap_sums(values: np.ndarray, n_boot: int, seed: int) -> np.ndarray:
-    r"""Column sums of ``n_boot`` with-replacement resamples of the rows of ``values``.
-
-    :math:`S_{b} = \sum_{i=0}^{n-1} v_{\mathrm{idx}(b, i)}` with the counter-based index
-    stream of :mod:`pope.backends.reference` (bit-identical across backends):
-    :math:`\mathrm{idx}(b, i) = ((\mathrm{sm}(\mathrm{sm}(s) + bG + i) \gg 32) \cdot n) \gg 32`.
-
-    Parameters
-    ----------
-    values : numpy.ndarray
-        ``(n, m)`` float64, ``1 <= n < 2**32``.
-    n_boot : int
-        Number of resamples.
-    seed : int
-        In ``[0, 2**64)``.
-
-    Returns
-    -------
-    numpy.ndarray
-        ``(n_boot, m)`` float64.
-    """
+    """Numba twin of :func:`pope.backends.reference.bootstrap_sums`."""
     if values.ndim != 2:
         raise ValueError("bootstrap_sums: values must be 2-D (n, m)")
     n, m = values.shape
