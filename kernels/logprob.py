@@ -45,10 +45,12 @@ import triton.language as tl
 
 __all__ = ["LOG2_E", "MAX_BLOCK_V", "logprob_bwd", "logprob_fwd"]
 
-#: :math:`\log_2 e`: ``exp(x) == exp2(x * LOG2_E)``.
-LOG2_E = 1.4426950408889634
+#: :math:`\log_2 e`: ``exp(x) == exp2(x * LOG2_E)``. Module globals read inside ``@triton.jit``
+#: code must be ``tl.constexpr`` objects: the GPU compiler rejects plain floats (the
+#: interpreter does not, so only the ahead-of-time compile test catches this).
+LOG2_E = tl.constexpr(1.4426950408889634)
 #: :math:`\ln 2`: ``log(x) == log2(x) * LN_2``.
-LN_2 = 0.6931471805599453
+LN_2 = tl.constexpr(0.6931471805599453)
 #: Largest column block. 8192 fp32 values over 8 warps are 32 registers per thread; larger
 #: blocks only add register pressure once the row is streamed (not tuned on a GPU here).
 MAX_BLOCK_V = 8192
