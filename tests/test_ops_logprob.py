@@ -481,3 +481,51 @@ def test_benchmark_script_smoke(tmp_path, capsys):
 def test_benchmark_script_refuses_without_gpu(capsys):
     assert _load_bench().main([]) == 2
     assert "no CUDA device" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------- packed (cu_seqlens) batches
+
+
+@pytest.mark.parametrize("index_dtype", [torch.int32, torch.int64])
+def test_seq_index_from_cu_seqlens_matches_a_loop(index_dtype, device):
+    lengths = [3, 0, 1, 7, 0, 2]  # ragged, with empty sequences (first and last non-empty)
+    cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=index_dtype)
+    seq_index, s = ops.seq_index_from_cu_seqlens(cu.to(device))
+    expected = [i for i, n in enumerate(lengths) for _ in range(n)]
+    assert s == len(lengths)
+    assert seq_index.dtype == torch.int64 and seq_index.device.type == torch.device(device).type
+    assert seq_index.cpu().tolist() == expected
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_sequence_logprob_of_a_packed_batch(backend, device):
+    """Per-sequence sums from cu_seqlens equal the log-probs of each slice on its own."""
+    lengths = [5, 0, 1, 9, 4]
+    n, v = sum(lengths), 37
+    _, x, y, _ = make_case(n, v, 1, device=device, seed=3)
+    cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], device=device)
+    seq_index, s = ops.seq_index_from_cu_seqlens(cu)
+    got = ops.sequence_logprob(x, y, seq_index, s, backend=backend)
+    for i in range(s):
+        a, b = cu[i].item(), cu[i + 1].item()
+        zeros = torch.zeros(b - a, dtype=torch.int64, device=device)
+        want = ops_reference.sequence_logprob(x[a:b], y[a:b], zeros, 1) if b > a else torch.zeros(1)
+        assert_close(got[i : i + 1], want, (1e-5, 1e-5))
+
+
+INVALID_CU = [
+    ([0, 2, 5], TypeError, "torch.Tensor"),  # a list
+    (torch.tensor([0.0, 2.0]), TypeError, "int32 or int64"),
+    (torch.tensor([0]), ValueError, "S \\+ 1 >= 2"),
+    (torch.tensor([[0, 2]]), ValueError, "1-D"),
+    (torch.tensor([1, 3]), ValueError, "start at 0"),
+    (torch.tensor([0, 4, 2]), ValueError, "non-decreasing"),
+]
+
+
+@pytest.mark.parametrize(("cu", "err", "match"), INVALID_CU)
+def test_seq_index_from_cu_seqlens_rejects(cu, err, match):
+    before = cu.clone() if isinstance(cu, torch.Tensor) else list(cu)
+    with pytest.raises(err, match=match):
+        ops.seq_index_from_cu_seqlens(cu)
+    assert (cu == before).all() if isinstance(cu, torch.Tensor) else cu == before

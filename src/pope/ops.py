@@ -1,13 +1,15 @@
 r"""Differentiable log-prob and POPE-loss ops on LM logits (torch).
 
-Three public ops:
+Three public ops, and one helper for packed batches:
 
 * :func:`sequence_logprob`: per-sequence sums of target-token log-probs from ``(N, V)``
   logits (packed, ragged sequences: a per-token ``seq_index``);
 * :func:`pope_loss`: the off-policy POPE objective (importance weight, ratio control,
   advantage) fused with the log-prob reduction;
 * :func:`linear_sequence_logprob`: :func:`sequence_logprob` from hidden states and the LM
-  head weight, chunked so the ``(N, V)`` logits never exist at once.
+  head weight, chunked so the ``(N, V)`` logits never exist at once;
+* :func:`seq_index_from_cu_seqlens`: the per-token ``seq_index`` of a packed (varlen) batch
+  from its cumulative sequence lengths, the layout of flash-attention's varlen kernels.
 
 Backend dispatch (per call)
 ---------------------------
@@ -44,6 +46,7 @@ __all__ = [
     "linear_sequence_logprob",
     "pope_loss",
     "resolve_op_backend",
+    "seq_index_from_cu_seqlens",
     "sequence_logprob",
 ]
 
@@ -266,6 +269,63 @@ def _bump_version(t: torch.Tensor) -> None:
     bump = getattr(torch.autograd.graph, "increment_version", None)
     if bump is not None:
         bump(t)
+
+
+def seq_index_from_cu_seqlens(cu_seqlens: torch.Tensor) -> tuple[torch.Tensor, int]:
+    r"""Per-token sequence index of a packed batch, from cumulative sequence lengths.
+
+    .. math::
+
+        \mathrm{seq\_index}_t = s \quad\text{for}\quad
+        \mathrm{cu}_s \le t < \mathrm{cu}_{s+1}, \qquad s = 0, \dots, S-1,
+
+    so ``sequence_logprob(logits, targets, *seq_index_from_cu_seqlens(cu))`` sums the tokens
+    ``cu[s]:cu[s+1]`` of each sequence. A sequence of length 0 gets log-prob 0.
+
+    Parameters
+    ----------
+    cu_seqlens : (S + 1,) int32 / int64 tensor
+        ``[0, cu_1, ..., N]``, non-decreasing, ``S >= 1`` (the ``cu_seqlens`` of
+        flash-attention's varlen interface). Rows ``N`` and beyond of the logits, if any, are
+        not covered: slice the logits to ``cu_seqlens[-1]`` rows.
+
+    Returns
+    -------
+    seq_index : (N,) int64 tensor on the device of ``cu_seqlens``
+    num_seqs : int
+        S.
+
+    Raises
+    ------
+    TypeError
+        ``cu_seqlens`` is not an integer tensor.
+    ValueError
+        Not 1-D with at least 2 entries, not starting at 0, or decreasing.
+
+    Notes
+    -----
+    One device synchronisation: the checks and the length ``N = cu_seqlens[-1]``.
+    """
+    cu = _check_tensor("cu_seqlens", cu_seqlens)
+    if cu.dtype not in _INDEX_DTYPES:
+        raise TypeError(f"cu_seqlens must be int32 or int64, got {cu.dtype}")
+    if cu.dim() != 1 or cu.shape[0] < 2:
+        raise ValueError(
+            f"cu_seqlens must be 1-D with S + 1 >= 2 entries, got shape {tuple(cu.shape)}"
+        )
+    lengths = (cu[1:] - cu[:-1]).to(torch.int64)
+    first, total, negative = torch.stack(
+        [cu[0].to(torch.int64), cu[-1].to(torch.int64), (lengths < 0).any().to(torch.int64)]
+    ).tolist()
+    if first != 0:
+        raise ValueError(f"cu_seqlens must start at 0, got {first}")
+    if negative:
+        raise ValueError("cu_seqlens must be non-decreasing (sequence lengths >= 0)")
+    num_seqs = int(cu.shape[0] - 1)
+    seq_index = torch.repeat_interleave(
+        torch.arange(num_seqs, device=cu.device), lengths, output_size=int(total)
+    )
+    return seq_index, num_seqs
 
 
 # ------------------------------------------------------------------- autograd functions
