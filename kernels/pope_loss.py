@@ -43,6 +43,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .logprob import FP_FUSION
+
 __all__ = ["MODE_NONE", "MODE_PPO", "MODE_TRUNCATE", "pope_weights"]
 
 MODE_NONE = 0
@@ -186,5 +188,6 @@ def pope_weights(
         TOKEN_MEAN=counts is not None,
         BLOCK_S=BLOCK_S,
         num_warps=4,
+        enable_fp_fusion=FP_FUSION,
     )
     return loss_terms, weights, clipped.view(torch.bool), gcoef
