@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # One command for a CUDA machine: make pope importable, run the GPU tests of the Triton ops
-# (compiled kernels, not the interpreter), then the GPU benchmarks. Everything lands in
-# $OUT if set, else bench/results/<UTC timestamp>/.
+# (compiled kernels, not the interpreter), write the static compile report for this GPU's
+# architecture, then run the GPU benchmarks. Everything lands in $OUT if set, else
+# bench/results/<UTC timestamp>/, in at most 8 files (gpu_sh.log with the environment,
+# pytest_gpu.txt, aot_sm<arch>.md, bench_logprob.{txt,json,csv}, bench_linear_logprob.csv,
+# and pip_install.log only if an install was needed).
 #
 #   bash bench/gpu.sh                      # tests + all GPU benchmarks
 #   SKIP_TESTS=1 bash bench/gpu.sh         # benchmarks only
@@ -38,7 +41,7 @@ fi
 'triton', triton.__version__, 'device', torch.cuda.get_device_name() \
 if torch.cuda.is_available() else 'none')"
   git -C "$root" rev-parse HEAD 2>/dev/null || true
-} > "$results/environment.txt" 2>&1
+} >> "$results/gpu_sh.log" 2>&1
 log "results -> $results"
 
 if ! "$py" -c "import pope.ops, pope.kernels.logprob" >/dev/null 2>&1; then
@@ -59,12 +62,23 @@ fi
 
 # ------------------------------------------------------------------------------ tests
 if [ -z "${SKIP_TESTS:-}" ]; then
-  log "pytest tests/test_ops_*.py (compiled Triton kernels)"
-  "$py" -m pytest tests/test_ops_*.py -q -ra -p no:cacheprovider \
-      --junitxml="$results/pytest_gpu.xml" 2>&1 | tee "$results/pytest_gpu.txt"
+  log "pytest tests/test_ops_*.py tests/test_kernels_aot.py (compiled Triton kernels)"
+  "$py" -m pytest tests/test_ops_*.py tests/test_kernels_aot.py -q -ra -p no:cacheprovider \
+      2>&1 | tee "$results/pytest_gpu.txt"
   rc=${PIPESTATUS[0]}
   log "pytest exit code $rc"
   [ "$rc" -eq 0 ] || status=1
+fi
+
+# ------------------------------------------------- static report for this device's arch
+arch="$("$py" -c "import torch; a, b = torch.cuda.get_device_capability(); print(10 * a + b)" \
+        2>/dev/null || true)"
+if [ -n "$arch" ]; then
+  log "python -m pope.kernels.aot --arch $arch (registers, spills, 128-bit accesses)"
+  "$py" -m pope.kernels.aot --arch "$arch" >"$results/aot_sm$arch.md" 2>&1 \
+      || { log "aot report failed"; status=1; }
+else
+  log "no CUDA device: aot report skipped"
 fi
 
 # ------------------------------------------------------------------------- benchmarks
