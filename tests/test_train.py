@@ -6,6 +6,7 @@ Tiny models built from a config and a word-level tokenizer built here (no downlo
 from __future__ import annotations
 
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -303,6 +304,37 @@ def test_a_few_steps_raise_the_estimated_value(tok, tmp_path):
     assert totals[-1] > totals[0]
 
 
+
+def test_lora_trains_only_the_adapters_and_saves_a_loadable_adapter(tok, tmp_path):
+    peft = pytest.importorskip("peft")
+    ds = PopeDataset.from_records(make_records(n_prompts=4, k=4, seed=7))
+    lora = {"r": 4, "lora_alpha": 8, "target_modules": ["c_attn"], "fan_in_fan_out": True}
+    conf = cfg(tmp_path, max_steps=8, lr=3e-2, clip=20.0, schedule="constant", lora=lora,
+               save_final=True)
+    tr = OffPolicyTrainer(tiny_gpt2(seed=1), tok, ds, conf, reference_model="initial")
+    assert isinstance(tr.model, peft.PeftModel)
+    trainable = {n for n, p in tr.inner_model.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n for n in trainable)
+    frozen = {n: p.detach().clone() for n, p in tr.inner_model.named_parameters()
+              if not p.requires_grad}
+    before = tr.evaluate()
+    assert before["weight_mean"] == pytest.approx(1.0, rel=1e-4)  # B = 0: the adapter is a no-op
+    tr.train()
+    after = tr.evaluate()
+    assert after["total"] > before["total"] + 0.02
+    for n, p in tr.inner_model.named_parameters():
+        if n in frozen:
+            assert torch.equal(p, frozen[n]), n
+    assert any(p.abs().max() > 0 for n, p in tr.inner_model.named_parameters() if "lora_B" in n)
+    # the saved adapter, put on a fresh copy of the base model, is the trained policy
+    final = tmp_path / "out" / "final"
+    assert (final / "adapter_config.json").exists()
+    reloaded = peft.PeftModel.from_pretrained(tiny_gpt2(seed=1), final).eval()
+    tr.inner_model.eval()
+    ids = torch.tensor([ds.input_ids[0].tolist()])
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(ids).logits, tr.inner_model(ids).logits)
+
 def _params(model):
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
@@ -374,13 +406,8 @@ def test_kl_penalty_uses_reference_token_logprobs(tok, tmp_path):
     assert res.history[-1]["kl"] > 0
 
 
-def test_lora_without_peft_is_a_clear_error(tok, tmp_path):
-    try:
-        import peft  # noqa: F401
-    except ImportError:
-        pass
-    else:
-        pytest.skip("peft is installed")
+def test_lora_without_peft_is_a_clear_error(tok, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "peft", None)  # `import peft` now raises ImportError
     ds = PopeDataset.from_records(make_records(log_logging=-np.ones(12)))
     with pytest.raises(ImportError, match="peft"):
         OffPolicyTrainer(tiny_gpt2(), tok, ds, cfg(tmp_path, lora={"r": 4}))
