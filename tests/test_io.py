@@ -347,3 +347,47 @@ def test_load_embeddings(tmp_path, rng):
     np.save(tmp_path / "v.npy", np.zeros(3))
     with pytest.raises(ValueError, match="2-dimensional"):
         load_embeddings(tmp_path / "v.npy")
+
+
+# --------------------------------------------------- embedding model directories (no download)
+
+
+def _tiny_sentence_transformer(root):
+    """A 1-layer BERT with a word-level vocab, saved as a sentence-transformers directory."""
+    st = pytest.importorskip("sentence_transformers")
+    transformers = pytest.importorskip("transformers")
+    import torch
+
+    words = "the a cat dog sat on mat red blue why how is big small".split()
+    bert = root / "bert"
+    bert.mkdir()
+    special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    (bert / "vocab.txt").write_text("\n".join([*special, *words]))
+    transformers.BertTokenizerFast(str(bert / "vocab.txt")).save_pretrained(bert)
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(vocab_size=5 + len(words), hidden_size=16, num_hidden_layers=1,
+                                  num_attention_heads=2, intermediate_size=32)
+    transformers.BertModel(cfg).save_pretrained(bert)
+    # a plain encoder directory becomes transformer + mean pooling (sentence-transformers >= 3)
+    model = st.SentenceTransformer(str(bert), device="cpu", local_files_only=True)
+    model.save(str(root / "st"))
+    return root / "st"
+
+
+def test_sentence_transformers_directory_matches_the_plain_encoder_path(tmp_path, monkeypatch):
+    """The sentence-transformers path and the AutoModel mean-pooling fallback agree."""
+    import sys
+
+    from pope.aspects import embed_texts
+
+    model_dir = _tiny_sentence_transformer(tmp_path)
+    assert (model_dir / "modules.json").exists()
+    texts = ["the cat sat", "why is the dog big", "red", "a small blue mat on the mat"]
+    via_st = embed_texts(texts, model_dir, device="cpu", batch_size=3)
+    assert via_st.shape == (4, 16)
+    np.testing.assert_allclose(np.linalg.norm(via_st, axis=1), 1.0, rtol=1e-6)
+    monkeypatch.setitem(sys.modules, "sentence_transformers", None)  # force the fallback
+    via_auto = embed_texts(texts, model_dir, device="cpu", batch_size=3)
+    np.testing.assert_allclose(via_auto, via_st, rtol=1e-5, atol=1e-6)
+    # distinct texts, distinct embeddings (the model is not degenerate)
+    assert np.abs(via_st[0] - via_st[1]).max() > 1e-3
