@@ -26,8 +26,9 @@ Run it in a process of its own, **without** ``TRITON_INTERPRET=1``: under the in
 kernels are not compiled at all. On a machine that has a GPU the stand-in driver is also safe:
 the compile caches of the kernels are swapped out while it is active and restored after.
 
-This relies on Triton internals (``JITFunction.run`` and the active-driver slot). They have
-been stable from Triton 3.0 to 3.9, and a mismatch raises a ``RuntimeError`` that says so.
+This relies on Triton internals (``JITFunction.run`` and the active-driver slot). It was
+tested with Triton 3.9.0. If those internals are missing, it raises a ``RuntimeError`` that
+says so; other changes in them may surface as errors from Triton itself.
 """
 
 from __future__ import annotations
