@@ -138,8 +138,8 @@ def linear_sequence_logprob(
     .. math:: \log\pi(y_s) = \sum_{t: s(t)=s} (h_t W^\top)[y_t] - \log\sum_v e^{(h_t W^\top)[v]}
 
     Uses the chunked :func:`pope.ops.linear_sequence_logprob` (the ``N x V`` logits never
-    exist at once) when ``pope.ops`` has it and per-token log-probs are not requested;
-    otherwise :func:`pope.ops.sequence_logprob` on the materialised ``hidden @ weight.T``.
+    exist at once) unless per-token log-probs are requested; then
+    :func:`pope.ops.sequence_logprob` on the materialised ``hidden @ weight.T``.
 
     Parameters
     ----------
@@ -150,9 +150,8 @@ def linear_sequence_logprob(
     chunk_size : int, optional
         Rows per chunk of the fused path.
     """
-    fused = getattr(ops, "linear_sequence_logprob", None)
-    if fused is not None and not return_token_logprobs:
-        return fused(
+    if not return_token_logprobs:
+        return ops.linear_sequence_logprob(
             hidden,
             weight,
             targets,
@@ -174,8 +173,18 @@ def linear_sequence_logprob(
 
 
 # ----------------------------------------------------------------------------- results
-def _logaddexp(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return torch.logaddexp(a, b)
+#: The estimates and diagnostics of :meth:`ObjectiveStats.metrics`, also readable as
+#: attributes of :class:`PopeOutput`.
+_METRICS = (
+    "relevance",
+    "diversity",
+    "total",
+    "ess",
+    "weight_mean",
+    "weight_max",
+    "clip_fraction",
+    "kl",
+)
 
 
 @dataclass
@@ -220,7 +229,7 @@ class ObjectiveStats:
             if f.name == "lam":
                 out[f.name] = a
             elif f.name.startswith("log_"):
-                out[f.name] = _logaddexp(a, b)
+                out[f.name] = torch.logaddexp(a, b)
             elif f.name == "max_log_w":
                 out[f.name] = torch.maximum(a, b)
             else:
@@ -271,18 +280,8 @@ class ObjectiveStats:
 
     def metrics(self) -> dict[str, float]:
         """The estimates and diagnostics as Python floats (one device sync)."""
-        names = (
-            "relevance",
-            "diversity",
-            "total",
-            "ess",
-            "weight_mean",
-            "weight_max",
-            "clip_fraction",
-            "kl",
-        )
-        vals = torch.stack([getattr(self, k).to(torch.float64) for k in names]).tolist()
-        out = dict(zip(names, vals))
+        vals = torch.stack([getattr(self, k).to(torch.float64) for k in _METRICS]).tolist()
+        out = dict(zip(_METRICS, vals))
         out["n_seqs"] = float(self.n_seqs)
         out["n_prompts"] = float(self.n_prompts)
         return out
@@ -329,16 +328,7 @@ class PopeOutput:
 
     def __getattr__(self, name: str) -> Any:
         # relevance, diversity, total, ess, weight_mean, ... forwarded to ``stats``
-        if name in (
-            "relevance",
-            "diversity",
-            "total",
-            "ess",
-            "weight_mean",
-            "weight_max",
-            "clip_fraction",
-            "kl",
-        ):
+        if name in _METRICS:
             return getattr(self.stats, name)
         raise AttributeError(name)
 

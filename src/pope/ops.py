@@ -34,6 +34,7 @@ import math
 import numbers
 import os
 from types import ModuleType
+from typing import Any
 
 import torch
 
@@ -264,11 +265,23 @@ def _prepare_logits_for_triton(logits: torch.Tensor, inplace: bool) -> torch.Ten
     return logits.contiguous()
 
 
-def _bump_version(t: torch.Tensor) -> None:
-    """Tell autograd that ``t`` was overwritten (other saved uses of it then fail loudly)."""
-    bump = getattr(torch.autograd.graph, "increment_version", None)
-    if bump is not None:
-        bump(t)
+def _logits_backward(
+    ctx: Any, grad_seq: torch.Tensor | None, grad_tok: torch.Tensor | None
+) -> torch.Tensor:
+    """``d/d logits`` of the saved forward, from the sequence / token gradients (fp32).
+
+    With ``ctx.inplace_backward`` the gradient overwrites the saved logits, and autograd's
+    version counter of that tensor is bumped, so any other saved use of it fails loudly.
+    """
+    logits, targets, seq_index, lse = ctx.saved_tensors[:4]
+    logprob, _, _ = _kernels()
+    grad = logprob.logprob_bwd(
+        logits, targets, seq_index, lse, grad_seq, grad_tok, ctx.ignore_index,
+        inplace=ctx.inplace_backward,
+    )  # fmt: skip
+    if ctx.inplace_backward:
+        torch.autograd.graph.increment_version(logits)
+    return grad
 
 
 def seq_index_from_cu_seqlens(cu_seqlens: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -355,19 +368,11 @@ class _SequenceLogprobFunction(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_seq: torch.Tensor | None, grad_tok: torch.Tensor | None):  # type: ignore[override]
-        logits, targets, seq_index, lse = ctx.saved_tensors
         if grad_seq is None and grad_tok is None:
             return None, None, None, None, None, None
-        logprob, _, _ = _kernels()
         gs = None if grad_seq is None else grad_seq.float().contiguous()
         gt = None if grad_tok is None else grad_tok.float().contiguous()
-        grad = logprob.logprob_bwd(
-            logits, targets, seq_index, lse, gs, gt, ctx.ignore_index,
-            inplace=ctx.inplace_backward,
-        )  # fmt: skip
-        if ctx.inplace_backward:
-            _bump_version(logits)
-        return grad, None, None, None, None, None
+        return _logits_backward(ctx, gs, gt), None, None, None, None, None
 
 
 class _PopeLossFunction(torch.autograd.Function):
@@ -407,19 +412,12 @@ class _PopeLossFunction(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_loss: torch.Tensor | None, *_unused: object):  # type: ignore[override]
-        logits, targets, seq_index, lse, gcoef = ctx.saved_tensors
         nones = (None,) * 11
         if grad_loss is None:
             return (None, *nones)
-        logprob, _, _ = _kernels()
+        gcoef = ctx.saved_tensors[4]
         grad_seq = (gcoef * grad_loss.float()).contiguous()
-        grad = logprob.logprob_bwd(
-            logits, targets, seq_index, lse, grad_seq, None, ctx.ignore_index,
-            inplace=ctx.inplace_backward,
-        )  # fmt: skip
-        if ctx.inplace_backward:
-            _bump_version(logits)
-        return (grad, *nones)
+        return (_logits_backward(ctx, grad_seq, None), *nones)
 
 
 class _LinearSequenceLogprobFunction(torch.autograd.Function):
