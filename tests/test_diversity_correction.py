@@ -138,8 +138,12 @@ def test_evaluate_jackknife_merge_and_backends(rng, soft):
     # the corrected per-prompt values are the cluster units of the stderr
     hd = batch.prompt_diversity[~np.isnan(batch.prompt_diversity)]
     assert batch.diversity.value == pytest.approx(hd.mean(), rel=1e-13)
-    assert batch.diversity.stderr == pytest.approx(hd.std(ddof=1) / math.sqrt(hd.size),
-                                                   rel=1e-9)
+    # delta method of the ratio of means over the nu units (zero-weight prompts are units
+    # outside the diversity): psi_i = (nu / nd) 1_i^D (h_i - D)
+    nu, nd = batch.relevance.n, hd.size
+    psi = nu / nd * (hd - hd.mean())
+    assert batch.diversity.stderr == pytest.approx(
+        math.sqrt((psi**2).sum() / (nu * (nu - 1))), rel=1e-9)
     for n_shards in (2, 7):
         merged = reduce(add, [pope_stats(s, lt[s.row_index], **opts)
                               for s in fb.split(n_shards)]).estimate()

@@ -153,9 +153,12 @@ def test_c1_vw_single_example():
     kw = {"reward": [1.0], "log_target": [math.log(0.6)], "log_logging": [math.log(0.3)]}
     assert E.ips(**kw).value == pytest.approx(0.6 / 0.3, rel=1e-14)
     assert E.snips(**kw).value == pytest.approx(1.0, rel=1e-14)
-    # an undefined standard error gives the whole real line as interval
-    assert E.ips(**kw).ci() == (-math.inf, math.inf)
-    assert E.ips(**kw).ci(method="t") == (-math.inf, math.inf)
+    # an undefined standard error (one unit) is said, not printed as (-inf, inf)
+    with pytest.warns(pope.estimate.InsufficientDataWarning, match="only 1 independent unit"):
+        est = E.ips(**kw)
+    for method in ("normal", "t"):
+        with pytest.raises(ValueError, match="only 1 independent unit"):
+            est.ci(method=method)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -101,7 +101,9 @@ def naive_pope(fb, lw, *, lam=1.0, relevance="snips", coverage="self_normalized"
     se = lambda x, m: math.sqrt((x**2).sum() / (m * (m - 1)))  # noqa: E731
     return {
         "relevance": (R, se(psi_rel, nu)),
-        "diversity": (div, se(psi_div[D > 0], int(nd))),
+        # delta method of the ratio of means over all units (the indicator of the diversity
+        # prompts is random too), the same influence values that enter the total
+        "diversity": (div, se(nu / nd * psi_div, nu)),
         "total": (R + lam * div, se(psi, nu)),
     }
 
@@ -200,7 +202,8 @@ def test_relevance_matches_snips_and_ips_on_rewards(rng):
 def test_token_mean_weighting(rng):
     fb, _lt = make_feedback(rng, tokens=True, zero_prompt=False)
     tlt = np.log(rng.uniform(0.05, 1, fb.token_log_logging.size))
-    res = pope.evaluate(fb, token_log_target=tlt, weighting="token_mean")
+    res = pope.evaluate(fb, token_log_target=tlt, weighting="token_mean",
+                        diversity_estimator="jackknife")
     tp = fb.token_ptr
     lw = np.array([np.mean(tlt[tp[j]:tp[j + 1]] - fb.token_log_logging[tp[j]:tp[j + 1]])
                    if tp[j + 1] > tp[j] else 0.0 for j in range(fb.n_responses)])
@@ -220,7 +223,7 @@ def test_row_index_alignment(rng):
     lt_in = np.log(rng.uniform(0.05, 1, n))
     fb = pope.LoggedFeedback.from_arrays(prompt_id=pid, signal=sig, log_logging=ll, aspect=asp,
                                          n_aspects=3)
-    res = pope.evaluate(fb, lt_in[fb.row_index])
+    res = pope.evaluate(fb, lt_in[fb.row_index], diversity_estimator="jackknife")
     # independent: group by prompt id by hand, in first-appearance order
     order = []
     for p in pid:

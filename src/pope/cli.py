@@ -146,12 +146,18 @@ def _add_evaluate(sub: Any) -> None:
                    help="self-normalised or plain IPS relevance")
     g.add_argument("--coverage", choices=["self_normalized", "ips"],
                    default="self_normalized", help="normaliser of the per-prompt coverage")
-    g.add_argument("--diversity", choices=["coverage", "response_entropy"], default="coverage",
-                   help="coverage entropy, or its per-response lower bound")
-    g.add_argument("--diversity-estimator", choices=["jackknife", "plugin"],
-                   default="jackknife",
-                   help="per-prompt coverage entropy: delete-one-response jackknife "
-                        "(bias-corrected) or plug-in")
+    g.add_argument("--diversity", choices=["coverage", "gini_simpson", "response_entropy"],
+                   default="coverage",
+                   help="Shannon coverage entropy, Gini-Simpson coverage (identified exactly "
+                        "from 2 responses per prompt), or the per-response lower bound")
+    g.add_argument("--diversity-estimator", choices=["polynomial", "jackknife", "plugin"],
+                   default="polynomial",
+                   help="Shannon coverage entropy: minimax polynomial with a bias-aware "
+                        "interval (default), or jackknife / plug-in (biased; their "
+                        "intervals ignore the bias)")
+    g.add_argument("--diversity-degree", type=int, default=None, metavar="L",
+                   help="fix the polynomial degree (default: chosen among 2..4, accounted "
+                        "for in the interval)")
     g.add_argument("--alpha", type=float, default=0.05,
                    help="intervals at level 1 - alpha")
     g.add_argument("--ci", choices=["normal", "t", "bootstrap"], default="normal",
@@ -239,6 +245,7 @@ def _spec_from_args(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
         coverage=args.coverage,
         diversity=args.diversity,
         diversity_estimator=args.diversity_estimator,
+        diversity_degree=args.diversity_degree,
         alpha=args.alpha,
         estimators=tuple(est),
         baseline_clip=args.baseline_clip,

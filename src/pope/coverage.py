@@ -48,8 +48,11 @@ __all__ = [
 ]
 
 CoverageMode = Literal["self_normalized", "ips"]
-DiversityEstimator = Literal["plugin", "jackknife"]
-DIVERSITY_ESTIMATORS: tuple[str, ...] = ("plugin", "jackknife")
+DiversityEstimator = Literal["polynomial", "jackknife", "plugin"]
+DIVERSITY_ESTIMATORS: tuple[str, ...] = ("polynomial", "jackknife", "plugin")
+#: per-prompt entropy estimators of :func:`coverage_entropy` (the polynomial estimator pools
+#: prompts, see :func:`pope.evaluate`)
+PROMPT_ENTROPY_ESTIMATORS: tuple[str, ...] = ("plugin", "jackknife")
 
 _LOG_MAX = float(np.log(np.finfo(np.float64).max))
 _SOFT_TOL = 1e-6
@@ -320,7 +323,7 @@ def coverage_entropy(
     n_aspects: int | None = None,
     mode: CoverageMode = "self_normalized",
     normalize: bool = True,
-    estimator: DiversityEstimator = "plugin",
+    estimator: Literal["plugin", "jackknife"] = "plugin",
     backend: str | None = None,
 ) -> np.ndarray:
     r"""Entropy of each prompt's coverage, :math:`H(\hat p(\cdot|x_i))`.
@@ -340,8 +343,10 @@ def coverage_entropy(
     """
     ptr, labels, soft, c = resolve_aspects(source, aspect, aspect_probs, n_aspects)
     lw = check_log_weight(log_weight, int(ptr[-1]), mode)
-    if estimator not in DIVERSITY_ESTIMATORS:
-        raise ValueError(f"estimator must be one of {DIVERSITY_ESTIMATORS}, got {estimator!r}")
+    if estimator not in PROMPT_ENTROPY_ESTIMATORS:
+        raise ValueError(
+            f"estimator must be one of {PROMPT_ENTROPY_ESTIMATORS}, got {estimator!r} (the "
+            "polynomial estimator pools prompts: use pope.evaluate)")
     if estimator == "jackknife":
         h = jackknife_entropy_core(ptr, lw, labels, soft, c, mode == "self_normalized")
     else:

@@ -27,6 +27,7 @@ statistics class.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -38,6 +39,7 @@ __all__ = [
     "Diagnostics",
     "Estimate",
     "IPSStats",
+    "InsufficientDataWarning",
     "IntervalMethod",
     "MeanStats",
     "WeightMoments",
@@ -48,6 +50,13 @@ IntervalMethod = Literal["normal", "t", "bootstrap", "hoeffding", "bernstein"]
 BoundMethod = Literal["auto", "hoeffding", "bernstein"]
 
 _LOG_MAX = float(np.log(np.finfo(np.float64).max))
+#: below this effective sample size (or fraction of the weights) the normal interval is widened
+LOW_ESS = 30.0
+LOW_ESS_FRACTION = 0.05
+
+
+class InsufficientDataWarning(UserWarning):
+    """An estimate's uncertainty is not supported by the data (n < 2, zero variance, low ESS)."""
 
 
 class WeightOverflowError(OverflowError):
@@ -234,6 +243,20 @@ class Estimate:
         Why no (exact) bound is available.
     backend : str or None
         CPU backend used for the bootstrap.
+    bias_bound : float or None
+        :math:`B`: a bound on the estimator's bias, :math:`|\mathbb E\hat V - V| \le B`, that
+        every interval includes (bias-aware critical value, see :meth:`ci`); ``None`` when the
+        estimator carries no bound (unbiased or consistent estimators; the plug-in and
+        jackknife diversity, whose bias is not bounded: see ``docs/method.md``).
+    multiplicity : int
+        The interval is simultaneous over this many candidate estimators the estimate was
+        chosen among (e.g. polynomial degrees): :meth:`ci` works at level
+        :math:`\alpha/\text{multiplicity}` (Bonferroni), so the choice is accounted for.
+    parameter_range : (float, float) or None
+        A priori range of the estimated quantity (e.g. :math:`[0, 1]` for a diversity);
+        intervals are intersected with it, and with too few effective samples they are
+        widened to at least the range a Hoeffding bound at :math:`n = \mathrm{ESS}` allows
+        (see :meth:`ci`).
     """
 
     value: float
@@ -247,11 +270,42 @@ class Estimate:
     bound_heuristic: bool = False
     bound_note: str = ""
     backend: str | None = None
+    bias_bound: float | None = None
+    multiplicity: int = 1
+    parameter_range: tuple[float, float] | None = None
     _contrib_fn: Callable[[], np.ndarray] | None = field(default=None, repr=False)
     _boot_fn: Callable[[], BootstrapData] | None = field(default=None, repr=False)
     _cache: dict = field(init=False, default_factory=dict, repr=False)
 
+    def __post_init__(self) -> None:
+        note = self.uncertainty_note
+        if note:
+            warnings.warn(f"{self.estimator}: {note}", InsufficientDataWarning, stacklevel=3)
+
     # ------------------------------------------------------------------ basic views
+    @property
+    def uncertainty_note(self) -> str:
+        """Why the standard error says little ('' when it is usable): n < 2 or zero variance."""
+        if self.n < 2:
+            return (f"only {self.n} independent unit(s): the standard error is undefined, "
+                    "so the normal and t intervals are the a priori range (or undefined)")
+        if self.stderr == 0.0 and math.isfinite(self.value):
+            return ("zero sample variance: the standard error is 0 and the normal interval "
+                    "has zero width")
+        return ""
+
+    @property
+    def low_ess(self) -> bool:
+        """True when the weights' effective sample size is too small for the normal interval.
+
+        The rule: ESS below 30, or below 5% of the number of weights.
+        """
+        d = self.diagnostics
+        ess = d.ess
+        if not (isinstance(ess, float) and math.isfinite(ess)) or not d.n:
+            return False
+        return ess < LOW_ESS or ess < LOW_ESS_FRACTION * d.n
+
     @property
     def variance(self) -> float:
         """``stderr ** 2``: estimated variance of :attr:`value`."""
@@ -322,14 +376,24 @@ class Estimate:
         Parameters
         ----------
         alpha : float in (0, 1), optional
-            Defaults to :attr:`alpha`.
+            Defaults to :attr:`alpha`. With :attr:`multiplicity` :math:`m > 1` the interval is
+            computed at level :math:`\alpha/m`.
         method : {"normal", "t", "bootstrap", "hoeffding", "bernstein"}
-            ``"normal"``: :math:`\hat V \pm z_{1-\alpha/2}\,\mathrm{se}`;
-            ``"t"``: :math:`\hat V \pm t_{n-1,1-\alpha/2}\,\mathrm{se}`;
-            ``"bootstrap"``: percentile interval of ``n_boot`` resamples (``seed``);
+            ``"normal"``: :math:`\hat V \pm \mathrm{se}\,\mathrm{cv}_{1-\alpha}(B/\mathrm{se})`
+            with the bias bound :math:`B` (:attr:`bias_bound`, 0 when ``None``), which is
+            :math:`\hat V \pm z_{1-\alpha/2}\,\mathrm{se}` at :math:`B = 0`;
+            ``"t"``: :math:`\hat V \pm (t_{n-1,1-\alpha/2}\,\mathrm{se} + B)`;
+            ``"bootstrap"``: percentile interval of ``n_boot`` resamples (``seed``), widened by
+            :math:`B` on each side;
             ``"hoeffding"`` / ``"bernstein"``: :math:`\hat V \pm h` with the one-sided
             half-width :math:`h` of :meth:`lower_bound` at level :math:`\alpha/2` (needs a
             bounded estimator, see :attr:`bound_range`).
+            With a known :attr:`parameter_range` :math:`[l, u]` (width :math:`R`) the interval
+            is intersected with it, and when the effective sample size is low (:attr:`low_ess`)
+            the normal and t half-widths are at least
+            :math:`R\sqrt{\log(2/\alpha)/(2\,\mathrm{ESS})} + B` (Hoeffding's bound with the
+            ESS as the sample size: a floor that stops a collapsed weight distribution from
+            printing a narrow interval; :meth:`interval_note` says when it applied).
         n_boot, seed : int
             Bootstrap size and seed.
         heuristic : bool
@@ -338,28 +402,78 @@ class Estimate:
         Returns
         -------
         (lower, upper)
-            ``(-inf, inf)`` for the normal/t intervals when the standard error is undefined
-            (fewer than two units).
+
+        Raises
+        ------
+        ValueError
+            For the normal and t intervals when the standard error is undefined (fewer than
+            two units) and no :attr:`parameter_range` is known.
         """
         from pope.estimators import intervals as iv
 
-        a = iv.check_alpha(self.alpha if alpha is None else alpha)
-        v = self.value
+        a = iv.check_alpha(self.alpha if alpha is None else alpha) / max(1, self.multiplicity)
+        v, se = self.value, self.stderr
+        b = 0.0 if self.bias_bound is None else float(self.bias_bound)
         if method in ("normal", "t"):
-            if not math.isfinite(self.stderr) or self.n < 2:
-                return (-math.inf, math.inf)
-            q = (iv.normal_quantile(1.0 - a / 2.0) if method == "normal"
-                 else iv.t_quantile(1.0 - a / 2.0, self.n - 1))
-            return (v - q * self.stderr, v + q * self.stderr)
+            if not math.isfinite(se) or self.n < 2:
+                if self.parameter_range is not None:
+                    return self.parameter_range
+                raise ValueError(
+                    f"{self.estimator}: {self.uncertainty_note or 'the standard error is NaN'};"
+                    " no interval can be computed from the data"
+                )
+            if method == "normal":
+                h = se * iv.bias_aware_critical_value(b / se, a) if se > 0 else b
+            else:
+                h = iv.t_quantile(1.0 - a / 2.0, self.n - 1) * se + b
+            h = max(h, self._ess_floor(a) + b)
+            return self._clamp(v - h, v + h)
         if method == "bootstrap":
-            return iv.percentile_interval(self.bootstrap(n_boot, seed), a)
+            lo, hi = iv.percentile_interval(self.bootstrap(n_boot, seed), a)
+            return self._clamp(lo - b, hi + b)
         if method in ("hoeffding", "bernstein"):
             h = self._halfwidth(method, a / 2.0, heuristic)
-            return (v - h, v + h)
+            return self._clamp(v - h, v + h)
         raise ValueError(
             "method must be one of 'normal', 't', 'bootstrap', 'hoeffding', 'bernstein', "
             f"got {method!r}"
         )
+
+    def _ess_floor(self, alpha: float) -> float:
+        """The low-ESS floor of the half-width (0 when the ESS is adequate or no range)."""
+        if self.parameter_range is None or not self.low_ess:
+            return 0.0
+        lo, hi = self.parameter_range
+        ess = max(self.diagnostics.ess, 1.0)
+        return (hi - lo) * math.sqrt(math.log(2.0 / alpha) / (2.0 * ess))
+
+    def _clamp(self, lo: float, hi: float) -> tuple[float, float]:
+        if self.parameter_range is None:
+            return (lo, hi)
+        pl, ph = self.parameter_range
+        return (max(lo, pl), min(hi, ph))
+
+    def interval_note(self, alpha: float | None = None) -> str:
+        """What the default (normal) interval includes beyond z times the standard error: the bias
+        bound, the multiplicity, the low-ESS floor ('' when nothing)."""
+        from pope.estimators import intervals as iv
+
+        a = iv.check_alpha(self.alpha if alpha is None else alpha) / max(1, self.multiplicity)
+        notes = []
+        if self.uncertainty_note:
+            notes.append(self.uncertainty_note)
+        if self.bias_bound:
+            notes.append(f"includes a worst-case bias bound {self.bias_bound:.3g}")
+        if self.multiplicity > 1:
+            notes.append(f"simultaneous over {self.multiplicity} candidates (level alpha/"
+                         f"{self.multiplicity})")
+        if self._ess_floor(a) > 0 and math.isfinite(self.stderr):
+            z = iv.normal_quantile(1.0 - a / 2.0)
+            if self._ess_floor(a) > z * self.stderr:
+                d = self.diagnostics
+                notes.append(f"widened: ESS {d.ess:.3g} of {d.n} weights is too small for the "
+                             "normal approximation (Hoeffding floor at n = ESS)")
+        return "; ".join(notes)
 
     def _value_range(self, heuristic: bool) -> float:
         if self.bound_range is None:
@@ -417,8 +531,14 @@ class Estimate:
         return self.value - self._halfwidth(method, d, heuristic)
 
     # ------------------------------------------------------------------ display
+    def _ci_or_nan(self) -> tuple[float, float]:
+        try:
+            return self.ci()
+        except ValueError:
+            return (math.nan, math.nan)
+
     def __repr__(self) -> str:
-        lo, hi = self.ci()
+        lo, hi = self._ci_or_nan()
         a = self.alpha
         return (
             f"Estimate({self.estimator}: {self.value:.6g} ± {self.stderr:.3g} (se), "
@@ -427,15 +547,22 @@ class Estimate:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain-Python summary (value, stderr, normal CI, n and diagnostics)."""
-        lo, hi = self.ci()
+        """Plain-Python summary (value, stderr, default CI and what it includes, diagnostics).
+
+        ``ci_lower``/``ci_upper`` are ``None`` when no interval exists (fewer than two units
+        and no a priori range); ``interval_note`` says why and what the interval includes.
+        """
+        lo, hi = self._ci_or_nan()
         d = self.diagnostics
         return {
             "estimator": self.estimator,
             "value": self.value,
-            "stderr": self.stderr,
-            "ci_lower": lo,
-            "ci_upper": hi,
+            "stderr": self.stderr if math.isfinite(self.stderr) else None,
+            "ci_lower": lo if math.isfinite(lo) else None,
+            "ci_upper": hi if math.isfinite(hi) else None,
+            "bias_bound": self.bias_bound,
+            "multiplicity": self.multiplicity,
+            "interval_note": self.interval_note(),
             "alpha": self.alpha,
             "n": self.n,
             "ess": d.ess,

@@ -93,9 +93,11 @@ class EvalSpec:
         Self-normalised or plain IPS relevance.
     coverage : {"self_normalized", "ips"}
         Normaliser of the per-prompt aspect coverage.
-    diversity : {"coverage", "response_entropy"}
-    diversity_estimator : {"jackknife", "plugin"}
-        Per-prompt coverage-entropy estimator (:func:`pope.evaluate`; default jackknife).
+    diversity : {"coverage", "gini_simpson", "response_entropy"}
+    diversity_estimator : {"polynomial", "jackknife", "plugin"}
+        Coverage-entropy estimator (:func:`pope.evaluate`; default polynomial).
+    diversity_degree : int, optional
+        Fixed polynomial degree (default: chosen, see :func:`pope.evaluate`).
     alpha : float
         Level of the intervals (``1 - alpha`` coverage).
     estimators : tuple of str
@@ -134,7 +136,8 @@ class EvalSpec:
     relevance: str = "snips"
     coverage: str = "self_normalized"
     diversity: str = "coverage"
-    diversity_estimator: str = "jackknife"
+    diversity_estimator: str = "polynomial"
+    diversity_degree: int | None = None
     alpha: float = 0.05
     estimators: tuple[str, ...] = ("snips", "clipped_ips")
     baseline_clip: float | None = None
@@ -432,6 +435,7 @@ def _pope_kwargs(spec: EvalSpec) -> dict[str, Any]:
         "coverage": spec.coverage,
         "diversity": spec.diversity,
         "diversity_estimator": spec.diversity_estimator,
+        "diversity_degree": spec.diversity_degree,
         "weighting": spec.weighting,
         "clip": spec.clip,
         "alpha": spec.alpha,

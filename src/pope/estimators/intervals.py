@@ -14,12 +14,21 @@ All intervals are two-sided at level :math:`1-\alpha`; one-sided bounds at level
 * Hoeffding: for i.i.d. terms in an interval of length :math:`R`,
   :math:`P(\bar X - \mathbb E X \ge \varepsilon) \le \exp(-2n\varepsilon^2/R^2)`, so the
   one-sided half-width at level :math:`1-\delta` is :math:`R\sqrt{\log(1/\delta)/(2n)}`.
+* Bias-aware (Armstrong & Kolesar 2020): for an estimator with
+  :math:`|\mathbb E\hat V - V| \le B`, :math:`\hat V \pm \widehat{\mathrm{se}}\,
+  \mathrm{cv}_{1-\alpha}(B/\widehat{\mathrm{se}})`, where :math:`\mathrm{cv}_{1-\alpha}(b)` is
+  the :math:`1-\alpha` quantile of :math:`|N(b, 1)|` (the solution :math:`c` of
+  :math:`\Phi(c - b) - \Phi(-c - b) = 1 - \alpha`; :math:`z_{1-\alpha/2}` at :math:`b = 0`,
+  about :math:`b + z_{1-\alpha}` for large :math:`b`). It covers :math:`V` with probability
+  :math:`\ge 1-\alpha` (asymptotically) whatever the bias within the bound.
 * Empirical Bernstein (Maurer & Pontil 2009, Theorem 4): with the unbiased sample variance
   :math:`V_n`, with probability at least :math:`1-\delta`,
   :math:`\mathbb E X \ge \bar X - \sqrt{2 V_n \log(2/\delta)/n} - 7R\log(2/\delta)/(3(n-1))`.
 
 References
 ----------
+Armstrong, T. B. and Kolesar, M. (2020). Simple and honest confidence intervals in nonparametric
+regression. Quantitative Economics 11(1).
 Abramowitz, M. and Stegun, I. (1964). Handbook of Mathematical Functions, §26.7.
 Maurer, A. and Pontil, M. (2009). Empirical Bernstein bounds and sample variance penalization.
 COLT.
@@ -34,6 +43,7 @@ from statistics import NormalDist
 import numpy as np
 
 __all__ = [
+    "bias_aware_critical_value",
     "check_alpha",
     "empirical_bernstein_halfwidth",
     "hoeffding_halfwidth",
@@ -163,3 +173,29 @@ def empirical_bernstein_halfwidth(
         return math.inf
     lg = math.log(2.0 / delta)
     return math.sqrt(2.0 * max(variance, 0.0) * lg / n) + 7.0 * value_range * lg / (3.0 * (n - 1))
+
+
+def bias_aware_critical_value(b: float, alpha: float) -> float:
+    r""":math:`\mathrm{cv}_{1-\alpha}(b)`: the :math:`1-\alpha` quantile of :math:`|N(b, 1)|`.
+
+    Solves :math:`\Phi(c - b) - \Phi(-c - b) = 1 - \alpha` by bisection (the left side
+    increases in :math:`c`); ``b`` is the bias bound in standard errors (``b >= 0``; ``inf``
+    gives ``inf``).
+    """
+    b = abs(float(b))
+    if math.isnan(b):
+        raise ValueError("the bias bound must not be NaN")
+    if math.isinf(b):
+        return math.inf
+    nd = NormalDist()
+    target = 1.0 - alpha
+    lo, hi = max(0.0, b + nd.inv_cdf(1.0 - alpha) - 1e-9), b + nd.inv_cdf(1.0 - alpha / 2.0)
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        if nd.cdf(mid - b) - nd.cdf(-mid - b) < target:
+            lo = mid
+        else:
+            hi = mid
+        if hi - lo < 1e-13 * max(1.0, hi):
+            break
+    return 0.5 * (lo + hi)

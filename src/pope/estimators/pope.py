@@ -9,9 +9,17 @@ responses :math:`y_{ik}\sim\pi_0` carrying a reward :math:`r_{ik}\in[0,1]` and a
 * relevance (``relevance="snips"``, default):
   :math:`\hat U = \sum_{i,k} w_{ik} r_{ik} / \sum_{i,k} w_{ik}`; (``"ips"``):
   :math:`\hat U = \frac1N\sum_{i,k} w_{ik} r_{ik}` with :math:`N = \sum_i K_i`;
-* diversity: :math:`\hat D = \frac{1}{|\mathcal D|}\sum_{i\in\mathcal D} h_i` with
-  (``diversity="coverage"``) the coverage entropy of prompt :math:`i`, either its
-  delete-one-response jackknife (``diversity_estimator="jackknife"``, default)
+* diversity (``diversity="coverage"``, Shannon; ``diversity_estimator="polynomial"``,
+  default): the minimax polynomial estimator
+  :math:`\hat D = \sum_d\nu_d c_0^{(L_d)} + \sum_{j=2}^L A_j N_j/S_j` built on the unbiased
+  importance-weighted power sums of each prompt (:mod:`pope.power_sums`,
+  :mod:`pope.estimators.pope_features`), with the worst-case bias bound :math:`B_L`
+  (:mod:`pope.polynomial`) carried by every interval; ``diversity="gini_simpson"``: the
+  Gini-Simpson coverage :math:`(1 - \sum_c p_c^2)/(1 - 1/C)` from the same power sums
+  (exactly unbiased pairwise form, self-normalised across prompts);
+  or :math:`\hat D = \frac{1}{|\mathcal D|}\sum_{i\in\mathcal D} h_i` with
+  the coverage entropy of prompt :math:`i`, either its
+  delete-one-response jackknife (``diversity_estimator="jackknife"``)
   :math:`h_i = [K_i H(\hat p_i) - \frac{K_i-1}{K_i}\sum_k H(\hat p_{i,-k})]/\log C`, or the
   plug-in :math:`h_i = H(\hat p(\cdot|x_i))/\log C` (``"plugin"``), see :mod:`pope.coverage`;
   or :math:`h_i = \sum_k w_{ik} H(q_{ik})/\log C / \sum_k w_{ik}`
@@ -21,7 +29,9 @@ responses :math:`y_{ik}\sim\pi_0` carrying a reward :math:`r_{ik}\in[0,1]` and a
 * total: :math:`\hat V = \hat U + \lambda\hat D`.
 
 Uncertainty: prompts are the independent units (responses to the same prompt are dependent),
-so the standard errors are cluster (prompt-level) delta-method standard errors. With
+so the standard errors are cluster (prompt-level) delta-method standard errors
+(:mod:`pope.estimators.prompt_moments`; the formulas below are the special case of the
+per-prompt values ``h``). With
 per-prompt sums :math:`a_i = \sum_k \tilde w_{ik} r_{ik}`, :math:`b_i = \sum_k \tilde w_{ik}`
 (:math:`b_i = K_i` for IPS relevance), :math:`\bar b = \frac{1}{n_u}\sum_i b_i` over the
 :math:`n_u` prompts with :math:`K_i\ge1`, :math:`\hat R = \sum a_i/\sum b_i` and
@@ -65,153 +75,28 @@ from pope.coverage import (
     resolve_aspects,
 )
 from pope.data import LoggedFeedback, RewardNormalization
-from pope.estimate import Estimate, WeightMoments, _factor, _scaled
+from pope.estimate import Estimate, WeightMoments
 from pope.estimators.intervals import check_alpha
-from pope.estimators.single import _scaled_weights, ratio_of_columns, times_exp
+from pope.estimators.pope_features import (
+    DiversitySpec,
+    coefficients,
+    diversity_value,
+    feature_names,
+    power_rows,
+    relevance_value,
+)
+from pope.estimators.pope_stats import PopeStats
+from pope.estimators.prompt_moments import PromptMoments
+from pope.estimators.single import _scaled_weights
+from pope.power_sums import power_sums
 from pope.weights import check_clip, moments, token_mean_log_ratio, validate_log_probs
 
-__all__ = ["PopeEstimate", "PopeStats", "evaluate", "pope_stats"]
+__all__ = ["DIVERSITIES", "PopeEstimate", "PopeStats", "evaluate", "pope_stats"]
 
-_NO_BOUND = (
-    "POPE's relevance is a ratio over prompts with random K_i and its diversity a plug-in "
-    "or jackknife entropy, neither a mean of bounded i.i.d. terms; use "
-    "ci('normal'|'t'|'bootstrap'), or pope.estimators.ips with clip on the rewards for a "
-    "bound on the relevance."
-)
-_SUMS = ("sum_a", "sum_b", "sum_aa", "sum_ab", "sum_bb", "sum_h", "sum_hh", "sum_ah",
-         "sum_bh", "sum_a_div", "sum_b_div")
-# powers of the weight scale carried by each sum: (power of a-scale, power of b-scale)
-_POWERS = {"sum_a": (1, 0), "sum_b": (0, 1), "sum_aa": (2, 0), "sum_ab": (1, 1),
-           "sum_bb": (0, 2), "sum_h": (0, 0), "sum_hh": (0, 0), "sum_ah": (1, 0),
-           "sum_bh": (0, 1), "sum_a_div": (1, 0), "sum_b_div": (0, 1)}
-
-
-@dataclass(frozen=True)
-class PopeStats:
-    r"""Mergeable sufficient statistics of a POPE evaluation (sums over prompts).
-
-    Per prompt :math:`i` with :math:`K_i \ge 1`: :math:`a_i = \sum_k\tilde w_{ik}r_{ik}`,
-    :math:`b_i = \sum_k\tilde w_{ik}` (or :math:`K_i` for IPS relevance), and
-    :math:`h_i^D = \mathbb 1\{i\in\mathcal D\}h_i`, :math:`\mathbb 1_i^D`; stored are
-    :math:`\sum a`, :math:`\sum b`, :math:`\sum a^2`, :math:`\sum ab`, :math:`\sum b^2`,
-    :math:`\sum h^D`, :math:`\sum (h^D)^2`, :math:`\sum a h^D`, :math:`\sum b h^D`,
-    :math:`\sum a\mathbb 1^D`, :math:`\sum b\mathbb 1^D`, the counts :math:`n_u` and
-    :math:`|\mathcal D|`, and the response-level weight moments, with weights scaled by
-    :math:`e^{-m}` (``log_scale`` :math:`m`). ``a + b`` merges two disjoint prompt shards
-    evaluated with the same options; :meth:`estimate` gives the :class:`PopeEstimate`.
-    """
-
-    lam: float
-    relevance: str
-    options: tuple[tuple[str, Any], ...]
-    n_aspects: int
-    log_scale: float
-    n_prompts: int
-    n_units: int
-    n_div: int
-    sum_a: float
-    sum_b: float
-    sum_aa: float
-    sum_ab: float
-    sum_bb: float
-    sum_h: float
-    sum_hh: float
-    sum_ah: float
-    sum_bh: float
-    sum_a_div: float
-    sum_b_div: float
-    weights: WeightMoments
-
-    def __add__(self, other: PopeStats) -> PopeStats:
-        if not isinstance(other, PopeStats):
-            return NotImplemented
-        for nm in ("lam", "relevance", "options", "n_aspects"):
-            if getattr(self, nm) != getattr(other, nm):
-                raise ValueError(
-                    f"cannot merge POPE statistics with different {nm}: "
-                    f"{getattr(self, nm)!r} != {getattr(other, nm)!r}"
-                )
-        m = max(self.log_scale, other.log_scale)
-        fa, fb = _factor(self.log_scale, m), _factor(other.log_scale, m)
-        b_scaled = self.relevance == "snips"
-        kw = {}
-        for nm in _SUMS:
-            pa, pb = _POWERS[nm]
-            pw = pa + (pb if b_scaled else 0)
-            kw[nm] = fa**pw * getattr(self, nm) + fb**pw * getattr(other, nm)
-        return PopeStats(
-            lam=self.lam, relevance=self.relevance, options=self.options,
-            n_aspects=self.n_aspects, log_scale=m, n_prompts=self.n_prompts + other.n_prompts,
-            n_units=self.n_units + other.n_units, n_div=self.n_div + other.n_div,
-            weights=self.weights + other.weights, **kw,
-        )
-
-    # ------------------------------------------------------------------ estimates
-    def _scale(self) -> float:
-        """:math:`s`: 1 for SNIPS relevance, :math:`e^m` for IPS relevance."""
-        if self.relevance == "snips":
-            return 1.0
-        return _scaled(self.log_scale, 1.0, "pope relevance (ips)")
-
-    def estimate(self, alpha: float = 0.05) -> PopeEstimate:
-        """The relevance, diversity and total estimates (no contributions, no bootstrap)."""
-        a_ = check_alpha(alpha)
-        nu, nd, lam = self.n_units, self.n_div, self.lam
-        if nu == 0:
-            raise ValueError("no prompt has a logged response")
-        snips = self.relevance == "snips"
-        if self.sum_b <= 0 and snips:
-            raise ValueError(
-                "every importance weight is zero (the target gives probability 0 to every "
-                "logged response); the self-normalised relevance is undefined"
-            )
-        if nd == 0:
-            raise ValueError(
-                "no prompt has a positive total weight; the self-normalised coverage and the "
-                "diversity are undefined"
-            )
-        m = self.log_scale
-        rt = self.sum_a / self.sum_b
-        rel = rt if snips else _scaled(m, rt, "pope relevance (ips)")
-        s = self._scale()
-        bbar = self.sum_b / nu
-        ss_rel = max(self.sum_aa - 2.0 * rt * self.sum_ab + rt * rt * self.sum_bb, 0.0) / bbar**2
-        hbar = self.sum_h / nd
-        ss_div = max(self.sum_hh - nd * hbar * hbar, 0.0)
-        kappa = lam * nu / nd
-        cross = kappa / bbar * (self.sum_ah - hbar * self.sum_a_div - rt * self.sum_bh
-                                + rt * hbar * self.sum_b_div)
-        if nu > 1:
-            den_u = nu * (nu - 1.0)
-            se_rel = s * math.sqrt(ss_rel / den_u)
-            if s >= 1.0:
-                inner = ss_rel + 2.0 * cross / s + kappa**2 * ss_div / s**2
-                se_tot = s * math.sqrt(max(inner, 0.0) / den_u)
-            else:
-                inner = s * s * ss_rel + 2.0 * s * cross + kappa**2 * ss_div
-                se_tot = math.sqrt(max(inner, 0.0) / den_u)
-        else:
-            se_rel = se_tot = math.nan
-        se_div = math.sqrt(ss_div / (nd * (nd - 1.0))) if nd > 1 else math.nan
-        diag = self.weights.diagnostics(
-            n_units=nu,
-            extra={"n_prompts": self.n_prompts, "n_diversity_prompts": nd,
-                   "n_aspects": self.n_aspects, "lam": lam},
-        )
-
-        def mk(name: str, value: float, se: float, n: int) -> Estimate:
-            return Estimate(value=value, stderr=se, n=n, diagnostics=diag,
-                            estimator=f"pope.{name}", alpha=a_, stats=self,
-                            bound_range=None, bound_note=_NO_BOUND)
-
-        div = hbar
-        return PopeEstimate(
-            relevance=mk("relevance", rel, se_rel, nu),
-            diversity=mk("diversity", div, se_div, nd),
-            total=mk("total", rel + lam * div, se_tot, nu),
-            lam=lam,
-            stats=self,
-        )
+#: diversity functionals of :func:`evaluate`
+DIVERSITIES: tuple[str, ...] = ("coverage", "gini_simpson", "response_entropy")
+#: candidate degrees of the polynomial Shannon estimator when ``diversity_degree=None``
+DEFAULT_DEGREES: tuple[int, ...] = (2, 3, 4)
 
 
 @dataclass(frozen=True, eq=False)
@@ -222,22 +107,25 @@ class PopeEstimate:
     ----------
     relevance, diversity, total : Estimate
         :math:`\hat U`, :math:`\hat D` and :math:`\hat V = \hat U + \lambda\hat D`, each with
-        prompt-level standard errors, intervals (``ci``) and per-prompt ``contributions``
-        (over the prompts with :math:`K_i \ge 1`, scaled so that their mean is the estimate;
-        ``total.contributions = relevance.contributions + lam * diversity.contributions``).
+        prompt-level standard errors, intervals (``ci``, including the diversity's bias bound
+        ``bias_bound`` where the estimator carries one), and per-prompt ``contributions``:
+        pseudo-values :math:`\hat\theta + \psi_i` over the prompts with :math:`K_i \ge 1`,
+        whose mean is the estimate and whose deviations are the influence values
+        (``total.contributions = relevance.contributions + lam * diversity.contributions``).
     lam : float
     stats : PopeStats
         Mergeable statistics (``stats.estimate()`` rebuilds the three estimates).
+    degree : int
+        Polynomial degree used by the diversity (0 for the per-prompt estimators).
     p_hat : (n_prompts, C) ndarray or None
-        Estimated coverage of the target policy per prompt (rows of excluded prompts are 0).
+        Plug-in coverage of the target policy per prompt (rows of excluded prompts are 0).
     prompt_diversity : (n_prompts,) ndarray or None
-        :math:`h_i` (jackknife-corrected under ``diversity_estimator="jackknife"``); NaN for
-        prompts outside :math:`\mathcal D` (no response, or zero weight).
+        Per-prompt diversity values whose mean over the prompts in the diversity is
+        :math:`\hat D` (for the power-sum estimators
+        :math:`c_0 + \sum_j g_j\hat P_{j,i}N_j/S_j`); NaN for prompts outside it.
     diversity_reward : (N,) ndarray or None
-        Per-response :math:`d_{ik}` of the plug-in coverage, in stored row order: the
-        weighted mean of :math:`d` over a prompt is the *plug-in* :math:`h_i` (the
-        decomposition and the policy-gradient factor); it is the same under both
-        ``diversity_estimator`` values.
+        Per-response :math:`d_{ik}` of the plug-in coverage, in stored row order (the weighted
+        mean over a prompt is the plug-in :math:`h_i`).
     reward : (N,) ndarray or None
         Normalised rewards :math:`r_{ik}` used for the relevance.
     log_weight : (N,) ndarray or None
@@ -249,6 +137,7 @@ class PopeEstimate:
     total: Estimate
     lam: float
     stats: PopeStats
+    degree: int = 0
     p_hat: np.ndarray | None = None
     prompt_diversity: np.ndarray | None = None
     diversity_reward: np.ndarray | None = None
@@ -267,20 +156,33 @@ class PopeEstimate:
             raise ValueError("per-response arrays are not available from merged statistics")
         return self.reward + self.lam * self.diversity_reward
 
+    def influence(self, name: str) -> np.ndarray:
+        r"""Per-prompt influence values :math:`\psi_i` of ``name`` (mean 0;
+        :math:`\mathrm{se} = \sqrt{\sum\psi_i^2/(n(n-1))}`)."""
+        e: Estimate = getattr(self, name)
+        return np.asarray(e.contributions) - e.value
+
     def summary(self, alpha: float | None = None, method: str = "normal") -> str:
-        """A small text table of the three estimates with their intervals."""
-        rows = []
+        """A small text table of the three estimates with their intervals and what they
+        include (bias bound, choice of degree, low-ESS widening)."""
+        rows, notes = [], []
         for name in ("relevance", "diversity", "total"):
             e: Estimate = getattr(self, name)
             lo, hi = e.ci(alpha, method)  # type: ignore[arg-type]
             rows.append(f"{name:<10} {e.value:>10.5f} {e.stderr:>10.5f} [{lo:.5f}, {hi:.5f}]")
+            note = e.interval_note(alpha)
+            if note:
+                notes.append(f"  {name}: {note}")
         a = self.total.alpha if alpha is None else alpha
         d = self.diagnostics
+        est = d.extra.get("diversity_estimator")
+        deg = f", degree {self.degree}" if self.degree else ""
         head = f"{'':<10} {'value':>10} {'stderr':>10} {100 * (1 - a):g}% CI ({method})"
         tail = (f"prompts={d.extra.get('n_prompts')}, responses={d.n}, ess={d.ess:.4g}, "
-                f"max_weight={d.max_weight:.4g}, clipped={d.clipped_fraction:.3g}, "
-                f"lam={self.lam:g}")
-        return "\n".join([head, *rows, tail])
+                f"mean_weight={d.mean_weight:.4g}, max_weight={d.max_weight:.4g}, "
+                f"clipped={d.clipped_fraction:.3g}, lam={self.lam:g}, "
+                f"diversity estimator={est}{deg}")
+        return "\n".join([head, *rows, tail, *notes])
 
     def __repr__(self) -> str:
         return f"PopeEstimate(\n{self.summary()}\n)"
@@ -288,7 +190,7 @@ class PopeEstimate:
 
 # ----------------------------------------------------------------------------- computation
 def _check_choice(value: Any, name: str, choices: tuple[str, ...]) -> str:
-    if value not in choices:
+    if not isinstance(value, str) or value not in choices:
         raise ValueError(f"{name} must be one of {choices}, got {value!r}")
     return value
 
@@ -297,6 +199,91 @@ def _row_entropy(q: np.ndarray) -> np.ndarray:
     with np.errstate(divide="ignore", invalid="ignore"):
         t = np.where(q > 0, q * np.log(np.where(q > 0, q, 1.0)), 0.0)
     return -t.sum(axis=1)
+
+
+def _check_lam(lam: Any) -> float:
+    if isinstance(lam, bool) or not isinstance(lam, (int, float, np.integer, np.floating)):
+        raise TypeError(f"lam must be a real number, got {type(lam).__name__}")
+    try:
+        out = float(lam)
+    except OverflowError:
+        raise ValueError(f"lam must be finite and >= 0, got {lam!r}") from None
+    if not math.isfinite(out) or out < 0 or out > 1e12:
+        raise ValueError(f"lam must be finite and >= 0 (at most 1e12), got {lam!r}")
+    return out
+
+
+def _check_degree(degree: Any) -> int | None:
+    if degree is None:
+        return None
+    if isinstance(degree, bool) or not isinstance(degree, (int, np.integer)):
+        raise TypeError(f"diversity_degree must be an int or None, got {type(degree).__name__}")
+    if not 1 <= int(degree) <= 8:
+        raise ValueError(f"diversity_degree must be in [1, 8], got {degree}")
+    return int(degree)
+
+
+def _diversity_spec(diversity: str, estimator: str, c: int, degree: int | None,
+                    selfn: bool) -> DiversitySpec:
+    if diversity == "gini_simpson":
+        return DiversitySpec("power", c, "gini_simpson", 2, (2,), selfn)
+    if diversity == "coverage" and estimator == "polynomial":
+        degs = DEFAULT_DEGREES if degree is None else (degree,)
+        return DiversitySpec("power", c, "shannon", max(degs), degs, selfn)
+    return DiversitySpec("values", c, self_normalized=selfn)
+
+
+def _log_weights(fb: LoggedFeedback, log_target: Any, token_log_target: Any,
+                 weighting: str) -> tuple[np.ndarray, np.ndarray]:
+    n_resp = fb.n_responses
+    if weighting == "sequence":
+        if token_log_target is not None:
+            raise ValueError("token_log_target is only used with weighting='token_mean'")
+        if log_target is None:
+            raise TypeError("log_target is required with weighting='sequence'")
+        lt0 = as_float_array(log_target, "log_target", allow_neginf=True)
+        if lt0.shape[0] != n_resp:
+            raise ValueError(
+                f"log_target has length {lt0.shape[0]}, expected {n_resp} (one per stored "
+                "response, in the feedback's row order; see LoggedFeedback.row_index)"
+            )
+        return validate_log_probs(lt0, fb.log_logging)
+    if log_target is not None:
+        raise ValueError("weighting='token_mean' uses token_log_target; pass log_target=None")
+    if fb.token_log_logging is None:
+        raise ValueError(
+            "weighting='token_mean' needs per-token logging log-probs in the feedback "
+            "(token_log_logging, token_ptr)"
+        )
+    if token_log_target is None:
+        raise TypeError("token_log_target is required with weighting='token_mean'")
+    lt = token_mean_log_ratio(token_log_target, fb.token_log_logging, fb.token_ptr)
+    return lt, np.zeros(n_resp)
+
+
+def _values_diversity(be: Any, fb: LoggedFeedback, ptr: np.ndarray, lw: np.ndarray,
+                      labels: Any, soft: Any, c: int, selfn: bool, diversity: str,
+                      estimator: str, p: np.ndarray, ent: np.ndarray) -> np.ndarray:
+    """Per-prompt :math:`h_i` of the plug-in, jackknife or response-entropy diversity."""
+    n_prompts, seg, counts = fb.n_prompts, fb.prompt_index, fb.counts
+    log_c = math.log(c) if c > 1 else 1.0
+    if diversity == "coverage":
+        if estimator == "jackknife":
+            ent = jackknife_entropy_core(ptr, lw, labels, soft, c, selfn)
+        return ent / log_c if c > 1 else np.zeros(n_prompts)
+    e = _row_entropy(fb.aspect_rows()) / log_c if c > 1 else np.zeros(fb.n_responses)
+    if selfn:
+        mx = np.full(n_prompts, -np.inf)
+        units = counts > 0
+        if fb.n_responses:
+            mx[units] = np.maximum.reduceat(lw, ptr[:-1][units])
+        shift = np.where(np.isfinite(mx), mx, 0.0)
+        wl = np.exp(lw - shift[seg])
+        num = np.bincount(seg, weights=wl * e, minlength=n_prompts)
+        den = np.bincount(seg, weights=wl, minlength=n_prompts)
+        return np.where(den > 0, num / np.where(den > 0, den, 1.0), 0.0)
+    num = np.bincount(seg, weights=np.exp(lw) * e, minlength=n_prompts)
+    return np.where(counts > 0, num / np.maximum(counts, 1), 0.0)
 
 
 def _compute(
@@ -309,6 +296,7 @@ def _compute(
     coverage: str,
     diversity: str,
     diversity_estimator: str,
+    diversity_degree: int | None,
     weighting: str,
     token_log_target: Any,
     clip: Any,
@@ -316,16 +304,13 @@ def _compute(
 ) -> tuple[PopeStats, dict[str, Any]]:
     if not isinstance(feedback, LoggedFeedback):
         raise TypeError(f"feedback must be a LoggedFeedback, got {type(feedback).__name__}")
-    if isinstance(lam, bool) or not isinstance(lam, (int, float, np.integer, np.floating)):
-        raise TypeError(f"lam must be a real number, got {type(lam).__name__}")
-    lam = float(lam)
-    if not math.isfinite(lam) or lam < 0:
-        raise ValueError(f"lam must be finite and >= 0, got {lam!r}")
+    lam = _check_lam(lam)
     _check_choice(relevance, "relevance", ("snips", "ips"))
     _check_choice(coverage, "coverage", ("self_normalized", "ips"))
-    _check_choice(diversity, "diversity", ("coverage", "response_entropy"))
+    _check_choice(diversity, "diversity", DIVERSITIES)
     _check_choice(diversity_estimator, "diversity_estimator", DIVERSITY_ESTIMATORS)
     _check_choice(weighting, "weighting", ("sequence", "token_mean"))
+    degree = _check_degree(diversity_degree)
     fb = feedback
     n_resp = fb.n_responses
     log_clip = check_clip(clip)
@@ -333,105 +318,49 @@ def _compute(
     be = get_backend(bname)
     ptr, labels, soft, c = resolve_aspects(fb, None, None, None)
     r = fb.rewards(reward_normalization)
-
-    if weighting == "sequence":
-        if token_log_target is not None:
-            raise ValueError("token_log_target is only used with weighting='token_mean'")
-        if log_target is None:
-            raise TypeError("log_target is required with weighting='sequence'")
-        lt0 = as_float_array(log_target, "log_target", allow_neginf=True)
-        if lt0.shape[0] != n_resp:
-            raise ValueError(
-                f"log_target has length {lt0.shape[0]}, expected {n_resp} (one per stored "
-                "response, in the feedback's row order; see LoggedFeedback.row_index)"
-            )
-        lt, ll = validate_log_probs(lt0, fb.log_logging)
-    else:
-        if log_target is not None:
-            raise ValueError(
-                "weighting='token_mean' uses token_log_target; pass log_target=None")
-        if fb.token_log_logging is None:
-            raise ValueError(
-                "weighting='token_mean' needs per-token logging log-probs in the feedback "
-                "(token_log_logging, token_ptr)"
-            )
-        if token_log_target is None:
-            raise TypeError("token_log_target is required with weighting='token_mean'")
-        lt = token_mean_log_ratio(token_log_target, fb.token_log_logging, fb.token_ptr)
-        ll = np.zeros(n_resp)
-
+    lt, ll = _log_weights(fb, log_target, token_log_target, weighting)
     selfn = coverage == "self_normalized"
     lw = np.minimum(lt - ll, log_clip)
     check_log_weight(lw, n_resp, coverage)
     wm = WeightMoments.from_moments(moments(be, lt, ll, r, log_clip))
     m = wm.log_scale
-    n_prompts = fb.n_prompts
-    counts = fb.counts
-    seg = fb.prompt_index
+    n_prompts, counts, seg = fb.n_prompts, fb.counts, fb.prompt_index
     wt = _scaled_weights(lw, m)
     a = np.bincount(seg, weights=wt * r, minlength=n_prompts)
     b = (np.bincount(seg, weights=wt, minlength=n_prompts) if relevance == "snips"
          else counts.astype(np.float64))
-
+    spec = _diversity_spec(diversity, diversity_estimator, c, degree, selfn)
     p, ent = coverage_core(be, ptr, lw, labels, soft, c, selfn)
-    log_c = math.log(c) if c > 1 else 1.0
-    if diversity == "coverage":
-        if diversity_estimator == "jackknife":
-            ent = jackknife_entropy_core(ptr, lw, labels, soft, c, selfn)
-        h = ent / log_c if c > 1 else np.zeros(n_prompts)
-        d = diversity_core(be, ptr, p, labels, soft, c)
-    else:
-        e = _row_entropy(fb.aspect_rows()) / log_c if c > 1 else np.zeros(n_resp)
-        d = e
-        h = np.zeros(n_prompts)
-        units_ = counts > 0
+    d = diversity_core(be, ptr, p, labels, soft, c)
+    units = counts > 0
+    if spec.kind == "values":
+        h = _values_diversity(be, fb, ptr, lw, labels, soft, c, selfn, diversity,
+                              diversity_estimator, p, ent)
         if selfn:
             mx = np.full(n_prompts, -np.inf)
             if n_resp:
-                mx[units_] = np.maximum.reduceat(lw, ptr[:-1][units_])
-            shift = np.where(np.isfinite(mx), mx, 0.0)
-            wl = np.exp(lw - shift[seg])
-            num = np.bincount(seg, weights=wl * e, minlength=n_prompts)
-            den = np.bincount(seg, weights=wl, minlength=n_prompts)
-            h = np.where(den > 0, num / np.where(den > 0, den, 1.0), 0.0)
+                mx[units] = np.maximum.reduceat(lw, ptr[:-1][units])
+            in_div = units & (mx > -np.inf)
         else:
-            num = np.bincount(seg, weights=np.exp(lw) * e, minlength=n_prompts)
-            h = np.where(counts > 0, num / np.maximum(counts, 1), 0.0)
-
-    units = counts > 0
-    if selfn:
-        mx = np.full(n_prompts, -np.inf)
-        if n_resp:
-            mx[units] = np.maximum.reduceat(lw, ptr[:-1][units])
-        in_div = units & (mx > -np.inf)
+            in_div = units.copy()
+        div_cols = np.column_stack([np.where(in_div, h, 0.0), in_div.astype(np.float64)])
     else:
-        in_div = units.copy()
-
-    au, bu = a[units], b[units]
-    du = in_div[units].astype(np.float64)
-    hu = np.where(in_div, h, 0.0)[units]
-    stats = PopeStats(
-        lam=lam, relevance=relevance,
-        options=(("coverage", coverage), ("diversity", diversity),
-                 ("diversity_estimator", diversity_estimator), ("weighting", weighting),
-                 ("log_clip", log_clip), ("reward_normalization", reward_normalization)),
-        n_aspects=c, log_scale=m, n_prompts=n_prompts, n_units=int(units.sum()),
-        n_div=int(in_div.sum()),
-        sum_a=float(au.sum()), sum_b=float(bu.sum()), sum_aa=float((au * au).sum()),
-        sum_ab=float((au * bu).sum()), sum_bb=float((bu * bu).sum()), sum_h=float(hu.sum()),
-        sum_hh=float((hu * hu).sum()), sum_ah=float((au * hu).sum()),
-        sum_bh=float((bu * hu).sum()), sum_a_div=float((au * du).sum()),
-        sum_b_div=float((bu * du).sum()), weights=wm,
-    )
-    arrays = {
-        "units": (au, bu, hu, du),
-        "p_hat": p,
-        "prompt_diversity": np.where(in_div, h, np.nan),
-        "diversity_reward": d,
-        "reward": r,
-        "log_weight": lw,
-        "backend": bname,
-    }
+        p_hat, s_hat = power_sums(ptr, wt, labels, soft, c, spec.max_degree,
+                                  backend="reference" if bname == "reference" else None)
+        div_cols = power_rows(counts, p_hat, s_hat, spec.max_degree)
+        in_div = units
+        h = None
+    names, powers = feature_names(relevance == "snips", spec)
+    rows = np.column_stack([a, b, div_cols])[units]
+    mom = PromptMoments.from_rows(names, powers, m, rows)
+    options = (("coverage", coverage), ("diversity", diversity),
+               ("diversity_estimator", diversity_estimator),
+               ("diversity_degree", degree), ("weighting", weighting),
+               ("log_clip", log_clip), ("reward_normalization", reward_normalization))
+    stats = PopeStats(lam=lam, relevance=relevance, options=options, n_aspects=c,
+                      n_prompts=n_prompts, diversity_spec=spec, moments=mom, weights=wm)
+    arrays = {"rows": rows, "units": units, "in_div": in_div, "h": h, "p_hat": p,
+              "diversity_reward": d, "reward": r, "log_weight": lw, "backend": bname}
     return stats, arrays
 
 
@@ -443,8 +372,9 @@ def pope_stats(
     reward_normalization: RewardNormalization = "max",
     relevance: Literal["snips", "ips"] = "snips",
     coverage: Literal["self_normalized", "ips"] = "self_normalized",
-    diversity: Literal["coverage", "response_entropy"] = "coverage",
-    diversity_estimator: DiversityEstimator = "jackknife",
+    diversity: Literal["coverage", "gini_simpson", "response_entropy"] = "coverage",
+    diversity_estimator: DiversityEstimator = "polynomial",
+    diversity_degree: int | None = None,
     weighting: Literal["sequence", "token_mean"] = "sequence",
     token_log_target: Any = None,
     clip: float | None = None,
@@ -459,10 +389,36 @@ def pope_stats(
     stats, _ = _compute(
         feedback, log_target, lam=lam, reward_normalization=reward_normalization,
         relevance=relevance, coverage=coverage, diversity=diversity,
-        diversity_estimator=diversity_estimator, weighting=weighting,
-        token_log_target=token_log_target, clip=clip, backend=backend,
+        diversity_estimator=diversity_estimator, diversity_degree=diversity_degree,
+        weighting=weighting, token_log_target=token_log_target, clip=clip, backend=backend,
     )
     return stats
+
+
+def _prompt_diversity(stats: PopeStats, arr: dict[str, Any], degree: int) -> np.ndarray:
+    """Per-prompt diversity values whose mean over the diversity prompts is the estimate."""
+    units, in_div = arr["units"], arr["in_div"]
+    out = np.full(units.shape[0], np.nan)
+    if stats.diversity_spec.kind == "values":
+        out[in_div] = arr["h"][in_div]
+        return out
+    # D is linear in each prompt's features given the pooled normalisers N_j / S_j
+    mo, spec = stats.moments, stats.diversity_spec
+    rows = arr["rows"]
+    vals = np.zeros(rows.shape[0])
+    for dcl in range(1, spec.max_degree + 1):
+        poly = coefficients(spec.family, spec.n_aspects, min(dcl, degree))
+        ind = rows[:, mo.index(f"n{dcl}")]
+        vals += ind * poly.c0
+        for j in range(2, min(dcl, degree) + 1):
+            ds = range(j, spec.max_degree + 1)
+            s_j = sum(mo.mean[mo.index(f"S{e}.{j}")] for e in ds)
+            n_j = sum(mo.mean[mo.index(f"n{e}")] for e in ds)
+            f = n_j / s_j if (spec.self_normalized and s_j > 0) else \
+                (1.0 if not spec.self_normalized else 0.0)
+            vals += poly.g[j - 2] * rows[:, mo.index(f"P{dcl}.{j}")] * f
+    out[units] = vals
+    return out
 
 
 def evaluate(
@@ -473,8 +429,9 @@ def evaluate(
     reward_normalization: RewardNormalization = "max",
     relevance: Literal["snips", "ips"] = "snips",
     coverage: Literal["self_normalized", "ips"] = "self_normalized",
-    diversity: Literal["coverage", "response_entropy"] = "coverage",
-    diversity_estimator: DiversityEstimator = "jackknife",
+    diversity: Literal["coverage", "gini_simpson", "response_entropy"] = "coverage",
+    diversity_estimator: DiversityEstimator = "polynomial",
+    diversity_degree: int | None = None,
     weighting: Literal["sequence", "token_mean"] = "sequence",
     token_log_target: Any = None,
     clip: float | None = None,
@@ -499,24 +456,31 @@ def evaluate(
     relevance : {"snips", "ips"}
         Self-normalised (default; bounded, never overflows) or plain IPS relevance.
     coverage : {"self_normalized", "ips"}
-        Normaliser of the per-prompt coverage (:mod:`pope.coverage`).
-    diversity : {"coverage", "response_entropy"}
-        Coverage entropy (default), or the weighted mean per-response entropy
-        :math:`H(q_{ik})/\log C` (a Jensen lower bound of the coverage entropy, useful with
-        soft aspects; 0 for hard labels).
-    diversity_estimator : {"jackknife", "plugin"}
-        Estimator of each prompt's coverage entropy (``diversity="coverage"`` only; the
-        response entropy is a weighted mean and is used as is). ``"jackknife"`` (default):
-        the delete-one-response jackknife
-        :math:`K_i H(\hat p_i) - \frac{K_i-1}{K_i}\sum_k H(\hat p_{i,-k})` with the
-        leave-one-out coverage :math:`\hat p_{i,-k}` (self-normalised or IPS like
-        :math:`\hat p_i`); it removes the :math:`O(1/K_i)` term of the plug-in's downward
-        bias, at a larger variance, and is not clipped to :math:`[0, 1]` (clipping would
-        bias it down again). Prompts with :math:`K_i = 1` (or, for self-normalised
-        coverage, a single positive weight) get the plug-in. ``"plugin"``:
-        :math:`H(\hat p_i)/\log C`, which estimates the expected coverage entropy of
-        :math:`K_i` responses rather than :math:`D` (biased low for small :math:`K_i`).
-        Measured in ``bench/RESULTS.md`` (accuracy section).
+        Self-normalised (default) or plain IPS importance weighting of the coverage: per prompt
+        for the plug-in and jackknife, across prompts (the :math:`N_j/S_j` factors) for the
+        power-sum estimators.
+    diversity : {"coverage", "gini_simpson", "response_entropy"}
+        ``"coverage"`` (default): the Shannon coverage entropy :math:`H(p_\pi)/\log C`;
+        ``"gini_simpson"``: :math:`(1 - \sum_c p_\pi(c)^2)/(1 - 1/C)`, which :math:`K \ge 2`
+        responses identify exactly (pair-ESS diagnostic ``pair_ess_fraction``, warning below
+        0.2); ``"response_entropy"``: the weighted mean per-response entropy
+        :math:`H(q_{ik})/\log C` (a Jensen lower bound of the coverage entropy, 0 for hard
+        labels).
+    diversity_estimator : {"polynomial", "jackknife", "plugin"}
+        For ``diversity="coverage"``. ``"polynomial"`` (default): the minimax polynomial
+        estimator of degree :math:`L` (``diversity_degree``; by default chosen among 2, 3, 4
+        up to the largest :math:`K_i`, as the narrowest interval at level
+        :math:`\alpha/m` over the :math:`m` candidates), whose interval includes the
+        worst-case bias :math:`B_L` (``diversity.bias_bound``): what :math:`K` responses can
+        identify about :math:`D` (``docs/method.md``). Prompts with :math:`K_i < L` use degree
+        :math:`K_i`; a single response identifies nothing (value 1/2, bound 1/2, warning).
+        ``"jackknife"``: the delete-one-response jackknife of the plug-in (lower bias, no
+        bound). ``"plugin"``: :math:`H(\hat p_i)/\log C`, which estimates the expected
+        coverage entropy of :math:`K_i` responses rather than :math:`D` (biased low).
+        Neither of the last two intervals accounts for its bias (measured in
+        ``bench/RESULTS.md``).
+    diversity_degree : int, optional
+        Fix the polynomial degree (1..8; no choice, so no multiplicity).
     weighting : {"sequence", "token_mean"}
         Sequence ratio :math:`\exp(\log\pi_\theta - \log\pi_0)`, or the length-normalised
         :math:`\exp(\frac1T\sum_t[\log\pi_\theta(y_t|\cdot) - \log\pi_0(y_t|\cdot)])`
@@ -525,7 +489,7 @@ def evaluate(
     token_log_target : (T,) array_like, optional
         Per-token target log-probs for ``weighting="token_mean"``.
     clip : float, optional
-        Truncation :math:`M` of every weight (relevance and coverage).
+        Truncation :math:`M` of every weight (relevance and coverage); biases the power sums.
     alpha : float
         Default level of the intervals of the returned estimates.
     backend : str, optional
@@ -534,52 +498,60 @@ def evaluate(
     Returns
     -------
     PopeEstimate
-        ``.relevance``, ``.diversity``, ``.total`` (each an :class:`~pope.estimate.Estimate`),
-        per-prompt coverage ``.p_hat``, per-response ``.diversity_reward``, diagnostics and
-        the mergeable ``.stats``.
+        ``.relevance``, ``.diversity``, ``.total`` (each an :class:`~pope.estimate.Estimate`
+        whose ``ci()`` includes its bias bound, degree choice and low-ESS floor, said by
+        ``interval_note()``), per-prompt coverage ``.p_hat``, per-response
+        ``.diversity_reward``, diagnostics and the mergeable ``.stats``.
     """
     a_ = check_alpha(alpha)
     stats, arr = _compute(
         feedback, log_target, lam=lam, reward_normalization=reward_normalization,
         relevance=relevance, coverage=coverage, diversity=diversity,
-        diversity_estimator=diversity_estimator, weighting=weighting,
-        token_log_target=token_log_target, clip=clip, backend=backend,
+        diversity_estimator=diversity_estimator, diversity_degree=diversity_degree,
+        weighting=weighting, token_log_target=token_log_target, clip=clip, backend=backend,
     )
     est = stats.estimate(a_)
-    au, bu, hu, du = arr["units"]
-    nu, nd, lam_, m = stats.n_units, stats.n_div, stats.lam, stats.log_scale
-    snips = relevance == "snips"
-    values = np.column_stack([au, bu, hu, du])
+    return attach_arrays(est, stats, arr)
 
-    def rel_of(s: np.ndarray) -> np.ndarray:
-        q = ratio_of_columns(s[:, :2])
-        return q if snips else times_exp(q, m)
 
-    def div_of(s: np.ndarray) -> np.ndarray:
-        return ratio_of_columns(s[:, 2:4])
+def attach_arrays(est: PopeEstimate, stats: PopeStats, arr: dict[str, Any]) -> PopeEstimate:
+    """``est`` with pseudo-value contributions, bootstrap data and per-prompt arrays."""
+    rows, mo, lam_, deg = arr["rows"], stats.moments, stats.lam, est.degree
+    names, spec = mo.names, stats.diversity_spec
+    scale = stats.scale()
 
-    def rel_contrib() -> np.ndarray:
-        q = nu * au / stats.sum_b
-        return q if snips else times_exp(q, m)
+    def rel_of(mu: np.ndarray) -> np.ndarray:
+        return relevance_value(mu, names, scale)[0]
 
-    def div_contrib() -> np.ndarray:
-        return (nu / nd) * hu
+    def div_of(mu: np.ndarray) -> np.ndarray:
+        return diversity_value(mu, names, spec, deg)[0]
 
-    fns: dict[str, tuple[Callable[[], np.ndarray], Callable[[np.ndarray], np.ndarray]]] = {
-        "relevance": (rel_contrib, rel_of),
-        "diversity": (div_contrib, div_of),
-        "total": (lambda: rel_contrib() + lam_ * div_contrib(),
-                  lambda s: rel_of(s) + lam_ * div_of(s)),
+    grads = {"relevance": stats.relevance_parts().grad,
+             "diversity": stats.diversity_parts(deg).grad}
+    grads["total"] = grads["relevance"] + lam_ * grads["diversity"]
+    fns: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+        "relevance": rel_of, "diversity": div_of,
+        "total": lambda mu: rel_of(mu) + lam_ * div_of(mu),
     }
+    n = rows.shape[0]
     parts = {}
-    for name, (cf, bf) in fns.items():
-        parts[name] = dataclasses.replace(
-            getattr(est, name), _contrib_fn=cf,
-            _boot_fn=(lambda bf=bf: (values, bf)), backend=arr["backend"],
-        )
-    return PopeEstimate(
-        relevance=parts["relevance"], diversity=parts["diversity"], total=parts["total"],
-        lam=lam_, stats=stats, p_hat=arr["p_hat"], prompt_diversity=arr["prompt_diversity"],
+    for name, fn in fns.items():
+        e: Estimate = getattr(est, name)
+        g = grads[name]
+
+        def contrib(e: Estimate = e, g: np.ndarray = g) -> np.ndarray:
+            return e.value + (rows - mo.mean) @ g
+
+        def boot(fn: Callable[[np.ndarray], np.ndarray] = fn
+                 ) -> tuple[np.ndarray, Callable[[np.ndarray], np.ndarray]]:
+            return rows, lambda sums: fn(np.asarray(sums) / n)
+
+        parts[name] = dataclasses.replace(e, _contrib_fn=contrib, _boot_fn=boot,
+                                          backend=arr["backend"])
+    return dataclasses.replace(
+        est, relevance=parts["relevance"], diversity=parts["diversity"],
+        total=parts["total"], p_hat=arr["p_hat"],
+        prompt_diversity=_prompt_diversity(stats, arr, deg),
         diversity_reward=arr["diversity_reward"], reward=arr["reward"],
         log_weight=arr["log_weight"],
     )
