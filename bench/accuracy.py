@@ -45,6 +45,7 @@ import platform
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -57,11 +58,16 @@ from pope.synthetic import CandidateEnv, SoftmaxPolicy
 HERE = Path(__file__).resolve().parent
 SECTION = "## Accuracy (synthetic ground truth)"
 
+POLY_TOTAL = "POPE total, polynomial D (default)"
+POLY_DIV = "POPE diversity, polynomial (default)"
 JK_TOTAL = "POPE total, jackknife D"
 PLUG_TOTAL = "POPE total, plug-in D"
 JK_DIV = "POPE diversity, jackknife"
 PLUG_DIV = "POPE diversity, plug-in"
+GS_SN = "Gini-Simpson D_GS, self-normalised"
+GS_IPS = "Gini-Simpson D_GS, IPS"
 V_ESTIMATORS = [
+    POLY_TOTAL,
     JK_TOTAL,
     PLUG_TOTAL,
     "POPE total (IPS rel.), jackknife D",
@@ -74,7 +80,8 @@ V_ESTIMATORS = [
     "POPE total, jackknife D clipped to [0,1] (bench-only)",
     "POPE total, D Miller-Madow (bench-only)",
 ]
-D_ESTIMATORS = [JK_DIV, PLUG_DIV]
+D_ESTIMATORS = [POLY_DIV, JK_DIV, PLUG_DIV]
+GS_ESTIMATORS = [GS_SN, GS_IPS]
 U_ESTIMATORS = [
     "IPS",
     "SNIPS",
@@ -138,11 +145,22 @@ def pope_rows(
     fb = log.feedback
     lt = log.log_prob(pol)
     kw = {"lam": lam, "reward_normalization": "none"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", pope.estimate.InsufficientDataWarning)
+        poly = pope.evaluate(fb, lt, diversity_estimator="polynomial", **kw)
+        gs = pope.evaluate(fb, lt, diversity="gini_simpson", **kw)
+        gs_ips = pope.evaluate(fb, lt, diversity="gini_simpson", coverage="ips", **kw)
     jk = pope.evaluate(fb, lt, diversity_estimator="jackknife", **kw)
     pl = pope.evaluate(fb, lt, diversity_estimator="plugin", **kw)
     jk_ips = pope.evaluate(fb, lt, diversity_estimator="jackknife", relevance="ips", **kw)
     d, v = truth["diversity"], truth["total"]
+    gs_row = _row(GS_SN, "pope", "D_GS", gs.diversity, truth["gini_simpson"])
+    gs_row["pair_ess_fraction"] = gs.diagnostics.extra["pair_ess_fraction"]
     rows = [
+        _row(POLY_DIV, "pope", "D", poly.diversity, d),
+        _row(POLY_TOTAL, "pope", "V", poly.total, v),
+        gs_row,
+        _row(GS_IPS, "pope", "D_GS", gs_ips.diversity, truth["gini_simpson"]),
         _row(JK_DIV, "pope", "D", jk.diversity, d),
         _row(PLUG_DIV, "pope", "D", pl.diversity, d),
         _row(JK_TOTAL, "pope", "V", jk.total, v),
@@ -185,9 +203,13 @@ def run_cell(
     """All seeds of one cell; returns the per-estimator summary."""
     pol = target(env, cell["alpha"])
     truth = true_values(env, pol, lam, cell["k"])
+    cvg = env.coverage(pol)
+    c = cvg.shape[1]
+    truth["gini_simpson"] = float(np.mean((1.0 - (cvg**2).sum(axis=1)) / (1.0 - 1.0 / c)))
     dk = env.list_diversity_per_prompt(pol, cell["k"])[0]
     est: dict[str, list[float]] = {}
     cov: dict[str, list[bool]] = {}
+    pess: dict[str, list[float]] = {}
     ess: dict[str, list[float]] = {}
     se: dict[str, list[float]] = {}
     meta: dict[str, tuple[str, str, float]] = {}
@@ -202,6 +224,8 @@ def run_cell(
             name = r["estimator"]
             est.setdefault(name, []).append(r["estimate"])
             cov.setdefault(name, []).append(r["covered"])
+            if "pair_ess_fraction" in r:
+                pess.setdefault(name, []).append(r["pair_ess_fraction"])
             ess.setdefault(name, []).append(r["ess"])
             se.setdefault(name, []).append(r["stderr"])
             meta[name] = (r["family"], r["quantity"], r["truth"])
@@ -220,6 +244,7 @@ def run_cell(
             "coverage": float(np.mean(cov[name])),
             "se_ratio": float(np.mean(se[name]) / v.std(ddof=1)) if v.std() > 0 else math.nan,
             "ess": float(np.nanmean(ess[name])) if np.isfinite(ess[name]).any() else math.nan,
+            "pair_ess_fraction": float(np.mean(pess[name])) if name in pess else math.nan,
             "n_seeds": int(v.size),
         }
     return {**cell, "kl": truth["kl"], "truth": truth, "estimators": summary}
@@ -259,7 +284,7 @@ def _metric_table(
     return "\n".join(lines)
 
 
-def _ratio_table(res: list[dict[str, Any]], base_name: str = JK_TOTAL) -> str:
+def _ratio_table(res: list[dict[str, Any]], base_name: str = POLY_TOTAL) -> str:
     hdr = f"| SD ratio vs {base_name} | " + " | ".join(_cell_label(c) for c in res) + " |"
     lines = [hdr, "|---|" + "---:|" * len(res)]
     for nm in (
@@ -431,7 +456,23 @@ def markdown(result: dict[str, Any]) -> str:
         "",
         _metric_table(size, U_ESTIMATORS, "rmse"),
         "",
-        "### Diversity D: plug-in vs jackknife",
+        "### Gini-Simpson diversity D_GS (exactly identified from K >= 2)",
+        "",
+        "Bias, coverage and the pair-ESS fraction vs sample size (alpha = 1):",
+        "",
+        _metric_table(size, GS_ESTIMATORS, "bias"),
+        "",
+        _metric_table(size, GS_ESTIMATORS, "coverage", pct=True),
+        "",
+        "Bias, coverage vs divergence (n = 1000, K = 4):",
+        "",
+        _metric_table(div, GS_ESTIMATORS, "bias"),
+        "",
+        _metric_table(div, GS_ESTIMATORS, "coverage", pct=True),
+        "",
+        _metric_table(div, [GS_SN], "pair_ess_fraction", nd=3),
+        "",
+        "### Diversity D: polynomial (default) vs jackknife vs plug-in",
         "",
         "Bias vs sample size (alpha = 1):",
         "",

@@ -86,21 +86,31 @@ def test_evaluation_numbers_reproduce(demo_run: tuple[Path, dict[str, Any], str]
     # on-policy: IPS = SNIPS = the sample mean reward
     assert rows["IPS"]["estimate"] == pytest.approx(log.feedback.signal.mean(), abs=1e-12)
     assert rows["SNIPS"]["estimate"] == pytest.approx(log.feedback.signal.mean(), abs=1e-12)
-    # on-policy POPE diversity (library default, the jackknife): mean over prompts of
-    # K H(counts/K) - (K-1)/K sum_k H(counts without response k/(K-1)), in units of log C
+    # on-policy POPE diversity (library default, the minimax polynomial of degree L chosen
+    # among 2..4): all weights are 1, so the power sums are sum_c C(n_c, j) / C(K, j) with
+    # n_c the aspect counts of a prompt, and D_hat = c0 + sum_j g_j mean_i P_j,i
+    from math import comb
+
+    from pope.polynomial import entropy_polynomial
+
     fb = log.feedback
+    k = int(fb.counts[0])
+    assert (fb.counts == k).all()
 
-    def ent(a: np.ndarray) -> float:
-        p = np.bincount(a, minlength=env.n_aspects) / a.size
-        return -sum(x * math.log(x) for x in p if x > 0) / math.log(env.n_aspects)
+    def p_j(j: int) -> float:
+        vals = []
+        for i in range(fb.n_prompts):
+            n_c = np.bincount(fb.aspect[fb.prompt_ptr[i]:fb.prompt_ptr[i + 1]],
+                              minlength=env.n_aspects)
+            vals.append(sum(comb(int(x), j) for x in n_c) / comb(k, j))
+        return float(np.mean(vals))
 
-    h = []
-    for i in range(fb.n_prompts):
-        a = fb.aspect[fb.prompt_ptr[i]:fb.prompt_ptr[i + 1]]
-        k = a.size
-        loo = sum(ent(np.delete(a, j)) for j in range(k)) if k > 1 else 0.0
-        h.append(k * ent(a) - (k - 1) / k * loo if k > 1 else ent(a))
-    assert rows["POPE diversity"]["estimate"] == pytest.approx(np.mean(h), abs=1e-10)
+    cands = []
+    for L in range(2, min(k, 4) + 1):
+        poly = entropy_polynomial(env.n_aspects, L)
+        cands.append(poly.c0 + sum(g * p_j(j) for j, g in enumerate(poly.g, start=2)))
+    got = rows["POPE diversity"]["estimate"]
+    assert min(abs(got - x) for x in cands) < 1e-10, (got, cands)
 
 
 def test_training_section(demo_run: tuple[Path, dict[str, Any], str]) -> None:

@@ -94,7 +94,6 @@ def _sides(a: np.ndarray, t: float, s: float, x: np.ndarray, c: int) -> tuple[fl
     return float(c * np.max(delta - t * u)), float(-c * np.min(delta - s * u))
 
 
-@lru_cache(maxsize=512)
 def entropy_polynomial(n_aspects: int, degree: int) -> EntropyPolynomial:
     r"""Minimax coefficients and the bias bound :math:`B_L` for :math:`C` aspects, degree :math:`L`.
 
@@ -111,6 +110,11 @@ def entropy_polynomial(n_aspects: int, degree: int) -> EntropyPolynomial:
         raise ValueError(f"n_aspects must be >= 1, got {c}")
     if not 1 <= deg <= MAX_DEGREE:
         raise ValueError(f"degree must be in [1, {MAX_DEGREE}], got {deg}")
+    return _entropy_polynomial(c, deg)
+
+
+@lru_cache(maxsize=512)
+def _entropy_polynomial(c: int, deg: int) -> EntropyPolynomial:
     if c == 1:
         return EntropyPolynomial(1, deg, 0.0, (0.0,) * (deg - 1), 0.0)
     if deg == 1:

@@ -1,6 +1,7 @@
 """Numba twin of :func:`pope.power_sums.power_sums_reference` (elementary symmetric sums).
 
-Same recursion as the reference, in response order per prompt, parallel over prompts; returns
+Same recursion as the reference, in response order per prompt (serial: a parallel Numba
+region in the parent process deadlocks forked workers of a process pool); returns
 the un-normalised :math:`e_j` sums (``_normalise`` of :mod:`pope.power_sums` divides by
 :math:`\\binom{K}{j}`). Hard labels keep one ``(C, L+1)`` state per prompt and touch only the
 labelled aspect; soft rows update every aspect.
@@ -9,20 +10,20 @@ labelled aspect; soft rows update every aspect.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 __all__ = ["elementary_sums"]
 
-_BLOCK = 256  # prompts per parallel task
+_BLOCK = 256  # prompts per state reset block
 
 
-@njit(cache=True, parallel=True, nogil=True)
+@njit(cache=True, nogil=True)
 def _hard(ptr, w, labels, c, degree):  # pragma: no cover - compiled
     n_prompts = ptr.shape[0] - 1
     e_p = np.zeros((n_prompts, degree + 1))
     e_s = np.zeros((n_prompts, degree + 1))
     n_blocks = (n_prompts + _BLOCK - 1) // _BLOCK
-    for b in prange(n_blocks):
+    for b in range(n_blocks):
         st = np.empty((c, degree + 1))  # one state per block of prompts, reset per prompt
         ws = np.empty(degree + 1)
         for i in range(b * _BLOCK, min(n_prompts, (b + 1) * _BLOCK)):
@@ -49,14 +50,14 @@ def _hard(ptr, w, labels, c, degree):  # pragma: no cover - compiled
     return e_p, e_s
 
 
-@njit(cache=True, parallel=True, nogil=True)
+@njit(cache=True, nogil=True)
 def _soft(ptr, w, soft, degree):  # pragma: no cover - compiled
     n_prompts = ptr.shape[0] - 1
     c = soft.shape[1]
     e_p = np.zeros((n_prompts, degree + 1))
     e_s = np.zeros((n_prompts, degree + 1))
     n_blocks = (n_prompts + _BLOCK - 1) // _BLOCK
-    for b in prange(n_blocks):
+    for b in range(n_blocks):
         st = np.empty((degree + 1, c))
         ws = np.empty(degree + 1)
         for i in range(b * _BLOCK, min(n_prompts, (b + 1) * _BLOCK)):

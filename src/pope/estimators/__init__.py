@@ -8,13 +8,15 @@ Lists of :math:`L` responses (:mod:`pope.estimators.lists`): :func:`sips` (joint
 propensity), :func:`iips` (per-position marginals), :func:`rips` (cascade prefixes).
 
 POPE (:mod:`pope.estimators.pope`): :func:`evaluate` (relevance, diversity and their sum, with
-prompt-level uncertainty) and the mergeable :class:`PopeStats`.
+prompt-level uncertainty) and the mergeable :class:`PopeStats`; :func:`compare` (paired
+differences of two policies on one log, :mod:`pope.estimators.compare`).
 
 Interval maths: :mod:`pope.estimators.intervals`.
 """
 
 from __future__ import annotations
 
+from pope.estimators.compare import PopeComparison, compare
 from pope.estimators.lists import (
     cascade_log_propensity,
     iips,
@@ -26,9 +28,11 @@ from pope.estimators.pope import PopeEstimate, PopeStats, evaluate, pope_stats
 from pope.estimators.single import dm, dr, ips, sndr, snips, sub_gaussian_ips, switch_dr
 
 __all__ = [
+    "PopeComparison",
     "PopeEstimate",
     "PopeStats",
     "cascade_log_propensity",
+    "compare",
     "dm",
     "dr",
     "evaluate",

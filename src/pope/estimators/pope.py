@@ -414,8 +414,10 @@ def _prompt_diversity(stats: PopeStats, arr: dict[str, Any], degree: int) -> np.
             ds = range(j, spec.max_degree + 1)
             s_j = sum(mo.mean[mo.index(f"S{e}.{j}")] for e in ds)
             n_j = sum(mo.mean[mo.index(f"n{e}")] for e in ds)
-            f = n_j / s_j if (spec.self_normalized and s_j > 0) else \
-                (1.0 if not spec.self_normalized else 0.0)
+            if spec.self_normalized:
+                f = n_j / s_j if s_j > 0 else 0.0
+            else:
+                f = math.exp(j * stats.log_scale) if stats.log_scale > -math.inf else 0.0
             vals += poly.g[j - 2] * rows[:, mo.index(f"P{dcl}.{j}")] * f
     out[units] = vals
     return out
@@ -524,7 +526,7 @@ def attach_arrays(est: PopeEstimate, stats: PopeStats, arr: dict[str, Any]) -> P
         return relevance_value(mu, names, scale)[0]
 
     def div_of(mu: np.ndarray) -> np.ndarray:
-        return diversity_value(mu, names, spec, deg)[0]
+        return diversity_value(mu, names, spec, deg, stats.log_scale)[0]
 
     grads = {"relevance": stats.relevance_parts().grad,
              "diversity": stats.diversity_parts(deg).grad}

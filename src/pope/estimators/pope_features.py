@@ -37,6 +37,7 @@ from typing import Literal
 
 import numpy as np
 
+from pope.estimate import _scaled
 from pope.polynomial import EntropyPolynomial, entropy_polynomial
 
 __all__ = ["DiversitySpec", "coefficients", "diversity_value", "relevance_value"]
@@ -109,7 +110,7 @@ def power_rows(counts: np.ndarray, p_hat: np.ndarray, s_hat: np.ndarray,
 
 def relevance_value(mu: np.ndarray, names: tuple[str, ...],
                     scale: float) -> tuple[np.ndarray, np.ndarray]:
-    r""":math:`\hat U = s\bar a/\bar b` for means ``mu`` ``(..., F)``, and its gradient (1-D ``mu``)."""
+    r""":math:`\hat U = s\bar a/\bar b` for means ``mu`` ``(..., F)``; gradient for 1-D ``mu``."""
     ia, ib = names.index("a"), names.index("b")
     a, b = mu[..., ia], mu[..., ib]
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -122,8 +123,13 @@ def relevance_value(mu: np.ndarray, names: tuple[str, ...],
 
 
 def diversity_value(mu: np.ndarray, names: tuple[str, ...], spec: DiversitySpec,
-                    degree: int) -> tuple[np.ndarray, np.ndarray, float]:
+                    degree: int, log_scale: float = 0.0
+                    ) -> tuple[np.ndarray, np.ndarray, float]:
     r""":math:`\hat D` for means ``mu`` ``(..., F)``, its gradient (1-D ``mu``) and bias bound.
+
+    ``log_scale`` :math:`m` of the scaled weights: the IPS form multiplies the degree-:math:`j`
+    sums by :math:`e^{jm}` (the self-normalised form is scale-free);
+    :class:`~pope.estimate.WeightOverflowError` if that leaves float64.
 
     The bias bound is :math:`B = \sum_d \nu_d B_{L_d}` (``nan`` for ``kind="values"``: the
     plug-in and jackknife carry no bound).
@@ -154,10 +160,11 @@ def diversity_value(mu: np.ndarray, names: tuple[str, ...], spec: DiversitySpec,
         gj = {d: polys[d].g[j - 2] if len(polys[d].g) >= j - 1 else 0.0 for d in ds}
         a_j = sum(gj[d] * mu[..., names.index(f"P{d}.{j}")] for d in ds)
         if not spec.self_normalized:
-            val = val + a_j
+            f = _scaled(j * log_scale, 1.0, "IPS power sums") if log_scale != -math.inf else 0.0
+            val = val + f * a_j
             if mu.ndim == 1:
                 for d in ds:
-                    grad[names.index(f"P{d}.{j}")] += gj[d]
+                    grad[names.index(f"P{d}.{j}")] += gj[d] * f
             continue
         s_j = sum(mu[..., names.index(f"S{d}.{j}")] for d in ds)
         n_j = sum(nu[d] for d in ds)

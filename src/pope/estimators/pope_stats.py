@@ -79,7 +79,7 @@ class PopeStats:
         """Prompts that enter the diversity."""
         if self.diversity_spec.kind == "power":
             return self.n_units
-        return int(round(self.moments.mean[self.moments.index("in_div")] * self.n_units))
+        return round(float(self.moments.mean[self.moments.index("in_div")]) * self.n_units)
 
     def __add__(self, other: PopeStats) -> PopeStats:
         if not isinstance(other, PopeStats):
@@ -121,7 +121,7 @@ class PopeStats:
 
     def diversity_parts(self, degree: int) -> QuantityParts:
         v, g, b = diversity_value(self.moments.mean, self.moments.names, self.diversity_spec,
-                                  degree)
+                                  degree, self.log_scale)
         return QuantityParts(float(v), g, self.moments.stderr(g),
                              None if math.isnan(b) else b)
 
