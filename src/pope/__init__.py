@@ -2,7 +2,8 @@
 
 Main entry points: :class:`LoggedFeedback` (the log), :func:`evaluate` (POPE relevance,
 diversity and total with intervals), :func:`compare` (two policies on one log, paired), the
-baseline estimators in :mod:`pope.estimators`, and the coverage helpers :func:`coverage`, :func:`coverage_entropy`, :func:`diversity_reward`.
+baseline estimators in :mod:`pope.estimators`, and the coverage helpers :func:`coverage`,
+:func:`coverage_entropy`, :func:`diversity_reward`.
 
 ``import pope`` stays light (NumPy only); torch is imported by :mod:`pope.ops` on use.
 Note that ``pope.coverage`` is the function; import the module's other names with
