@@ -7,6 +7,7 @@ the published layouts (UltraFeedback, Anthropic HH, Stanford SHP, TRL), written 
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from pathlib import Path
@@ -74,7 +75,7 @@ def test_oasst_real_trees_match_independent_walk():
     np.testing.assert_allclose(multi, 0.5, atol=1e-12)
     # rows of a prompt are contiguous (streaming needs it)
     ids = df["prompt_id"].tolist()
-    assert len({i for i, j in zip(ids, ids[1:]) if i != j}) == df["prompt_id"].nunique() - 1
+    assert len({i for i, j in itertools.pairwise(ids) if i != j}) == df["prompt_id"].nunique() - 1
     # every lone unranked reply was dropped and counted
     n_unranked = sum(1 for t in trees() for _ in _unranked(t["prompt"]))
     assert df.attrs["reader"]["unranked_dropped"] == n_unranked > 0
@@ -134,7 +135,7 @@ def test_oasst_rank_ties_votes_unranked_deleted():
     assert votes["signal"].to_dict() == {"a0": 4 / 6, "a1": 2 / 3, "a2": 0.5, "a3": 1 / 4,
                                          "a5": 0.5}
     assert votes.loc["a5", "prompt"] == "User: Is tea healthy?\n\nAssistant: Yes.\n\nUser: Why?"
-    with pytest.raises(LogFormatError, match="a3.*no rank"):
+    with pytest.raises(LogFormatError, match=r"a3.*no rank"):
         read_oasst([tiny_tree()], unranked="error")
     kept = read_oasst([tiny_tree()], drop_deleted=False).set_index("response_id")
     assert kept.loc["a4", "signal"] == 0.0 and kept.loc["a0", "n_ranked"] == 4
@@ -258,7 +259,7 @@ def test_pairwise_hh_transcripts(tmp_path):
     assert df["signal"].tolist() == [1.0, 0.0, 1.0, 0.0]
     assert df["prompt"][2] == "\n\nHuman: Hi\n\nAssistant: Hello!\n\nHuman: Bye"
     bad = [{"chosen": "\n\nHuman: a\n\nAssistant: x", "rejected": "\n\nHuman: b\n\nAssistant: y"}]
-    with pytest.raises(LogFormatError, match="record 0.*differ"):
+    with pytest.raises(LogFormatError, match=r"record 0.*differ"):
         read_pairwise(bad)
 
 

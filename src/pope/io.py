@@ -33,11 +33,14 @@ import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from pope.data import LoggedFeedback
+
+if TYPE_CHECKING:  # defined in pope.readers, imported on first use (see __getattr__)
+    from pope.readers import read_logs, read_oasst, read_pairwise, read_ratings, read_trl
 
 __all__ = [
     "LIST_COLUMNS",
