@@ -54,6 +54,7 @@ __all__ = [
     "read_pairwise",
     "read_ratings",
     "read_trl",
+    "reader_summary",
     "resolve_logs",
 ]
 
@@ -165,3 +166,12 @@ def resolve_logs(path: Any, format: str | None, split: str | None = None) -> tup
         if detect_public_format(_peek_columns(p, fmt, split)) == "log":
             return path, fmt
     return read_logs(path, format, split=split), None
+
+
+def reader_summary(frame: Any) -> str | None:
+    """One line on what a public-format reader read and left out (``frame.attrs["reader"]``)."""
+    info = getattr(frame, "attrs", {}).get("reader")
+    if not info:
+        return None
+    parts = [f"{k}={v}" for k, v in info.items() if k != "format"]
+    return f"read as {info.get('format')}: {len(frame)} responses ({', '.join(parts)})"
