@@ -183,3 +183,67 @@ def test_reference_and_logging_model_exclusive(models, capsys):
     code, _, err = run(["evaluate", "--logs", OASST, "--format", "oasst", "--reference-model",
                         "/no/such/dir"], capsys)
     assert code == 2 and "--reference-model" in err
+
+
+# ----------------------------------------------------------------------------- pope score
+def test_score_then_evaluate_reuses_columns(tmp_path, models, capsys):
+    """Scored once, evaluated without models: the same numbers as scoring in evaluate."""
+    scored = tmp_path / "scored.parquet"
+    code, stdout, err = run(["score", "--logs", OASST, "--format", "oasst", "--model",
+                             models["ref"], "--token-logprobs", "--no-progress", "--out",
+                             scored], capsys)
+    assert code == 0, err
+    assert "log_logging, token_log_logging" in stdout
+    code, _, err = run(["score", "--logs", scored, "--model", models["target"], "--into",
+                        "log_target", "--no-progress", "--out", scored], capsys)
+    assert code == 2 and "exists" in err  # nothing overwritten without the flag
+    code, _, err = run(["score", "--logs", scored, "--model", models["target"], "--into",
+                        "log_target", "--no-progress", "--out", scored, "--overwrite"], capsys)
+    assert code == 0, err
+    df = pd.read_parquet(scored)
+    ref = read_oasst(OASST)
+    assert df["response_id"].tolist() == ref["response_id"].tolist()
+    # float32 scoring vs a float64 one-pair-at-a-time reference: |error| ~ 1e-5 per token
+    np.testing.assert_allclose(df["log_logging"], naive_logprobs(models["ref"], ref),
+                               rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose([sum(t) for t in df["token_log_logging"]], df["log_logging"],
+                               rtol=1e-5, atol=1e-4)
+    from pope.score_log import read_score_metadata
+
+    meta = read_score_metadata(scored)
+    assert set(meta) == {"log_logging", "log_target"}  # the first column's settings are kept
+    assert meta["log_logging"]["model"] == str(Path(models["ref"]).resolve())
+    assert meta["log_logging"]["add_eos"] is False
+    assert meta["log_logging"]["token_column"] == "token_log_logging"
+    # evaluate from the columns (no model) == evaluate scoring with the models
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    code, _, err = run(["evaluate", "--logs", scored, "--aspects-from", "none", "--out", a],
+                       capsys)
+    assert code == 0, err
+    code, _, err = run(["evaluate", "--logs", OASST, "--format", "oasst", "--policy",
+                        models["target"], "--reference-model", models["ref"], "--aspects-from",
+                        "none", "--no-progress", "--out", b], capsys)
+    assert code == 0, err
+    ra, rb = json.loads(a.read_text()), json.loads(b.read_text())
+    for k in ("relevance", "total"):
+        assert ra["pope"][k]["value"] == pytest.approx(rb["pope"][k]["value"], rel=1e-9)
+
+
+def test_score_errors(tmp_path, models, capsys):
+    df = pd.DataFrame({"prompt_id": [1, 1], "prompt": ["hi", None], "response": ["a", "b"],
+                       "signal": [1.0, 0.0]})
+    path = tmp_path / "l.parquet"
+    df.to_parquet(path)
+    code, _, err = run(["score", "--logs", path, "--model", models["ref"], "--out",
+                        tmp_path / "o.parquet"], capsys)
+    assert code == 2 and "no 'prompt' text" in err and "rows 1" in err
+    df["prompt"] = "hi"
+    df["log_logging"] = -1.0
+    df.to_parquet(path)
+    code, _, err = run(["score", "--logs", path, "--model", models["ref"], "--out",
+                        tmp_path / "o.parquet"], capsys)
+    assert code == 2 and "already has column" in err
+    code, _, err = run(["score", "--logs", path, "--model", models["ref"], "--out",
+                        tmp_path / "o.csv", "--overwrite"], capsys)
+    assert code == 2 and "Parquet" in err
+    assert pd.read_parquet(path)["log_logging"].tolist() == [-1.0, -1.0]  # input untouched

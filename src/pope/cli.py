@@ -560,6 +560,21 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- score
+def _add_score(sub: Any) -> None:
+    from pope import score_log
+
+    p = sub.add_parser(
+        "score", help="write a model's log-probs of the logged responses into the log (Parquet)",
+        description=("Score every logged response with a local causal LM and write\n"
+                     "log pi(y|x) (optionally per token) into a copy of the log (Parquet),\n"
+                     "so that evaluate and train reuse it instead of scoring again."),
+        epilog=score_log.SCORE_EXAMPLES, formatter_class=_Formatter,
+    )
+    score_log.add_arguments(p, _column_arg)
+    p.set_defaults(func=score_log.run)
+
+
 # ----------------------------------------------------------------------------- demo
 def _add_demo(sub: Any, load: bool) -> None:
     desc = "run the end-to-end demo (synthetic logs, evaluation and training)"
@@ -641,6 +656,7 @@ examples:
   pope evaluate --logs logs.parquet --policy ./model --out results.json
   pope evaluate --help
   pope train --logs logs.parquet --policy ./base --output-dir ./aligned
+  pope score --logs trees.jsonl --format oasst --model ./base --out scored.parquet
   pope demo
   pope bench
 
@@ -663,6 +679,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     sub.required = True
     _add_evaluate(sub)
     _add_train(sub)
+    _add_score(sub)
     argv_list = list(sys.argv[1:] if argv is None else argv)
     _add_demo(sub, load=bool(argv_list) and argv_list[0] == "demo")
     _add_bench(sub)
