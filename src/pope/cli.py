@@ -274,6 +274,7 @@ def _spec_from_args(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from pope.propensity import describe_propensity
     from pope.readers import reader_summary, resolve_logs
+    from pope.score_log import read_score_metadata
     from pope.streaming import evaluate_logs, evaluate_stream
 
     spec, opts = _spec_from_args(args)
@@ -284,8 +285,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
                                  format=fmt, split=args.split)
     else:
         result = evaluate_logs(logs, spec, format=fmt, split=args.split)
+    scored = read_score_metadata(args.logs).get(spec.columns.log_logging or "", {})
     prop = describe_propensity(result, logging_model=args.logging_model,
                                reference_model=args.reference_model,
+                               scored_by=scored.get("model"),
                                rank_signal=spec.reward_normalization == "rank")
     rep = result.report
     if not args.quiet:

@@ -53,6 +53,7 @@ def describe_propensity(
     *,
     logging_model: str | None = None,
     reference_model: str | None = None,
+    scored_by: str | None = None,
     rank_signal: bool = False,
     tol: float = ONE_TOLERANCE,
 ) -> dict[str, Any]:
@@ -65,6 +66,9 @@ def describe_propensity(
         The model declared to be the logging policy (``--logging-model``).
     reference_model : str, optional
         The model declared as a *proxy* of an unknown logging process (``--reference-model``).
+    scored_by : str, optional
+        The model that ``pope score`` wrote the log's logging column with (from the Parquet
+        metadata, :func:`pope.score_log.read_score_metadata`).
     rank_signal : bool
         The signals are within-prompt ranks (``--reward-normalization rank`` or the oasst rank
         rule): their plain average is 0.5 by construction.
@@ -72,23 +76,32 @@ def describe_propensity(
     Returns
     -------
     dict
-        ``source`` ("logged column", "logging model" or "reference model (proxy)"), ``model``,
+        ``source`` ("logged column", "logged column scored by pope score", "logging model" or
+        "reference model (proxy)"), ``model``,
         ``weights_identically_one``, ``meaning`` (a sentence for the output) and ``warnings``.
     """
     if logging_model is not None and reference_model is not None:
         raise ValueError("give a logging model or a reference model, not both")
     ones = weights_identically_one(result, tol)
     warnings = []
+    proxy = (
+        "The estimates reweight the logged responses by pi_target/pi_reference: they are the "
+        "target's value only if the logged responses are distributed like samples of the "
+        "reference. Read them as a comparison of policies against this reference (higher: the "
+        "target moves probability toward the better-rated logged responses), not as an "
+        "absolute value; the intervals cover sampling noise, not the proxy's error."
+    )
     if reference_model is not None:
         source, model = "reference model (proxy)", reference_model
         meaning = (
             f"log pi0 is taken from the declared reference model {reference_model}, not from the "
-            "(unknown) process that wrote the logs. The estimates reweight the logged responses "
-            "by pi_target/pi_reference: they are the target's value only if the logged "
-            "responses are distributed like samples of the reference. Read them as a comparison "
-            "of policies against this reference (higher: the target moves probability toward "
-            "the better-rated logged responses), not as an absolute value; the intervals cover "
-            "sampling noise, not the proxy's error."
+            "(unknown) process that wrote the logs. " + proxy
+        )
+    elif logging_model is None and scored_by is not None:
+        source, model = "logged column scored by pope score", scored_by
+        meaning = (
+            f"log pi0 is the log's column scored with {scored_by} (pope score). Unless that "
+            "model produced the logged responses it is a proxy of the logging policy. " + proxy
         )
     elif logging_model is not None:
         source, model = "logging model", logging_model
@@ -103,18 +116,23 @@ def describe_propensity(
             "log pi0 is the log's logging log-probability column; the estimates are off-policy "
             "estimates of the target's value (given support of the target by the logging policy)."
         )
+    is_proxy = reference_model is not None or (logging_model is None and scored_by is not None)
     if ones:
+        stderr = float(result.pope.relevance.stderr)
+        if stderr < 1e-12:
+            rank_signal = True
         meaning = (
             "every importance weight is 1: the target gives the logged responses the same "
-            "probabilities as the logging " + ("proxy" if reference_model else "policy") +
+            "probabilities as the logging " + ("proxy" if is_proxy else "policy") +
             ", so each estimate is the plain average reward of the logged responses (the value "
             "of whatever wrote the logs) and says nothing about the target."
-            + (" With within-prompt rank signals that average is 0.5 by construction."
-               if rank_signal else "")
+            + (" Every prompt has the same average reward here (standard error 0), as "
+               "within-prompt rank signals have by construction (their average is 0.5): at "
+               "equal weights such data cannot tell policies apart." if rank_signal else "")
         )
         warnings.append(
             "all importance weights are 1 (target == logging "
-            + ("proxy" if reference_model else "policy")
+            + ("proxy" if is_proxy else "policy")
             + " on these responses): the value is the log average, not an estimate for the "
             "target; evaluate a different target policy against this reference"
         )
