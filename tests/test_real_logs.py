@@ -123,7 +123,7 @@ def test_reference_equal_to_target_warns(tmp_path, models, capsys):
     assert code == 0, err
     res = json.loads(out.read_text())
     assert res["propensity"]["weights_identically_one"] is True
-    assert "0.5 by construction" in res["propensity"]["meaning"]
+    assert "(their average is 0.5)" in res["propensity"]["meaning"]
     assert "all importance weights are 1" in err and "says nothing about the target" in stdout
     assert any("all importance weights are 1" in w for w in res["warnings"])
     # the value is then the plain mean of per-prompt average rewards
@@ -247,3 +247,13 @@ def test_score_errors(tmp_path, models, capsys):
                         tmp_path / "o.csv", "--overwrite"], capsys)
     assert code == 2 and "Parquet" in err
     assert pd.read_parquet(path)["log_logging"].tolist() == [-1.0, -1.0]  # input untouched
+
+
+def test_train_reads_public_format(tmp_path, models, capsys):
+    code, stdout, err = run(["train", "--logs", OASST, "--format", "oasst", "--policy",
+                             models["target"], "--logging-model", models["ref"],
+                             "--aspects-from", "none", "--max-steps", "1", "--no-progress",
+                             "--output-dir", tmp_path / "out"], capsys)
+    assert code == 0, err
+    assert f"training on {len(read_oasst(OASST))} responses" in stdout
+    assert (tmp_path / "out" / "final").is_dir()
