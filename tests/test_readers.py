@@ -226,6 +226,11 @@ def test_ratings_flat_rows(tmp_path):
     assert out["prompt_id"][0] == out["prompt_id"][1] != out["prompt_id"][2]
     with pytest.raises(LogFormatError, match="prompt field"):
         read_ratings([{"text": "x"}])
+    csv = tmp_path / "hs.csv"
+    pd.DataFrame({"prompt": ["007", "007"], "response": ["1", "2"], "score": [1, 2]}).to_csv(
+        csv, index=False)
+    out = read_ratings(csv, score="score")
+    assert out["prompt"].tolist() == ["007", "007"] and out["response"].tolist() == ["1", "2"]
 
 
 # ----------------------------------------------------------------------------- pairwise

@@ -39,13 +39,19 @@ def as_list(v: Any) -> list[Any]:
     raise LogFormatError(f"expected a list, got {type(v).__name__}")
 
 
+#: Fields read as text from CSV/TSV (so a prompt "007" stays "007").
+_TEXT_FIELDS = ("prompt_id", "id", "prompt", "response", "instruction", "question", "text",
+                "completion", "output", "chosen", "rejected", "history", "human_ref_A",
+                "human_ref_B", "post_id", "message_id", "parent_id")
+
+
 def records_of(source: Any, split: str | None = None) -> list[dict[str, Any]]:
     """Records of a file (any format of :func:`pope.io.read_table`), frame or list of dicts."""
     if isinstance(source, list):
         if not all(isinstance(r, dict) for r in source):
             raise TypeError("a list source must hold dicts (one record each)")
         return source
-    frame = read_table(source, split=split, text_columns=())
+    frame = read_table(source, split=split, text_columns=_TEXT_FIELDS)
     return frame.to_dict(orient="records")
 
 
