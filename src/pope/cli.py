@@ -118,6 +118,10 @@ def _add_evaluate(sub: Any) -> None:
     g.add_argument("--logging-model", metavar="MODEL_DIR",
                    help="logging policy to score the responses with, instead of the logged "
                         "log_logging column")
+    g.add_argument("--reference-model", metavar="MODEL_DIR",
+                   help="logs without log-probabilities (written by people): score them with "
+                        "this model as a declared proxy of the logging policy; the output says "
+                        "what the value then means")
     g.add_argument("--batch-tokens", type=_positive_int, default=8192, metavar="N",
                    help="token budget of a scoring batch (padding included)")
     g.add_argument("--device", help="scoring device (default: cuda if available, else cpu)")
@@ -225,9 +229,13 @@ def _spec_from_args(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
         )
     if kw["aspects"] in ("embedding", "npy", "model") and not args.n_aspects:
         raise UsageError("--aspects-from with embeddings needs --n-aspects C (k-means clusters)")
-    for name, path in (("--policy", args.policy), ("--logging-model", args.logging_model)):
+    for name, path in (("--policy", args.policy), ("--logging-model", args.logging_model),
+                       ("--reference-model", args.reference_model)):
         if path is not None and not Path(path).is_dir():
             raise UsageError(f"{name}: model directory not found: {path}")
+    if args.logging_model and args.reference_model:
+        raise UsageError("give --logging-model (the logging policy) or --reference-model (a "
+                         "declared proxy of it), not both")
     if not 0 < args.alpha < 1:
         raise UsageError(f"--alpha must lie in (0, 1), got {args.alpha}")
     _check_device(args.device)
@@ -250,7 +258,7 @@ def _spec_from_args(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
         estimators=tuple(est),
         baseline_clip=args.baseline_clip,
         policy=args.policy,
-        logging_model=args.logging_model,
+        logging_model=args.logging_model or args.reference_model,
         batch_tokens=args.batch_tokens,
         device=args.device,
         dtype=args.dtype,
@@ -271,18 +279,29 @@ def _spec_from_args(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from pope.propensity import describe_propensity
+    from pope.readers import reader_summary, resolve_logs
+    from pope.score_log import read_score_metadata
     from pope.streaming import evaluate_logs, evaluate_stream
 
     spec, opts = _spec_from_args(args)
     _quiet_libraries()
+    logs, fmt = resolve_logs(args.logs, args.format, args.split)
     if args.chunk_rows:
-        result = evaluate_stream(args.logs, spec, chunk_rows=args.chunk_rows,
-                                 format=args.format, split=args.split)
+        result = evaluate_stream(logs, spec, chunk_rows=args.chunk_rows,
+                                 format=fmt, split=args.split)
     else:
-        result = evaluate_logs(args.logs, spec, format=args.format, split=args.split)
+        result = evaluate_logs(logs, spec, format=fmt, split=args.split)
+    scored = read_score_metadata(args.logs).get(spec.columns.log_logging or "", {})
+    prop = describe_propensity(result, logging_model=args.logging_model,
+                               reference_model=args.reference_model,
+                               scored_by=scored.get("model"),
+                               rank_signal=spec.reward_normalization == "rank")
     rep = result.report
     if not args.quiet:
         print(f"log: {args.logs}")
+        if reader_summary(logs):
+            print(reader_summary(logs))
         print(f"rows read: {rep.n_rows}; bad rows skipped: {rep.n_bad}; evaluated: "
               f"{result.n_responses} responses over {result.n_prompts} prompts")
         if rep.n_bad:
@@ -293,12 +312,16 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
               + (f" (C={spec.n_aspects})" if spec.n_aspects else ""))
         print()
     print(result.table(method=opts["ci"]))
-    warnings = result.warnings(args.ess_warning)
+    if not args.quiet:
+        print(f"\npropensities: {prop['source']}. {prop['meaning']}")
+    warnings = result.warnings(args.ess_warning) + prop["warnings"]
     for w in warnings:
         print(f"warning: {w}", file=sys.stderr)
     if args.out:
         out = result.to_dict(method=opts["ci"], ess_fraction=args.ess_warning)
         out["logs"] = str(args.logs)
+        out["propensity"] = {k: v for k, v in prop.items() if k != "warnings"}
+        out["warnings"] = out["warnings"] + prop["warnings"]
         Path(args.out).write_text(json.dumps(out, indent=2, allow_nan=False) + "\n")
         if not args.quiet:
             print(f"\nresults written to {args.out}")
@@ -355,8 +378,11 @@ def _add_input_args(g: Any) -> None:
     g.add_argument("--logs", required=True, metavar="PATH",
                    help="log file or directory: .parquet (or a directory of them), .jsonl, "
                         ".csv/.tsv, or a Hugging Face datasets directory (save_to_disk)")
-    g.add_argument("--format", choices=["parquet", "jsonl", "csv", "tsv", "hf"],
-                   help="override the format detected from the file name")
+    g.add_argument("--format", choices=["parquet", "jsonl", "csv", "tsv", "hf", "oasst",
+                                        "ratings", "pairwise", "trl", "auto"],
+                   help="override the format detected from the file name; oasst, ratings, "
+                        "pairwise, trl read public feedback formats, auto tells them apart "
+                        "(docs/data-format.md, Public formats)")
     g.add_argument("--split", help="split of a Hugging Face DatasetDict directory")
     g.add_argument("--column", action="append", type=_column_arg, default=[],
                    metavar="FIELD=NAME",
@@ -478,10 +504,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
     names = None
     if args.aspect_names:
         names = tuple(s.strip() for s in args.aspect_names.split(",") if s.strip())
+    from pope.readers import resolve_logs
+
+    logs, fmt = resolve_logs(args.logs, args.format, args.split)
     data = load_logs(
-        args.logs,
+        logs,
         columns=columns,
-        format=args.format,
+        format=fmt,
         split=args.split,
         on_error=args.on_error,
         require_log_logging=args.logging_model is None,
@@ -539,6 +568,21 @@ def _cmd_train(args: argparse.Namespace) -> int:
         print(f"step {result.step}: {shown}")
     print(f"model saved to {Path(args.output_dir) / 'final'}")
     return 0
+
+
+# ----------------------------------------------------------------------------- score
+def _add_score(sub: Any) -> None:
+    from pope import score_log
+
+    p = sub.add_parser(
+        "score", help="write a model's log-probs of the logged responses into the log (Parquet)",
+        description=("Score every logged response with a local causal LM and write\n"
+                     "log pi(y|x) (optionally per token) into a copy of the log (Parquet),\n"
+                     "so that evaluate and train reuse it instead of scoring again."),
+        epilog=score_log.SCORE_EXAMPLES, formatter_class=_Formatter,
+    )
+    score_log.add_arguments(p, _column_arg)
+    p.set_defaults(func=score_log.run)
 
 
 # ----------------------------------------------------------------------------- demo
@@ -622,6 +666,7 @@ examples:
   pope evaluate --logs logs.parquet --policy ./model --out results.json
   pope evaluate --help
   pope train --logs logs.parquet --policy ./base --output-dir ./aligned
+  pope score --logs trees.jsonl --format oasst --model ./base --out scored.parquet
   pope demo
   pope bench
 
@@ -644,6 +689,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     sub.required = True
     _add_evaluate(sub)
     _add_train(sub)
+    _add_score(sub)
     argv_list = list(sys.argv[1:] if argv is None else argv)
     _add_demo(sub, load=bool(argv_list) and argv_list[0] == "demo")
     _add_bench(sub)

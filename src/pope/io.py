@@ -33,11 +33,14 @@ import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from pope.data import LoggedFeedback
+
+if TYPE_CHECKING:  # defined in pope.readers, imported on first use (see __getattr__)
+    from pope.readers import read_logs, read_oasst, read_pairwise, read_ratings, read_trl
 
 __all__ = [
     "LIST_COLUMNS",
@@ -50,7 +53,12 @@ __all__ = [
     "iter_jsonl_frames",
     "load_hf_dataset",
     "load_logs",
+    "read_logs",
+    "read_oasst",
+    "read_pairwise",
+    "read_ratings",
     "read_table",
+    "read_trl",
     "validate_logs",
     "write_logs",
 ]
@@ -1024,3 +1032,16 @@ def load_logs(
     name = Path(source).name if isinstance(source, (str, os.PathLike)) else "log"
     return _drop_bad(data, on_error, name)
 
+
+# --------------------------------------------------------------------------- public formats
+#: Readers of public formats, defined in :mod:`pope.readers` (imported on first use, because
+#: that module builds on this one).
+_PUBLIC_READERS = ("read_logs", "read_oasst", "read_pairwise", "read_ratings", "read_trl")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _PUBLIC_READERS:
+        from pope import readers
+
+        return getattr(readers, name)
+    raise AttributeError(f"module 'pope.io' has no attribute {name!r}")
