@@ -13,7 +13,7 @@ from fp_bounds import gamma, logits_grad_diff
 from pope.kernels import logprob as K_logprob
 from pope.kernels import pope_loss as K
 
-from pope import ops, ops_reference
+from pope import WeightOverflowError, ops, ops_reference
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -355,11 +355,12 @@ def test_extreme_log_logging(device):
     ref, _ = run(case, s, backend="torch", ppo_eps=0.2)
     assert torch.isfinite(out.loss) and torch.isfinite(grad).all()
     assert_close(out.loss, ref.loss, loss_tol(torch.float32, out, case["adv"], s))
-    # without any ratio control an overflowing weight with A != 0 is reported, not hidden
+    # without any ratio control an overflowing weight with A != 0 raises (never an inf loss)
     case["adv"] = torch.tensor([1.0, 0.5, 0.0, 0.0], device=device)
-    out = ops.pope_loss(case["x"], case["y"], case["si"], s, case["ll"], case["adv"],
-                        backend="triton")  # fmt: skip
-    assert torch.isinf(out.loss)
+    for backend in ("triton", "torch"):
+        with pytest.raises(WeightOverflowError, match="sequence 0"):
+            ops.pope_loss(case["x"], case["y"], case["si"], s, case["ll"], case["adv"],
+                          backend=backend)  # fmt: skip
 
 
 def test_fully_masked_sequence(device):
