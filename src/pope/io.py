@@ -37,6 +37,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from pope._validation import normalize_ids
 from pope.data import LoggedFeedback
 
 __all__ = [
@@ -650,16 +651,17 @@ def _text_column(s: Any) -> list[str | None]:
     return [None if _isna(v) else str(v) for v in s]
 
 
-def _normalise_ids(values: np.ndarray) -> np.ndarray:
-    """Prompt ids (an object array) as int64 when all are integral numbers, else as str."""
-    if all(
-        isinstance(v, (int, float, np.integer, np.floating))
-        and not isinstance(v, (bool, np.bool_))
-        and float(v).is_integer()
-        for v in values
-    ):
-        return np.array([int(v) for v in values], dtype=np.int64)
-    return np.array([str(v) for v in values], dtype=object)
+def _normalise_ids(values: np.ndarray, rows: np.ndarray, col: str) -> np.ndarray:
+    """Prompt ids (present values) under the one id rule, :func:`pope._validation.normalize_ids`.
+
+    int64 if all are int-like, an object array of str if all are str; a dict / list / bool /
+    non-integral float id, or a mix of int and str ids, is a :class:`LogFormatError` naming
+    the row (the same rule as in memory and in streaming).
+    """
+    try:
+        return normalize_ids(values, f"prompt_id ({col!r})", rows=rows)
+    except (TypeError, ValueError) as e:
+        raise LogFormatError(str(e)) from None
 
 
 def _encode_aspects(
@@ -801,7 +803,7 @@ def validate_logs(
     pid_missing = _null_mask(frame[cols.prompt_id])
     report.add("missing prompt_id", rows[pid_missing])
     pid_obj = frame[cols.prompt_id].to_numpy(dtype=object)
-    pid_norm = _normalise_ids(pid_obj[~pid_missing])
+    pid_norm = _normalise_ids(pid_obj[~pid_missing], rows[~pid_missing], cols.prompt_id)
     prompt_id = np.empty(n, dtype=pid_norm.dtype)
     prompt_id[~pid_missing] = pid_norm
     prompt_id[pid_missing] = -1 if pid_norm.dtype != object else ""
