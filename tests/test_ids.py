@@ -98,3 +98,21 @@ def test_ids_and_arrays_are_not_modified():
     assert fb.prompt_ids.tolist() == [3, 1, 2]
     np.testing.assert_array_equal(ids, before[0])
     np.testing.assert_array_equal(sig, before[1])
+
+
+def test_aspect_labels_follow_the_same_rule_in_the_reader():
+    """A list aspect cell is a bad row (not stringified); int and str labels do not merge."""
+    frame = _frame([1, 1, 2])
+    cells = np.empty(3, dtype=object)
+    cells[:] = ["x", "y", None]
+    cells[2] = [1, 2]
+    frame["aspect"] = cells
+    data = validate_logs(frame, require_text=False)
+    bad = [k for k in data.report.issues if k.startswith("aspect is not a label")]
+    assert bad and data.report.issues[bad[0]].tolist() == [2]
+    frame["aspect"] = pd.Series([0, "0", "x"], dtype=object)
+    with pytest.raises(LogFormatError, match="mixes number and str aspect labels"):
+        validate_logs(frame, require_text=False)
+    frame["aspect"] = pd.Series([0, 1, 10**9], dtype=object)
+    with pytest.raises(LogFormatError, match="largest aspect label is 1000000000"):
+        validate_logs(frame, require_text=False)

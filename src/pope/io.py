@@ -37,7 +37,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from pope._validation import normalize_ids
+from pope._validation import check_n_aspects_size, normalize_ids
 from pope.data import LoggedFeedback
 
 __all__ = [
@@ -708,8 +708,29 @@ def _encode_aspects(
         rng = f"[0, {n_aspects})" if n_aspects is not None else "non-negative integers"
         report.add(f"unknown aspect ({col!r} must be one of {rng})", rows[bad])
         c = n_aspects if n_aspects is not None else (int(codes.max()) + 1 if codes.size else 1)
+        try:
+            check_n_aspects_size(max(c, 1), label=n_aspects is None)
+        except ValueError as e:
+            raise LogFormatError(f"{col!r}: {e}") from None
         return codes, None, max(c, 1)
-    # string labels without a vocabulary: sorted unique labels
+    # string labels without a vocabulary: sorted unique labels. Labels are str or int (as for
+    # prompt ids): a list / dict cell is a bad row, and int and str labels must not mix
+    # (0 and "0" would merge).
+    is_str = np.fromiter((isinstance(v, str) for v in vals), bool, len(vals))
+    is_num = np.fromiter(
+        (isinstance(v, (int, np.integer, float, np.floating)) and not isinstance(v, bool)
+         for v in vals), bool, len(vals),
+    )  # fmt: skip
+    not_label = ~missing & ~is_str & ~is_num
+    report.add(f"aspect is not a label ({col!r} must hold str or int values)", rows[not_label])
+    if (is_str & ~missing).any() and (is_num & ~missing).any():
+        i, j = int(np.flatnonzero(is_num & ~missing)[0]), int(np.flatnonzero(is_str)[0])
+        raise LogFormatError(
+            f"{col!r} mixes number and str aspect labels (row {rows[i]} is {vals[i]!r}, row "
+            f"{rows[j]} is {vals[j]!r}); use one type, or pass the aspect names"
+        )
+    missing = missing | not_label
+    present = vals[~missing]
     labels = sorted({str(v) for v in present})
     if n_aspects is not None and len(labels) > n_aspects:
         raise LogFormatError(
