@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
+import pope
 from pope import WeightOverflowError, ops
 from pope.objective import PopeObjective
 
@@ -173,3 +175,37 @@ def test_objective_rejects_at_construction(kw, err, match):
 @pytest.mark.parametrize("backend", [None, "auto", "torch", "triton"])
 def test_objective_accepts_valid_backends(backend):
     assert PopeObjective(backend=backend).backend == backend
+
+
+# ------------------------------------------------------------------ diversity_reward(p=)
+
+_PTR = np.array([0, 2, 2, 5])
+_ASPECT = np.array([0, 1, 1, 0, 2])
+P_BAD = [
+    (np.full((3, 3), 5.0), "row 0 sums to 15.0"),
+    (np.array([[0.5, 0.5, 0.0], [0.0, 0.0, 0.0], [0.5, 0.4, 0.0]]), "row 2 sums to 0.9"),
+    (np.array([[1.0, 1e-5, 0.0], [0.0, 0.0, 0.0], [1.0, 0.0, 0.0]]), "row 0 sums to 1.00001"),
+]
+
+
+@pytest.mark.parametrize(("p", "match"), P_BAD)
+def test_diversity_reward_rejects_p_off_the_simplex(p, match):
+    p.flags.writeable = False
+    with pytest.raises(ValueError, match=match):
+        pope.diversity_reward(_PTR, aspect=_ASPECT, n_aspects=3, p=p)
+
+
+def test_diversity_reward_accepts_simplex_and_zero_rows():
+    p = np.array([[0.5, 0.5, 0.0], [0.0, 0.0, 0.0], [0.2, 0.3, 0.5 + 5e-7]])
+    p.flags.writeable = False
+    before = p.copy()
+    d = pope.diversity_reward(_PTR, aspect=_ASPECT, n_aspects=3, p=p)
+    assert d.shape == (5,) and np.isfinite(d).all()
+    np.testing.assert_array_equal(p, before)
+
+
+def test_diversity_reward_ips_p_is_unnormalised():
+    """IPS coverage rows are (1/K) sum w q: any non-negative sum is valid there."""
+    p = np.full((3, 3), 5.0)
+    d = pope.diversity_reward(_PTR, aspect=_ASPECT, n_aspects=3, p=p, mode="ips")
+    assert np.isfinite(d).all()
