@@ -26,7 +26,12 @@ INVALID = [
     ({"signal": [[1.0, 3.0, 0.0, 2.0, 2.0]]}, ValueError, "1-dimensional"),
     ({"prompt_ptr": [0, 3, 2, 5]}, ValueError, "non-decreasing"),
     ({"prompt_ptr": [1, 2, 2, 5]}, ValueError, "start at 0"),
-    ({"prompt_ptr": [0, 2, 2, 4]}, ValueError, "must end"),
+    ({"prompt_ptr": [0, 2, 2, 4]}, ValueError,
+     "prompt_ptr ends at 4, but signal, log_logging have 5"),
+    ({"signal": [1.0, 3.0, 0.0, 2.0, 2.0, 1.0]}, ValueError,
+     "signal has length 6, but log_logging, prompt_ptr have 5"),
+    ({"aspect": [0, 1, 2, 0, 10**9]}, ValueError, "largest aspect label is 1000000000"),
+    ({"aspect": [0, 1, 2, 0, 1], "n_aspects": 10**9}, ValueError, "n_aspects = 1000000000"),
     ({"prompt_ptr": []}, ValueError, "at least one"),
     ({"prompt_ptr": [0.0, 2.5, 5.0]}, TypeError, "integers"),
     ({"log_logging": [-1.0, 0.5, -2.0, -0.1, -3.0]}, ValueError, "log-probabilities"),
@@ -208,3 +213,24 @@ def test_reward_normalisations(rng):
     np.testing.assert_array_equal(ok.rewards("none"), [0.2, 0.9])
     with pytest.raises(ValueError, match="reward normalization must be one of"):
         fb.rewards("zscore")
+
+
+CONSTRUCTOR_BAD = [
+    (lambda: LoggedFeedback.from_pandas({}), TypeError, "df must be a pandas.DataFrame, got dict"),
+    (lambda: LoggedFeedback.from_arrow({"prompt_id": [1]}), TypeError,
+     "table must be a pyarrow.Table or RecordBatch, got dict"),
+    (lambda: LoggedFeedback.from_arrays(prompt_id="abc", signal=[1.0], log_logging=[-1.0]),
+     TypeError, "prompt_id must be a 1-d array"),
+    (lambda: LoggedFeedback.from_arrays(prompt_id=[1, 2], signal=[1.0, 2.0, 3.0],
+                                        log_logging=[-1.0, -1.0]),
+     ValueError, "signal has length 3, but prompt_id, log_logging have 2"),
+    (lambda: LoggedFeedback.from_arrays(prompt_id=[1, 2], signal=[1.0, 2.0],
+                                        log_logging=[-1.0, -1.0], aspect=[0, 10**9]),
+     ValueError, "largest aspect label is 1000000000"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("make", "err", "match"), CONSTRUCTOR_BAD)
+def test_constructors_name_the_bad_argument(make, err, match):
+    with pytest.raises(err, match=match):
+        make()

@@ -56,7 +56,7 @@ def make_frame(
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_round_trip_every_format(tmp_path, rng, fmt):
     if fmt == "hf":
-        pytest.importorskip("datasets")
+        import datasets  # noqa: F401  (test extra: a missing install fails)
     df = make_frame(rng)
     path = write_logs(df, tmp_path / f"log{SUFFIX[fmt]}", format=fmt)
     assert detect_format(path) == fmt
@@ -93,7 +93,7 @@ def test_round_trip_every_format(tmp_path, rng, fmt):
 
 
 def test_pandas_and_arrow_sources(rng):
-    pa = pytest.importorskip("pyarrow")
+    import pyarrow as pa
     df = make_frame(rng, string_ids=False)
     a = load_logs(df)
     b = load_logs(pa.Table.from_pandas(df))
@@ -106,7 +106,7 @@ def test_pandas_and_arrow_sources(rng):
 
 
 def test_hf_dataset_dict_split(tmp_path, rng):
-    datasets = pytest.importorskip("datasets")
+    import datasets
     df = make_frame(rng)
     dd = datasets.DatasetDict(
         {
@@ -354,9 +354,9 @@ def test_load_embeddings(tmp_path, rng):
 
 def _tiny_sentence_transformer(root):
     """A 1-layer BERT with a word-level vocab, saved as a sentence-transformers directory."""
-    st = pytest.importorskip("sentence_transformers")
-    transformers = pytest.importorskip("transformers")
+    import sentence_transformers as st
     import torch
+    import transformers
 
     words = "the a cat dog sat on mat red blue why how is big small".split()
     bert = root / "bert"

@@ -382,7 +382,10 @@ def diversity_reward(
         As in :func:`coverage`.
     p : (P, C) array_like, optional
         A coverage already computed (e.g. under a stop-gradient); by default computed from
-        ``log_weight``.
+        ``log_weight``. Entries ``>= 0``; with ``mode="self_normalized"`` each row must be
+        on the simplex (summing to 1 within ``1e-6``) or all zero (a prompt without
+        coverage, e.g. one with no responses), anything else is a ``ValueError`` naming the
+        row. With ``mode="ips"`` the rows are unnormalised estimates and may sum to any value.
 
     Returns
     -------
@@ -399,4 +402,13 @@ def diversity_reward(
             raise ValueError(f"p must have shape {(ptr.shape[0] - 1, c)}, got {pp.shape}")
         if pp.size and pp.min() < 0:
             raise ValueError("p must be >= 0")
+        if pp.size and mode == "self_normalized":
+            sums = pp.sum(axis=1)
+            bad = (np.abs(sums - 1.0) > _SOFT_TOL) & (sums != 0.0)
+            if bad.any():
+                i = int(np.flatnonzero(bad)[0])
+                raise ValueError(
+                    f"p rows must be coverages (sum to 1 within {_SOFT_TOL:g}, or all zero for "
+                    f"a prompt without coverage); row {i} sums to {float(sums[i])!r}"
+                )
     return diversity_core(be, ptr, pp, labels, soft, c)

@@ -14,9 +14,12 @@ import numpy as np
 from pope._validation import (
     as_float_array,
     as_index_array,
+    check_lengths,
     check_log_prob,
+    check_n_aspects_size,
     check_prompt_ptr,
     check_same_length,
+    normalize_ids,
 )
 
 __all__ = ["LoggedFeedback", "RewardNormalization", "normalize_signal"]
@@ -137,9 +140,10 @@ class LoggedFeedback:
         if n and signal.min() < 0:
             raise ValueError(f"signal must be >= 0, got minimum {signal.min()!r}")
         set_(self, "signal", signal)
-        set_(self, "prompt_ptr", check_prompt_ptr(self.prompt_ptr, n))
+        ptr = check_prompt_ptr(self.prompt_ptr, None)
         ll = as_float_array(self.log_logging, "log_logging")
-        check_same_length(n, log_logging=ll)
+        check_lengths(ptr, signal=signal, log_logging=ll)
+        set_(self, "prompt_ptr", ptr)
         check_log_prob(ll, "log_logging")
         set_(self, "log_logging", ll)
         self._validate_aspects(n)
@@ -177,6 +181,8 @@ class LoggedFeedback:
             raise TypeError(f"n_aspects must be an int, got {type(c).__name__}")
         if c is not None and c < 1:
             raise ValueError(f"n_aspects must be >= 1, got {c}")
+        if c is not None:
+            check_n_aspects_size(int(c))
         if self.aspect is not None and self.aspect_probs is not None:
             raise ValueError(
                 "give either aspect (hard labels) or aspect_probs (soft rows), not both"
@@ -187,7 +193,7 @@ class LoggedFeedback:
             if a.size and a.min() < 0:
                 raise ValueError(f"aspect labels must be >= 0, got {a.min()}")
             if c is None:
-                c = int(a.max()) + 1 if a.size else 1
+                c = check_n_aspects_size(int(a.max()) + 1, label=True) if a.size else 1
             elif a.size and a.max() >= c:
                 raise ValueError(f"aspect label {a.max()} out of range for n_aspects={c}")
             set_(self, "aspect", a)
@@ -323,7 +329,10 @@ class LoggedFeedback:
 
         Parameters
         ----------
-        prompt_id : (N,) array of hashables (ints, strings)
+        prompt_id : (N,) array of str or int ids
+            One rule for ids everywhere (:data:`pope._validation.ID_RULE`): str or int
+            (integral floats count as int); missing (None/NaN), bool, dict/list ids and a
+            mix of int and str ids raise, naming a row.
         signal, log_logging : (N,) float
         aspect : (N,) int, optional
         aspect_probs : (N, C) float, optional
@@ -332,13 +341,15 @@ class LoggedFeedback:
         """
         if prompt_id is None:
             raise TypeError("prompt_id is required, got None")
-        pid = np.asarray(prompt_id)
-        if pid.ndim != 1:
-            raise ValueError(f"prompt_id must be 1-dimensional, got shape {pid.shape}")
+        if np.ndim(prompt_id) == 0 or isinstance(prompt_id, (str, bytes, dict)):
+            raise TypeError(
+                f"prompt_id must be a 1-d array of ids, got {type(prompt_id).__name__}"
+            )
+        pid = normalize_ids(prompt_id, "prompt_id")
         n = pid.shape[0]
         sig = as_float_array(signal, "signal")
         ll = as_float_array(log_logging, "log_logging")
-        check_same_length(n, signal=sig, log_logging=ll)
+        check_lengths(prompt_id=pid, signal=sig, log_logging=ll)
         uniq, first, inv = np.unique(pid, return_index=True, return_inverse=True)
         # prompt order = order of first appearance
         rank = np.empty(uniq.shape[0], dtype=np.int64)
@@ -353,7 +364,7 @@ class LoggedFeedback:
             if a is None:
                 return None
             arr = as_index_array(a, name) if index else as_float_array(a, name, ndim=ndim)
-            check_same_length(n, **{name: arr})
+            check_lengths(prompt_id=pid, **{name: arr})
             return arr[order]
 
         tok, tptr = None, None
@@ -397,6 +408,10 @@ class LoggedFeedback:
         Column arguments name the columns; optional ones (``aspect``, ``position``) are used
         when present. ``aspect_probs`` is a column of per-row sequences or a list of columns.
         """
+        import pandas as pd
+
+        if not isinstance(df, pd.DataFrame):
+            raise TypeError(f"df must be a pandas.DataFrame, got {type(df).__name__}")
         cols = set(df.columns)
         required = (("prompt_id", prompt_id), ("signal", signal), ("log_logging", log_logging))
         for arg, col in required:
@@ -435,4 +450,10 @@ class LoggedFeedback:
     @classmethod
     def from_arrow(cls, table: Any, **columns: Any) -> LoggedFeedback:
         """Build from a ``pyarrow.Table`` (same column arguments as :meth:`from_pandas`)."""
+        import pyarrow as pa
+
+        if not isinstance(table, (pa.Table, pa.RecordBatch)):
+            raise TypeError(
+                f"table must be a pyarrow.Table or RecordBatch, got {type(table).__name__}"
+            )
         return cls.from_pandas(table.to_pandas(), **columns)

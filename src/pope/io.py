@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from pope._validation import check_n_aspects_size, normalize_ids
 from pope.data import LoggedFeedback
 
 if TYPE_CHECKING:  # defined in pope.readers, imported on first use (see __getattr__)
@@ -658,16 +659,17 @@ def _text_column(s: Any) -> list[str | None]:
     return [None if _isna(v) else str(v) for v in s]
 
 
-def _normalise_ids(values: np.ndarray) -> np.ndarray:
-    """Prompt ids (an object array) as int64 when all are integral numbers, else as str."""
-    if all(
-        isinstance(v, (int, float, np.integer, np.floating))
-        and not isinstance(v, (bool, np.bool_))
-        and float(v).is_integer()
-        for v in values
-    ):
-        return np.array([int(v) for v in values], dtype=np.int64)
-    return np.array([str(v) for v in values], dtype=object)
+def _normalise_ids(values: np.ndarray, rows: np.ndarray, col: str) -> np.ndarray:
+    """Prompt ids (present values) under the one id rule, :func:`pope._validation.normalize_ids`.
+
+    int64 if all are int-like, an object array of str if all are str; a dict / list / bool /
+    non-integral float id, or a mix of int and str ids, is a :class:`LogFormatError` naming
+    the row (the same rule as in memory and in streaming).
+    """
+    try:
+        return normalize_ids(values, f"prompt_id ({col!r})", rows=rows)
+    except (TypeError, ValueError) as e:
+        raise LogFormatError(str(e)) from None
 
 
 def _encode_aspects(
@@ -714,8 +716,29 @@ def _encode_aspects(
         rng = f"[0, {n_aspects})" if n_aspects is not None else "non-negative integers"
         report.add(f"unknown aspect ({col!r} must be one of {rng})", rows[bad])
         c = n_aspects if n_aspects is not None else (int(codes.max()) + 1 if codes.size else 1)
+        try:
+            check_n_aspects_size(max(c, 1), label=n_aspects is None)
+        except ValueError as e:
+            raise LogFormatError(f"{col!r}: {e}") from None
         return codes, None, max(c, 1)
-    # string labels without a vocabulary: sorted unique labels
+    # string labels without a vocabulary: sorted unique labels. Labels are str or int (as for
+    # prompt ids): a list / dict cell is a bad row, and int and str labels must not mix
+    # (0 and "0" would merge).
+    is_str = np.fromiter((isinstance(v, str) for v in vals), bool, len(vals))
+    is_num = np.fromiter(
+        (isinstance(v, (int, np.integer, float, np.floating)) and not isinstance(v, bool)
+         for v in vals), bool, len(vals),
+    )  # fmt: skip
+    not_label = ~missing & ~is_str & ~is_num
+    report.add(f"aspect is not a label ({col!r} must hold str or int values)", rows[not_label])
+    if (is_str & ~missing).any() and (is_num & ~missing).any():
+        i, j = int(np.flatnonzero(is_num & ~missing)[0]), int(np.flatnonzero(is_str)[0])
+        raise LogFormatError(
+            f"{col!r} mixes number and str aspect labels (row {rows[i]} is {vals[i]!r}, row "
+            f"{rows[j]} is {vals[j]!r}); use one type, or pass the aspect names"
+        )
+    missing = missing | not_label
+    present = vals[~missing]
     labels = sorted({str(v) for v in present})
     if n_aspects is not None and len(labels) > n_aspects:
         raise LogFormatError(
@@ -809,7 +832,7 @@ def validate_logs(
     pid_missing = _null_mask(frame[cols.prompt_id])
     report.add("missing prompt_id", rows[pid_missing])
     pid_obj = frame[cols.prompt_id].to_numpy(dtype=object)
-    pid_norm = _normalise_ids(pid_obj[~pid_missing])
+    pid_norm = _normalise_ids(pid_obj[~pid_missing], rows[~pid_missing], cols.prompt_id)
     prompt_id = np.empty(n, dtype=pid_norm.dtype)
     prompt_id[~pid_missing] = pid_norm
     prompt_id[pid_missing] = -1 if pid_norm.dtype != object else ""

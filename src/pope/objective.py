@@ -71,6 +71,7 @@ gradients) does not.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, fields
 from typing import Any, Literal
 
@@ -445,9 +446,11 @@ class PopeObjective(nn.Module):
             if v < 0:
                 raise ValueError(f"{name} must be >= 0, got {v}")
         if clip is not None and (
-            isinstance(clip, bool) or not isinstance(clip, (int, float)) or not clip > 0
+            isinstance(clip, bool)
+            or not isinstance(clip, (int, float))
+            or not (clip > 0 and math.isfinite(clip))
         ):
-            raise ValueError(f"clip must be a positive float or None, got {clip!r}")
+            raise ValueError(f"clip must be a finite positive float or None, got {clip!r}")
         if ppo_eps is not None and (
             isinstance(ppo_eps, bool)
             or not isinstance(ppo_eps, (int, float))
@@ -458,6 +461,15 @@ class PopeObjective(nn.Module):
             isinstance(num_aspects, bool) or not isinstance(num_aspects, int) or num_aspects < 1
         ):
             raise ValueError(f"num_aspects must be a positive int or None, got {num_aspects!r}")
+        if isinstance(ignore_index, bool) or not isinstance(ignore_index, numbers.Integral):
+            raise TypeError(f"ignore_index must be an int, got {type(ignore_index).__name__}")
+        if backend is not None:
+            if not isinstance(backend, str):
+                raise TypeError(f"backend must be a str or None, got {type(backend).__name__}")
+            if backend not in (*ops.OP_BACKENDS, "auto"):
+                raise ValueError(
+                    f"backend must be one of {ops.OP_BACKENDS}, 'auto' or None, got {backend!r}"
+                )
         self.lam = float(lam)
         self.clip = None if clip is None else float(clip)
         self.ppo_eps = None if ppo_eps is None else float(ppo_eps)

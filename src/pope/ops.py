@@ -26,6 +26,23 @@ Backend dispatch (per call)
 An explicitly requested backend that cannot run raises; the automatic choice never does.
 All inputs are validated (``TypeError`` / ``ValueError`` naming the argument) before
 dispatch; the value checks (index ranges, finiteness) cost one device synchronisation.
+
+Non-finite values (the rule, the same for every op)
+---------------------------------------------------
+* ``logits``: NaN and ``+inf`` are rejected anywhere (masked rows included: the torch
+  reference would spread a NaN of a masked row into its gradient). ``-inf`` is allowed, as a
+  vocabulary mask, except at the target of an unmasked token (its log-prob would be
+  ``-inf``). Checked with one ``amax`` reduction (no ``N x V`` temporary) and a gather of the
+  ``N`` target logits.
+* ``hidden`` / ``weight`` of :func:`linear_sequence_logprob`: finite (one ``aminmax`` each).
+* ``log_logging``, ``advantages``: finite; ``log_logging <= 1e-6`` (log-probabilities are
+  ``<= 0``; the ``1e-6`` absorbs rounding of a sum of per-token log-probs near 0).
+* :func:`pope_loss` raises :class:`pope.WeightOverflowError` (an ``OverflowError``) instead
+  of returning an infinite loss when an unclipped weight :math:`\exp(\log\pi_\theta -
+  \log\pi_0)` of a sequence with :math:`A_s \ne 0` overflows fp32. That can only happen if
+  some ``-log_logging`` exceeds :math:`\log(\mathrm{FLT\_MAX}) \approx 88.7` (because
+  :math:`\log\pi_\theta \le 0`); only then does the op synchronise a second time, after the
+  forward, to look at the loss.
 """
 
 from __future__ import annotations
@@ -39,6 +56,7 @@ from typing import Any
 import torch
 
 from pope import ops_reference
+from pope.estimate import WeightOverflowError
 from pope.ops_reference import PopeLossOutput
 
 __all__ = [
@@ -59,6 +77,10 @@ _AUTO_ENV = frozenset({"", "auto", "cpp", "numba", "reference"})
 _FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _INDEX_DTYPES = (torch.int32, torch.int64)
 _WEIGHTINGS = ("sequence", "token_mean")
+#: log of the largest fp32: a weight exp(r) with r above it is inf.
+_LOG_FLT_MAX = math.log(torch.finfo(torch.float32).max)
+#: log-probabilities above this are rejected (0 plus rounding of a sum of per-token values).
+LOGPROB_TOL = 1e-6
 
 _triton_state: dict[str, object] = {}
 
@@ -215,8 +237,17 @@ def _check_values(
     vocab: int,
     ignore_index: int,
     finite: dict[str, torch.Tensor] | None = None,
-) -> None:
-    """Value checks that need the data (one device synchronisation for all of them)."""
+    logits: torch.Tensor | None = None,
+    extra: list[tuple[torch.Tensor, str]] | None = None,
+    info: torch.Tensor | None = None,
+) -> bool:
+    """Value checks that need the data (one device synchronisation for all of them).
+
+    ``finite``: tensors that must hold no NaN / inf (small: one ``isfinite`` each, or an
+    ``aminmax`` for large ones). ``logits``: the NaN / ``+inf`` / target ``-inf`` rule of the
+    module docstring. ``extra``: further (flag, message) pairs. ``info``: a flag that is
+    returned, not raised on (synchronised together with the checks).
+    """
     flags: list[torch.Tensor] = []
     names: list[str] = []
     if targets.numel():
@@ -226,14 +257,38 @@ def _check_values(
         flags.append(((seq_index < 0) | (seq_index >= num_seqs)).any())
         names.append(f"seq_index must lie in [0, num_seqs={num_seqs})")
     for name, t in (finite or {}).items():
-        flags.append(~torch.isfinite(t).all())
+        if t.numel() == 0:
+            continue
+        lo, hi = torch.aminmax(t.detach())
+        # NaN propagates through aminmax, and NaN compares False
+        flags.append(~((lo > -math.inf) & (hi < math.inf)))
         names.append(f"{name} must be finite (no NaN or inf)")
+    if logits is not None and logits.numel():
+        flags.append(~(torch.amax(logits.detach()) < math.inf))
+        names.append(
+            "logits must not contain NaN or +inf (-inf is allowed as a vocabulary mask, "
+            "except at the target of an unmasked token)"
+        )
+        mask = targets != ignore_index
+        safe = torch.where(mask, targets, torch.zeros_like(targets)).long().clamp(0, vocab - 1)
+        target_logit = logits.detach().gather(1, safe[:, None]).squeeze(1)
+        flags.append((mask & (target_logit == -math.inf)).any())
+        names.append(
+            "logits must be > -inf at the target of every unmasked token (its log-prob would "
+            "be -inf); mask such tokens with ignore_index"
+        )
+    for flag, msg in extra or []:
+        flags.append(flag)
+        names.append(msg)
+    if info is not None:
+        flags.append(info)
     if not flags:
-        return
-    bad = torch.stack(flags).tolist()
+        return False
+    bad = torch.stack([f.reshape(()) for f in flags]).tolist()
     for is_bad, msg in zip(bad, names):
         if is_bad:
             raise ValueError(msg)
+    return bool(bad[-1]) if info is not None else False
 
 
 def _check_common(
@@ -518,15 +573,16 @@ def sequence_logprob(
     Raises
     ------
     TypeError, ValueError
-        Invalid argument types, shapes, dtypes, devices, or out-of-range ``targets`` /
-        ``seq_index``.
+        Invalid argument types, shapes, dtypes, devices, out-of-range ``targets`` /
+        ``seq_index``, or non-finite ``logits`` (NaN / ``+inf`` anywhere, ``-inf`` at an
+        unmasked target; see the module docstring).
     RuntimeError
         An explicitly requested backend cannot run.
     """
     logits, targets, seq_index, num_seqs, ignore_index = _check_common(
         logits, targets, seq_index, num_seqs, ignore_index
     )
-    _check_values(targets, seq_index, num_seqs, logits.shape[1], ignore_index)
+    _check_values(targets, seq_index, num_seqs, logits.shape[1], ignore_index, logits=logits)
     if resolve_op_backend(backend, logits.device) == "torch":
         return ops_reference.sequence_logprob(
             logits,
@@ -595,8 +651,9 @@ def pope_loss(
     logits, targets, seq_index, num_seqs, ignore_index
         As in :func:`sequence_logprob`.
     log_logging : (S,) float tensor
-        :math:`\log\pi_0(y_s)` of the logging policy; must be finite (use log space: a long
-        response has probability far below the fp32 range).
+        :math:`\log\pi_0(y_s)` of the logging policy; must be finite and ``<= 1e-6``
+        (a log-probability; the tolerance absorbs rounding). Use log space: a long response
+        has probability far below the fp32 range.
     advantages : (S,) float tensor
         :math:`A_s = R_s - b_s`; must be finite.
     weighting : {"sequence", "token_mean"}
@@ -617,6 +674,17 @@ def pope_loss(
         ``(loss, logp, weights, clipped)``: the scalar fp32 loss (differentiable w.r.t.
         ``logits``); detached (S,) fp32 :math:`\log\pi_\theta(y_s)`, raw weights
         :math:`w_s` (before clipping, ``inf`` on overflow) and the (S,) bool clipped mask.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As :func:`sequence_logprob`; ``log_logging`` / ``advantages`` not finite, or
+        ``log_logging > 1e-6``.
+    pope.WeightOverflowError
+        The loss is not finite: an unclipped weight of a sequence with :math:`A_s \ne 0`
+        overflows fp32 (:math:`\log\pi_\theta - \log\pi_0 > 88.7`, e.g. ``log_logging =
+        -1e4`` without ``clip``), or :math:`\sum f(w_s) A_s` does. With ``clip=M`` the
+        weights are bounded by ``M`` and this cannot happen.
     """
     logits, targets, seq_index, num_seqs, ignore_index = _check_common(
         logits, targets, seq_index, num_seqs, ignore_index
@@ -648,14 +716,72 @@ def pope_loss(
         if not (math.isfinite(normalizer) and normalizer > 0):
             raise ValueError(f"normalizer must be a finite number > 0, got {normalizer}")
         normalizer = float(normalizer)
-    _check_values(
+    ll_bad = (log_logging.detach() > LOGPROB_TOL).any()
+    # w_s <= exp(-log_logging_s) because log pi_theta <= 0: overflow is possible only here
+    may_overflow = (clip is None) and (
+        (advantages.detach() != 0) & (-log_logging.detach().float() > _LOG_FLT_MAX)
+    ).any()
+    check_loss = _check_values(
         targets,
         seq_index,
         num_seqs,
         logits.shape[1],
         ignore_index,
         finite={"log_logging": log_logging, "advantages": advantages},
+        logits=logits,
+        extra=[(ll_bad, f"log_logging must be <= 0 (log-probabilities; up to {LOGPROB_TOL:g} "
+                        "is accepted as rounding)")],
+        info=may_overflow if isinstance(may_overflow, torch.Tensor) else None,
+    )  # fmt: skip
+    out = _pope_loss_dispatch(
+        logits, targets, seq_index, num_seqs, log_logging, advantages, ignore_index=ignore_index,
+        weighting=weighting, clip=clip, ppo_eps=ppo_eps, normalizer=normalizer,
+        inplace_backward=inplace_backward, backend=backend,
+    )  # fmt: skip
+    if check_loss and not bool(torch.isfinite(out.loss.detach())):
+        _raise_overflow(out, log_logging, advantages)
+    return out
+
+
+def _raise_overflow(
+    out: PopeLossOutput, log_logging: torch.Tensor, advantages: torch.Tensor
+) -> None:
+    """Raise :class:`WeightOverflowError` naming the first sequence whose term overflows."""
+    live = (advantages.detach() != 0) & ~out.clipped
+    over = live & ~torch.isfinite(out.weights * advantages.detach().float())
+    idx = int(torch.nonzero(over)[0, 0]) if bool(over.any()) else None
+    where = (
+        f"sequence {idx}: logp = {float(out.logp[idx]):.4g}, "
+        f"log_logging = {float(log_logging[idx]):.4g}"
+        if idx is not None
+        else "the sum of the weighted advantages"
     )
+    raise WeightOverflowError(
+        f"pope_loss: the importance-weighted loss overflows float32 at {where} (a weight "
+        f"exp(logp - log_logging) beyond exp({_LOG_FLT_MAX:.1f})). Pass clip=M to truncate "
+        "the weights, or check log_logging (it must be the log-probability of the logged "
+        "response under the logging policy)."
+    )
+
+
+def _pope_loss_dispatch(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    seq_index: torch.Tensor,
+    num_seqs: int,
+    log_logging: torch.Tensor,
+    advantages: torch.Tensor,
+    *,
+    ignore_index: int,
+    weighting: str,
+    clip: float | None,
+    ppo_eps: float | None,
+    normalizer: float,
+    inplace_backward: bool,
+    backend: str | None,
+) -> PopeLossOutput:
+    """Run the validated :func:`pope_loss` on the resolved backend."""
+    device = logits.device
     if resolve_op_backend(backend, device) == "torch":
         return ops_reference.pope_loss(
             logits,
@@ -756,7 +882,10 @@ def linear_sequence_logprob(
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
         chunk_size = int(chunk_size)
-    _check_values(targets, seq_index, num_seqs, weight.shape[0], ignore_index)
+    _check_values(
+        targets, seq_index, num_seqs, weight.shape[0], ignore_index,
+        finite={"hidden": hidden, "weight": weight},
+    )  # fmt: skip
     if resolve_op_backend(backend, hidden.device) == "torch":
         return ops_reference.linear_sequence_logprob(
             hidden,

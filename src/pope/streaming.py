@@ -38,6 +38,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from pope._validation import normalize_id
 from pope.io import (
     Format,
     LogColumns,
@@ -861,13 +862,20 @@ def iter_raw_chunks(
         raise LogFormatError(f"cannot read {p.name} as {fmt}: {type(e).__name__}: {e}") from e
 
 
-def _key(v: Any) -> Any:
-    """A hashable, type-stable key of a raw prompt id (3, 3.0 and '3' differ only by type)."""
-    if isinstance(v, (float, np.floating)) and float(v).is_integer():
-        return int(v)
-    if isinstance(v, np.integer):
-        return int(v)
-    return v
+def _key(v: Any, row: int | None = None) -> Any:
+    """The key of a raw prompt id under the one id rule (:func:`pope._validation.normalize_id`).
+
+    3 and 3.0 are the same id, '3' is a different one (and a log must not mix the two
+    types: :func:`iter_prompt_chunks` checks that across chunks, :mod:`pope.io` within one).
+    Missing values are returned as they are (validation reports them); a dict / list / bool
+    id is a :class:`LogFormatError`.
+    """
+    if _null(v):
+        return v
+    try:
+        return normalize_id(v, "prompt_id", row)
+    except (TypeError, ValueError) as e:
+        raise LogFormatError(str(e)) from None
 
 
 def iter_prompt_chunks(
@@ -888,11 +896,23 @@ def iter_prompt_chunks(
     import pandas as pd
 
     done: set[Any] = set()
+    kinds: dict[type, int] = {}  # id type -> first row number with it (int and str must not mix)
     carry = None
     offset = 0
 
     def emit(frame: Any, start: int) -> tuple[int, Any]:
-        ids = {_key(v) for v in frame[prompt_id].to_numpy(dtype=object) if not _null(v)}
+        values = frame[prompt_id].to_numpy(dtype=object)
+        keys = [(start + i, _key(v, start + i)) for i, v in enumerate(values) if not _null(v)]
+        ids = {k for _, k in keys}
+        for r, k in keys:
+            kinds.setdefault(type(k), r)
+        if len(kinds) > 1:
+            rows = ", ".join(f"row {r} is {t.__name__}" for t, r in sorted(
+                kinds.items(), key=lambda kv: kv[0].__name__))  # fmt: skip
+            raise LogFormatError(
+                f"prompt_id ({prompt_id!r}) mixes int and str values (the first {rows}); use "
+                "one type for all ids"
+            )
         again = ids & done
         if again:
             pid = sorted(map(str, again))[0]
@@ -916,6 +936,8 @@ def iter_prompt_chunks(
         ids = frame[prompt_id].to_numpy(dtype=object)
         last = ids[-1]
         j = len(frame) - 1
+        for i, v in enumerate(ids):  # a bad id raises here, naming its row (first first)
+            _key(v, offset + i)
         while j > 0 and _same(ids[j - 1], last):
             j -= 1
         if j == 0:
