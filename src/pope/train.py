@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import logging
 import math
 import os
 import random
@@ -76,6 +77,7 @@ __all__ = [
 ]
 
 LMHead = Literal["logits", "hidden"]
+_log = logging.getLogger(__name__)
 
 
 # ============================================================================ configuration
@@ -1344,6 +1346,7 @@ class OffPolicyTrainer:
         _set_rng_state(rng, p / "rng.json")
         self.step = step
         self.resumed_from = p
+        _log.info("resuming from %s (step %d of %d)", p, step, self.total_steps)
         if p.resolve() == (self.output_dir / f"checkpoint-{step}").resolve():
             self._saved_step = step
         return p
