@@ -45,7 +45,8 @@ __all__ = [
 MANIFEST = "trainer_state.json"
 FORMAT = 1
 _NAME = re.compile(r"checkpoint-(\d+)")
-_STALE = re.compile(r"\..+\.(tmp|old)-\d+")
+# leftovers of a killed writer: .checkpoint-N.tmp-PID, .final.old-PID, .metrics.jsonl.tmp-PID
+_STALE = re.compile(r"\.(checkpoint-\d+|final|metrics\.jsonl)\.(tmp|old)-\d+")
 
 Writer = Callable[[IO[bytes]], Any]
 
@@ -86,10 +87,11 @@ def _write_file(path: Path, write: Writer) -> dict[str, Any]:
     return {"size": path.stat().st_size, "sha256": _sha256(path)}
 
 
-def _remove_stale(parent: Path) -> None:
+def _remove_stale(parent: Path, name: str) -> None:
     """Remove temporary directories a killed writer left behind (``.NAME.tmp-PID``)."""
+    mine = re.compile(rf"\.{re.escape(name)}\.(tmp|old)-\d+")
     for p in parent.iterdir():
-        if _STALE.fullmatch(p.name) and p.is_dir():
+        if (_STALE.fullmatch(p.name) or mine.fullmatch(p.name)) and p.is_dir():
             shutil.rmtree(p, ignore_errors=True)
 
 
@@ -113,7 +115,7 @@ def write_directory(path: str | os.PathLike[str], fill: Callable[[Path], Any]) -
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale(path.parent)
+    _remove_stale(path.parent, path.name)
     tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
     tmp.mkdir()
     try:
@@ -153,7 +155,7 @@ def write_checkpoint(
     if bad:
         raise ValueError(f"invalid checkpoint file names {bad}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale(path.parent)
+    _remove_stale(path.parent, path.name)
     tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
     tmp.mkdir()
     try:
