@@ -13,9 +13,12 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
+import tokenizers  # noqa: F401 (in the test extra, with transformers: no skip)
 import torch
+import transformers
 
 import pope
+import pope.demo  # our own module: an import error must fail, not skip
 from pope.cli import main
 from pope.data import LoggedFeedback
 from pope.io import write_logs
@@ -26,9 +29,6 @@ from pope.scoring import (
     score_responses,
     tokenize_pairs,
 )
-
-transformers = pytest.importorskip("transformers")
-tokenizers = pytest.importorskip("tokenizers")
 
 WORDS = (
     "the a cat dog bird sat ran flew on mat tree sky fast slow red blue why how what is good "
@@ -487,7 +487,6 @@ def test_help_everywhere(capsys, command):
 
 
 def test_demo_subcommand_is_wired(capsys):
-    pytest.importorskip("pope.demo")
     code, out, _ = run(["demo", "--help"], capsys)
     assert code == 0 and "usage: pope demo" in out
 
@@ -507,3 +506,144 @@ def test_python_dash_m(tmp_path):
     )
     assert proc.returncode == 2
     assert "not found" in proc.stderr and "Traceback" not in proc.stderr
+
+
+# ----------------------------------------------------------------------------- no overwrite
+def _target_log(tmp_path, name="logs.jsonl", **kw) -> str:
+    """A small log with logged target log-probs (no model needed)."""
+    rng = np.random.default_rng(3)
+    df = random_log(rng, n_prompts=6)
+    df["log_logging"] = -rng.uniform(1, 5, len(df))
+    df["log_target"] = df["log_logging"] + rng.normal(0, 0.3, len(df))
+    for k, v in kw.items():
+        df[k] = v
+    return str(write_logs(df, tmp_path / name))
+
+
+def test_evaluate_out_never_overwrites_the_log_and_needs_overwrite(tmp_path, capsys):
+    logs = _target_log(tmp_path)
+    original = open(logs, "rb").read()
+    for extra in ([], ["--overwrite"]):
+        code, out, err = run(["evaluate", "--logs", logs, "--out", logs, "-q", *extra], capsys)
+        assert code == 2 and "--out" in err and "--logs" in err, err
+        assert "Traceback" not in err + out
+    # a parquet directory: no output inside it either
+    pq = tmp_path / "pq"
+    pq.mkdir()
+    write_logs(pd.read_json(logs, lines=True), pq / "part-0.parquet")
+    code, _, err = run(["evaluate", "--logs", pq, "--out", pq / "r.json", "-q"], capsys)
+    assert code == 2 and "inside" in err
+    assert open(logs, "rb").read() == original
+    out = tmp_path / "r.json"
+    out.write_text("precious")
+    code, _, err = run(["evaluate", "--logs", logs, "--out", out, "-q"], capsys)
+    assert code == 2 and "--overwrite" in err and "Traceback" not in err
+    assert out.read_text() == "precious"
+    code, _, err = run(["evaluate", "--logs", logs, "--out", out, "-q", "--overwrite"], capsys)
+    assert code == 0, err
+    assert "pope" in json.loads(out.read_text())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["logs.jsonl", "pq", "r.json"]
+
+
+def test_weight_overflow_exits_2_with_a_clear_message(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    df = random_log(rng, n_prompts=4)
+    df["log_logging"] = -1.0
+    df["log_target"] = -1.0
+    df.loc[0, "log_logging"] = -1000.0  # weight exp(999): beyond float64
+    logs = write_logs(df, tmp_path / "l.jsonl")
+    code, out, err = run(["evaluate", "--logs", logs, "--estimators", "ips", "-q"], capsys)
+    assert code == 2, err
+    assert "clip" in err and "Traceback" not in err + out
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_dict_prompt_id_in_a_streamed_log_exits_2(tmp_path, capsys):
+    rows = [dict(prompt_id=i // 3, prompt="the cat", response="a dog", signal=1.0, aspect=i % 2,
+                 log_logging=-1.0, log_target=-1.0) for i in range(6)]
+    rows[4]["prompt_id"] = {"a": 1}
+    logs = tmp_path / "l.jsonl"
+    logs.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    code, out, err = run(["evaluate", "--logs", logs, "--chunk-rows", "2", "-q",
+                          "--no-progress"], capsys)
+    assert code == 2, err
+    assert "prompt_id" in err and "Traceback" not in err + out
+
+
+def test_demo_out_of_an_earlier_demo_is_refused(tmp_path, capsys):
+    (tmp_path / "results.json").write_text("precious")
+    code, _, err = run(["demo", "--quick", "--out", tmp_path, "--no-progress"], capsys)
+    assert code == 2 and "--overwrite" in err and "Traceback" not in err
+    assert (tmp_path / "results.json").read_text() == "precious"
+    (tmp_path / "f").write_text("x")
+    code, _, err = run(["demo", "--quick", "--out", tmp_path / "f"], capsys)
+    assert code == 2 and "is a file" in err
+
+
+def _train_argv(logs, models, out, *extra):
+    return ["train", "--logs", logs, "--policy", models["logging"], "--output-dir", out,
+            "--max-steps", "4", "--save-every", "2", "--lr", "1e-3", "--no-progress", *extra]
+
+
+def test_train_refuses_an_earlier_run_unless_resume_or_overwrite(tmp_path, models, scored_log,
+                                                                 capsys):
+    df, _ = scored_log
+    logs = write_logs(df, tmp_path / "logs.jsonl")
+    out = tmp_path / "run"
+    code, _, err = run(_train_argv(logs, models, out), capsys)
+    assert code == 0, err
+    before = (out / "metrics.jsonl").read_text()
+    code, stdout, err = run(_train_argv(logs, models, out), capsys)
+    assert code == 2 and "--overwrite" in err and "--resume" in err and "Traceback" not in err
+    assert (out / "metrics.jsonl").read_text() == before  # nothing touched
+    code, _, err = run(_train_argv(logs, models, out, "--resume", "latest", "--overwrite"),
+                       capsys)
+    assert code == 2 and "exclude" in err
+    # --resume of a finished run: nothing to do, the same result
+    code, stdout, err = run(_train_argv(logs, models, out, "--resume", "latest"), capsys)
+    assert code == 0, err
+    assert "resuming from" in stdout and "checkpoint-4" in stdout
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    code, _, err = run(_train_argv(logs, models, out, "--overwrite", "--max-steps", "1"),
+                       capsys)
+    assert code == 0, err
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint-1", "final", "metrics.jsonl"]
+
+
+def _weights(path):
+    from safetensors.torch import load_file
+
+    return load_file(str(path / "final" / "model.safetensors"))
+
+
+def test_train_resume_skips_a_broken_checkpoint_or_exits_2(tmp_path, models, scored_log, capsys):
+    df, _ = scored_log
+    logs = write_logs(df, tmp_path / "logs.jsonl")
+    ref = tmp_path / "ref"
+    code, _, err = run(_train_argv(logs, models, ref), capsys)
+    assert code == 0, err
+    # a run killed after checkpoint-4 was begun: its files half written
+    out = tmp_path / "run"
+    import shutil
+
+    shutil.copytree(ref, out)
+    shutil.rmtree(out / "final")
+    (out / "checkpoint-4" / "trainer_state.json").write_text("{}")
+    opt = out / "checkpoint-4" / "optimizer.pt"
+    opt.write_bytes(opt.read_bytes()[:100])
+    code, stdout, err = run(_train_argv(logs, models, out, "--resume", "latest"), capsys)
+    assert code == 0, err
+    assert "checkpoint-4" in err and "warning" in err  # the skipped one is named
+    assert "resuming from" in stdout and "checkpoint-2" in stdout
+    a, b = _weights(ref), _weights(out)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # nothing complete left: one clear line, exit 2
+    for d in ("checkpoint-2", "checkpoint-4"):
+        rng_file = out / d / "rng.json"
+        rng_file.write_bytes(rng_file.read_bytes()[:10])
+    code, stdout, err = run(_train_argv(logs, models, out, "--resume", "latest"), capsys)
+    assert code == 2 and "no complete checkpoint" in err and "rng.json" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    code, _, err = run(_train_argv(logs, models, out, "--resume", out / "checkpoint-2"), capsys)
+    assert code == 2 and "rng.json" in err and "Traceback" not in err

@@ -13,7 +13,6 @@ ranks, so the per-prompt coverage and baseline need the keyed all-reduce. Scalin
 from __future__ import annotations
 
 import copy
-import importlib.util
 import os
 import socket
 from types import SimpleNamespace
@@ -27,7 +26,6 @@ from torch import nn
 from pope.distributed import DistInfo, dist_info, union_keys
 from pope.objective import PopeObjective
 
-HAS_TRANSFORMERS = importlib.util.find_spec("transformers") is not None
 WORLD = 2
 V, H, T = 19, 8, 7
 PROMPT = torch.tensor([0, 0, 0, 1, 1, 2, 2, 2, 2, 3]) * 5 + 3  # global prompt ids
@@ -152,8 +150,7 @@ def _worker(rank: int, port: int, outdir: str) -> None:
         res["union"] = union_keys(keys, info)
         res["info"] = (info.enabled, info.world_size, info.rank)
         torch.save(res, os.path.join(outdir, f"rank{rank}.pt"))
-        if HAS_TRANSFORMERS:
-            _trainer_part(rank, outdir)
+        _trainer_part(rank, outdir)
     finally:
         dist.destroy_process_group()
 
@@ -205,9 +202,8 @@ def rank_results(tmp_path_factory):
     mp.spawn(_worker, args=(_free_port(), outdir), nprocs=WORLD, join=True)
     out = []
     for r in range(WORLD):
-        res = torch.load(os.path.join(outdir, f"rank{r}.pt"), weights_only=False)
-        if HAS_TRANSFORMERS:
-            res["trainer"] = torch.load(os.path.join(outdir, f"trainer{r}.pt"), weights_only=False)
+        res = torch.load(os.path.join(outdir, f"rank{r}.pt"), weights_only=True)
+        res["trainer"] = torch.load(os.path.join(outdir, f"trainer{r}.pt"), weights_only=True)
         out.append(res)
     return out
 
@@ -276,7 +272,6 @@ def test_single_process_helpers_without_init():
         dist_info(enabled=True)
 
 
-@pytest.mark.skipif(not HAS_TRANSFORMERS, reason="needs transformers (tokenizer)")
 def test_offpolicy_trainer_under_ddp_equals_single_process_accumulation(rank_results, tmp_path):
     """W ranks x 1 micro-batch == 1 process x W accumulated micro-batches (same stream)."""
     from test_train import make_records, make_tokenizer

@@ -242,12 +242,12 @@ def test_distributed_needs_a_complete_spec(rng):
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning")
 def test_ray_local_equals_in_memory(rng):
-    import ray
+    import ray  # ray[data] is in the test extra: a failure to import or start fails the test
     import ray.data
+
     df = make_log(rng, n_prompts=30)
     df.loc[9, "signal"] = -1.0
     spec = prepare_spec(df, EvalSpec(on_error="skip", estimators=("snips", "clipped_ips")))
-    # no skip on failure: ray is in the test extra, and a Ray that cannot start is a failure
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
         got = streaming.evaluate_ray(df, spec, num_buckets=3)

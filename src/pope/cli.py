@@ -7,11 +7,12 @@ set ``POPE_DEBUG=1`` to see it); 1 an unexpected error (a bug: the traceback is 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -177,7 +178,11 @@ def _add_evaluate(sub: Any) -> None:
     _add_aspect_args(p.add_argument_group("aspects"))
 
     g = p.add_argument_group("output")
-    g.add_argument("--out", metavar="FILE", help="write the results as JSON")
+    g.add_argument("--out", metavar="FILE",
+                   help="write the results as JSON (an existing file only with --overwrite; "
+                        "never one of the inputs)")
+    g.add_argument("--overwrite", action="store_true",
+                   help="replace an existing --out file")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
     g.add_argument("-q", "--quiet", action="store_true",
                    help="print only the table and warnings")
@@ -279,19 +284,26 @@ def _spec_from_args(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from pope.estimate import WeightOverflowError
     from pope.propensity import describe_propensity
     from pope.readers import reader_summary, resolve_logs
     from pope.score_log import read_score_metadata
-    from pope.streaming import evaluate_logs, evaluate_stream
 
     spec, opts = _spec_from_args(args)
+    if args.out:
+        inputs = [args.policy, args.logging_model]
+        if args.aspects_from.endswith(".npy") or Path(args.aspects_from).is_dir():
+            inputs.append(args.aspects_from)
+        _check_out_file(args.out, args.logs, [i for i in inputs if i],
+                        overwrite=args.overwrite)
     _quiet_libraries()
     logs, fmt = resolve_logs(args.logs, args.format, args.split)
-    if args.chunk_rows:
-        result = evaluate_stream(logs, spec, chunk_rows=args.chunk_rows,
-                                 format=fmt, split=args.split)
-    else:
-        result = evaluate_logs(logs, spec, format=fmt, split=args.split)
+    with _unhashable_ids_are_bad_input():
+        try:
+            result = _run_evaluation(args, spec, logs, fmt)
+        except WeightOverflowError as e:
+            raise UsageError(f"{e} (options: --clip M, --baseline-clip M, --relevance snips, "
+                             "--estimators snips)") from e
     scored = read_score_metadata(args.logs).get(spec.columns.log_logging or "", {})
     prop = describe_propensity(result, logging_model=args.logging_model,
                                reference_model=args.reference_model,
@@ -322,10 +334,70 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         out["logs"] = str(args.logs)
         out["propensity"] = {k: v for k, v in prop.items() if k != "warnings"}
         out["warnings"] = out["warnings"] + prop["warnings"]
-        Path(args.out).write_text(json.dumps(out, indent=2, allow_nan=False) + "\n")
+        _write_text_atomic(Path(args.out), json.dumps(out, indent=2, allow_nan=False) + "\n")
         if not args.quiet:
             print(f"\nresults written to {args.out}")
     return 0
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    if a.resolve() == b.resolve():
+        return True
+    return a.exists() and b.exists() and os.path.samefile(a, b)
+
+
+def _check_out_file(out: str, logs: str, inputs: Sequence[str], *, overwrite: bool) -> None:
+    """Refuse an output file that is the log, lies in a log directory or is another input
+    (always), or exists (without ``--overwrite``); checked before any work is done."""
+    p = Path(out)
+    if _same_file(p, Path(logs)) or (Path(logs).is_dir() and Path(logs).resolve() in
+                                     p.resolve().parents):
+        raise UsageError(f"--out {out} would overwrite or sit inside the input --logs {logs}")
+    for i in inputs:
+        if _same_file(p, Path(i)):
+            raise UsageError(f"--out {out} is an input ({i}); it would be overwritten")
+    if p.is_dir():
+        raise UsageError(f"--out {out} is a directory; give a file name")
+    if p.exists() and not overwrite:
+        raise UsageError(f"--out {out} exists; pass --overwrite to replace it")
+    if not p.parent.is_dir():
+        raise UsageError(f"--out {out}: directory {p.parent} does not exist")
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to a temporary file next to ``path``, fsync it, rename it over ``path``."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with tmp.open("w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _unhashable_ids_are_bad_input() -> Iterator[None]:
+    """An id that is a dict or list in the log (``unhashable type``) is bad input (exit 2)."""
+    try:
+        yield
+    except TypeError as e:
+        if "unhashable type" not in str(e):
+            raise
+        raise UsageError(
+            f"--logs: an id (prompt_id or aspect) is a {str(e).split(':')[-1].strip()}, not a "
+            "str or int; ids must be strings or integers"
+        ) from e
+
+
+def _run_evaluation(args: argparse.Namespace, spec: Any, logs: Any, fmt: Any) -> Any:
+    from pope.streaming import evaluate_logs, evaluate_stream
+
+    if args.chunk_rows:
+        return evaluate_stream(logs, spec, chunk_rows=args.chunk_rows, format=fmt,
+                               split=args.split)
+    return evaluate_logs(logs, spec, format=fmt, split=args.split)
 
 
 def _quiet_libraries() -> None:
@@ -414,7 +486,12 @@ def _add_train(sub: Any) -> None:
     g.add_argument("--output-dir", required=True, metavar="DIR",
                    help="checkpoints, metrics.jsonl and the final model (DIR/final)")
     g.add_argument("--resume", metavar="CHECKPOINT",
-                   help="resume from a checkpoint directory, or 'latest'")
+                   help="resume from a checkpoint directory, or 'latest' (the newest complete "
+                        "checkpoint in --output-dir)")
+    g.add_argument("--overwrite", action="store_true",
+                   help="delete an earlier run's files in --output-dir (metrics.jsonl, "
+                        "checkpoint-N, final) and start afresh; without it (or --resume) such "
+                        "a directory is refused")
     g.add_argument("--device", help="default: cuda if available, else cpu")
     g.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"],
                    default="float32", help="model dtype while training")
@@ -487,6 +564,57 @@ def _train_aspects(data: Any, args: argparse.Namespace) -> dict[str, Any]:
     return {"aspect": a.labels, "num_aspects": args.n_aspects}
 
 
+def _check_output_dir(args: argparse.Namespace) -> None:
+    """``--output-dir`` of an earlier run: refused unless ``--resume`` or ``--overwrite``."""
+    from pope.checkpoint import run_files
+
+    out = Path(args.output_dir)
+    if args.resume and args.overwrite:
+        raise UsageError("--resume and --overwrite exclude each other")
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--output-dir {out} is a file, not a directory")
+    if args.resume or args.overwrite:
+        return
+    old = run_files(out, out / "metrics.jsonl")
+    if old:
+        names = ", ".join(p.name for p in old[:4]) + (", ..." if len(old) > 4 else "")
+        raise UsageError(
+            f"--output-dir {out} holds an earlier run ({names}); pass --resume latest to "
+            "continue it or --overwrite to replace it"
+        )
+
+
+@contextlib.contextmanager
+def _checkpoint_messages() -> Iterator[None]:
+    """Show which checkpoint a run resumes from, and the skipped broken ones, one line each."""
+    import logging
+    import warnings
+
+    from pope.train import CheckpointWarning
+
+    logger = logging.getLogger("pope.train")
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    with warnings.catch_warnings():
+        shown = warnings.showwarning
+
+        def show(message: Any, category: type[Warning], *rest: Any, **kw: Any) -> None:
+            if issubclass(category, CheckpointWarning):
+                print(f"{PROG} train: warning: {message}", file=sys.stderr)
+            else:
+                shown(message, category, *rest, **kw)
+
+        warnings.showwarning = show
+        try:
+            yield
+        finally:
+            logger.removeHandler(handler)
+            logger.setLevel(level)
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from pope.io import load_logs
     from pope.scoring import load_causal_lm
@@ -497,6 +625,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         if path is not None and not Path(path).is_dir():
             raise UsageError(f"{name}: model directory not found: {path}")
     _check_device(args.device)
+    _check_output_dir(args)
     columns = dict(args.column)
     src = args.aspects_from
     if src == "column" or src.startswith("column:"):
@@ -507,17 +636,18 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from pope.readers import resolve_logs
 
     logs, fmt = resolve_logs(args.logs, args.format, args.split)
-    data = load_logs(
-        logs,
-        columns=columns,
-        format=fmt,
-        split=args.split,
-        on_error=args.on_error,
-        require_log_logging=args.logging_model is None,
-        aspect_names=names,
-        n_aspects=args.n_aspects if src == "labels" else None,
-        use_aspects=src == "labels",
-    )
+    with _unhashable_ids_are_bad_input():
+        data = load_logs(
+            logs,
+            columns=columns,
+            format=fmt,
+            split=args.split,
+            on_error=args.on_error,
+            require_log_logging=args.logging_model is None,
+            aspect_names=names,
+            n_aspects=args.n_aspects if src == "labels" else None,
+            use_aspects=src == "labels",
+        )
     rep = data.report
     print(f"rows read: {rep.n_rows}; bad rows skipped: {rep.n_bad}; training on {len(data)} "
           "responses")
@@ -551,6 +681,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         seed=args.seed,
         output_dir=args.output_dir,
         save_every=args.save_every,
+        overwrite=args.overwrite,
         progress=not args.no_progress,
     )
     model, tok = load_causal_lm(args.policy, device=args.device, dtype=args.dtype)
@@ -560,7 +691,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     elif args.beta > 0:
         reference = "initial"
     trainer = OffPolicyTrainer(model, tok, dataset, config, reference_model=reference)
-    result = trainer.train(resume_from=args.resume)
+    with _checkpoint_messages():
+        result = trainer.train(resume_from=args.resume)
     if result.history:
         last = result.history[-1]
         shown = ", ".join(f"{k}={last[k]:.4g}" for k in ("total", "relevance", "diversity",
@@ -586,6 +718,9 @@ def _add_score(sub: Any) -> None:
 
 
 # ----------------------------------------------------------------------------- demo
+DEMO_OUTPUTS = ("results.json", "demo.png")  # what pope.demo writes into --out
+
+
 def _add_demo(sub: Any, load: bool) -> None:
     desc = "run the end-to-end demo (synthetic logs, evaluation and training)"
     if not load:
@@ -603,7 +738,20 @@ def _add_demo(sub: Any, load: bool) -> None:
         p.set_defaults(func=unavailable)
         return
     demo.add_arguments(p)
-    p.set_defaults(func=demo.run)
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace results.json / demo.png of an earlier demo in --out")
+
+    def run(args: argparse.Namespace) -> int:
+        out = Path(args.out)
+        if out.exists() and not out.is_dir():
+            raise UsageError(f"--out {out} is a file; the demo writes a directory")
+        old = [n for n in DEMO_OUTPUTS if (out / n).exists()]
+        if old and not args.overwrite:
+            raise UsageError(f"--out {out} holds an earlier demo ({', '.join(old)}); pass "
+                             "--overwrite to replace it")
+        return demo.run(args)
+
+    p.set_defaults(func=run)
 
 
 # ----------------------------------------------------------------------------- bench
@@ -697,11 +845,13 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
 
 
 def _expected_errors() -> tuple[type[BaseException], ...]:
+    from pope.checkpoint import CheckpointError
+    from pope.estimate import WeightOverflowError
     from pope.io import LogFormatError
     from pope.scoring import ContextLengthError
 
-    return (UsageError, LogFormatError, ContextLengthError, FileNotFoundError, OSError,
-            ValueError, ImportError)
+    return (UsageError, LogFormatError, ContextLengthError, CheckpointError,
+            WeightOverflowError, FileNotFoundError, OSError, ValueError, ImportError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

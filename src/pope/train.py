@@ -28,10 +28,12 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import logging
 import math
 import os
 import random
 import time
+import warnings
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,13 +43,28 @@ import numpy as np
 import torch
 
 from pope._validation import as_float_array, as_index_array, check_same_length
+from pope.checkpoint import (
+    MANIFEST,
+    CheckpointError,
+    clear_run_files,
+    find_latest,
+    load_tensors,
+    read_json,
+    run_files,
+    verify_checkpoint,
+    write_checkpoint,
+    write_directory,
+)
 from pope.data import RewardNormalization, normalize_signal
 from pope.distributed import dist_info
 from pope.objective import ObjectiveStats, PopeObjective, PopeOutput, shift_labels
 from pope.scoring import ContextLengthError, context_length, score_responses, tokenize_pairs
 
 __all__ = [
+    "CheckpointError",
+    "CheckpointWarning",
     "OffPolicyTrainer",
+    "OutputExistsError",
     "PopeCollator",
     "PopeDataset",
     "PopeTrainerMixin",
@@ -60,6 +77,7 @@ __all__ = [
 ]
 
 LMHead = Literal["logits", "hidden"]
+_log = logging.getLogger(__name__)
 
 
 # ============================================================================ configuration
@@ -91,7 +109,9 @@ class TrainConfig:
     Bookkeeping
         ``seed``, ``output_dir``, ``save_every`` (steps; ``None``: no intermediate
         checkpoints), ``save_final``, ``log_file`` (default ``output_dir/metrics.jsonl``),
-        ``log_every``, ``progress``.
+        ``log_every``, ``progress``; ``overwrite``: delete an earlier run's files in
+        ``output_dir`` (metrics log, ``checkpoint-N``, ``final``) instead of refusing to
+        train there (see :meth:`OffPolicyTrainer.train`).
     """
 
     lr: float = 1e-5
@@ -125,6 +145,7 @@ class TrainConfig:
     output_dir: str = "pope-output"
     save_every: int | None = None
     save_final: bool = True
+    overwrite: bool = False
     log_file: str | None = None
     log_every: int = 1
     progress: bool = True
@@ -868,22 +889,36 @@ def _apply_lora(model: Any, lora: dict[str, Any]) -> Any:
 
 
 def _rng_state() -> dict[str, Any]:
-    st = {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),  # noqa: NPY002 (the global RNG user code sees)
-        "torch": torch.get_rng_state(),
+    """Python, NumPy (global), torch and CUDA RNG states as JSON-serialisable lists of ints."""
+    version, keys, gauss = random.getstate()
+    name, mt, pos, has_gauss, cached = np.random.get_state(legacy=True)  # noqa: NPY002
+    st: dict[str, Any] = {
+        "python": {"version": version, "state": list(keys), "gauss_next": gauss},
+        "numpy": {"bit_generator": name, "keys": mt.tolist(), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "torch": torch.get_rng_state().tolist(),
     }
     if torch.cuda.is_available():
-        st["cuda"] = torch.cuda.get_rng_state_all()
+        st["cuda"] = [s.tolist() for s in torch.cuda.get_rng_state_all()]
     return st
 
 
-def _set_rng_state(st: dict[str, Any]) -> None:
-    random.setstate(st["python"])
-    np.random.set_state(st["numpy"])  # noqa: NPY002
-    torch.set_rng_state(st["torch"])
-    if "cuda" in st and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(st["cuda"])
+def _set_rng_state(st: Any, source: Path) -> None:
+    """Restore :func:`_rng_state` output (read from ``source``; named in errors)."""
+    try:
+        py, nps = st["python"], st["numpy"]
+        python = (int(py["version"]), tuple(int(v) for v in py["state"]), py["gauss_next"])
+        numpy_state = (str(nps["bit_generator"]), np.asarray(nps["keys"], dtype=np.uint32),
+                       int(nps["pos"]), int(nps["has_gauss"]), float(nps["cached_gaussian"]))
+        tstate = torch.tensor(st["torch"], dtype=torch.uint8)
+        cuda = [torch.tensor(s, dtype=torch.uint8) for s in st.get("cuda", [])]
+        random.setstate(python)
+        np.random.set_state(numpy_state)  # noqa: NPY002
+        torch.set_rng_state(tstate)
+    except (KeyError, TypeError, ValueError, RuntimeError, OverflowError) as e:
+        raise CheckpointError(f"{source}: not a valid RNG state ({type(e).__name__}: {e})") from e
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda)
 
 
 @dataclass
@@ -1014,6 +1049,8 @@ class OffPolicyTrainer:
         )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_lambda)
         self.step = 0
+        self._saved_step: int | None = None
+        self.resumed_from: Path | None = None
         self.output_dir = Path(config.output_dir)
         self.log_path = (
             Path(config.log_file) if config.log_file else self.output_dir / "metrics.jsonl"
@@ -1115,18 +1152,34 @@ class OffPolicyTrainer:
         return stats.metrics()
 
     def train(self, resume_from: str | os.PathLike[str] | None = None) -> TrainResult:
-        """Run until ``total_steps``; ``resume_from``: a checkpoint directory, or ``"latest"``.
+        """Run until ``total_steps``; ``resume_from``: a checkpoint directory, or ``"latest"``
+        (the newest complete checkpoint under ``output_dir``).
+
+        Without ``resume_from``, an ``output_dir`` holding an earlier run's files (metrics log,
+        checkpoints, ``final``) is refused unless ``config.overwrite`` (which deletes those
+        files first).
 
         Returns
         -------
         TrainResult
             The final step and the metric rows written to the log file.
+
+        Raises
+        ------
+        OutputExistsError
+            ``output_dir`` holds an earlier run and neither ``resume_from`` nor ``overwrite``.
+        CheckpointError
+            ``resume_from`` names no complete checkpoint.
         """
         from tqdm.auto import tqdm
 
+        if resume_from is not None and self.config.overwrite:
+            raise ValueError("overwrite=True and resume_from exclude each other")
         if resume_from is not None:
             self.load_checkpoint(resume_from)
         else:
+            if self.is_main:
+                self._prepare_output_dir()
             torch.manual_seed(self.config.seed)
             random.seed(self.config.seed)
             np.random.seed(self.config.seed)  # noqa: NPY002
@@ -1134,6 +1187,8 @@ class OffPolicyTrainer:
         if self.is_main:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            if resume_from is not None:
+                _truncate_log(self.log_path, self.step)
         bar = tqdm(
             total=self.total_steps,
             initial=self.step,
@@ -1159,78 +1214,188 @@ class OffPolicyTrainer:
         finally:
             bar.close()
         if self.config.save_final:
-            self.save_checkpoint()
+            if self._saved_step != self.step:  # the last checkpoint is written once
+                self.save_checkpoint()
             if self.is_main and hasattr(self.inner_model, "save_pretrained"):
-                final = self.output_dir / "final"
-                self.inner_model.save_pretrained(final)
-                if hasattr(self.tokenizer, "save_pretrained"):
-                    self.tokenizer.save_pretrained(final)
+                write_directory(self.output_dir / "final", self._save_pretrained)
         return TrainResult(self.step, history)
+
+    def _save_pretrained(self, path: Path) -> None:
+        self.inner_model.save_pretrained(path)
+        if hasattr(self.tokenizer, "save_pretrained"):
+            self.tokenizer.save_pretrained(path)
+
+    def _prepare_output_dir(self) -> None:
+        """Refuse (or, with ``overwrite``, clear) the output of an earlier run."""
+        old = run_files(self.output_dir, self.log_path)
+        if not old:
+            return
+        if not self.config.overwrite:
+            names = ", ".join(p.name for p in old[:4]) + (", ..." if len(old) > 4 else "")
+            raise OutputExistsError(
+                f"{self.output_dir} holds the output of an earlier run ({names}); pass "
+                "overwrite=True to replace it or resume_from='latest' to continue it"
+            )
+        clear_run_files(self.output_dir, self.log_path)
 
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self, path: str | os.PathLike[str] | None = None) -> Path:
         """Save model, optimizer, scheduler, RNG states, step and the precomputed log-probs.
 
-        Default path ``output_dir/checkpoint-{step}``. Only rank 0 writes.
+        Default path ``output_dir/checkpoint-{step}``. Only rank 0 writes. The directory is
+        written atomically (:func:`pope.checkpoint.write_checkpoint`: temporary name, fsync,
+        manifest with sizes and SHA-256 last, rename). Tensors go to ``.pt`` files that load
+        with ``torch.load(weights_only=True)``; the RNG states to ``rng.json``.
         """
         d = Path(path) if path is not None else self.output_dir / f"checkpoint-{self.step}"
         if not self.is_main:
             return d
-        d.mkdir(parents=True, exist_ok=True)
-        torch.save(self.inner_model.state_dict(), d / "model.pt")
-        torch.save(self.optimizer.state_dict(), d / "optimizer.pt")
-        torch.save(self.scheduler.state_dict(), d / "scheduler.pt")
-        torch.save(_rng_state(), d / "rng.pt")
-        torch.save(
-            {
-                "log_logging": self.dataset.log_logging,
-                "ref_token_logprobs": self.dataset.ref_token_logprobs,
-            },
-            d / "logprobs.pt",
-        )
+        ds = self.dataset
+        lp: dict[str, torch.Tensor] = {"log_logging": torch.from_numpy(
+            np.ascontiguousarray(ds.log_logging, dtype=np.float64))}
+        if ds.ref_token_logprobs is not None:
+            lens = [len(t) for t in ds.ref_token_logprobs]
+            flat = np.concatenate([np.asarray(t, np.float64) for t in ds.ref_token_logprobs])
+            lp["ref_token_logprobs"] = torch.from_numpy(flat)
+            lp["ref_token_lengths"] = torch.tensor(lens, dtype=torch.int64)
+        rng = json.dumps(_rng_state()).encode()
+
+        def tensors(obj: Any) -> Callable[[Any], None]:
+            return lambda f: torch.save(obj, f)
+
+        files = {
+            "model.pt": tensors(self.inner_model.state_dict()),
+            "optimizer.pt": tensors(self.optimizer.state_dict()),
+            "scheduler.pt": tensors(self.scheduler.state_dict()),
+            "logprobs.pt": tensors(lp),
+            "rng.json": lambda f: f.write(rng),
+        }
         state = {
             "step": self.step,
             "total_steps": self.total_steps,
             "n_batches": len(self.batches),
-            "n_responses": self.dataset.n_responses,
+            "n_responses": ds.n_responses,
             "config": self.config.to_dict(),
         }
-        (d / "trainer_state.json").write_text(json.dumps(state, indent=1, default=str))
+        write_checkpoint(d, files, state)
+        self._saved_step = self.step
         return d
 
     def latest_checkpoint(self) -> Path | None:
-        """The checkpoint with the highest step under ``output_dir``, if any."""
-        found = []
-        for p in self.output_dir.glob("checkpoint-*"):
-            tail = p.name.split("-")[-1]
-            if tail.isdigit() and (p / "trainer_state.json").exists():
-                found.append((int(tail), p))
-        return max(found)[1] if found else None
+        """The complete checkpoint with the highest step under ``output_dir``, if any."""
+        return find_latest(self.output_dir, CHECKPOINT_FILES)[0]
 
-    def load_checkpoint(self, path: str | os.PathLike[str]) -> None:
-        """Restore a checkpoint written by :meth:`save_checkpoint` (``"latest"`` allowed)."""
-        if str(path) == "latest":
-            p = self.latest_checkpoint()
-            if p is None:
-                raise FileNotFoundError(f"no checkpoint under {self.output_dir}")
-        else:
+    def _resolve_checkpoint(self, path: str | os.PathLike[str]) -> tuple[Path, dict[str, Any]]:
+        """The checkpoint directory to load and its verified manifest."""
+        if str(path) != "latest":
             p = Path(path)
-        if not (p / "trainer_state.json").exists():
-            raise FileNotFoundError(f"not a checkpoint directory: {p}")
-        state = json.loads((p / "trainer_state.json").read_text())
-        if state["n_responses"] != self.dataset.n_responses or state["n_batches"] != len(
-            self.batches
-        ):
+            return p, verify_checkpoint(p, CHECKPOINT_FILES)
+        p, skipped = find_latest(self.output_dir, CHECKPOINT_FILES)
+        why = "; ".join(f"{s.name}: {reason}" for s, reason in skipped)
+        if p is None:
+            raise CheckpointError(
+                f"no complete checkpoint under {self.output_dir}"
+                + (f" (skipped {why})" if why else "")
+            )
+        if skipped:
+            warnings.warn(
+                f"resuming from {p.name}, skipping newer incomplete checkpoints ({why})",
+                CheckpointWarning,
+                stacklevel=3,
+            )
+        return p, verify_checkpoint(p, CHECKPOINT_FILES)
+
+    def load_checkpoint(self, path: str | os.PathLike[str]) -> Path:
+        """Restore a checkpoint written by :meth:`save_checkpoint` (``"latest"``: the newest
+        complete one under ``output_dir``; newer incomplete ones are skipped with a
+        :class:`CheckpointWarning`). Returns the directory loaded (also ``self.resumed_from``).
+
+        Raises
+        ------
+        CheckpointError
+            No complete checkpoint, a file that fails verification or holds anything but
+            tensors, or a state that does not fit this model.
+        ValueError
+            The checkpoint was written for another dataset or token budget.
+        """
+        p, state = self._resolve_checkpoint(path)
+        step = state.get("step")
+        if not isinstance(step, int) or not 0 <= step <= self.total_steps:
+            raise CheckpointError(f"{p / MANIFEST}: bad step {step!r}")
+        if state.get("n_responses") != self.dataset.n_responses or state.get(
+            "n_batches"
+        ) != len(self.batches):
             raise ValueError(
                 f"checkpoint {p} was written for another dataset or token budget "
-                f"({state['n_responses']} responses, {state['n_batches']} batches)"
+                f"({state.get('n_responses')} responses, {state.get('n_batches')} batches)"
             )
-        load = dict(map_location=self.device, weights_only=False)
-        self.inner_model.load_state_dict(torch.load(p / "model.pt", **load))
-        self.optimizer.load_state_dict(torch.load(p / "optimizer.pt", **load))
-        self.scheduler.load_state_dict(torch.load(p / "scheduler.pt", **load))
-        lp = torch.load(p / "logprobs.pt", weights_only=False)
-        self.dataset.log_logging = lp["log_logging"]
-        self.dataset.ref_token_logprobs = lp["ref_token_logprobs"]
-        _set_rng_state(torch.load(p / "rng.pt", weights_only=False))
-        self.step = int(state["step"])
+        # read everything first: a bad file changes nothing
+        pt = [n for n in CHECKPOINT_FILES if n.endswith(".pt")]
+        loaded = {n: load_tensors(p / n, self.device) for n in pt}
+        rng = read_json(p / "rng.json")
+        log_logging, ref = _unpack_logprobs(loaded["logprobs.pt"], self.dataset, p / "logprobs.pt")
+        for name, target in (("model.pt", self.inner_model), ("optimizer.pt", self.optimizer),
+                             ("scheduler.pt", self.scheduler)):
+            try:
+                target.load_state_dict(loaded[name])
+            except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as e:
+                first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+                raise CheckpointError(f"{p / name}: does not fit this trainer ({first})") from e
+        self.dataset.log_logging = log_logging
+        self.dataset.ref_token_logprobs = ref
+        _set_rng_state(rng, p / "rng.json")
+        self.step = step
+        self.resumed_from = p
+        _log.info("resuming from %s (step %d of %d)", p, step, self.total_steps)
+        if p.resolve() == (self.output_dir / f"checkpoint-{step}").resolve():
+            self._saved_step = step
+        return p
+
+
+CHECKPOINT_FILES = ("model.pt", "optimizer.pt", "scheduler.pt", "logprobs.pt", "rng.json")
+
+
+class CheckpointWarning(UserWarning):
+    """Resuming from ``"latest"`` skipped newer checkpoints that are incomplete or corrupt."""
+
+
+class OutputExistsError(FileExistsError):
+    """The output directory holds an earlier run's files and neither resume nor overwrite
+    was asked for."""
+
+
+def _unpack_logprobs(
+    lp: Any, dataset: PopeDataset, source: Path
+) -> tuple[np.ndarray, list[np.ndarray] | None]:
+    """``log_logging`` and the per-token reference log-probs of ``logprobs.pt``, checked."""
+    n = dataset.n_responses
+    ll = lp.get("log_logging") if isinstance(lp, dict) else None
+    if not isinstance(ll, torch.Tensor) or ll.shape != (n,):
+        raise CheckpointError(f"{source}: expected a log_logging tensor of shape ({n},)")
+    ref = None
+    if "ref_token_logprobs" in lp:
+        flat, lens = lp["ref_token_logprobs"], lp.get("ref_token_lengths")
+        ok = isinstance(flat, torch.Tensor) and isinstance(lens, torch.Tensor)
+        if not ok or lens.shape != (n,) or int(lens.sum()) != flat.numel() or (lens < 0).any():
+            raise CheckpointError(f"{source}: inconsistent ref_token_logprobs / lengths")
+        flat = flat.cpu().numpy().astype(np.float64)
+        ref = np.split(flat, np.cumsum(lens.cpu().numpy())[:-1])
+    return ll.cpu().numpy().astype(np.float64), ref
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Keep the metric rows up to ``step`` (a resumed run rewrites the later ones); a row cut
+    by a kill is dropped. Rewritten atomically."""
+    if not path.is_file():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] <= step:
+            keep.append(line + "\n")
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text("".join(keep))
+    os.replace(tmp, path)
