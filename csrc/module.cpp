@@ -41,4 +41,11 @@ PYBIND11_MODULE(_ext, m) {
           "Column sums (n_boot, m) of with-replacement resamples of the rows of values;\n"
           "indices idx(b, i) = ((splitmix64(splitmix64(seed) + b*G + i) >> 32) * n) >> 32.");
     m.def("splitmix64", &pope::splitmix64, py::arg("z"), "SplitMix64 finaliser of one uint64.");
+    m.def("elementary_sums_hard", &pope::elementary_sums_hard, py::arg("prompt_ptr"),
+          py::arg("weight"), py::arg("labels"), py::arg("n_aspects"), py::arg("degree"),
+          "Per prompt (P, degree+1): sum_c e_j(w_k [a_k == c]) and e_j(w), hard labels\n"
+          "(un-normalised U-statistic power sums, pope.power_sums).");
+    m.def("elementary_sums_soft", &pope::elementary_sums_soft, py::arg("prompt_ptr"),
+          py::arg("weight"), py::arg("soft"), py::arg("degree"),
+          "As elementary_sums_hard with soft aspect rows q (N, C): x_kc = w_k q_k(c).");
 }

@@ -293,4 +293,11 @@ DArray diversity_reward_soft(const IArray& prompt_ptr, const DArray& p, const DA
 
 DArray bootstrap_sums(const DArray& values, std::int64_t n_boot, std::uint64_t seed);
 
+std::tuple<DArray, DArray> elementary_sums_hard(const IArray& prompt_ptr, const DArray& weight,
+                                                const IArray& labels, std::int64_t n_aspects,
+                                                std::int64_t degree);
+
+std::tuple<DArray, DArray> elementary_sums_soft(const IArray& prompt_ptr, const DArray& weight,
+                                                const DArray& soft, std::int64_t degree);
+
 }  // namespace pope

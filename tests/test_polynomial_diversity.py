@@ -90,9 +90,10 @@ def brute_power_sums(ptr, w, q, degree):
     return p_out, s_out
 
 
+@pytest.mark.parametrize("backend", pope.backends.available_backends())
 @pytest.mark.parametrize("soft", [False, True])
 @pytest.mark.parametrize("degree", [1, 2, 4])
-def test_power_sums_match_brute_force(rng, soft, degree):
+def test_power_sums_match_brute_force(rng, soft, degree, backend):
     counts = np.array([0, 1, 2, 3, 5, 0, 4, 6, 2])
     ptr = np.concatenate([[0], np.cumsum(counts)])
     n, c = int(ptr[-1]), 3
@@ -104,10 +105,26 @@ def test_power_sums_match_brute_force(rng, soft, degree):
     args = (None, q) if soft else (labels, None)
     want = brute_power_sums(ptr, w, q, degree)
     for got in (power_sums_reference(ptr, w, *args, c, degree),
-                power_sums(ptr, w, *args, c, degree)):
+                power_sums(ptr, w, *args, c, degree, backend=backend)):
         # sums of at most C(6, j) non-negative products: relative rounding ~ 1e-15
         np.testing.assert_allclose(got[0], want[0], rtol=1e-12, atol=0)
         np.testing.assert_allclose(got[1], want[1], rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("backend", pope.backends.available_backends())
+def test_power_sums_backends_agree_on_large_ragged_input(rng, backend):
+    counts = rng.integers(0, 30, 3000)
+    ptr = np.concatenate([[0], np.cumsum(counts)])
+    n, c = int(ptr[-1]), 7
+    w = np.exp(rng.uniform(-30, 0, n))  # scaled weights in (0, 1], wide spread
+    labels = rng.integers(0, c, n)
+    soft = rng.dirichlet(np.full(c, 0.3), n)
+    for args in ((labels, None), (None, soft)):
+        want = power_sums_reference(ptr, w, *args, c, 6)
+        got = power_sums(ptr, w, *args, c, 6, backend=backend)
+        # same recursion in the same order; only the sum over aspects may be reordered
+        np.testing.assert_allclose(got[0], want[0], rtol=1e-12, atol=1e-300)
+        np.testing.assert_allclose(got[1], want[1], rtol=1e-12, atol=1e-300)
 
 
 def test_power_sums_are_unbiased(rng):

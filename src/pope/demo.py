@@ -165,8 +165,8 @@ def evaluation_suite(
       SIPS, IIPS, RIPS estimate :math:`\mathbb E\sum_l r_l = K\,U`; rows report value / K.
       Responses are i.i.d., so conditional = marginal propensities.
     * ``"pope"`` — :func:`pope.evaluate` with its defaults: decomposed relevance (SNIPS) and
-      diversity (self-normalised coverage entropy, jackknife-corrected per prompt) and their
-      total; and the IPS-relevance variant of the total.
+      diversity (minimax polynomial estimator of the coverage entropy, whose interval carries
+      its bias bound) and their total; and the IPS-relevance variant of the total.
     * ``"joint"`` — the list of each prompt as one action with total reward
       :func:`joint_list_reward` and list weight :math:`W_i = \prod_k w_{ik}`: IPS (= SIPS on
       the total), SNIPS, clipped IPS, DM and DR (reward model + the exact aspect tagger for

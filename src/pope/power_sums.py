@@ -21,7 +21,8 @@ The weights passed here are the *scaled* weights :math:`\tilde w = e^{\ell - m}`
 :math:`e^{-jm}`, which cancels in the self-normalised ratios of :mod:`pope.estimators.pope`.
 
 ``power_sums_reference`` is the NumPy reference (vectorised over prompts, one position at a
-time); ``power_sums`` dispatches to the Numba twin when Numba is available.
+time); ``power_sums`` dispatches to the C++ (``pope._ext.elementary_sums_*``) or Numba twin
+(:mod:`pope.backends.numba_power`) like the other CPU routines.
 """
 
 from __future__ import annotations
@@ -55,9 +56,8 @@ def power_sums_reference(
 ) -> tuple[np.ndarray, np.ndarray]:
     r"""``(P, S)`` of shape ``(n_prompts, degree + 1)``: :math:`\hat P_j`, :math:`\hat S_j`.
 
-    Column :math:`j` is 0 where :math:`j > K_i`; column 0 is 1 (``e_0 = 1``) for every prompt
-    (0 for an empty prompt's :math:`\hat P_0`... by convention 1/1 = 1 for :math:`\hat S_0`
-    and :math:`C` is not used: :math:`\hat P_0 := 1`). ``weight`` are non-negative (scaled)
+    Column :math:`j` is 0 where :math:`j > K_i`; column 0 is 1 for every prompt (the
+    convention :math:`\hat P_0 = \hat S_0 = 1`). ``weight`` are non-negative (scaled)
     weights, ``labels`` hard aspects or ``soft`` rows (exactly one).
     """
     ptr = np.asarray(prompt_ptr, dtype=np.int64)
@@ -97,20 +97,27 @@ def power_sums(
     prompt_ptr: np.ndarray, weight: np.ndarray, labels: np.ndarray | None,
     soft: np.ndarray | None, n_aspects: int, degree: int, backend: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`power_sums_reference`, or its Numba twin (``backend`` ``"numba"`` or auto)."""
-    if backend == "reference":
+    """:func:`power_sums_reference` or a compiled twin: C++ ``pope._ext`` (threads), Numba.
+
+    ``backend``: ``"cpp"``, ``"numba"``, ``"reference"`` or ``None`` (automatic, as
+    :func:`pope.backends.resolve_backend`).
+    """
+    from pope.backends import resolve_backend
+
+    name = resolve_backend(backend)
+    if name == "reference":
         return power_sums_reference(prompt_ptr, weight, labels, soft, n_aspects, degree)
-    try:
+    ptr = np.ascontiguousarray(prompt_ptr, dtype=np.int64)
+    w = np.ascontiguousarray(weight, dtype=np.float64)
+    lab = None if labels is None else np.ascontiguousarray(labels, dtype=np.int64)
+    q = None if soft is None else np.ascontiguousarray(soft, dtype=np.float64)
+    if name == "cpp":
+        from pope import _ext as ext
+
+        e_p, e_s = (ext.elementary_sums_hard(ptr, w, lab, int(n_aspects), int(degree))
+                    if lab is not None else ext.elementary_sums_soft(ptr, w, q, int(degree)))
+    else:
         from pope.backends import numba_power
-    except ImportError:
-        if backend == "numba":
-            raise
-        return power_sums_reference(prompt_ptr, weight, labels, soft, n_aspects, degree)
-    e_p, e_s = numba_power.elementary_sums(
-        np.ascontiguousarray(prompt_ptr, dtype=np.int64),
-        np.ascontiguousarray(weight, dtype=np.float64),
-        None if labels is None else np.ascontiguousarray(labels, dtype=np.int64),
-        None if soft is None else np.ascontiguousarray(soft, dtype=np.float64),
-        int(n_aspects), int(degree),
-    )
-    return _normalise(e_p, e_s, np.diff(np.asarray(prompt_ptr, dtype=np.int64)), degree)
+
+        e_p, e_s = numba_power.elementary_sums(ptr, w, lab, q, int(n_aspects), int(degree))
+    return _normalise(np.asarray(e_p), np.asarray(e_s), np.diff(ptr), degree)

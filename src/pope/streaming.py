@@ -618,6 +618,16 @@ class EvalResult:
                 f"{f'[{lo:.4f}, {hi:.4f}]':>21} {_fmt(d.ess):>9} {_fmt(d.max_weight):>9} "
                 f"{_fmt(d.clipped_fraction, pct=True):>7}"
             )
+        ex = self.pope.diversity.diagnostics.extra
+        deg = ex.get("diversity_degree")
+        lines.append(
+            f"POPE diversity: {self.spec.diversity}, estimator {ex.get('diversity_estimator')}"
+            + (f", degree {deg}" if deg else "")
+            + ("; baselines estimate r + lambda d with the plug-in d" if self.baselines else ""))
+        for label, e in self.rows():
+            note = e.interval_note()
+            if note:
+                lines.append(f"  {label}: {note}")
         return "\n".join(lines)
 
     def to_dict(self, method: str = "normal", ess_fraction: float = 0.1) -> dict[str, Any]:
@@ -627,6 +637,11 @@ class EvalResult:
             d = dict(e.to_dict())
             d["ci_lower"], d["ci_upper"] = e.ci(method=method)
             d["ci_method"] = method
+            ex = e.diagnostics.extra
+            for key in ("diversity_estimator", "diversity_degree", "pair_ess_fraction",
+                        "single_response_prompt_fraction"):
+                if key in ex:
+                    d[key] = ex[key]
             return {k: _json_float(v) for k, v in d.items()}
 
         return {

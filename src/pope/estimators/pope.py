@@ -345,8 +345,7 @@ def _compute(
             in_div = units.copy()
         div_cols = np.column_stack([np.where(in_div, h, 0.0), in_div.astype(np.float64)])
     else:
-        p_hat, s_hat = power_sums(ptr, wt, labels, soft, c, spec.max_degree,
-                                  backend="reference" if bname == "reference" else None)
+        p_hat, s_hat = power_sums(ptr, wt, labels, soft, c, spec.max_degree, backend=bname)
         div_cols = power_rows(counts, p_hat, s_hat, spec.max_degree)
         in_div = units
         h = None
