@@ -221,3 +221,13 @@ def test_inputs_not_modified(rng):
     pope.coverage_entropy(ptr, lw, aspect_probs=q, mode="ips")
     for x, y in zip(arrs, copies):
         np.testing.assert_array_equal(x, y)
+
+
+def test_coverage_errors_name_the_argument():
+    """A length mismatch names the per-response array; a huge n_aspects is refused up front."""
+    with pytest.raises(ValueError, match="aspect has length 4; prompt_ptr ends at 5"):
+        pope.coverage(np.array([0, 2, 5]), aspect=np.zeros(4, dtype=int), n_aspects=3)
+    with pytest.raises(ValueError, match="aspect_probs has length 3"):
+        pope.coverage(np.array([0, 2, 4]), aspect_probs=np.full((3, 2), 0.5))
+    with pytest.raises(ValueError, match="above the supported maximum"):
+        pope.coverage(np.array([0, 2, 4]), aspect=np.zeros(4, dtype=int), n_aspects=10**9)

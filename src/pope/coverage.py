@@ -35,7 +35,13 @@ from typing import Any, Literal
 
 import numpy as np
 
-from pope._validation import as_float_array, as_index_array, check_prompt_ptr
+from pope._validation import (
+    as_float_array,
+    as_index_array,
+    check_lengths,
+    check_n_aspects_size,
+    check_prompt_ptr,
+)
 from pope.backends import get_backend
 from pope.data import LoggedFeedback
 
@@ -83,7 +89,8 @@ def resolve_aspects(
         if n and (labels.min() < 0 or labels.max() >= c):
             bad = labels[(labels < 0) | (labels >= c)][0]
             raise ValueError(f"aspect label {bad} out of range [0, {c})")
-        ptr = check_prompt_ptr(source, n)
+        ptr = check_prompt_ptr(source, None)
+        check_lengths(ptr, aspect=labels)
         return ptr, labels, None, c
     soft = as_float_array(aspect_probs, "aspect_probs", ndim=2)
     n, c = soft.shape
@@ -98,7 +105,8 @@ def resolve_aspects(
         if err.max() > _SOFT_TOL:
             i = int(np.argmax(err))
             raise ValueError(f"aspect_probs rows must sum to 1; row {i} sums to {soft[i].sum()!r}")
-    ptr = check_prompt_ptr(source, n)
+    ptr = check_prompt_ptr(source, None)
+    check_lengths(ptr, aspect_probs=soft)
     return ptr, None, soft, c
 
 
@@ -107,7 +115,7 @@ def _check_n_aspects(c: Any) -> int:
         raise TypeError(f"n_aspects must be an int, got {type(c).__name__}")
     if c < 1:
         raise ValueError(f"n_aspects must be >= 1, got {c}")
-    return int(c)
+    return check_n_aspects_size(int(c))
 
 
 def check_log_weight(log_weight: Any, n: int, mode: str) -> np.ndarray:
