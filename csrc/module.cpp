@@ -22,6 +22,11 @@ PYBIND11_MODULE(_ext, m) {
           "l_i = min(log_target_i - log_logging_i, log_clip), m = max_i l_i,\n"
           "w~_i = exp(l_i - m); returns [m, n, sum w~, sum w~^2, sum w~ r, sum (w~ r)^2,\n"
           "sum w~^2 r, #{lr_i > log_clip}, max_i lr_i]. One pass, threads over chunks.");
+    m.def("ips_moments_checked", &pope::ips_moments_checked, py::arg("log_target"),
+          py::arg("log_logging"), py::arg("reward"), py::arg("log_clip"),
+          "ips_moments with the value checks in the same pass.\n\n"
+          "Returns (moments (10,): MOMENT_NAMES then #rewards outside [0, 1]; all NaN when a\n"
+          "value is bad), first_bad (10,) int64: first failing index per IPS_CHECKS, or -1.");
     m.def("segment_coverage_hard", &pope::segment_coverage_hard, py::arg("prompt_ptr"),
           py::arg("log_weight"), py::arg("labels"), py::arg("n_aspects"),
           py::arg("self_normalize"),

@@ -279,6 +279,10 @@ inline std::size_t check_prompt_ptr(const IArray& prompt_ptr, py::ssize_t n_rows
 DArray ips_moments(const DArray& log_target, const DArray& log_logging, const DArray& reward,
                    double log_clip);
 
+std::tuple<DArray, IArray> ips_moments_checked(const DArray& log_target,
+                                               const DArray& log_logging, const DArray& reward,
+                                               double log_clip);
+
 std::tuple<DArray, DArray> segment_coverage_hard(const IArray& prompt_ptr,
                                                  const DArray& log_weight, const IArray& labels,
                                                  std::int64_t n_aspects, bool self_normalize);

@@ -70,8 +70,9 @@ def test_same_public_api_as_reference() -> None:
     for name in COMPILED:
         mod = get_backend(name)
         assert tuple(mod.MOMENT_NAMES) == ref.MOMENT_NAMES
+        assert tuple(mod.IPS_CHECKS) == ref.IPS_CHECKS
         for fn in ref.__all__:
-            if fn == "MOMENT_NAMES":
+            if fn in ("MOMENT_NAMES", "IPS_CHECKS"):
                 continue
             assert hasattr(mod, fn), f"{name} lacks {fn}"
             want = list(inspect.signature(getattr(ref, fn)).parameters)
@@ -180,6 +181,77 @@ def test_ips_moments_shape_errors(be) -> None:
         be.ips_moments(np.zeros(3), np.zeros(4), np.zeros(3), np.inf)
     with pytest.raises(ValueError):
         be.ips_moments(np.zeros(3), np.zeros(3), np.zeros(2), np.inf)
+
+
+# ---------------------------------------------------------------------------------------------
+# ips_moments_checked: the value checks fused into the pass
+# ---------------------------------------------------------------------------------------------
+
+_BAD_VALUES = {  # IPS_CHECKS that each bad value fails, per argument
+    0: (np.nan, np.inf, 0.5),  # log_target (-inf is legal)
+    1: (np.nan, np.inf, -np.inf, 1e-300),  # log_logging
+    2: (np.nan, np.inf, -np.inf),  # reward
+}
+
+
+def _check_checked(be, lt, ll, r, clip) -> None:
+    args = [a.copy() for a in (lt, ll, r)]
+    got, got_bad = be.ips_moments_checked(lt, ll, r, clip)
+    for a, b in zip(args, (lt, ll, r)):
+        np.testing.assert_array_equal(a, b)  # inputs untouched
+    want, want_bad = ref.ips_moments_checked(lt, ll, r, clip)
+    np.testing.assert_array_equal(got_bad, want_bad)  # first bad index of each check, exact
+    assert got.shape == want.shape == (len(ref.MOMENT_NAMES) + 1,)
+    if (want_bad >= 0).any():
+        assert np.isnan(got).all()
+        return
+    assert got[9] == want[9]  # count of rewards outside [0, 1]: exact
+    scale = ref.ips_moments(lt, ll, np.abs(r), clip)
+    assert_close(got[:9], want[:9], scale=np.where(np.isfinite(scale), np.abs(scale), 1.0))
+
+
+@pytest.mark.parametrize("n", [1, 7, 513, 3 * (1 << 16) + 5])
+def test_ips_moments_checked_valid(be, rng, n) -> None:
+    lt, ll, r = _ips_case(rng, n, signed=True)
+    lt, ll = np.minimum(lt, 0.0), np.minimum(ll, 0.0)
+    lt[rng.random(n) < 0.1] = -np.inf  # legal: zero target probability
+    ll[rng.random(n) < 0.1] = 0.0  # legal: probability 1
+    lt[rng.random(n) < 0.05] = -0.0
+    for clip in (np.inf, 0.5):
+        _check_checked(be, lt, ll, r, clip)
+    _check_checked(be, lt, ll, np.abs(r) / np.abs(r).max(), np.inf)  # all rewards in [0, 1]
+
+
+@pytest.mark.parametrize("arg", [0, 1, 2])
+def test_ips_moments_checked_first_bad(be, rng, arg) -> None:
+    """Every bad value, at the start, in a later chunk and at the tail, alone or twice, and
+    mixed with bad values of another kind: the first index of each check, as the reference."""
+    n = 3 * (1 << 16) + 5
+    base = _ips_case(rng, n)
+    base = [np.minimum(base[0], 0.0), np.minimum(base[1], 0.0), base[2]]
+    for v in _BAD_VALUES[arg]:
+        for pos in ([0], [n - 1], [(1 << 16) + 3, 2 * (1 << 16)], list(rng.integers(0, n, 5))):
+            a = [x.copy() for x in base]
+            a[arg][pos] = v
+            _check_checked(be, *a, 1.0)
+            other = (arg + 1) % 3
+            a[other][rng.integers(0, n, 2)] = _BAD_VALUES[other][0]
+            _check_checked(be, *a, 1.0)
+
+
+def test_ips_moments_checked_read_only(be, rng) -> None:
+    lt, ll, r = (np.minimum(a, 0.0) for a in _ips_case(rng, 70_001))
+    for a in (lt, ll, r):
+        a.flags.writeable = False
+    _check_checked(be, lt, ll, r, 1.0)
+
+
+def test_ips_moments_checked_n0(be) -> None:
+    e = np.empty(0)
+    got, bad = be.ips_moments_checked(e, e, e, np.inf)
+    want, want_bad = ref.ips_moments_checked(e, e, e, np.inf)
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(bad, want_bad)
 
 
 # ---------------------------------------------------------------------------------------------

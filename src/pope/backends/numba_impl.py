@@ -37,14 +37,16 @@ from numba import config as _numba_config
 from numba import njit, parallel_chunksize, prange, set_num_threads, types
 from numba.extending import intrinsic
 
-from pope.backends.reference import MOMENT_NAMES, splitmix64
+from pope.backends.reference import IPS_CHECKS, MOMENT_NAMES, splitmix64
 
 __all__ = [
+    "IPS_CHECKS",
     "MOMENT_NAMES",
     "bootstrap_sums",
     "diversity_reward_hard",
     "diversity_reward_soft",
     "ips_moments",
+    "ips_moments_checked",
     "segment_coverage_hard",
     "segment_coverage_soft",
     "splitmix64",
@@ -111,6 +113,7 @@ _LOW32 = np.uint64(0xFFFFFFFF)
 
 _NINF = -np.inf
 _PINF = np.inf
+_N_CHECKS = len(IPS_CHECKS)
 _U1 = np.uint64(1)
 
 
@@ -214,8 +217,9 @@ def _exp_into(x, shift, out, n):  # pragma: no cover - compiled
 
 
 @njit(cache=True, fastmath={"reassoc"}, error_model="numpy")
-def _ips_accumulate(buf, m, rw, off, n):  # pragma: no cover - compiled
-    """Sums of w, w^2, w r, (w r)^2, w^2 r with ``w = exp(buf - m)`` over ``n`` samples.
+def _ips_accumulate(buf, m, clip, rw, off, n):  # pragma: no cover - compiled
+    """Sums of w, w^2, w r, (w r)^2, w^2 r with ``w = exp(min(buf, clip) - m)`` over ``n``
+    samples.
 
     ``reassoc`` lets LLVM keep lane-wise partial sums; :func:`_exp1` keeps its own flags.
     """
@@ -225,7 +229,8 @@ def _ips_accumulate(buf, m, rw, off, n):  # pragma: no cover - compiled
     d = 0.0
     f = 0.0
     for j in range(n):
-        wj = _exp1(buf[j] - m)
+        lj = buf[j]
+        wj = _exp1((lj if lj < clip else clip) - m)
         wr = wj * rw[off + np.uint64(j)]  # uint64 offset: no wraparound select
         a += wj
         b += wj * wj
@@ -236,8 +241,61 @@ def _ips_accumulate(buf, m, rw, off, n):  # pragma: no cover - compiled
 
 
 @njit(cache=True, error_model="numpy")
-def _ips_chunk(lt, ll, rw, s, e, clip, out, buf):  # pragma: no cover - compiled
-    """Partial of samples [s, e): out = [M, sw, sw2, swr, swr2, sw2r, n_clipped, max_lr]."""
+def _ips_scan(lt, ll, rw, off, n, clip, buf):  # pragma: no cover - compiled
+    """buf[j] = log_target - log_logging over a block; counts of clipped log-ratios, of
+    invalid values (IPS_CHECKS) and of rewards outside [0, 1].
+
+    Integer reductions only, so that LLVM vectorises the loop without fast-math (a NaN must
+    fail the checks, not be assumed away).
+    """
+    ncl = 0
+    nbad = 0
+    nout = 0
+    for j in range(n):
+        k = off + np.uint64(j)
+        t = lt[k]
+        l = ll[k]
+        r = rw[k]
+        lr = t - l
+        buf[j] = lr
+        ncl += lr > clip
+        # NaN fails every comparison; r - r is 0 exactly for finite r
+        nbad += (not t <= 0.0) | (not l <= 0.0) | (l == _NINF) | (not (r - r) == 0.0)
+        nout += (r < 0.0) | (r > 1.0)
+    return ncl, nbad, nout
+
+
+@njit(cache=True, fastmath={"nnan", "nsz"}, error_model="numpy")
+def _block_max(buf, n):  # pragma: no cover - compiled
+    """max(buf[:n]); ``nnan``: a block with NaN fails the checks of :func:`_ips_scan`."""
+    mx = _NINF
+    for j in range(n):
+        v = buf[j]
+        mx = v if v > mx else mx
+    return mx
+
+
+@njit(cache=True, error_model="numpy")
+def _scan_bad(lt, ll, rw, s, e, first):  # pragma: no cover - compiled
+    """First failing index of each check of IPS_CHECKS in [s, e), where not yet set."""
+    for k in range(s, e):
+        t = lt[k]
+        l = ll[k]
+        r = rw[k]
+        fails = (
+            np.isnan(t), t == _PINF, t > 0.0, np.isnan(l), l == _PINF, l == _NINF, l > 0.0,
+            np.isnan(r), r == _PINF, r == _NINF,
+        )
+        for c in range(_N_CHECKS):
+            if fails[c] and first[c] < 0:
+                first[c] = k
+
+
+@njit(cache=True, error_model="numpy")
+def _ips_chunk(lt, ll, rw, s, e, clip, out, buf, first):  # pragma: no cover - compiled
+    """Partial of samples [s, e): out = [M, sw, sw2, swr, swr2, sw2r, n_clipped, max_lr,
+    n_reward_outside_unit]; ``first`` gets the first failing index of each check
+    (IPS_CHECKS)."""
     m_run = _NINF
     sw = 0.0
     sw2 = 0.0
@@ -245,16 +303,17 @@ def _ips_chunk(lt, ll, rw, s, e, clip, out, buf):  # pragma: no cover - compiled
     swr2 = 0.0
     sw2r = 0.0
     ncl = 0
+    nout = 0
     lrmax = _NINF
     for b0 in range(s, e, _BLOCK):
         ln = min(_BLOCK, e - b0)
         ub0 = np.uint64(b0)  # uint64 offsets: no negative-index wraparound select
-        blr = _NINF
-        for j in range(ln):
-            lr = lt[ub0 + np.uint64(j)] - ll[ub0 + np.uint64(j)]
-            buf[j] = lr if lr < clip else clip
-            blr = lr if lr > blr else blr
-            ncl += 1 if lr > clip else 0
+        c_cl, c_bad, c_out = _ips_scan(lt, ll, rw, ub0, ln, clip, buf)
+        ncl += c_cl
+        nout += c_out
+        if c_bad:  # (ips_moments, which skips the checks, sums such blocks all the same)
+            _scan_bad(lt, ll, rw, b0, b0 + ln, first)
+        blr = _block_max(buf, ln)
         lrmax = blr if blr > lrmax else lrmax
         bmax = blr if blr < clip else clip  # max_j min(lr_j, clip) = min(max_j lr_j, clip)
         if bmax > m_run:
@@ -268,7 +327,7 @@ def _ips_chunk(lt, ll, rw, s, e, clip, out, buf):  # pragma: no cover - compiled
             m_run = bmax
         if m_run == _NINF:
             continue  # every weight so far is zero
-        a, b, c, d, f = _ips_accumulate(buf, m_run, rw, ub0, ln)
+        a, b, c, d, f = _ips_accumulate(buf, m_run, clip, rw, ub0, ln)
         sw += a
         sw2 += b
         swr += c
@@ -282,16 +341,17 @@ def _ips_chunk(lt, ll, rw, s, e, clip, out, buf):  # pragma: no cover - compiled
     out[5] = sw2r
     out[6] = ncl
     out[7] = lrmax
+    out[8] = nout
 
 
 @njit(cache=True, parallel=True, error_model="numpy")
-def _ips_partials(lt, ll, rw, clip, parts):  # pragma: no cover - compiled
+def _ips_partials(lt, ll, rw, clip, parts, first):  # pragma: no cover - compiled
     n = lt.shape[0]
     for ci in prange(parts.shape[0]):
         buf = np.empty(_BLOCK)
         s = ci * _CHUNK
         e = min(n, s + _CHUNK)
-        _ips_chunk(lt, ll, rw, s, e, clip, parts[ci], buf)
+        _ips_chunk(lt, ll, rw, s, e, clip, parts[ci], buf, first[ci])
 
 
 @njit(cache=True, error_model="numpy")
@@ -647,8 +707,17 @@ def ips_moments(
         out[0] = -np.inf
         out[8] = -np.inf
         return out
+    _ips_pass(log_target, log_logging, reward, log_clip, out)
+    return out
+
+
+def _ips_pass(log_target, log_logging, reward, log_clip, out) -> tuple[np.ndarray, np.ndarray]:
+    """The parallel pass and the merge into ``out[:9]``; returns (partials, first-bad)."""
+    n = log_target.shape[0]
     _apply_thread_cap()
-    parts = np.empty(((n + _CHUNK - 1) // _CHUNK, 8))
+    n_chunks = (n + _CHUNK - 1) // _CHUNK
+    parts = np.empty((n_chunks, 9))
+    first = np.full((n_chunks, _N_CHECKS), -1, dtype=np.int64)
     with parallel_chunksize(1):  # dynamic hand-out of chunks: robust to a busy core
         _ips_partials(
             np.ascontiguousarray(log_target, dtype=np.float64),
@@ -656,9 +725,38 @@ def ips_moments(
             np.ascontiguousarray(reward, dtype=np.float64),
             log_clip,
             parts,
+            first,
         )
     _ips_merge(parts, float(n), out)
-    return out
+    fb = np.full(_N_CHECKS, -1, dtype=np.int64)
+    for c in range(_N_CHECKS):  # chunks in order: the first one set wins
+        hit = np.flatnonzero(first[:, c] >= 0)
+        if hit.size:
+            fb[c] = first[hit[0], c]
+    return parts, fb
+
+
+def ips_moments_checked(
+    log_target: np.ndarray, log_logging: np.ndarray, reward: np.ndarray, log_clip: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Numba twin of :func:`pope.backends.reference.ips_moments_checked` (one fused pass)."""
+    n = log_target.shape[0]
+    if log_target.ndim != 1 or log_logging.shape != (n,) or reward.shape != (n,):
+        raise ValueError("ips_moments: log_target, log_logging and reward must be (n,) arrays")
+    log_clip = float(log_clip)
+    if math.isnan(log_clip):
+        raise ValueError("ips_moments: log_clip must not be NaN")
+    out = np.zeros(len(MOMENT_NAMES) + 1)
+    out[1] = n
+    if n == 0:
+        out[[0, 8]] = -np.inf
+        return out, np.full(_N_CHECKS, -1, dtype=np.int64)
+    parts, fb = _ips_pass(log_target, log_logging, reward, log_clip, out)
+    if (fb >= 0).any():
+        out[:] = np.nan
+    else:
+        out[9] = parts[:, 8].sum()
+    return out, fb
 
 
 def segment_coverage_hard(

@@ -27,11 +27,13 @@ from __future__ import annotations
 import numpy as np
 
 __all__ = [
+    "IPS_CHECKS",
     "MOMENT_NAMES",
     "bootstrap_sums",
     "diversity_reward_hard",
     "diversity_reward_soft",
     "ips_moments",
+    "ips_moments_checked",
     "segment_coverage_hard",
     "segment_coverage_soft",
     "splitmix64",
@@ -48,6 +50,22 @@ MOMENT_NAMES = (
     "sum_w2r",  # sum w~^2 r
     "n_clipped",  # count of log_target - log_logging > log_clip
     "max_log_ratio",  # max_i (log_target_i - log_logging_i), unclipped (-inf when n == 0)
+)
+
+#: Checks of :func:`ips_moments_checked`, in the order of its ``first_bad`` vector. Each is a
+#: condition that makes an element invalid: ``log_target`` may be ``-inf`` but not NaN or
+#: above 0; ``log_logging`` must be finite and ``<= 0``; ``reward`` must be finite.
+IPS_CHECKS = (
+    "log_target_nan",
+    "log_target_posinf",
+    "log_target_positive",  # log_target > 0 (includes +inf)
+    "log_logging_nan",
+    "log_logging_posinf",
+    "log_logging_neginf",
+    "log_logging_positive",  # log_logging > 0 (includes +inf)
+    "reward_nan",
+    "reward_posinf",
+    "reward_neginf",
 )
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
@@ -92,6 +110,47 @@ def ips_moments(
     out[7] = np.count_nonzero(lr > log_clip)
     out[8] = lr.max()
     return out
+
+
+def _first(mask: np.ndarray) -> int:
+    idx = np.flatnonzero(mask)
+    return int(idx[0]) if idx.size else -1
+
+
+def ips_moments_checked(
+    log_target: np.ndarray, log_logging: np.ndarray, reward: np.ndarray, log_clip: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`ips_moments` on unchecked values, with the checks and the reward range.
+
+    The compiled backends run the checks in the same pass that sums; here they are separate.
+    Inputs are (n,) float64 arrays of equal length, values unchecked.
+
+    Returns
+    -------
+    moments : (10,) float64
+        The 9 values of :data:`MOMENT_NAMES`, then the number of rewards outside ``[0, 1]``
+        (for the finite-sample bounds). All NaN when ``first_bad`` flags a value.
+    first_bad : (len(IPS_CHECKS),) int64
+        For each check of :data:`IPS_CHECKS`, the index of the first element that fails it,
+        or -1.
+    """
+    lt, ll, r = log_target, log_logging, reward
+    bad = np.array(
+        [
+            _first(np.isnan(lt)), _first(np.isposinf(lt)), _first(lt > 0),
+            _first(np.isnan(ll)), _first(np.isposinf(ll)), _first(np.isneginf(ll)),
+            _first(ll > 0),
+            _first(np.isnan(r)), _first(np.isposinf(r)), _first(np.isneginf(r)),
+        ],
+        dtype=np.int64,
+    )
+    out = np.empty(len(MOMENT_NAMES) + 1)
+    if (bad >= 0).any():
+        out[:] = np.nan
+        return out, bad
+    out[:9] = ips_moments(lt, ll, r, log_clip)
+    out[9] = np.count_nonzero((r < 0) | (r > 1))
+    return out, bad
 
 
 def _segment_ids(prompt_ptr: np.ndarray) -> np.ndarray:
