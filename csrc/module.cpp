@@ -44,6 +44,7 @@ PYBIND11_MODULE(_ext, m) {
     m.def("bootstrap_sums", &pope::bootstrap_sums, py::arg("values"), py::arg("n_boot"),
           py::arg("seed"),
           "Column sums (n_boot, m) of with-replacement resamples of the rows of values;\n"
-          "indices idx(b, i) = ((splitmix64(splitmix64(seed) + b*G + i) >> 32) * n) >> 32.");
+          "indices from 8 xoshiro128++ streams per resample keyed by (seed, b, lane)\n"
+          "(Lemire multiply-shift on 32-bit draws); see pope.backends.reference.");
     m.def("splitmix64", &pope::splitmix64, py::arg("z"), "SplitMix64 finaliser of one uint64.");
 }

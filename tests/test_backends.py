@@ -15,6 +15,7 @@ anything.
 from __future__ import annotations
 
 import inspect
+import math
 
 import numpy as np
 import pytest
@@ -427,6 +428,63 @@ def test_bootstrap_indices_bit_identical(be, rng, seed, n) -> None:
         np.testing.assert_array_equal(
             be.bootstrap_sums(v, 37, seed), ref.bootstrap_sums(v, 37, seed)
         )
+
+
+def _xoshiro_indices_scalar(n: int, b: int, seed: int) -> list[int]:
+    """idx(b, i), i < n, from the definition in the reference docstring, in plain Python ints
+    (an independent implementation of the stream, not NumPy's)."""
+    mask64, mask32 = (1 << 64) - 1, (1 << 32) - 1
+
+    def sm(z: int) -> int:
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask64
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask64
+        return z ^ (z >> 31)
+
+    def rotl(x: int, k: int) -> int:
+        return ((x << k) | (x >> (32 - k))) & mask32
+
+    key = sm(seed)
+    lanes = []
+    for lane in range(8):
+        c = 16 * b + 2 * lane
+        u0 = sm((key + (c + 1) * 0x9E3779B97F4A7C15) & mask64)
+        u1 = sm((key + (c + 2) * 0x9E3779B97F4A7C15) & mask64)
+        st = [u0 & mask32, u0 >> 32, u1 & mask32, u1 >> 32]
+        if not any(st):
+            st[0] = 1
+        lanes.append(st)
+    out = []
+    for i in range(n):
+        s = lanes[i % 8]
+        x = (rotl((s[0] + s[3]) & mask32, 7) + s[0]) & mask32
+        u = (s[1] << 9) & mask32
+        s[2] ^= s[0]
+        s[3] ^= s[1]
+        s[1] ^= s[2]
+        s[0] ^= s[3]
+        s[2] ^= u
+        s[3] = rotl(s[3], 11)
+        out.append((x * n) >> 32)
+    return out
+
+
+@pytest.mark.parametrize("seed", [0, 12345, 2**64 - 1])
+def test_bootstrap_reference_indices_match_definition(seed) -> None:
+    for n, b in ((1, 0), (9, 3), (37, 0), (1000, 17)):
+        got = ref.bootstrap_indices(n, seed, b, b + 1)[0]
+        np.testing.assert_array_equal(got, _xoshiro_indices_scalar(n, b, seed))
+
+
+def test_bootstrap_indices_uniform() -> None:
+    """Counts of each index over 2000 resamples of n = 1000: chi-square within 5 sd of its
+    mean (df = n - 1); consecutive resamples are not correlated."""
+    idx = ref.bootstrap_indices(1000, 7, 0, 2000)
+    counts = np.bincount(idx.ravel(), minlength=1000)
+    chi2 = ((counts - 2000.0) ** 2 / 2000.0).sum()
+    assert abs(chi2 - 999) < 5 * math.sqrt(2 * 999)
+    c = np.array([np.bincount(row, minlength=1000) for row in idx[:200]], dtype=float)
+    r = np.corrcoef(c[:-1].ravel(), c[1:].ravel())[0, 1]
+    assert abs(r) < 5 / math.sqrt(c[1:].size)
 
 
 @pytest.mark.parametrize("seed", SEEDS)

@@ -362,13 +362,30 @@ def _splitmix(z: int) -> int:
 
 
 def _indices(n: int, b: int, seed: int) -> np.ndarray:
-    """Resample indices of the documented counter-based generator, in pure Python."""
+    """Resample indices of the documented generator (8 xoshiro128++ streams per resample
+    seeded by SplitMix64, Lemire's multiply-shift), in pure Python."""
+    m64, m32 = (1 << 64) - 1, (1 << 32) - 1
     key = _splitmix(seed)
-    mask = (1 << 64) - 1
-    return np.array(
-        [(((_splitmix((key + b * 0x9E3779B97F4A7C15 + i) & mask)) >> 32) * n) >> 32
-         for i in range(n)]
-    )
+    lanes = []
+    for lane in range(8):
+        c = 16 * b + 2 * lane
+        u0 = _splitmix((key + (c + 1) * 0x9E3779B97F4A7C15) & m64)
+        u1 = _splitmix((key + (c + 2) * 0x9E3779B97F4A7C15) & m64)
+        lanes.append([u0 & m32, u0 >> 32, u1 & m32, u1 >> 32] if u0 or u1 else [1, 0, 0, 0])
+    out = []
+    for i in range(n):
+        s = lanes[i % 8]
+        a = (s[0] + s[3]) & m32
+        x = ((((a << 7) | (a >> 25)) & m32) + s[0]) & m32
+        u = (s[1] << 9) & m32
+        s[2] ^= s[0]
+        s[3] ^= s[1]
+        s[1] ^= s[2]
+        s[0] ^= s[3]
+        s[2] ^= u
+        s[3] = ((s[3] << 11) | (s[3] >> 21)) & m32
+        out.append((x * n) >> 32)
+    return np.array(out)
 
 
 def test_bootstrap_resamples_ratio_jointly(rng):

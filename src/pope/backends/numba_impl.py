@@ -14,9 +14,10 @@ Design, shared with the C++ backend:
   2 ulp.
 * Coverage and diversity run in parallel over batches of whole prompts; every accumulation
   stays in response order, as ``np.bincount`` / ``np.add.at`` in the reference.
-* ``bootstrap_sums`` runs in parallel over resamples; the SplitMix64 index stream is computed
-  with ``uint64`` arithmetic only (every constant is a ``np.uint64``: mixing ``uint64`` with
-  ``int64`` would promote to ``float64``), so indices are bit-identical to the reference.
+* ``bootstrap_sums`` runs in parallel over resamples; the 8 xoshiro128++ streams of a resample
+  and their SplitMix64 seeding are computed with ``uint64`` arithmetic only (every constant is a
+  ``np.uint64``: mixing ``uint64`` with ``int64`` would promote to ``float64``; 32-bit words are
+  masked), so indices are bit-identical to the reference.
 
 Fast-math flags are limited to ``reassoc`` on the reductions of ``ips_moments`` (lane-wise
 partial sums) and ``contract`` (FMA) inside ``exp`` / ``log``; nothing assumes finite values,
@@ -60,7 +61,7 @@ _BLOCK = 512
 # coverage / diversity batches of whole prompts
 _BATCH_RESP = 4096
 _BATCH_CELLS = 8192
-# bootstrap index buffer
+# bootstrap index buffer (a multiple of the 8 lanes)
 _BOOT_BLOCK = 512
 
 # exp: Cody-Waite reduction, Taylor polynomial of degree 13, 2^k = 2^k1 * 2^k2
@@ -110,6 +111,12 @@ _S30 = np.uint64(30)
 _S31 = np.uint64(31)
 _S32 = np.uint64(32)
 _LOW32 = np.uint64(0xFFFFFFFF)
+_S7 = np.uint64(7)
+_S9 = np.uint64(9)
+_S11 = np.uint64(11)
+_S21 = np.uint64(21)
+_S25 = np.uint64(25)
+_LANES = 8  # xoshiro128++ streams per resample
 
 _NINF = -np.inf
 _PINF = np.inf
@@ -614,15 +621,53 @@ def _diversity_soft(uptr, p, soft, ustarts, d):  # pragma: no cover - compiled
 
 
 @njit(cache=True, error_model="numpy")
-def _fill_indices(x0, nn, ln, ib):  # pragma: no cover - compiled
-    """ib[j] = ((splitmix64(x0 + j) >> 32) * n) >> 32 for j < ln (uint64 throughout)."""
-    n32 = nn & _LOW32  # n < 2^32: lets LLVM use a 32x32->64 multiply
-    for j in range(ln):
-        z = x0 + np.uint64(j)
-        z = (z ^ (z >> _S30)) * _M1
-        z = (z ^ (z >> _S27)) * _M2
-        z = z ^ (z >> _S31)
-        ib[j] = ((z >> _S32) * n32) >> _S32
+def _seed_streams(key, b, st):  # pragma: no cover - compiled
+    """st[k, l] = word k (a uint32 value in a uint64) of the xoshiro128++ state of lane l of
+    resample b (see the reference)."""
+    for l in range(_LANES):
+        c = np.uint64(16) * np.uint64(b) + np.uint64(2 * l)
+        u0 = _splitmix64_1(key + (c + _U1) * _GOLDEN)
+        u1 = _splitmix64_1(key + (c + np.uint64(2)) * _GOLDEN)
+        st[0, l] = u0 & _LOW32
+        st[1, l] = u0 >> _S32
+        st[2, l] = u1 & _LOW32
+        st[3, l] = u1 >> _S32
+        if (st[0, l] | st[1, l] | st[2, l] | st[3, l]) == 0:
+            st[0, l] = _U1
+
+
+@njit(cache=True, error_model="numpy")
+def _splitmix64_1(z):  # pragma: no cover - compiled
+    z = (z ^ (z >> _S30)) * _M1
+    z = (z ^ (z >> _S27)) * _M2
+    return z ^ (z >> _S31)
+
+
+@njit(cache=True, error_model="numpy")
+def _fill_indices(st, nn, steps, ib):  # pragma: no cover - compiled
+    """ib[8 t + l] = (x_t(l) * n) >> 32 for t < steps: xoshiro128++ on 8 lanes, the 32-bit
+    words held in uint64 and masked (Numba widens uint32 arithmetic), Lemire's multiply-shift.
+    """
+    for t in range(steps):
+        for l in range(_LANES):
+            s0 = st[0, l]
+            s1 = st[1, l]
+            s2 = st[2, l]
+            s3 = st[3, l]
+            a = (s0 + s3) & _LOW32
+            x = ((((a << _S7) | (a >> _S25)) & _LOW32) + s0) & _LOW32
+            u = (s1 << _S9) & _LOW32
+            s2 ^= s0
+            s3 ^= s1
+            s1 ^= s2
+            s0 ^= s3
+            s2 ^= u
+            s3 = ((s3 << _S11) | (s3 >> _S21)) & _LOW32
+            st[0, l] = s0
+            st[1, l] = s1
+            st[2, l] = s2
+            st[3, l] = s3
+            ib[np.uint64(t) * np.uint64(_LANES) + np.uint64(l)] = (x * nn) >> _S32
 
 
 @njit(cache=True, parallel=True, error_model="numpy")
@@ -634,32 +679,29 @@ def _bootstrap(values, n_boot, key, out):  # pragma: no cover - compiled
     flat = values.ravel()  # C-contiguous: a view; uint64 indices skip wraparound checks
     for b in prange(n_boot):
         ib = np.empty(_BOOT_BLOCK, np.uint64)
-        base = key + np.uint64(b) * _GOLDEN
+        st = np.empty((4, _LANES), np.uint64)
+        _seed_streams(key, b, st)
         if m == 1:
-            a0 = 0.0
-            a1 = 0.0
-            a2 = 0.0
-            a3 = 0.0
+            acc = np.zeros(_LANES)
             for s in range(0, n, _BOOT_BLOCK):
                 ln = min(_BOOT_BLOCK, n - s)
-                _fill_indices(base + np.uint64(s), nn, ln, ib)
+                _fill_indices(st, nn, (ln + _LANES - 1) // _LANES, ib)
                 j = 0
-                while j + 4 <= ln:
-                    a0 += flat[ib[j]]
-                    a1 += flat[ib[j + 1]]
-                    a2 += flat[ib[j + 2]]
-                    a3 += flat[ib[j + 3]]
-                    j += 4
+                while j + _LANES <= ln:
+                    for l in range(_LANES):
+                        acc[l] += flat[ib[j + l]]
+                    j += _LANES
                 while j < ln:
-                    a0 += flat[ib[j]]
+                    acc[0] += flat[ib[j]]
                     j += 1
-            out[b, 0] = (a0 + a1) + (a2 + a3)
+            out[b, 0] = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + (
+                (acc[4] + acc[5]) + (acc[6] + acc[7]))
         else:
             for c in range(m):
                 out[b, c] = 0.0
             for s in range(0, n, _BOOT_BLOCK):
                 ln = min(_BOOT_BLOCK, n - s)
-                _fill_indices(base + np.uint64(s), nn, ln, ib)
+                _fill_indices(st, nn, (ln + _LANES - 1) // _LANES, ib)
                 for j in range(ln):
                     row = ib[j] * mm
                     for c in range(m):

@@ -11,15 +11,24 @@ Conventions shared by all backends
 clipped log-ratio ``l_i = min(log_target_i - log_logging_i, log_clip)`` and ``m = max_i l_i``
 the scaled weight is ``w~_i = exp(l_i - m)`` and the true weight is ``w_i = exp(m) w~_i``.
 
-``bootstrap_sums`` draws its resample indices from a counter-based generator so that every
-backend produces bit-identical resamples::
+``bootstrap_sums`` draws its resample indices from 8 xoshiro128++ streams per resample, keyed
+by (seed, resample ``b``, lane ``l``), so that every backend produces bit-identical resamples
+whatever the number of threads::
 
-    key      = splitmix64(seed)
-    x(b, i)  = key + b * 0x9E3779B97F4A7C15 + i          (mod 2**64)
-    idx(b,i) = ((splitmix64(x(b, i)) >> 32) * n) >> 32    (n < 2**32)
+    key       = splitmix64(seed)
+    u_k(b, l) = splitmix64(key + (16 b + 2 l + k + 1) * 0x9E3779B97F4A7C15),  k = 0, 1
+    state     = (lo32 u_0, hi32 u_0, lo32 u_1, hi32 u_1)   (all zero: s0 = 1)
+    idx(b, i) = (x_{i // 8}(b, i % 8) * n) >> 32            (n < 2**32)
 
-with ``splitmix64(z) = f3(f2(f1(z)))``, ``f1(z) = (z ^ z>>30) * 0xBF58476D1CE4E5B9``,
-``f2(z) = (z ^ z>>27) * 0x94D049BB133111EB``, ``f3(z) = z ^ z>>31``.
+where ``x_t(b, l)`` is the ``t``-th 32-bit output of lane ``l``'s xoshiro128++ generator
+(Blackman and Vigna): ``x = rotl(s0 + s3, 7) + s0``, then ``u = s1 << 9; s2 ^= s0;
+s3 ^= s1; s1 ^= s2; s0 ^= s3; s2 ^= u; s3 = rotl(s3, 11)`` (32-bit wrapping arithmetic). The
+index is Lemire's multiply-shift on one 32-bit draw: each index has probability
+``floor(2**32 / n) / 2**32`` or ``ceil(2**32 / n) / 2**32``, within ``n / 2**32`` of ``1/n``
+relative (2e-5 at ``n = 1e5``). All arithmetic mod ``2**64`` (``u``, key) or ``2**32``
+(streams), with ``splitmix64(z) = f3(f2(f1(z)))``,
+``f1(z) = (z ^ z>>30) * 0xBF58476D1CE4E5B9``, ``f2(z) = (z ^ z>>27) * 0x94D049BB133111EB``,
+``f3(z) = z ^ z>>31``.
 """
 
 from __future__ import annotations
@@ -267,6 +276,47 @@ def splitmix64(z: np.ndarray) -> np.ndarray:
     return z ^ (z >> np.uint64(31))
 
 
+def bootstrap_streams(seed: int, b0: int, b1: int) -> list[np.ndarray]:
+    """Initial xoshiro128++ states ``[s0, s1, s2, s3]`` of resamples ``b0..b1-1``, each
+    ``(b1 - b0, 8)`` uint32."""
+    key = splitmix64(np.array([seed], dtype=np.uint64))[0]
+    c = (np.uint64(16) * np.arange(b0, b1, dtype=np.uint64)[:, None]
+         + np.uint64(2) * np.arange(8, dtype=np.uint64)[None, :])
+    with np.errstate(over="ignore"):
+        u0 = splitmix64(key + (c + np.uint64(1)) * _GOLDEN)
+        u1 = splitmix64(key + (c + np.uint64(2)) * _GOLDEN)
+    lo = np.uint64(0xFFFFFFFF)
+    s = [(u0 & lo).astype(np.uint32), (u0 >> np.uint64(32)).astype(np.uint32),
+         (u1 & lo).astype(np.uint32), (u1 >> np.uint64(32)).astype(np.uint32)]
+    zero = (s[0] | s[1] | s[2] | s[3]) == 0
+    s[0][zero] = 1
+    return s
+
+
+def _rotl32(x: np.ndarray, k: int) -> np.ndarray:
+    return (x << np.uint32(k)) | (x >> np.uint32(32 - k))
+
+
+def bootstrap_indices(n: int, seed: int, b0: int, b1: int) -> np.ndarray:
+    """Indices ``idx(b, i)`` of resamples ``b0..b1-1``, ``(b1 - b0, n)`` int64 (see the module
+    docstring; not a backend routine: the compiled backends never materialise them)."""
+    s0, s1, s2, s3 = bootstrap_streams(seed, b0, b1)
+    steps = -(-n // 8)
+    n_boot = b1 - b0
+    x = np.empty((steps, n_boot, 8), dtype=np.uint32)
+    for t in range(steps):  # uint32 arrays wrap silently
+        x[t] = _rotl32(s0 + s3, 7) + s0
+        u = s1 << np.uint32(9)
+        s2 ^= s0
+        s3 ^= s1
+        s1 ^= s2
+        s0 ^= s3
+        s2 ^= u
+        s3 = _rotl32(s3, 11)
+    draws = x.transpose(1, 0, 2).reshape(n_boot, steps * 8)[:, :n].astype(np.uint64)
+    return ((draws * np.uint64(n)) >> np.uint64(32)).astype(np.int64)
+
+
 def bootstrap_sums(values: np.ndarray, n_boot: int, seed: int) -> np.ndarray:
     """Column sums of ``n_boot`` with-replacement resamples of the rows of ``values``.
 
@@ -282,13 +332,8 @@ def bootstrap_sums(values: np.ndarray, n_boot: int, seed: int) -> np.ndarray:
     """
     n, m = values.shape
     out = np.empty((n_boot, m))
-    key = splitmix64(np.array([seed], dtype=np.uint64))[0]
-    i = np.arange(n, dtype=np.uint64)
-    nn = np.uint64(n)
-    s32 = np.uint64(32)
-    with np.errstate(over="ignore"):
-        for b in range(n_boot):
-            x = key + np.uint64(b) * _GOLDEN + i
-            idx = ((splitmix64(x) >> s32) * nn) >> s32
-            out[b] = values[idx.astype(np.intp)].sum(axis=0)
+    step = max(1, (1 << 20) // n)  # resamples per batch: about 2^20 indices
+    for b0 in range(0, n_boot, step):
+        b1 = min(n_boot, b0 + step)
+        out[b0:b1] = values[bootstrap_indices(n, seed, b0, b1)].sum(axis=1)
     return out
