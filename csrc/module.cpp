@@ -41,6 +41,15 @@ PYBIND11_MODULE(_ext, m) {
     m.def("diversity_reward_soft", &pope::diversity_reward_soft, py::arg("prompt_ptr"),
           py::arg("p"), py::arg("soft"),
           "d_k = -sum_c q_k(c) log p[i(k), c] (terms with p == 0 count 0), (N,).");
+    m.def("segment_jackknife_entropy_hard", &pope::segment_jackknife_entropy_hard,
+          py::arg("prompt_ptr"), py::arg("log_weight"), py::arg("labels"), py::arg("n_aspects"),
+          py::arg("self_normalize"),
+          "Delete-one-response jackknife of the coverage entropy per prompt (nats), (P,).\n\n"
+          "H^J_i = K_i H(p_i) - (K_i-1)/K_i sum_k H(p_{i,-k}); hard labels.");
+    m.def("segment_jackknife_entropy_soft", &pope::segment_jackknife_entropy_soft,
+          py::arg("prompt_ptr"), py::arg("log_weight"), py::arg("soft"),
+          py::arg("self_normalize"),
+          "As segment_jackknife_entropy_hard with soft aspect rows (N, C).");
     m.def("bootstrap_sums", &pope::bootstrap_sums, py::arg("values"), py::arg("n_boot"),
           py::arg("seed"),
           "Column sums (n_boot, m) of with-replacement resamples of the rows of values;\n"

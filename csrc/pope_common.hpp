@@ -295,6 +295,13 @@ DArray diversity_reward_hard(const IArray& prompt_ptr, const DArray& p, const IA
 
 DArray diversity_reward_soft(const IArray& prompt_ptr, const DArray& p, const DArray& soft);
 
+DArray segment_jackknife_entropy_hard(const IArray& prompt_ptr, const DArray& log_weight,
+                                      const IArray& labels, std::int64_t n_aspects,
+                                      bool self_normalize);
+
+DArray segment_jackknife_entropy_soft(const IArray& prompt_ptr, const DArray& log_weight,
+                                      const DArray& soft, bool self_normalize);
+
 DArray bootstrap_sums(const DArray& values, std::int64_t n_boot, std::uint64_t seed);
 
 }  // namespace pope

@@ -368,6 +368,82 @@ def test_coverage_ips_form_positive_log_weights(be, rng) -> None:
     assert_close(h_got, h_want, scale=terms + 1.0)
 
 
+def _check_jackknife(be, ptr, lw, labels, soft, C, self_normalize) -> None:
+    inputs = [a.copy() for a in (ptr, lw, labels, soft)]
+    got = be.segment_jackknife_entropy_hard(ptr, lw, labels, C, self_normalize)
+    want = ref.segment_jackknife_entropy_hard(ptr, lw, labels, C, self_normalize)
+    # Tolerance in nats: the leave-one-out entropies are (tot log z - sum a log a) / z in both,
+    # summed in another order; K_i H - (K_i-1)/K_i sum_k H_{-k} multiplies their rounding
+    # (a few ulp of log z) by up to 2 K_i, so the scale is K_i (|H| + 1).
+    k = np.maximum(np.diff(ptr), 1)
+    assert_close(got, want, scale=k * (np.abs(want) + 1.0))
+    got_s = be.segment_jackknife_entropy_soft(ptr, lw, soft, self_normalize)
+    want_s = ref.segment_jackknife_entropy_soft(ptr, lw, soft, self_normalize)
+    assert_close(got_s, want_s, scale=k * (np.abs(want_s) + 1.0))
+    for a, b in zip(inputs, (ptr, lw, labels, soft)):
+        np.testing.assert_array_equal(a, b)  # inputs untouched
+
+
+@pytest.mark.parametrize("self_normalize", [True, False])
+@pytest.mark.parametrize(
+    ("n_prompts", "k_max", "C"),
+    [(1, 1, 3), (50, 1, 4), (200, 6, 1), (300, 9, 8), (3000, 9, 5), (4, 3000, 6)],
+)
+def test_jackknife_random(be, rng, self_normalize, n_prompts, k_max, C) -> None:
+    """Ragged prompts (10% empty), -inf weights, a few all-zero-weight prompts, soft rows with
+    exact zeros."""
+    ptr = _ragged(rng, n_prompts, k_max)
+    n = int(ptr[-1])
+    lw = _log_weights(rng, ptr, self_normalize)
+    labels = rng.integers(0, C, n)
+    _check_jackknife(be, ptr, lw, labels, _soft(rng, n, C), C, self_normalize)
+
+
+@pytest.mark.parametrize("self_normalize", [True, False])
+def test_jackknife_degenerate_prompts(be, rng, self_normalize) -> None:
+    """Empty prompts, K = 1, a single positive weight, all-zero weights, ties for the largest
+    weight, extreme log weights (-1e4, -1e-9), a one-aspect histogram, no prompts."""
+    ptr = np.array([0, 0, 1, 1, 4, 4, 7, 10, 14, 14, 20], dtype=np.int64)
+    lw = rng.normal(size=20) - 3.0
+    lw[1:4] = -np.inf  # prompt 3: all zero weights
+    lw[4:7] = [-np.inf, -1.0, -np.inf]  # prompt 5: one positive weight
+    lw[7:10] = -0.5  # prompt 6: a three-way tie for the largest weight
+    lw[10:14] = [-1e4, -1e-9, -1e4, -1e-9]  # prompt 7: extreme log weights
+    labels = rng.integers(0, 3, 20)
+    labels[14:20] = 1  # prompt 9: every response in one aspect
+    soft = _soft(rng, 20, 3)
+    _check_jackknife(be, ptr, lw, labels, soft, 3, self_normalize)
+    h = be.segment_jackknife_entropy_hard(ptr, lw, labels, 3, self_normalize)
+    for i in (0, 2, 4, 8):  # empty
+        assert h[i] == 0.0
+    empty = np.zeros(1, dtype=np.int64)
+    assert be.segment_jackknife_entropy_hard(empty, np.empty(0), np.empty(0, np.int64), 3,
+                                             self_normalize).shape == (0,)
+    assert be.segment_jackknife_entropy_soft(empty, np.empty(0), np.zeros((0, 3)),
+                                             self_normalize).shape == (0,)
+
+
+def test_jackknife_thread_count_invariant_and_errors(be, rng, monkeypatch) -> None:
+    ptr = _ragged(rng, 20_000, 12)
+    n = int(ptr[-1])
+    lw = _log_weights(rng, ptr, True)
+    labels = rng.integers(0, 7, n)
+    soft = _soft(rng, n, 7)
+    outs = []
+    for t in ("1", "3"):
+        monkeypatch.setenv("POPE_NUM_THREADS", t)
+        outs.append((be.segment_jackknife_entropy_hard(ptr, lw, labels, 7, True),
+                     be.segment_jackknife_entropy_soft(ptr, lw, soft, True)))
+    for a, b in zip(*outs):
+        np.testing.assert_array_equal(a, b)
+    bad = labels.copy()
+    bad[5] = 7
+    with pytest.raises(ValueError):
+        be.segment_jackknife_entropy_hard(ptr, lw, bad, 7, True)
+    with pytest.raises(ValueError):  # last offset != N
+        be.segment_jackknife_entropy_hard(ptr[:-1], lw, labels, 7, True)
+
+
 def test_coverage_thread_count_invariant(be, rng, monkeypatch) -> None:
     ptr = _ragged(rng, 20_000, 12)
     n = int(ptr[-1])

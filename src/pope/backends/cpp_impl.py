@@ -28,6 +28,8 @@ __all__ = [
     "ips_moments_checked",
     "segment_coverage_hard",
     "segment_coverage_soft",
+    "segment_jackknife_entropy_hard",
+    "segment_jackknife_entropy_soft",
     "splitmix64",
 ]
 
@@ -69,6 +71,29 @@ def segment_coverage_soft(
 ) -> tuple[np.ndarray, np.ndarray]:
     """C++ twin of :func:`pope.backends.reference.segment_coverage_soft`."""
     return _ext.segment_coverage_soft(prompt_ptr, log_weight, soft, bool(self_normalize))
+
+
+def segment_jackknife_entropy_hard(
+    prompt_ptr: np.ndarray,
+    log_weight: np.ndarray,
+    labels: np.ndarray,
+    n_aspects: int,
+    self_normalize: bool,
+) -> np.ndarray:
+    """C++ twin of :func:`pope.backends.reference.segment_jackknife_entropy_hard`."""
+    return _ext.segment_jackknife_entropy_hard(
+        prompt_ptr, log_weight, labels, int(n_aspects), bool(self_normalize)
+    )
+
+
+def segment_jackknife_entropy_soft(
+    prompt_ptr: np.ndarray,
+    log_weight: np.ndarray,
+    soft: np.ndarray,
+    self_normalize: bool,
+) -> np.ndarray:
+    """C++ twin of :func:`pope.backends.reference.segment_jackknife_entropy_soft`."""
+    return _ext.segment_jackknife_entropy_soft(prompt_ptr, log_weight, soft, bool(self_normalize))
 
 
 def diversity_reward_hard(prompt_ptr: np.ndarray, p: np.ndarray, labels: np.ndarray) -> np.ndarray:

@@ -50,6 +50,8 @@ __all__ = [
     "ips_moments_checked",
     "segment_coverage_hard",
     "segment_coverage_soft",
+    "segment_jackknife_entropy_hard",
+    "segment_jackknife_entropy_soft",
     "splitmix64",
 ]
 
@@ -616,6 +618,184 @@ def _diversity_soft(uptr, p, soft, ustarts, d):  # pragma: no cover - compiled
 
 
 # ---------------------------------------------------------------------------------------------
+# Jackknife of the coverage entropy (the algorithm of pope.coverage.jackknife_entropy_core,
+# prompt by prompt; see csrc/jackknife.cpp)
+# ---------------------------------------------------------------------------------------------
+
+
+@njit(cache=True, error_model="numpy")
+def _xlogx(x):  # pragma: no cover - compiled
+    return x * _log1(x) if x > 0.0 else 0.0
+
+
+@njit(cache=True, error_model="numpy")
+def _hist_entropy(tot, g, z, fallback):  # pragma: no cover - compiled
+    """(tot log z - g) / z for z > 0, else ``fallback``."""
+    return (tot * _log1(z) - g) / z if z > 0.0 else fallback
+
+
+@njit(cache=True, error_model="numpy")
+def _jk_weights(lw, s, e, self_normalize, w):  # pragma: no cover - compiled
+    """w[k - s] for rows [s, e); returns the (first) largest finite log weight's row or -1."""
+    mx = _NINF
+    star = -1
+    for k in range(s, e):
+        if lw[k] > mx:
+            mx = lw[k]
+            star = k
+    if not (mx > _NINF and mx < _PINF):
+        star = -1
+    shift = mx if (self_normalize and star >= 0) else 0.0
+    for k in range(s, e):
+        w[k - s] = _exp1(lw[k] - shift)
+    return star
+
+
+@njit(cache=True, parallel=True, error_model="numpy")
+def _jackknife_hard(ptr, lw, labels, C, self_normalize, ustarts, out):  # pragma: no cover
+    for bi in prange(ustarts.shape[0] - 1):
+        a = np.empty(C)
+        w = np.empty(16)
+        for i in range(ustarts[bi], ustarts[bi + 1]):
+            s = ptr[i]
+            e = ptr[i + 1]
+            K = e - s
+            if K == 0:
+                out[i] = 0.0
+                continue
+            if w.shape[0] < K:
+                w = np.empty(K)
+            star = _jk_weights(lw, s, e, self_normalize, w)
+            a[:] = 0.0
+            z_ex = 0.0
+            for k in range(s, e):
+                if k != star:
+                    a[labels[k]] += w[k - s]
+                    z_ex += w[k - s]
+            c_star = -1
+            a_star_ex = 0.0
+            w_star = 0.0
+            if star >= 0:
+                c_star = labels[star]
+                w_star = w[star - s]
+                a_star_ex = a[c_star]
+                a[c_star] += w_star
+            if self_normalize:
+                z = z_ex + w_star
+            else:
+                z = float(K)
+                z_ex = K - 1.0
+            tot_o = 0.0
+            g_o = 0.0
+            for c in range(C):
+                if c != c_star:
+                    tot_o += a[c]
+                    g_o += _xlogx(a[c])
+            tot = tot_o
+            g = g_o
+            if star >= 0:
+                tot += a[c_star]
+                g += _xlogx(a[c_star])
+            h = _hist_entropy(tot, g, z, 0.0)
+            if K == 1:
+                out[i] = h
+                continue
+            if not z > 0.0:
+                out[i] = 0.0
+                continue
+            h_ex = h
+            if star >= 0:  # summed afresh: no cancellation against the largest weight
+                h_ex = _hist_entropy(tot_o + a_star_ex, g_o + _xlogx(a_star_ex), z_ex, h)
+            s_del = 0.0
+            for k in range(s, e):
+                if k == star:
+                    s_del += h_ex
+                    continue
+                wk = w[k - s]
+                den = z - (wk if self_normalize else 1.0)
+                if not den > 0.0:
+                    s_del += h
+                    continue
+                aa = a[labels[k]]
+                na = max(aa - wk, 0.0)
+                s_del += ((tot - aa + na) * _log1(den) - (g - _xlogx(aa) + _xlogx(na))) / den
+            out[i] = K * h - (K - 1.0) / K * s_del
+
+
+@njit(cache=True, parallel=True, error_model="numpy")
+def _jackknife_soft(ptr, lw, soft, self_normalize, ustarts, out):  # pragma: no cover
+    C = soft.shape[1]
+    for bi in prange(ustarts.shape[0] - 1):
+        a = np.empty(C)
+        a_ex = np.empty(C)
+        w = np.empty(16)
+        for i in range(ustarts[bi], ustarts[bi + 1]):
+            s = ptr[i]
+            e = ptr[i + 1]
+            K = e - s
+            if K == 0:
+                out[i] = 0.0
+                continue
+            if w.shape[0] < K:
+                w = np.empty(K)
+            star = _jk_weights(lw, s, e, self_normalize, w)
+            a_ex[:] = 0.0
+            z_ex = 0.0
+            for k in range(s, e):
+                if k != star:
+                    wk = w[k - s]
+                    for c in range(C):
+                        a_ex[c] += soft[k, c] * wk
+                    z_ex += wk
+            a[:] = a_ex
+            w_star = 0.0
+            if star >= 0:
+                w_star = w[star - s]
+                for c in range(C):
+                    a[c] += soft[star, c] * w_star
+            if self_normalize:
+                z = z_ex + w_star
+            else:
+                z = float(K)
+                z_ex = K - 1.0
+            tot = 0.0
+            g = 0.0
+            tot_ex = 0.0
+            g_ex = 0.0
+            for c in range(C):
+                tot += a[c]
+                g += _xlogx(a[c])
+                tot_ex += a_ex[c]
+                g_ex += _xlogx(a_ex[c])
+            h = _hist_entropy(tot, g, z, 0.0)
+            if K == 1:
+                out[i] = h
+                continue
+            if not z > 0.0:
+                out[i] = 0.0
+                continue
+            h_ex = _hist_entropy(tot_ex, g_ex, z_ex, h) if star >= 0 else h
+            s_del = 0.0
+            for k in range(s, e):
+                if k == star:
+                    s_del += h_ex
+                    continue
+                wk = w[k - s]
+                den = z - (wk if self_normalize else 1.0)
+                if not den > 0.0:
+                    s_del += h
+                    continue
+                tn = 0.0
+                gn = 0.0
+                for c in range(C):
+                    nc = max(a[c] - soft[k, c] * wk, 0.0)
+                    tn += nc
+                    gn += _xlogx(nc)
+                s_del += (tn * _log1(den) - gn) / den
+            out[i] = K * h - (K - 1.0) / K * s_del
+
+
+# ---------------------------------------------------------------------------------------------
 # Bootstrap
 # ---------------------------------------------------------------------------------------------
 
@@ -867,6 +1047,61 @@ def segment_coverage_soft(
             H,
         )
     return pf.reshape(n_prompts, n_aspects), H
+
+
+def segment_jackknife_entropy_hard(
+    prompt_ptr: np.ndarray,
+    log_weight: np.ndarray,
+    labels: np.ndarray,
+    n_aspects: int,
+    self_normalize: bool,
+) -> np.ndarray:
+    """Numba twin of :func:`pope.backends.reference.segment_jackknife_entropy_hard`."""
+    n_aspects = int(n_aspects)
+    if n_aspects < 1:
+        raise ValueError("segment_jackknife_entropy_hard: n_aspects must be >= 1")
+    if log_weight.ndim != 1 or labels.shape != log_weight.shape:
+        raise ValueError("segment_jackknife_entropy_hard: log_weight and labels must be (N,)")
+    ptr = np.ascontiguousarray(prompt_ptr, dtype=np.int64)
+    n_prompts = _check_ptr(ptr, log_weight.shape[0], "segment_jackknife_entropy_hard")
+    lab = np.ascontiguousarray(labels, dtype=np.int64)
+    if lab.size and (lab.min() < 0 or lab.max() >= n_aspects):
+        raise ValueError("segment_jackknife_entropy_hard: labels must lie in [0, n_aspects)")
+    out = np.zeros(n_prompts)
+    if n_aspects == 1 or lab.size == 0:
+        return out
+    _apply_thread_cap()
+    starts = _prompt_batches(ptr, 1, _BATCH_RESP, _BATCH_CELLS)
+    with parallel_chunksize(2):
+        _jackknife_hard(ptr, np.ascontiguousarray(log_weight, dtype=np.float64), lab,
+                        n_aspects, bool(self_normalize), starts, out)
+    return out
+
+
+def segment_jackknife_entropy_soft(
+    prompt_ptr: np.ndarray,
+    log_weight: np.ndarray,
+    soft: np.ndarray,
+    self_normalize: bool,
+) -> np.ndarray:
+    """Numba twin of :func:`pope.backends.reference.segment_jackknife_entropy_soft`."""
+    if log_weight.ndim != 1 or soft.ndim != 2 or soft.shape[0] != log_weight.shape[0]:
+        raise ValueError(
+            "segment_jackknife_entropy_soft: soft must be (N, C) with N = len(log_weight)")
+    if soft.shape[1] < 1:
+        raise ValueError("segment_jackknife_entropy_soft: soft needs at least one aspect")
+    ptr = np.ascontiguousarray(prompt_ptr, dtype=np.int64)
+    n_prompts = _check_ptr(ptr, log_weight.shape[0], "segment_jackknife_entropy_soft")
+    out = np.zeros(n_prompts)
+    if soft.shape[1] == 1 or soft.shape[0] == 0:
+        return out
+    _apply_thread_cap()
+    starts = _prompt_batches(ptr, soft.shape[1], _BATCH_RESP, _BATCH_CELLS)
+    with parallel_chunksize(2):
+        _jackknife_soft(ptr, np.ascontiguousarray(log_weight, dtype=np.float64),
+                        np.ascontiguousarray(soft, dtype=np.float64), bool(self_normalize),
+                        starts, out)
+    return out
 
 
 def diversity_reward_hard(prompt_ptr: np.ndarray, p: np.ndarray, labels: np.ndarray) -> np.ndarray:

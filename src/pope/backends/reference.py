@@ -45,6 +45,8 @@ __all__ = [
     "ips_moments_checked",
     "segment_coverage_hard",
     "segment_coverage_soft",
+    "segment_jackknife_entropy_hard",
+    "segment_jackknife_entropy_soft",
     "splitmix64",
 ]
 
@@ -247,6 +249,50 @@ def segment_coverage_soft(
     np.add.at(hist, seg, soft * w[:, None])
     p = _normalise(hist, norm)
     return p, _entropy_rows(p)
+
+
+def segment_jackknife_entropy_hard(
+    prompt_ptr: np.ndarray,
+    log_weight: np.ndarray,
+    labels: np.ndarray,
+    n_aspects: int,
+    self_normalize: bool,
+) -> np.ndarray:
+    r"""Delete-one-response jackknife of the coverage entropy per prompt (nats), hard labels.
+
+    :math:`H^J_i = K_i H(\hat p_i) - \frac{K_i-1}{K_i}\sum_k H(\hat p_{i,-k})`, with the
+    conventions and numerics of :func:`pope.coverage.jackknife_entropy_core`, which this
+    calls (it is the NumPy algorithm; the compiled twins follow it row by row).
+
+    Parameters
+    ----------
+    prompt_ptr : (P+1,) int64 CSR offsets
+    log_weight : (N,) float64, may hold ``-inf``
+    labels : (N,) int64 in ``[0, n_aspects)``
+    n_aspects : int
+    self_normalize : bool
+
+    Returns
+    -------
+    (P,) float64
+    """
+    from pope.coverage import jackknife_entropy_core  # pope.coverage imports the backends
+
+    return jackknife_entropy_core(prompt_ptr, log_weight, labels, None, int(n_aspects),
+                                  bool(self_normalize))
+
+
+def segment_jackknife_entropy_soft(
+    prompt_ptr: np.ndarray,
+    log_weight: np.ndarray,
+    soft: np.ndarray,
+    self_normalize: bool,
+) -> np.ndarray:
+    """As :func:`segment_jackknife_entropy_hard` with soft aspect rows ``soft`` (N, C)."""
+    from pope.coverage import jackknife_entropy_core
+
+    return jackknife_entropy_core(prompt_ptr, log_weight, None, soft, soft.shape[1],
+                                  bool(self_normalize))
 
 
 def diversity_reward_hard(
