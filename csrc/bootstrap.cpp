@@ -1,11 +1,16 @@
-// Column sums of with-replacement resamples, indices from the counter-based SplitMix64 stream
-// of the reference (bit-identical): idx(b, i) = ((splitmix64(key + b*G + i) >> 32) * n) >> 32.
+// Column sums of with-replacement resamples. Indices come from 8 xoshiro128++ streams per
+// resample, keyed by (seed, resample, lane), so every backend produces the same resamples
+// whatever the number of threads (definition: the docstring of src/pope/backends/reference.py):
 //
-// Each resample is processed in blocks of kBlock draws: first the indices of the block are
-// computed into a small buffer (pure integer work; an AVX2 version computes 4 at a time with
-// 32x32->64 multiplies when the CPU has it), then the rows are gathered and added. Splitting
-// the two phases keeps many independent loads in flight, which is what the random gathers need.
-// Threads split the resamples; nothing is shared but the read-only values.
+//   u_k      = splitmix64(splitmix64(seed) + (16 b + 2 l + k + 1) * G),  k = 0, 1
+//   state    = (lo32 u_0, hi32 u_0, lo32 u_1, hi32 u_1)   (0 -> s0 = 1)
+//   idx(b,i) = (x_{i / 8}(b, i mod 8) * n) >> 32           (Lemire's multiply-shift, n < 2^32)
+//
+// where x_t(b, l) is the t-th 32-bit output of lane l's stream. One 32-bit draw per index, no
+// 64-bit multiply: an AVX2 step advances the 8 lanes with adds, shifts and xors, and two
+// 32x32->64 multiplies map 8 outputs to indices. Each resample is processed in blocks of
+// kBlock draws: the indices of the block go to a small buffer (integer work), then the rows are
+// gathered and added (many independent loads in flight). Threads split the resamples.
 #include "pope_common.hpp"
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
@@ -20,103 +25,131 @@ namespace pope {
 namespace boot_detail {
 
 constexpr std::size_t kMinPerThread = std::size_t{1} << 18;  // index draws per thread
+constexpr std::size_t kLanes = 8;                            // streams per resample
 constexpr std::size_t kBlock = 512;                          // draws per index buffer
 
-constexpr std::uint64_t kM1 = 0xBF58476D1CE4E5B9ULL;
-constexpr std::uint64_t kM2 = 0x94D049BB133111EBULL;
+// The 8 xoshiro128++ states of one resample, lane-major per state word (SoA).
+struct Streams {
+    alignas(32) std::uint32_t s[4][kLanes];
+};
 
-inline std::uint64_t draw(std::uint64_t x, std::uint64_t n) {
-    return ((splitmix64(x) >> 32) * n) >> 32;
+inline Streams seed_streams(std::uint64_t key, std::uint64_t b) {
+    Streams st;
+    for (std::size_t l = 0; l < kLanes; ++l) {
+        const std::uint64_t c = 16 * b + 2 * l;
+        const std::uint64_t u0 = splitmix64(key + (c + 1) * kGolden);
+        const std::uint64_t u1 = splitmix64(key + (c + 2) * kGolden);
+        st.s[0][l] = static_cast<std::uint32_t>(u0);
+        st.s[1][l] = static_cast<std::uint32_t>(u0 >> 32);
+        st.s[2][l] = static_cast<std::uint32_t>(u1);
+        st.s[3][l] = static_cast<std::uint32_t>(u1 >> 32);
+        if ((st.s[0][l] | st.s[1][l] | st.s[2][l] | st.s[3][l]) == 0) st.s[0][l] = 1;
+    }
+    return st;
 }
 
-// ib[j] = draw(x0 + j, n) for j < len, portable version.
-void fill_indices_generic(std::uint64_t x0, std::uint64_t n, std::size_t len,
-                          std::uint64_t* ib) {
-    for (std::size_t j = 0; j < len; ++j) ib[j] = draw(x0 + j, n);
+inline std::uint32_t rotl32(std::uint32_t x, int k) { return (x << k) | (x >> (32 - k)); }
+
+// ib[8t + l] = idx of step t, lane l, for t < steps (portable version).
+void fill_generic(Streams& st, std::uint64_t n, std::size_t steps, std::uint32_t* ib) {
+    for (std::size_t t = 0; t < steps; ++t) {
+        for (std::size_t l = 0; l < kLanes; ++l) {
+            std::uint32_t& s0 = st.s[0][l];
+            std::uint32_t& s1 = st.s[1][l];
+            std::uint32_t& s2 = st.s[2][l];
+            std::uint32_t& s3 = st.s[3][l];
+            const std::uint32_t x = rotl32(s0 + s3, 7) + s0;
+            const std::uint32_t u = s1 << 9;
+            s2 ^= s0;
+            s3 ^= s1;
+            s1 ^= s2;
+            s0 ^= s3;
+            s2 ^= u;
+            s3 = rotl32(s3, 11);
+            ib[t * kLanes + l] = static_cast<std::uint32_t>((std::uint64_t{x} * n) >> 32);
+        }
+    }
 }
 
 #if POPE_HAVE_AVX2_PATH
-// a * m (mod 2^64) per lane for a constant m split into 32-bit halves (ml, mh).
-__attribute__((target("avx2"))) inline __m256i mul64_avx2(__m256i a, __m256i ml, __m256i mh) {
-    const __m256i lo = _mm256_mul_epu32(a, ml);
-    const __m256i cross =
-        _mm256_add_epi64(_mm256_mul_epu32(_mm256_srli_epi64(a, 32), ml), _mm256_mul_epu32(a, mh));
-    return _mm256_add_epi64(lo, _mm256_slli_epi64(cross, 32));
+__attribute__((target("avx2"))) inline __m256i rotl_avx2(__m256i x, int k) {
+    return _mm256_or_si256(_mm256_slli_epi32(x, k), _mm256_srli_epi32(x, 32 - k));
 }
 
-// Same as fill_indices_generic, 4 lanes at a time (bit-identical: integer arithmetic only).
-__attribute__((target("avx2"))) void fill_indices_avx2(std::uint64_t x0, std::uint64_t n,
-                                                       std::size_t len, std::uint64_t* ib) {
-    const __m256i m1l = _mm256_set1_epi64x(static_cast<long long>(kM1 & 0xFFFFFFFFULL));
-    const __m256i m1h = _mm256_set1_epi64x(static_cast<long long>(kM1 >> 32));
-    const __m256i m2l = _mm256_set1_epi64x(static_cast<long long>(kM2 & 0xFFFFFFFFULL));
-    const __m256i m2h = _mm256_set1_epi64x(static_cast<long long>(kM2 >> 32));
+// Same as fill_generic, the 8 lanes in one register (bit-identical: integer arithmetic only).
+__attribute__((target("avx2"))) void fill_avx2(Streams& st, std::uint64_t n, std::size_t steps,
+                                                 std::uint32_t* ib) {
+    __m256i s0 = _mm256_load_si256(reinterpret_cast<const __m256i*>(st.s[0]));
+    __m256i s1 = _mm256_load_si256(reinterpret_cast<const __m256i*>(st.s[1]));
+    __m256i s2 = _mm256_load_si256(reinterpret_cast<const __m256i*>(st.s[2]));
+    __m256i s3 = _mm256_load_si256(reinterpret_cast<const __m256i*>(st.s[3]));
     const __m256i nv = _mm256_set1_epi64x(static_cast<long long>(n));  // n < 2^32
-    const __m256i four = _mm256_set1_epi64x(4);
-    __m256i x = _mm256_add_epi64(_mm256_set1_epi64x(static_cast<long long>(x0)),
-                                 _mm256_set_epi64x(3, 2, 1, 0));
-    std::size_t j = 0;
-    for (; j + 4 <= len; j += 4) {
-        __m256i z = _mm256_xor_si256(x, _mm256_srli_epi64(x, 30));
-        z = mul64_avx2(z, m1l, m1h);
-        z = _mm256_xor_si256(z, _mm256_srli_epi64(z, 27));
-        z = mul64_avx2(z, m2l, m2h);
-        z = _mm256_xor_si256(z, _mm256_srli_epi64(z, 31));
-        // (z >> 32) * n < 2^64 fits the 32x32->64 multiply exactly.
-        const __m256i idx = _mm256_srli_epi64(_mm256_mul_epu32(_mm256_srli_epi64(z, 32), nv), 32);
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(ib + j), idx);
-        x = _mm256_add_epi64(x, four);
+    const __m256i hi_mask = _mm256_set1_epi64x(static_cast<long long>(0xFFFFFFFF00000000ULL));
+    for (std::size_t t = 0; t < steps; ++t) {
+        const __m256i x = _mm256_add_epi32(rotl_avx2(_mm256_add_epi32(s0, s3), 7), s0);
+        const __m256i u = _mm256_slli_epi32(s1, 9);
+        s2 = _mm256_xor_si256(s2, s0);
+        s3 = _mm256_xor_si256(s3, s1);
+        s1 = _mm256_xor_si256(s1, s2);
+        s0 = _mm256_xor_si256(s0, s3);
+        s2 = _mm256_xor_si256(s2, u);
+        s3 = rotl_avx2(s3, 11);
+        // (x * n) >> 32 per 32-bit lane: even lanes from the low dwords, odd from the high
+        const __m256i even = _mm256_srli_epi64(_mm256_mul_epu32(x, nv), 32);
+        const __m256i odd = _mm256_and_si256(_mm256_mul_epu32(_mm256_srli_epi64(x, 32), nv),
+                                             hi_mask);
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(ib + t * kLanes),
+                            _mm256_or_si256(even, odd));
     }
-    for (; j < len; ++j) ib[j] = draw(x0 + j, n);
+    _mm256_store_si256(reinterpret_cast<__m256i*>(st.s[0]), s0);
+    _mm256_store_si256(reinterpret_cast<__m256i*>(st.s[1]), s1);
+    _mm256_store_si256(reinterpret_cast<__m256i*>(st.s[2]), s2);
+    _mm256_store_si256(reinterpret_cast<__m256i*>(st.s[3]), s3);
 }
 #endif
 
-using FillFn = void (*)(std::uint64_t, std::uint64_t, std::size_t, std::uint64_t*);
+using FillFn = void (*)(Streams&, std::uint64_t, std::size_t, std::uint32_t*);
 
 FillFn pick_fill() {
 #if POPE_HAVE_AVX2_PATH
     __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx2")) return &fill_indices_avx2;
+    if (__builtin_cpu_supports("avx2")) return &fill_avx2;
 #endif
-    return &fill_indices_generic;
+    return &fill_generic;
 }
 
-// Resamples [b0, b1) of a single column, 4 partial sums.
+// Resamples [b0, b1) of a single column, 8 partial sums.
 void boot_m1(FillFn fill, const double* v, std::uint64_t n, std::uint64_t key, std::size_t b0,
              std::size_t b1, double* out) {
-    alignas(32) std::uint64_t ib[kBlock];
+    alignas(32) std::uint32_t ib[kBlock];
     for (std::size_t b = b0; b < b1; ++b) {
-        const std::uint64_t base = key + static_cast<std::uint64_t>(b) * kGolden;
-        double a0 = 0.0, a1 = 0.0, a2 = 0.0, a3 = 0.0;
+        Streams st = seed_streams(key, b);
+        double a[kLanes] = {};
         for (std::uint64_t s = 0; s < n; s += kBlock) {
             const std::size_t len = static_cast<std::size_t>(std::min<std::uint64_t>(kBlock, n - s));
-            fill(base + s, n, len, ib);
+            fill(st, n, (len + kLanes - 1) / kLanes, ib);
             std::size_t j = 0;
-            for (; j + 4 <= len; j += 4) {
-                a0 += v[ib[j]];
-                a1 += v[ib[j + 1]];
-                a2 += v[ib[j + 2]];
-                a3 += v[ib[j + 3]];
-            }
-            for (; j < len; ++j) a0 += v[ib[j]];
+            for (; j + kLanes <= len; j += kLanes)
+                for (std::size_t l = 0; l < kLanes; ++l) a[l] += v[ib[j + l]];
+            for (; j < len; ++j) a[0] += v[ib[j]];
         }
-        out[b] = (a0 + a1) + (a2 + a3);
+        out[b] = ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
     }
 }
 
 // Resamples [b0, b1) of m >= 2 columns: rows are added in draw order (as NumPy's axis-0 sum).
 void boot_rows(FillFn fill, const double* v, std::uint64_t n, std::size_t m, std::uint64_t key,
                std::size_t b0, std::size_t b1, double* out) {
-    alignas(32) std::uint64_t ib[kBlock];
+    alignas(32) std::uint32_t ib[kBlock];
     for (std::size_t b = b0; b < b1; ++b) {
-        const std::uint64_t base = key + static_cast<std::uint64_t>(b) * kGolden;
+        Streams st = seed_streams(key, b);
         double* acc = out + b * m;
         std::fill(acc, acc + m, 0.0);
         for (std::uint64_t s = 0; s < n; s += kBlock) {
             const std::size_t len = static_cast<std::size_t>(std::min<std::uint64_t>(kBlock, n - s));
-            fill(base + s, n, len, ib);
+            fill(st, n, (len + kLanes - 1) / kLanes, ib);
             for (std::size_t j = 0; j < len; ++j) {
-                const double* row = v + ib[j] * m;
+                const double* row = v + static_cast<std::size_t>(ib[j]) * m;
                 for (std::size_t c = 0; c < m; ++c) acc[c] += row[c];
             }
         }

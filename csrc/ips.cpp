@@ -8,6 +8,11 @@
 // the unclipped max; pass 2 (L1 only) adds exp(l - M) into the 4-lane accumulators. Chunks of
 // kChunk elements are independent partials merged in order with the same rescaling, so the
 // result does not depend on the number of threads.
+//
+// The same pass validates the values (ips_moments_checked): pass 1 ORs a per-block "bad" mask
+// (log_target NaN or > 0; log_logging NaN, > 0 or -inf; reward NaN or +-inf) and counts the
+// rewards outside [0, 1]. Only a block whose mask is set is rescanned, element by element, to
+// find the first failing index of each check (IPS_CHECKS in reference.py).
 #include "pope_common.hpp"
 
 namespace pope {
@@ -17,13 +22,31 @@ namespace ips_detail {
 constexpr std::size_t kBlock = 512;             // elements per max update (fits in L1)
 constexpr std::size_t kChunk = std::size_t{1} << 16;  // elements per partial
 constexpr std::size_t kMinPerThread = std::size_t{1} << 18;
+constexpr int kNumChecks = 10;  // IPS_CHECKS in reference.py
 
 struct Partial {
     double m = -kInf;  // running max of the clipped log-ratio
     double sw = 0.0, sw2 = 0.0, swr = 0.0, swr2 = 0.0, sw2r = 0.0;
     std::int64_t n_clipped = 0;
     double max_lr = -kInf;
+    std::int64_t n_outside = 0;  // rewards outside [0, 1]
+    std::int64_t first_bad[kNumChecks] = {-1, -1, -1, -1, -1, -1, -1, -1, -1, -1};
 };
+
+// Element-wise rescan of a block that holds an invalid value: the first failing index of each
+// check (IPS_CHECKS order), where not already set by an earlier block of the chunk.
+void scan_bad(const double* a, const double* b, const double* c, std::size_t len,
+              std::int64_t base, std::int64_t* first) {
+    for (std::size_t j = 0; j < len; ++j) {
+        const double t = a[j], l = b[j], r = c[j];
+        const bool fails[kNumChecks] = {std::isnan(t), t == kInf,       t > 0.0,
+                                        std::isnan(l), l == kInf,       l == -kInf,
+                                        l > 0.0,       std::isnan(r),   r == kInf,
+                                        r == -kInf};
+        for (int k = 0; k < kNumChecks; ++k)
+            if (fails[k] && first[k] < 0) first[k] = base + static_cast<std::int64_t>(j);
+    }
+}
 
 POPE_INLINE double hmax4(v4d v) {
     const double a = v[0] > v[1] ? v[0] : v[1];
@@ -41,7 +64,7 @@ using namespace ips_detail;
 // target_clones wants it.
 POPE_TARGET_CLONES
 void ips_chunk_kernel(const double* lt, const double* ll, const double* rw, std::size_t n,
-                      double clip, Partial* out) {
+                      double clip, std::int64_t base, Partial* out) {
     alignas(32) double buf[kBlock];
     alignas(32) double pad_t[kBlock], pad_l[kBlock], pad_r[kBlock];
     const v4d clipv = splat4(clip);
@@ -49,6 +72,8 @@ void ips_chunk_kernel(const double* lt, const double* ll, const double* rw, std:
     v4d acc_w{}, acc_w2{}, acc_wr{}, acc_wr2{}, acc_w2r{};
     v4d lrmax = ninf;
     v4i cnt{};
+    v4i outside{};
+    const v4d zero{}, one = splat4(1.0);
     double m_run = -kInf;
 
     for (std::size_t s = 0; s < n; s += kBlock) {
@@ -70,12 +95,20 @@ void ips_chunk_kernel(const double* lt, const double* ll, const double* rw, std:
         }
         // Pass 1: clipped log-ratio, block max, clip count, unclipped max.
         v4d blr = ninf;
+        v4i bad{};
         for (std::size_t j = 0; j < kBlock; j += 4) {
-            const v4d lr = load4(a + j) - load4(b + j);
+            const v4d t = load4(a + j), l = load4(b + j), r = load4(c + j);
+            const v4d lr = t - l;
             store4(buf + j, lr < clipv ? lr : clipv);
             blr = lr > blr ? lr : blr;
             cnt -= (lr > clipv);
+            // NaN fails every comparison: !(x <= 0) catches NaN, > 0 and +inf; r - r is 0
+            // exactly for finite r and NaN for NaN / +-inf.
+            bad |= ~(t <= zero) | ~(l <= zero) | (l == ninf) | ~((r - r) == zero);
+            outside -= (r < zero) | (r > one);
         }
+        if ((bad[0] | bad[1] | bad[2] | bad[3]) != 0)
+            scan_bad(a, b, c, len, base + static_cast<std::int64_t>(s), out->first_bad);
         lrmax = blr > lrmax ? blr : lrmax;
         const double blr_max = hmax4(blr);
         const double bm = blr_max < clip ? blr_max : clip;  // = max_j min(lr_j, clip)
@@ -110,10 +143,15 @@ void ips_chunk_kernel(const double* lt, const double* ll, const double* rw, std:
     out->sw2r = hsum4(acc_w2r);
     out->n_clipped = cnt[0] + cnt[1] + cnt[2] + cnt[3];  // each true lane subtracted -1
     out->max_lr = hmax4(lrmax);
+    out->n_outside = outside[0] + outside[1] + outside[2] + outside[3];
 }
 
-DArray ips_moments(const DArray& log_target, const DArray& log_logging, const DArray& reward,
-                   double log_clip) {
+namespace {
+
+// The parallel pass and the in-order merge: o[0..9) the moments (MOMENT_NAMES), o[9] the
+// number of rewards outside [0, 1], and the first failing index of each check (-1: none).
+void ips_pass(const DArray& log_target, const DArray& log_logging, const DArray& reward,
+              double log_clip, double* o, std::int64_t* first_bad) {
     require(log_target.ndim() == 1 && log_logging.ndim() == 1 && reward.ndim() == 1,
             "ips_moments: log_target, log_logging and reward must be 1-D");
     const py::ssize_t n_signed = log_target.shape(0);
@@ -121,15 +159,14 @@ DArray ips_moments(const DArray& log_target, const DArray& log_logging, const DA
             "ips_moments: log_target, log_logging and reward must have the same length");
     require(!std::isnan(log_clip), "ips_moments: log_clip must not be NaN");
 
-    DArray out(9);
-    double* o = out.mutable_data();
     const std::size_t n = static_cast<std::size_t>(n_signed);
-    std::fill(o, o + 9, 0.0);
+    std::fill(o, o + 10, 0.0);
+    std::fill(first_bad, first_bad + kNumChecks, std::int64_t{-1});
     o[1] = static_cast<double>(n);
     if (n == 0) {
         o[0] = -kInf;
         o[8] = -kInf;
-        return out;
+        return;
     }
     const double* lt = log_target.data();
     const double* ll = log_logging.data();
@@ -143,16 +180,20 @@ DArray ips_moments(const DArray& log_target, const DArray& log_logging, const DA
             for (std::size_t ci = cb; ci < ce; ++ci) {
                 const std::size_t s = ci * kChunk;
                 const std::size_t len = std::min(kChunk, n - s);
-                ips_chunk_kernel(lt + s, ll + s, rw + s, len, log_clip, &parts[ci]);
+                ips_chunk_kernel(lt + s, ll + s, rw + s, len, log_clip,
+                                 static_cast<std::int64_t>(s), &parts[ci]);
             }
         });
     }
     double m = -kInf, max_lr = -kInf;
-    std::int64_t n_clipped = 0;
+    std::int64_t n_clipped = 0, n_outside = 0;
     for (const Partial& p : parts) {
         m = std::max(m, p.m);
         max_lr = std::max(max_lr, p.max_lr);
         n_clipped += p.n_clipped;
+        n_outside += p.n_outside;
+        for (int k = 0; k < kNumChecks; ++k)  // chunks in order: the first one set wins
+            if (first_bad[k] < 0) first_bad[k] = p.first_bad[k];
     }
     double sw = 0.0, sw2 = 0.0, swr = 0.0, swr2 = 0.0, sw2r = 0.0;
     if (m > -kInf) {
@@ -175,7 +216,33 @@ DArray ips_moments(const DArray& log_target, const DArray& log_logging, const DA
     o[6] = sw2r;
     o[7] = static_cast<double>(n_clipped);
     o[8] = max_lr;
+    o[9] = static_cast<double>(n_outside);
+}
+
+}  // namespace
+
+DArray ips_moments(const DArray& log_target, const DArray& log_logging, const DArray& reward,
+                   double log_clip) {
+    double o[10];
+    std::int64_t first_bad[kNumChecks];
+    ips_pass(log_target, log_logging, reward, log_clip, o, first_bad);
+    DArray out(9);
+    std::copy(o, o + 9, out.mutable_data());
     return out;
+}
+
+std::tuple<DArray, IArray> ips_moments_checked(const DArray& log_target,
+                                               const DArray& log_logging, const DArray& reward,
+                                               double log_clip) {
+    DArray out(10);
+    IArray bad(kNumChecks);
+    double* o = out.mutable_data();
+    std::int64_t* fb = bad.mutable_data();
+    ips_pass(log_target, log_logging, reward, log_clip, o, fb);
+    bool any = false;
+    for (int k = 0; k < kNumChecks; ++k) any = any || fb[k] >= 0;
+    if (any) std::fill(o, o + 10, std::numeric_limits<double>::quiet_NaN());
+    return {out, bad};
 }
 
 }  // namespace pope

@@ -22,6 +22,11 @@ PYBIND11_MODULE(_ext, m) {
           "l_i = min(log_target_i - log_logging_i, log_clip), m = max_i l_i,\n"
           "w~_i = exp(l_i - m); returns [m, n, sum w~, sum w~^2, sum w~ r, sum (w~ r)^2,\n"
           "sum w~^2 r, #{lr_i > log_clip}, max_i lr_i]. One pass, threads over chunks.");
+    m.def("ips_moments_checked", &pope::ips_moments_checked, py::arg("log_target"),
+          py::arg("log_logging"), py::arg("reward"), py::arg("log_clip"),
+          "ips_moments with the value checks in the same pass.\n\n"
+          "Returns (moments (10,): MOMENT_NAMES then #rewards outside [0, 1]; all NaN when a\n"
+          "value is bad), first_bad (10,) int64: first failing index per IPS_CHECKS, or -1.");
     m.def("segment_coverage_hard", &pope::segment_coverage_hard, py::arg("prompt_ptr"),
           py::arg("log_weight"), py::arg("labels"), py::arg("n_aspects"),
           py::arg("self_normalize"),
@@ -36,10 +41,20 @@ PYBIND11_MODULE(_ext, m) {
     m.def("diversity_reward_soft", &pope::diversity_reward_soft, py::arg("prompt_ptr"),
           py::arg("p"), py::arg("soft"),
           "d_k = -sum_c q_k(c) log p[i(k), c] (terms with p == 0 count 0), (N,).");
+    m.def("segment_jackknife_entropy_hard", &pope::segment_jackknife_entropy_hard,
+          py::arg("prompt_ptr"), py::arg("log_weight"), py::arg("labels"), py::arg("n_aspects"),
+          py::arg("self_normalize"),
+          "Delete-one-response jackknife of the coverage entropy per prompt (nats), (P,).\n\n"
+          "H^J_i = K_i H(p_i) - (K_i-1)/K_i sum_k H(p_{i,-k}); hard labels.");
+    m.def("segment_jackknife_entropy_soft", &pope::segment_jackknife_entropy_soft,
+          py::arg("prompt_ptr"), py::arg("log_weight"), py::arg("soft"),
+          py::arg("self_normalize"),
+          "As segment_jackknife_entropy_hard with soft aspect rows (N, C).");
     m.def("bootstrap_sums", &pope::bootstrap_sums, py::arg("values"), py::arg("n_boot"),
           py::arg("seed"),
           "Column sums (n_boot, m) of with-replacement resamples of the rows of values;\n"
-          "indices idx(b, i) = ((splitmix64(splitmix64(seed) + b*G + i) >> 32) * n) >> 32.");
+          "indices from 8 xoshiro128++ streams per resample keyed by (seed, b, lane)\n"
+          "(Lemire multiply-shift on 32-bit draws); see pope.backends.reference.");
     m.def("splitmix64", &pope::splitmix64, py::arg("z"), "SplitMix64 finaliser of one uint64.");
     m.def("elementary_sums_hard", &pope::elementary_sums_hard, py::arg("prompt_ptr"),
           py::arg("weight"), py::arg("labels"), py::arg("n_aspects"), py::arg("degree"),

@@ -279,6 +279,10 @@ inline std::size_t check_prompt_ptr(const IArray& prompt_ptr, py::ssize_t n_rows
 DArray ips_moments(const DArray& log_target, const DArray& log_logging, const DArray& reward,
                    double log_clip);
 
+std::tuple<DArray, IArray> ips_moments_checked(const DArray& log_target,
+                                               const DArray& log_logging, const DArray& reward,
+                                               double log_clip);
+
 std::tuple<DArray, DArray> segment_coverage_hard(const IArray& prompt_ptr,
                                                  const DArray& log_weight, const IArray& labels,
                                                  std::int64_t n_aspects, bool self_normalize);
@@ -290,6 +294,13 @@ std::tuple<DArray, DArray> segment_coverage_soft(const IArray& prompt_ptr,
 DArray diversity_reward_hard(const IArray& prompt_ptr, const DArray& p, const IArray& labels);
 
 DArray diversity_reward_soft(const IArray& prompt_ptr, const DArray& p, const DArray& soft);
+
+DArray segment_jackknife_entropy_hard(const IArray& prompt_ptr, const DArray& log_weight,
+                                      const IArray& labels, std::int64_t n_aspects,
+                                      bool self_normalize);
+
+DArray segment_jackknife_entropy_soft(const IArray& prompt_ptr, const DArray& log_weight,
+                                      const DArray& soft, bool self_normalize);
 
 DArray bootstrap_sums(const DArray& values, std::int64_t n_boot, std::uint64_t seed);
 

@@ -15,6 +15,7 @@ anything.
 from __future__ import annotations
 
 import inspect
+import math
 
 import numpy as np
 import pytest
@@ -70,8 +71,9 @@ def test_same_public_api_as_reference() -> None:
     for name in COMPILED:
         mod = get_backend(name)
         assert tuple(mod.MOMENT_NAMES) == ref.MOMENT_NAMES
+        assert tuple(mod.IPS_CHECKS) == ref.IPS_CHECKS
         for fn in ref.__all__:
-            if fn == "MOMENT_NAMES":
+            if fn in ("MOMENT_NAMES", "IPS_CHECKS"):
                 continue
             assert hasattr(mod, fn), f"{name} lacks {fn}"
             want = list(inspect.signature(getattr(ref, fn)).parameters)
@@ -180,6 +182,77 @@ def test_ips_moments_shape_errors(be) -> None:
         be.ips_moments(np.zeros(3), np.zeros(4), np.zeros(3), np.inf)
     with pytest.raises(ValueError):
         be.ips_moments(np.zeros(3), np.zeros(3), np.zeros(2), np.inf)
+
+
+# ---------------------------------------------------------------------------------------------
+# ips_moments_checked: the value checks fused into the pass
+# ---------------------------------------------------------------------------------------------
+
+_BAD_VALUES = {  # IPS_CHECKS that each bad value fails, per argument
+    0: (np.nan, np.inf, 0.5),  # log_target (-inf is legal)
+    1: (np.nan, np.inf, -np.inf, 1e-300),  # log_logging
+    2: (np.nan, np.inf, -np.inf),  # reward
+}
+
+
+def _check_checked(be, lt, ll, r, clip) -> None:
+    args = [a.copy() for a in (lt, ll, r)]
+    got, got_bad = be.ips_moments_checked(lt, ll, r, clip)
+    for a, b in zip(args, (lt, ll, r)):
+        np.testing.assert_array_equal(a, b)  # inputs untouched
+    want, want_bad = ref.ips_moments_checked(lt, ll, r, clip)
+    np.testing.assert_array_equal(got_bad, want_bad)  # first bad index of each check, exact
+    assert got.shape == want.shape == (len(ref.MOMENT_NAMES) + 1,)
+    if (want_bad >= 0).any():
+        assert np.isnan(got).all()
+        return
+    assert got[9] == want[9]  # count of rewards outside [0, 1]: exact
+    scale = ref.ips_moments(lt, ll, np.abs(r), clip)
+    assert_close(got[:9], want[:9], scale=np.where(np.isfinite(scale), np.abs(scale), 1.0))
+
+
+@pytest.mark.parametrize("n", [1, 7, 513, 3 * (1 << 16) + 5])
+def test_ips_moments_checked_valid(be, rng, n) -> None:
+    lt, ll, r = _ips_case(rng, n, signed=True)
+    lt, ll = np.minimum(lt, 0.0), np.minimum(ll, 0.0)
+    lt[rng.random(n) < 0.1] = -np.inf  # legal: zero target probability
+    ll[rng.random(n) < 0.1] = 0.0  # legal: probability 1
+    lt[rng.random(n) < 0.05] = -0.0
+    for clip in (np.inf, 0.5):
+        _check_checked(be, lt, ll, r, clip)
+    _check_checked(be, lt, ll, np.abs(r) / np.abs(r).max(), np.inf)  # all rewards in [0, 1]
+
+
+@pytest.mark.parametrize("arg", [0, 1, 2])
+def test_ips_moments_checked_first_bad(be, rng, arg) -> None:
+    """Every bad value, at the start, in a later chunk and at the tail, alone or twice, and
+    mixed with bad values of another kind: the first index of each check, as the reference."""
+    n = 3 * (1 << 16) + 5
+    base = _ips_case(rng, n)
+    base = [np.minimum(base[0], 0.0), np.minimum(base[1], 0.0), base[2]]
+    for v in _BAD_VALUES[arg]:
+        for pos in ([0], [n - 1], [(1 << 16) + 3, 2 * (1 << 16)], list(rng.integers(0, n, 5))):
+            a = [x.copy() for x in base]
+            a[arg][pos] = v
+            _check_checked(be, *a, 1.0)
+            other = (arg + 1) % 3
+            a[other][rng.integers(0, n, 2)] = _BAD_VALUES[other][0]
+            _check_checked(be, *a, 1.0)
+
+
+def test_ips_moments_checked_read_only(be, rng) -> None:
+    lt, ll, r = (np.minimum(a, 0.0) for a in _ips_case(rng, 70_001))
+    for a in (lt, ll, r):
+        a.flags.writeable = False
+    _check_checked(be, lt, ll, r, 1.0)
+
+
+def test_ips_moments_checked_n0(be) -> None:
+    e = np.empty(0)
+    got, bad = be.ips_moments_checked(e, e, e, np.inf)
+    want, want_bad = ref.ips_moments_checked(e, e, e, np.inf)
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(bad, want_bad)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -295,6 +368,82 @@ def test_coverage_ips_form_positive_log_weights(be, rng) -> None:
     assert_close(h_got, h_want, scale=terms + 1.0)
 
 
+def _check_jackknife(be, ptr, lw, labels, soft, C, self_normalize) -> None:
+    inputs = [a.copy() for a in (ptr, lw, labels, soft)]
+    got = be.segment_jackknife_entropy_hard(ptr, lw, labels, C, self_normalize)
+    want = ref.segment_jackknife_entropy_hard(ptr, lw, labels, C, self_normalize)
+    # Tolerance in nats: the leave-one-out entropies are (tot log z - sum a log a) / z in both,
+    # summed in another order; K_i H - (K_i-1)/K_i sum_k H_{-k} multiplies their rounding
+    # (a few ulp of log z) by up to 2 K_i, so the scale is K_i (|H| + 1).
+    k = np.maximum(np.diff(ptr), 1)
+    assert_close(got, want, scale=k * (np.abs(want) + 1.0))
+    got_s = be.segment_jackknife_entropy_soft(ptr, lw, soft, self_normalize)
+    want_s = ref.segment_jackknife_entropy_soft(ptr, lw, soft, self_normalize)
+    assert_close(got_s, want_s, scale=k * (np.abs(want_s) + 1.0))
+    for a, b in zip(inputs, (ptr, lw, labels, soft)):
+        np.testing.assert_array_equal(a, b)  # inputs untouched
+
+
+@pytest.mark.parametrize("self_normalize", [True, False])
+@pytest.mark.parametrize(
+    ("n_prompts", "k_max", "C"),
+    [(1, 1, 3), (50, 1, 4), (200, 6, 1), (300, 9, 8), (3000, 9, 5), (4, 3000, 6)],
+)
+def test_jackknife_random(be, rng, self_normalize, n_prompts, k_max, C) -> None:
+    """Ragged prompts (10% empty), -inf weights, a few all-zero-weight prompts, soft rows with
+    exact zeros."""
+    ptr = _ragged(rng, n_prompts, k_max)
+    n = int(ptr[-1])
+    lw = _log_weights(rng, ptr, self_normalize)
+    labels = rng.integers(0, C, n)
+    _check_jackknife(be, ptr, lw, labels, _soft(rng, n, C), C, self_normalize)
+
+
+@pytest.mark.parametrize("self_normalize", [True, False])
+def test_jackknife_degenerate_prompts(be, rng, self_normalize) -> None:
+    """Empty prompts, K = 1, a single positive weight, all-zero weights, ties for the largest
+    weight, extreme log weights (-1e4, -1e-9), a one-aspect histogram, no prompts."""
+    ptr = np.array([0, 0, 1, 1, 4, 4, 7, 10, 14, 14, 20], dtype=np.int64)
+    lw = rng.normal(size=20) - 3.0
+    lw[1:4] = -np.inf  # prompt 3: all zero weights
+    lw[4:7] = [-np.inf, -1.0, -np.inf]  # prompt 5: one positive weight
+    lw[7:10] = -0.5  # prompt 6: a three-way tie for the largest weight
+    lw[10:14] = [-1e4, -1e-9, -1e4, -1e-9]  # prompt 7: extreme log weights
+    labels = rng.integers(0, 3, 20)
+    labels[14:20] = 1  # prompt 9: every response in one aspect
+    soft = _soft(rng, 20, 3)
+    _check_jackknife(be, ptr, lw, labels, soft, 3, self_normalize)
+    h = be.segment_jackknife_entropy_hard(ptr, lw, labels, 3, self_normalize)
+    for i in (0, 2, 4, 8):  # empty
+        assert h[i] == 0.0
+    empty = np.zeros(1, dtype=np.int64)
+    assert be.segment_jackknife_entropy_hard(empty, np.empty(0), np.empty(0, np.int64), 3,
+                                             self_normalize).shape == (0,)
+    assert be.segment_jackknife_entropy_soft(empty, np.empty(0), np.zeros((0, 3)),
+                                             self_normalize).shape == (0,)
+
+
+def test_jackknife_thread_count_invariant_and_errors(be, rng, monkeypatch) -> None:
+    ptr = _ragged(rng, 20_000, 12)
+    n = int(ptr[-1])
+    lw = _log_weights(rng, ptr, True)
+    labels = rng.integers(0, 7, n)
+    soft = _soft(rng, n, 7)
+    outs = []
+    for t in ("1", "3"):
+        monkeypatch.setenv("POPE_NUM_THREADS", t)
+        outs.append((be.segment_jackknife_entropy_hard(ptr, lw, labels, 7, True),
+                     be.segment_jackknife_entropy_soft(ptr, lw, soft, True)))
+    for a, b in zip(*outs):
+        np.testing.assert_array_equal(a, b)
+    bad = labels.copy()
+    bad[5] = 7
+    with pytest.raises(ValueError):
+        be.segment_jackknife_entropy_hard(ptr, lw, bad, 7, True)
+    with pytest.raises(ValueError):  # last offset != N
+        be.segment_jackknife_entropy_hard(ptr[:-1], lw, labels, 7, True)
+
+
 def test_coverage_thread_count_invariant(be, rng, monkeypatch) -> None:
     ptr = _ragged(rng, 20_000, 12)
     n = int(ptr[-1])
@@ -355,6 +504,63 @@ def test_bootstrap_indices_bit_identical(be, rng, seed, n) -> None:
         np.testing.assert_array_equal(
             be.bootstrap_sums(v, 37, seed), ref.bootstrap_sums(v, 37, seed)
         )
+
+
+def _xoshiro_indices_scalar(n: int, b: int, seed: int) -> list[int]:
+    """idx(b, i), i < n, from the definition in the reference docstring, in plain Python ints
+    (an independent implementation of the stream, not NumPy's)."""
+    mask64, mask32 = (1 << 64) - 1, (1 << 32) - 1
+
+    def sm(z: int) -> int:
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask64
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask64
+        return z ^ (z >> 31)
+
+    def rotl(x: int, k: int) -> int:
+        return ((x << k) | (x >> (32 - k))) & mask32
+
+    key = sm(seed)
+    lanes = []
+    for lane in range(8):
+        c = 16 * b + 2 * lane
+        u0 = sm((key + (c + 1) * 0x9E3779B97F4A7C15) & mask64)
+        u1 = sm((key + (c + 2) * 0x9E3779B97F4A7C15) & mask64)
+        st = [u0 & mask32, u0 >> 32, u1 & mask32, u1 >> 32]
+        if not any(st):
+            st[0] = 1
+        lanes.append(st)
+    out = []
+    for i in range(n):
+        s = lanes[i % 8]
+        x = (rotl((s[0] + s[3]) & mask32, 7) + s[0]) & mask32
+        u = (s[1] << 9) & mask32
+        s[2] ^= s[0]
+        s[3] ^= s[1]
+        s[1] ^= s[2]
+        s[0] ^= s[3]
+        s[2] ^= u
+        s[3] = rotl(s[3], 11)
+        out.append((x * n) >> 32)
+    return out
+
+
+@pytest.mark.parametrize("seed", [0, 12345, 2**64 - 1])
+def test_bootstrap_reference_indices_match_definition(seed) -> None:
+    for n, b in ((1, 0), (9, 3), (37, 0), (1000, 17)):
+        got = ref.bootstrap_indices(n, seed, b, b + 1)[0]
+        np.testing.assert_array_equal(got, _xoshiro_indices_scalar(n, b, seed))
+
+
+def test_bootstrap_indices_uniform() -> None:
+    """Counts of each index over 2000 resamples of n = 1000: chi-square within 5 sd of its
+    mean (df = n - 1); consecutive resamples are not correlated."""
+    idx = ref.bootstrap_indices(1000, 7, 0, 2000)
+    counts = np.bincount(idx.ravel(), minlength=1000)
+    chi2 = ((counts - 2000.0) ** 2 / 2000.0).sum()
+    assert abs(chi2 - 999) < 5 * math.sqrt(2 * 999)
+    c = np.array([np.bincount(row, minlength=1000) for row in idx[:200]], dtype=float)
+    r = np.corrcoef(c[:-1].ravel(), c[1:].ravel())[0, 1]
+    assert abs(r) < 5 / math.sqrt(c[1:].size)
 
 
 @pytest.mark.parametrize("seed", SEEDS)

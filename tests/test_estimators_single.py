@@ -20,6 +20,7 @@ import pope
 from pope import estimators as E
 from pope.backends import available_backends
 from pope.estimate import WeightOverflowError
+from pope.estimators.single import _as_float64
 
 BACKENDS = available_backends()
 REL = 1e-10
@@ -364,13 +365,30 @@ def _splitmix(z: int) -> int:
 
 
 def _indices(n: int, b: int, seed: int) -> np.ndarray:
-    """Resample indices of the documented counter-based generator, in pure Python."""
+    """Resample indices of the documented generator (8 xoshiro128++ streams per resample
+    seeded by SplitMix64, Lemire's multiply-shift), in pure Python."""
+    m64, m32 = (1 << 64) - 1, (1 << 32) - 1
     key = _splitmix(seed)
-    mask = (1 << 64) - 1
-    return np.array(
-        [(((_splitmix((key + b * 0x9E3779B97F4A7C15 + i) & mask)) >> 32) * n) >> 32
-         for i in range(n)]
-    )
+    lanes = []
+    for lane in range(8):
+        c = 16 * b + 2 * lane
+        u0 = _splitmix((key + (c + 1) * 0x9E3779B97F4A7C15) & m64)
+        u1 = _splitmix((key + (c + 2) * 0x9E3779B97F4A7C15) & m64)
+        lanes.append([u0 & m32, u0 >> 32, u1 & m32, u1 >> 32] if u0 or u1 else [1, 0, 0, 0])
+    out = []
+    for i in range(n):
+        s = lanes[i % 8]
+        a = (s[0] + s[3]) & m32
+        x = ((((a << 7) | (a >> 25)) & m32) + s[0]) & m32
+        u = (s[1] << 9) & m32
+        s[2] ^= s[0]
+        s[3] ^= s[1]
+        s[1] ^= s[2]
+        s[0] ^= s[3]
+        s[2] ^= u
+        s[3] = ((s[3] << 11) | (s[3] >> 21)) & m32
+        out.append((x * n) >> 32)
+    return np.array(out)
 
 
 def test_bootstrap_resamples_ratio_jointly(rng):
@@ -458,6 +476,87 @@ def test_invalid_inputs(name, patch, kw, err, match):
         args |= {"reward_hat": [0.1] * n, "value_hat": [0.2] * n}
     with pytest.raises(err, match=match):
         getattr(E, name)(**args, **kw)
+
+
+def _legacy_error(args: dict) -> str | None:
+    """The message of the separate NumPy checks (the reference of the fused ones)."""
+    from pope._validation import as_float_array
+    from pope.weights import validate_log_probs
+
+    try:
+        validate_log_probs(args["log_target"], args["log_logging"])
+        as_float_array(args["reward"], "reward")
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+FUSED_BAD = [  # (argument, bad value): every value check of the fused pass
+    ("log_target", np.nan), ("log_target", np.inf), ("log_target", 0.25),
+    ("log_logging", np.nan), ("log_logging", np.inf), ("log_logging", -np.inf),
+    ("log_logging", 1e-12), ("reward", np.nan), ("reward", np.inf), ("reward", -np.inf),
+]
+
+
+@pytest.mark.parametrize("backend", ["reference", *BACKENDS])
+@pytest.mark.parametrize("name", ["ips", "snips"])
+def test_fused_checks_same_errors(rng, name, backend):
+    """The value checks run inside the backend's pass (several chunks and threads here); the
+    error names the argument and the first bad index exactly as the separate NumPy checks."""
+    n = 3 * (1 << 16) + 11
+    d = make_bandit(rng, n)
+    base = {k: d[k] for k in ("reward", "log_target", "log_logging")}
+    for k in range(len(FUSED_BAD)):
+        arg, v = FUSED_BAD[k]
+        args = {a: x.copy() for a, x in base.items()}
+        pos = rng.integers(0, n, 3)
+        args[arg][pos] = v
+        if k % 2:  # a second kind of bad value in another argument
+            arg2, v2 = FUSED_BAD[(k + 5) % len(FUSED_BAD)]
+            args[arg2][rng.integers(0, n, 2)] = v2
+        want = _legacy_error(args)
+        assert want is not None
+        copies = {a: x.copy() for a, x in args.items()}
+        for x in args.values():
+            x.flags.writeable = False
+        with pytest.raises(ValueError) as info:
+            getattr(E, name)(**args, clip=3.0, backend=backend)
+        assert str(info.value) == want
+        for a in args:
+            np.testing.assert_array_equal(args[a], copies[a])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_fused_path_no_copy_read_only(rng, backend):
+    """float64 C-contiguous read-only inputs are used in place and give the reference's
+    estimate; other dtypes and layouts are converted (rewards in [0, 1] detected either way)."""
+    d = make_bandit(rng, 5000)
+    for v in d.values():
+        v.flags.writeable = False
+    args = {k: d[k] for k in ("reward", "log_target", "log_logging")}
+    for name in ("ips", "snips"):
+        want = getattr(E, name)(**args, clip=2.0, backend="reference")
+        got = getattr(E, name)(**args, clip=2.0, backend=backend)
+        assert got.value == pytest.approx(want.value, rel=1e-12)
+        assert got.stderr == pytest.approx(want.stderr, rel=1e-10)
+        assert got.stats.rewards_in_range and want.stats.rewards_in_range
+        strided = {k: np.repeat(v, 2)[::2] for k, v in args.items()}  # non-contiguous views
+        f32 = {k: v.astype(np.float32) for k, v in args.items()}
+        for other in (strided, f32, {k: list(v) for k, v in args.items()}):
+            e = getattr(E, name)(**other, clip=2.0, backend=backend)
+            ref_e = getattr(E, name)(**other, clip=2.0, backend="reference")
+            assert e.value == pytest.approx(ref_e.value, rel=1e-12)
+    out = {**args, "reward": args["reward"] * 2.0 - 0.5}
+    assert not E.ips(**out, backend=backend).stats.rewards_in_range
+    for v in args.values():
+        assert _as_float64(v, "x") is v  # no copy
+
+
+def test_fused_path_converts_without_copy():
+    a = np.linspace(-1.0, 0.0, 10)
+    assert _as_float64(a, "a") is a
+    b = _as_float64(a[::2], "a")
+    assert b.flags.c_contiguous and not np.shares_memory(a, b)
 
 
 INVALID_EXTRA = [

@@ -34,6 +34,7 @@ from pope.estimate import Diagnostics, WeightMoments, WeightOverflowError
 __all__ = [
     "LOG_FLOAT64_MAX",
     "check_clip",
+    "checked_moments",
     "importance_weights",
     "log_importance_weights",
     "moments",
@@ -207,16 +208,74 @@ def weight_diagnostics(
     return WeightMoments.from_moments(mom).diagnostics()
 
 
+def _zero_weight_sums(out: np.ndarray) -> np.ndarray:
+    """All weights zero (scale ``-inf``): the sums are exactly 0 (no NaN from ``0 * inf``)."""
+    if out[0] == -np.inf:
+        out[2:8] = 0.0
+    return out
+
+
 def moments(be: Any, log_target: np.ndarray, log_logging: np.ndarray, reward: np.ndarray,
             log_clip: float) -> np.ndarray:
     """``be.ips_moments`` with the all-zero-weight case handled (scale ``-inf``, sums 0)."""
-    n = log_target.shape[0]
-    if n and np.isneginf(log_target).all():
-        out = np.zeros(9)
-        out[0] = -np.inf
-        out[1] = n
-        out[8] = -np.inf
-        return out
-    return np.asarray(be.ips_moments(log_target, log_logging, reward, float(log_clip)),
-                      dtype=np.float64)
+    out = np.array(be.ips_moments(log_target, log_logging, reward, float(log_clip)),
+                   dtype=np.float64)
+    return _zero_weight_sums(out)
+
+
+# (argument, kind) of each entry of IPS_CHECKS, and the order in which errors are reported
+# (that of validate_log_probs followed by the reward's checks).
+_CHECK_ARGS = (
+    ("log_target", "NaN"), ("log_target", "+inf"), ("log_target", "positive"),
+    ("log_logging", "NaN"), ("log_logging", "+inf"), ("log_logging", "-inf"),
+    ("log_logging", "positive"),
+    ("reward", "NaN"), ("reward", "+inf"), ("reward", "-inf"),
+)
+_CHECK_PRIORITY = (0, 1, 3, 4, 5, 2, 6, 7, 8, 9)
+
+
+def raise_first_bad(first_bad: np.ndarray, arrays: dict[str, np.ndarray]) -> None:
+    """Raise the ``ValueError`` of the first failed check (see ``IPS_CHECKS``), if any.
+
+    The messages are those of :func:`validate_log_probs` and
+    :func:`pope._validation.as_float_array`: the argument, the problem and the first bad
+    (flat) index.
+    """
+    for c in _CHECK_PRIORITY:
+        i = int(first_bad[c])
+        if i < 0:
+            continue
+        name, kind = _CHECK_ARGS[c]
+        if kind == "positive":
+            v = arrays[name].ravel()[i]
+            raise ValueError(
+                f"{name} must be log-probabilities (<= 0); element {i} is {v!r} "
+                "(a probability > 1)"
+            )
+        raise ValueError(f"{name} contains {kind} (first at flat index {i})")
+
+
+def checked_moments(
+    be: Any, log_target: np.ndarray, log_logging: np.ndarray, reward: np.ndarray,
+    log_clip: float,
+) -> tuple[np.ndarray, bool]:
+    """Moments of :func:`moments` and whether the rewards lie in [0, 1], from one validating
+    pass.
+
+    The backend's ``ips_moments_checked`` checks the values while it sums (``log_target``
+    ``<= 0`` or ``-inf``; ``log_logging`` finite and ``<= 0``; ``reward`` finite); on a bad
+    value this raises the ``ValueError`` naming the argument and the first bad index.
+    Inputs are 1-D float64 arrays of one length (shapes and dtypes checked by the caller).
+
+    Returns
+    -------
+    (moments (9,), whether every reward lies in [0, 1])
+    """
+    out, first_bad = be.ips_moments_checked(log_target, log_logging, reward, float(log_clip))
+    first_bad = np.asarray(first_bad)
+    if (first_bad >= 0).any():
+        raise_first_bad(first_bad, {"log_target": log_target, "log_logging": log_logging,
+                                    "reward": reward})
+    out = np.array(out, dtype=np.float64)
+    return _zero_weight_sums(out[:9]), bool(out[9] == 0)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pope.backends.reference import MOMENT_NAMES, splitmix64
+from pope.backends.reference import IPS_CHECKS, MOMENT_NAMES, splitmix64
 
 try:
     from pope import _ext
@@ -19,13 +19,17 @@ except ImportError as exc:  # pragma: no cover - exercised only without a compil
     raise ImportError(f"pope._ext (the C++ backend) is not available: {exc}") from exc
 
 __all__ = [
+    "IPS_CHECKS",
     "MOMENT_NAMES",
     "bootstrap_sums",
     "diversity_reward_hard",
     "diversity_reward_soft",
     "ips_moments",
+    "ips_moments_checked",
     "segment_coverage_hard",
     "segment_coverage_soft",
+    "segment_jackknife_entropy_hard",
+    "segment_jackknife_entropy_soft",
     "splitmix64",
 ]
 
@@ -37,6 +41,13 @@ def ips_moments(
 ) -> np.ndarray:
     """C++ twin of :func:`pope.backends.reference.ips_moments`."""
     return _ext.ips_moments(log_target, log_logging, reward, float(log_clip))
+
+
+def ips_moments_checked(
+    log_target: np.ndarray, log_logging: np.ndarray, reward: np.ndarray, log_clip: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """C++ twin of :func:`pope.backends.reference.ips_moments_checked` (one fused pass)."""
+    return _ext.ips_moments_checked(log_target, log_logging, reward, float(log_clip))
 
 
 def segment_coverage_hard(
@@ -60,6 +71,29 @@ def segment_coverage_soft(
 ) -> tuple[np.ndarray, np.ndarray]:
     """C++ twin of :func:`pope.backends.reference.segment_coverage_soft`."""
     return _ext.segment_coverage_soft(prompt_ptr, log_weight, soft, bool(self_normalize))
+
+
+def segment_jackknife_entropy_hard(
+    prompt_ptr: np.ndarray,
+    log_weight: np.ndarray,
+    labels: np.ndarray,
+    n_aspects: int,
+    self_normalize: bool,
+) -> np.ndarray:
+    """C++ twin of :func:`pope.backends.reference.segment_jackknife_entropy_hard`."""
+    return _ext.segment_jackknife_entropy_hard(
+        prompt_ptr, log_weight, labels, int(n_aspects), bool(self_normalize)
+    )
+
+
+def segment_jackknife_entropy_soft(
+    prompt_ptr: np.ndarray,
+    log_weight: np.ndarray,
+    soft: np.ndarray,
+    self_normalize: bool,
+) -> np.ndarray:
+    """C++ twin of :func:`pope.backends.reference.segment_jackknife_entropy_soft`."""
+    return _ext.segment_jackknife_entropy_soft(prompt_ptr, log_weight, soft, bool(self_normalize))
 
 
 def diversity_reward_hard(prompt_ptr: np.ndarray, p: np.ndarray, labels: np.ndarray) -> np.ndarray:

@@ -14,9 +14,10 @@ Design, shared with the C++ backend:
   2 ulp.
 * Coverage and diversity run in parallel over batches of whole prompts; every accumulation
   stays in response order, as ``np.bincount`` / ``np.add.at`` in the reference.
-* ``bootstrap_sums`` runs in parallel over resamples; the SplitMix64 index stream is computed
-  with ``uint64`` arithmetic only (every constant is a ``np.uint64``: mixing ``uint64`` with
-  ``int64`` would promote to ``float64``), so indices are bit-identical to the reference.
+* ``bootstrap_sums`` runs in parallel over resamples; the 8 xoshiro128++ streams of a resample
+  and their SplitMix64 seeding are computed with ``uint64`` arithmetic only (every constant is a
+  ``np.uint64``: mixing ``uint64`` with ``int64`` would promote to ``float64``; 32-bit words are
+  masked), so indices are bit-identical to the reference.
 
 Fast-math flags are limited to ``reassoc`` on the reductions of ``ips_moments`` (lane-wise
 partial sums) and ``contract`` (FMA) inside ``exp`` / ``log``; nothing assumes finite values,
@@ -37,16 +38,20 @@ from numba import config as _numba_config
 from numba import njit, parallel_chunksize, prange, set_num_threads, types
 from numba.extending import intrinsic
 
-from pope.backends.reference import MOMENT_NAMES, splitmix64
+from pope.backends.reference import IPS_CHECKS, MOMENT_NAMES, splitmix64
 
 __all__ = [
+    "IPS_CHECKS",
     "MOMENT_NAMES",
     "bootstrap_sums",
     "diversity_reward_hard",
     "diversity_reward_soft",
     "ips_moments",
+    "ips_moments_checked",
     "segment_coverage_hard",
     "segment_coverage_soft",
+    "segment_jackknife_entropy_hard",
+    "segment_jackknife_entropy_soft",
     "splitmix64",
 ]
 
@@ -58,7 +63,7 @@ _BLOCK = 512
 # coverage / diversity batches of whole prompts
 _BATCH_RESP = 4096
 _BATCH_CELLS = 8192
-# bootstrap index buffer
+# bootstrap index buffer (a multiple of the 8 lanes)
 _BOOT_BLOCK = 512
 
 # exp: Cody-Waite reduction, Taylor polynomial of degree 13, 2^k = 2^k1 * 2^k2
@@ -108,9 +113,16 @@ _S30 = np.uint64(30)
 _S31 = np.uint64(31)
 _S32 = np.uint64(32)
 _LOW32 = np.uint64(0xFFFFFFFF)
+_S7 = np.uint64(7)
+_S9 = np.uint64(9)
+_S11 = np.uint64(11)
+_S21 = np.uint64(21)
+_S25 = np.uint64(25)
+_LANES = 8  # xoshiro128++ streams per resample
 
 _NINF = -np.inf
 _PINF = np.inf
+_N_CHECKS = len(IPS_CHECKS)
 _U1 = np.uint64(1)
 
 
@@ -214,8 +226,9 @@ def _exp_into(x, shift, out, n):  # pragma: no cover - compiled
 
 
 @njit(cache=True, fastmath={"reassoc"}, error_model="numpy")
-def _ips_accumulate(buf, m, rw, off, n):  # pragma: no cover - compiled
-    """Sums of w, w^2, w r, (w r)^2, w^2 r with ``w = exp(buf - m)`` over ``n`` samples.
+def _ips_accumulate(buf, m, clip, rw, off, n):  # pragma: no cover - compiled
+    """Sums of w, w^2, w r, (w r)^2, w^2 r with ``w = exp(min(buf, clip) - m)`` over ``n``
+    samples.
 
     ``reassoc`` lets LLVM keep lane-wise partial sums; :func:`_exp1` keeps its own flags.
     """
@@ -225,7 +238,8 @@ def _ips_accumulate(buf, m, rw, off, n):  # pragma: no cover - compiled
     d = 0.0
     f = 0.0
     for j in range(n):
-        wj = _exp1(buf[j] - m)
+        lj = buf[j]
+        wj = _exp1((lj if lj < clip else clip) - m)
         wr = wj * rw[off + np.uint64(j)]  # uint64 offset: no wraparound select
         a += wj
         b += wj * wj
@@ -236,8 +250,61 @@ def _ips_accumulate(buf, m, rw, off, n):  # pragma: no cover - compiled
 
 
 @njit(cache=True, error_model="numpy")
-def _ips_chunk(lt, ll, rw, s, e, clip, out, buf):  # pragma: no cover - compiled
-    """Partial of samples [s, e): out = [M, sw, sw2, swr, swr2, sw2r, n_clipped, max_lr]."""
+def _ips_scan(lt, ll, rw, off, n, clip, buf):  # pragma: no cover - compiled
+    """buf[j] = log_target - log_logging over a block; counts of clipped log-ratios, of
+    invalid values (IPS_CHECKS) and of rewards outside [0, 1].
+
+    Integer reductions only, so that LLVM vectorises the loop without fast-math (a NaN must
+    fail the checks, not be assumed away).
+    """
+    ncl = 0
+    nbad = 0
+    nout = 0
+    for j in range(n):
+        k = off + np.uint64(j)
+        t = lt[k]
+        l = ll[k]
+        r = rw[k]
+        lr = t - l
+        buf[j] = lr
+        ncl += lr > clip
+        # NaN fails every comparison; r - r is 0 exactly for finite r
+        nbad += (not t <= 0.0) | (not l <= 0.0) | (l == _NINF) | (not (r - r) == 0.0)
+        nout += (r < 0.0) | (r > 1.0)
+    return ncl, nbad, nout
+
+
+@njit(cache=True, fastmath={"nnan", "nsz"}, error_model="numpy")
+def _block_max(buf, n):  # pragma: no cover - compiled
+    """max(buf[:n]); ``nnan``: a block with NaN fails the checks of :func:`_ips_scan`."""
+    mx = _NINF
+    for j in range(n):
+        v = buf[j]
+        mx = v if v > mx else mx
+    return mx
+
+
+@njit(cache=True, error_model="numpy")
+def _scan_bad(lt, ll, rw, s, e, first):  # pragma: no cover - compiled
+    """First failing index of each check of IPS_CHECKS in [s, e), where not yet set."""
+    for k in range(s, e):
+        t = lt[k]
+        l = ll[k]
+        r = rw[k]
+        fails = (
+            np.isnan(t), t == _PINF, t > 0.0, np.isnan(l), l == _PINF, l == _NINF, l > 0.0,
+            np.isnan(r), r == _PINF, r == _NINF,
+        )
+        for c in range(_N_CHECKS):
+            if fails[c] and first[c] < 0:
+                first[c] = k
+
+
+@njit(cache=True, error_model="numpy")
+def _ips_chunk(lt, ll, rw, s, e, clip, out, buf, first):  # pragma: no cover - compiled
+    """Partial of samples [s, e): out = [M, sw, sw2, swr, swr2, sw2r, n_clipped, max_lr,
+    n_reward_outside_unit]; ``first`` gets the first failing index of each check
+    (IPS_CHECKS)."""
     m_run = _NINF
     sw = 0.0
     sw2 = 0.0
@@ -245,16 +312,17 @@ def _ips_chunk(lt, ll, rw, s, e, clip, out, buf):  # pragma: no cover - compiled
     swr2 = 0.0
     sw2r = 0.0
     ncl = 0
+    nout = 0
     lrmax = _NINF
     for b0 in range(s, e, _BLOCK):
         ln = min(_BLOCK, e - b0)
         ub0 = np.uint64(b0)  # uint64 offsets: no negative-index wraparound select
-        blr = _NINF
-        for j in range(ln):
-            lr = lt[ub0 + np.uint64(j)] - ll[ub0 + np.uint64(j)]
-            buf[j] = lr if lr < clip else clip
-            blr = lr if lr > blr else blr
-            ncl += 1 if lr > clip else 0
+        c_cl, c_bad, c_out = _ips_scan(lt, ll, rw, ub0, ln, clip, buf)
+        ncl += c_cl
+        nout += c_out
+        if c_bad:  # (ips_moments, which skips the checks, sums such blocks all the same)
+            _scan_bad(lt, ll, rw, b0, b0 + ln, first)
+        blr = _block_max(buf, ln)
         lrmax = blr if blr > lrmax else lrmax
         bmax = blr if blr < clip else clip  # max_j min(lr_j, clip) = min(max_j lr_j, clip)
         if bmax > m_run:
@@ -268,7 +336,7 @@ def _ips_chunk(lt, ll, rw, s, e, clip, out, buf):  # pragma: no cover - compiled
             m_run = bmax
         if m_run == _NINF:
             continue  # every weight so far is zero
-        a, b, c, d, f = _ips_accumulate(buf, m_run, rw, ub0, ln)
+        a, b, c, d, f = _ips_accumulate(buf, m_run, clip, rw, ub0, ln)
         sw += a
         sw2 += b
         swr += c
@@ -282,16 +350,17 @@ def _ips_chunk(lt, ll, rw, s, e, clip, out, buf):  # pragma: no cover - compiled
     out[5] = sw2r
     out[6] = ncl
     out[7] = lrmax
+    out[8] = nout
 
 
 @njit(cache=True, parallel=True, error_model="numpy")
-def _ips_partials(lt, ll, rw, clip, parts):  # pragma: no cover - compiled
+def _ips_partials(lt, ll, rw, clip, parts, first):  # pragma: no cover - compiled
     n = lt.shape[0]
     for ci in prange(parts.shape[0]):
         buf = np.empty(_BLOCK)
         s = ci * _CHUNK
         e = min(n, s + _CHUNK)
-        _ips_chunk(lt, ll, rw, s, e, clip, parts[ci], buf)
+        _ips_chunk(lt, ll, rw, s, e, clip, parts[ci], buf, first[ci])
 
 
 @njit(cache=True, error_model="numpy")
@@ -549,20 +618,236 @@ def _diversity_soft(uptr, p, soft, ustarts, d):  # pragma: no cover - compiled
 
 
 # ---------------------------------------------------------------------------------------------
+# Jackknife of the coverage entropy (the algorithm of pope.coverage.jackknife_entropy_core,
+# prompt by prompt; see csrc/jackknife.cpp)
+# ---------------------------------------------------------------------------------------------
+
+
+@njit(cache=True, error_model="numpy")
+def _xlogx(x):  # pragma: no cover - compiled
+    return x * _log1(x) if x > 0.0 else 0.0
+
+
+@njit(cache=True, error_model="numpy")
+def _hist_entropy(tot, g, z, fallback):  # pragma: no cover - compiled
+    """(tot log z - g) / z for z > 0, else ``fallback``."""
+    return (tot * _log1(z) - g) / z if z > 0.0 else fallback
+
+
+@njit(cache=True, error_model="numpy")
+def _jk_weights(lw, s, e, self_normalize, w):  # pragma: no cover - compiled
+    """w[k - s] for rows [s, e); returns the (first) largest finite log weight's row or -1."""
+    mx = _NINF
+    star = -1
+    for k in range(s, e):
+        if lw[k] > mx:
+            mx = lw[k]
+            star = k
+    if not (mx > _NINF and mx < _PINF):
+        star = -1
+    shift = mx if (self_normalize and star >= 0) else 0.0
+    for k in range(s, e):
+        w[k - s] = _exp1(lw[k] - shift)
+    return star
+
+
+@njit(cache=True, parallel=True, error_model="numpy")
+def _jackknife_hard(ptr, lw, labels, C, self_normalize, ustarts, out):  # pragma: no cover
+    for bi in prange(ustarts.shape[0] - 1):
+        a = np.empty(C)
+        w = np.empty(16)
+        for i in range(ustarts[bi], ustarts[bi + 1]):
+            s = ptr[i]
+            e = ptr[i + 1]
+            K = e - s
+            if K == 0:
+                out[i] = 0.0
+                continue
+            if w.shape[0] < K:
+                w = np.empty(K)
+            star = _jk_weights(lw, s, e, self_normalize, w)
+            a[:] = 0.0
+            z_ex = 0.0
+            for k in range(s, e):
+                if k != star:
+                    a[labels[k]] += w[k - s]
+                    z_ex += w[k - s]
+            c_star = -1
+            a_star_ex = 0.0
+            w_star = 0.0
+            if star >= 0:
+                c_star = labels[star]
+                w_star = w[star - s]
+                a_star_ex = a[c_star]
+                a[c_star] += w_star
+            if self_normalize:
+                z = z_ex + w_star
+            else:
+                z = float(K)
+                z_ex = K - 1.0
+            tot_o = 0.0
+            g_o = 0.0
+            for c in range(C):
+                if c != c_star:
+                    tot_o += a[c]
+                    g_o += _xlogx(a[c])
+            tot = tot_o
+            g = g_o
+            if star >= 0:
+                tot += a[c_star]
+                g += _xlogx(a[c_star])
+            h = _hist_entropy(tot, g, z, 0.0)
+            if K == 1:
+                out[i] = h
+                continue
+            if not z > 0.0:
+                out[i] = 0.0
+                continue
+            h_ex = h
+            if star >= 0:  # summed afresh: no cancellation against the largest weight
+                h_ex = _hist_entropy(tot_o + a_star_ex, g_o + _xlogx(a_star_ex), z_ex, h)
+            s_del = 0.0
+            for k in range(s, e):
+                if k == star:
+                    s_del += h_ex
+                    continue
+                wk = w[k - s]
+                den = z - (wk if self_normalize else 1.0)
+                if not den > 0.0:
+                    s_del += h
+                    continue
+                aa = a[labels[k]]
+                na = max(aa - wk, 0.0)
+                s_del += ((tot - aa + na) * _log1(den) - (g - _xlogx(aa) + _xlogx(na))) / den
+            out[i] = K * h - (K - 1.0) / K * s_del
+
+
+@njit(cache=True, parallel=True, error_model="numpy")
+def _jackknife_soft(ptr, lw, soft, self_normalize, ustarts, out):  # pragma: no cover
+    C = soft.shape[1]
+    for bi in prange(ustarts.shape[0] - 1):
+        a = np.empty(C)
+        a_ex = np.empty(C)
+        w = np.empty(16)
+        for i in range(ustarts[bi], ustarts[bi + 1]):
+            s = ptr[i]
+            e = ptr[i + 1]
+            K = e - s
+            if K == 0:
+                out[i] = 0.0
+                continue
+            if w.shape[0] < K:
+                w = np.empty(K)
+            star = _jk_weights(lw, s, e, self_normalize, w)
+            a_ex[:] = 0.0
+            z_ex = 0.0
+            for k in range(s, e):
+                if k != star:
+                    wk = w[k - s]
+                    for c in range(C):
+                        a_ex[c] += soft[k, c] * wk
+                    z_ex += wk
+            a[:] = a_ex
+            w_star = 0.0
+            if star >= 0:
+                w_star = w[star - s]
+                for c in range(C):
+                    a[c] += soft[star, c] * w_star
+            if self_normalize:
+                z = z_ex + w_star
+            else:
+                z = float(K)
+                z_ex = K - 1.0
+            tot = 0.0
+            g = 0.0
+            tot_ex = 0.0
+            g_ex = 0.0
+            for c in range(C):
+                tot += a[c]
+                g += _xlogx(a[c])
+                tot_ex += a_ex[c]
+                g_ex += _xlogx(a_ex[c])
+            h = _hist_entropy(tot, g, z, 0.0)
+            if K == 1:
+                out[i] = h
+                continue
+            if not z > 0.0:
+                out[i] = 0.0
+                continue
+            h_ex = _hist_entropy(tot_ex, g_ex, z_ex, h) if star >= 0 else h
+            s_del = 0.0
+            for k in range(s, e):
+                if k == star:
+                    s_del += h_ex
+                    continue
+                wk = w[k - s]
+                den = z - (wk if self_normalize else 1.0)
+                if not den > 0.0:
+                    s_del += h
+                    continue
+                tn = 0.0
+                gn = 0.0
+                for c in range(C):
+                    nc = max(a[c] - soft[k, c] * wk, 0.0)
+                    tn += nc
+                    gn += _xlogx(nc)
+                s_del += (tn * _log1(den) - gn) / den
+            out[i] = K * h - (K - 1.0) / K * s_del
+
+
+# ---------------------------------------------------------------------------------------------
 # Bootstrap
 # ---------------------------------------------------------------------------------------------
 
 
 @njit(cache=True, error_model="numpy")
-def _fill_indices(x0, nn, ln, ib):  # pragma: no cover - compiled
-    """ib[j] = ((splitmix64(x0 + j) >> 32) * n) >> 32 for j < ln (uint64 throughout)."""
-    n32 = nn & _LOW32  # n < 2^32: lets LLVM use a 32x32->64 multiply
-    for j in range(ln):
-        z = x0 + np.uint64(j)
-        z = (z ^ (z >> _S30)) * _M1
-        z = (z ^ (z >> _S27)) * _M2
-        z = z ^ (z >> _S31)
-        ib[j] = ((z >> _S32) * n32) >> _S32
+def _seed_streams(key, b, st):  # pragma: no cover - compiled
+    """st[k, l] = word k (a uint32 value in a uint64) of the xoshiro128++ state of lane l of
+    resample b (see the reference)."""
+    for l in range(_LANES):
+        c = np.uint64(16) * np.uint64(b) + np.uint64(2 * l)
+        u0 = _splitmix64_1(key + (c + _U1) * _GOLDEN)
+        u1 = _splitmix64_1(key + (c + np.uint64(2)) * _GOLDEN)
+        st[0, l] = u0 & _LOW32
+        st[1, l] = u0 >> _S32
+        st[2, l] = u1 & _LOW32
+        st[3, l] = u1 >> _S32
+        if (st[0, l] | st[1, l] | st[2, l] | st[3, l]) == 0:
+            st[0, l] = _U1
+
+
+@njit(cache=True, error_model="numpy")
+def _splitmix64_1(z):  # pragma: no cover - compiled
+    z = (z ^ (z >> _S30)) * _M1
+    z = (z ^ (z >> _S27)) * _M2
+    return z ^ (z >> _S31)
+
+
+@njit(cache=True, error_model="numpy")
+def _fill_indices(st, nn, steps, ib):  # pragma: no cover - compiled
+    """ib[8 t + l] = (x_t(l) * n) >> 32 for t < steps: xoshiro128++ on 8 lanes, the 32-bit
+    words held in uint64 and masked (Numba widens uint32 arithmetic), Lemire's multiply-shift.
+    """
+    for t in range(steps):
+        for l in range(_LANES):
+            s0 = st[0, l]
+            s1 = st[1, l]
+            s2 = st[2, l]
+            s3 = st[3, l]
+            a = (s0 + s3) & _LOW32
+            x = ((((a << _S7) | (a >> _S25)) & _LOW32) + s0) & _LOW32
+            u = (s1 << _S9) & _LOW32
+            s2 ^= s0
+            s3 ^= s1
+            s1 ^= s2
+            s0 ^= s3
+            s2 ^= u
+            s3 = ((s3 << _S11) | (s3 >> _S21)) & _LOW32
+            st[0, l] = s0
+            st[1, l] = s1
+            st[2, l] = s2
+            st[3, l] = s3
+            ib[np.uint64(t) * np.uint64(_LANES) + np.uint64(l)] = (x * nn) >> _S32
 
 
 @njit(cache=True, parallel=True, error_model="numpy")
@@ -574,32 +859,29 @@ def _bootstrap(values, n_boot, key, out):  # pragma: no cover - compiled
     flat = values.ravel()  # C-contiguous: a view; uint64 indices skip wraparound checks
     for b in prange(n_boot):
         ib = np.empty(_BOOT_BLOCK, np.uint64)
-        base = key + np.uint64(b) * _GOLDEN
+        st = np.empty((4, _LANES), np.uint64)
+        _seed_streams(key, b, st)
         if m == 1:
-            a0 = 0.0
-            a1 = 0.0
-            a2 = 0.0
-            a3 = 0.0
+            acc = np.zeros(_LANES)
             for s in range(0, n, _BOOT_BLOCK):
                 ln = min(_BOOT_BLOCK, n - s)
-                _fill_indices(base + np.uint64(s), nn, ln, ib)
+                _fill_indices(st, nn, (ln + _LANES - 1) // _LANES, ib)
                 j = 0
-                while j + 4 <= ln:
-                    a0 += flat[ib[j]]
-                    a1 += flat[ib[j + 1]]
-                    a2 += flat[ib[j + 2]]
-                    a3 += flat[ib[j + 3]]
-                    j += 4
+                while j + _LANES <= ln:
+                    for l in range(_LANES):
+                        acc[l] += flat[ib[j + l]]
+                    j += _LANES
                 while j < ln:
-                    a0 += flat[ib[j]]
+                    acc[0] += flat[ib[j]]
                     j += 1
-            out[b, 0] = (a0 + a1) + (a2 + a3)
+            out[b, 0] = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + (
+                (acc[4] + acc[5]) + (acc[6] + acc[7]))
         else:
             for c in range(m):
                 out[b, c] = 0.0
             for s in range(0, n, _BOOT_BLOCK):
                 ln = min(_BOOT_BLOCK, n - s)
-                _fill_indices(base + np.uint64(s), nn, ln, ib)
+                _fill_indices(st, nn, (ln + _LANES - 1) // _LANES, ib)
                 for j in range(ln):
                     row = ib[j] * mm
                     for c in range(m):
@@ -647,8 +929,17 @@ def ips_moments(
         out[0] = -np.inf
         out[8] = -np.inf
         return out
+    _ips_pass(log_target, log_logging, reward, log_clip, out)
+    return out
+
+
+def _ips_pass(log_target, log_logging, reward, log_clip, out) -> tuple[np.ndarray, np.ndarray]:
+    """The parallel pass and the merge into ``out[:9]``; returns (partials, first-bad)."""
+    n = log_target.shape[0]
     _apply_thread_cap()
-    parts = np.empty(((n + _CHUNK - 1) // _CHUNK, 8))
+    n_chunks = (n + _CHUNK - 1) // _CHUNK
+    parts = np.empty((n_chunks, 9))
+    first = np.full((n_chunks, _N_CHECKS), -1, dtype=np.int64)
     with parallel_chunksize(1):  # dynamic hand-out of chunks: robust to a busy core
         _ips_partials(
             np.ascontiguousarray(log_target, dtype=np.float64),
@@ -656,9 +947,38 @@ def ips_moments(
             np.ascontiguousarray(reward, dtype=np.float64),
             log_clip,
             parts,
+            first,
         )
     _ips_merge(parts, float(n), out)
-    return out
+    fb = np.full(_N_CHECKS, -1, dtype=np.int64)
+    for c in range(_N_CHECKS):  # chunks in order: the first one set wins
+        hit = np.flatnonzero(first[:, c] >= 0)
+        if hit.size:
+            fb[c] = first[hit[0], c]
+    return parts, fb
+
+
+def ips_moments_checked(
+    log_target: np.ndarray, log_logging: np.ndarray, reward: np.ndarray, log_clip: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Numba twin of :func:`pope.backends.reference.ips_moments_checked` (one fused pass)."""
+    n = log_target.shape[0]
+    if log_target.ndim != 1 or log_logging.shape != (n,) or reward.shape != (n,):
+        raise ValueError("ips_moments: log_target, log_logging and reward must be (n,) arrays")
+    log_clip = float(log_clip)
+    if math.isnan(log_clip):
+        raise ValueError("ips_moments: log_clip must not be NaN")
+    out = np.zeros(len(MOMENT_NAMES) + 1)
+    out[1] = n
+    if n == 0:
+        out[[0, 8]] = -np.inf
+        return out, np.full(_N_CHECKS, -1, dtype=np.int64)
+    parts, fb = _ips_pass(log_target, log_logging, reward, log_clip, out)
+    if (fb >= 0).any():
+        out[:] = np.nan
+    else:
+        out[9] = parts[:, 8].sum()
+    return out, fb
 
 
 def segment_coverage_hard(
@@ -727,6 +1047,61 @@ def segment_coverage_soft(
             H,
         )
     return pf.reshape(n_prompts, n_aspects), H
+
+
+def segment_jackknife_entropy_hard(
+    prompt_ptr: np.ndarray,
+    log_weight: np.ndarray,
+    labels: np.ndarray,
+    n_aspects: int,
+    self_normalize: bool,
+) -> np.ndarray:
+    """Numba twin of :func:`pope.backends.reference.segment_jackknife_entropy_hard`."""
+    n_aspects = int(n_aspects)
+    if n_aspects < 1:
+        raise ValueError("segment_jackknife_entropy_hard: n_aspects must be >= 1")
+    if log_weight.ndim != 1 or labels.shape != log_weight.shape:
+        raise ValueError("segment_jackknife_entropy_hard: log_weight and labels must be (N,)")
+    ptr = np.ascontiguousarray(prompt_ptr, dtype=np.int64)
+    n_prompts = _check_ptr(ptr, log_weight.shape[0], "segment_jackknife_entropy_hard")
+    lab = np.ascontiguousarray(labels, dtype=np.int64)
+    if lab.size and (lab.min() < 0 or lab.max() >= n_aspects):
+        raise ValueError("segment_jackknife_entropy_hard: labels must lie in [0, n_aspects)")
+    out = np.zeros(n_prompts)
+    if n_aspects == 1 or lab.size == 0:
+        return out
+    _apply_thread_cap()
+    starts = _prompt_batches(ptr, 1, _BATCH_RESP, _BATCH_CELLS)
+    with parallel_chunksize(2):
+        _jackknife_hard(ptr, np.ascontiguousarray(log_weight, dtype=np.float64), lab,
+                        n_aspects, bool(self_normalize), starts, out)
+    return out
+
+
+def segment_jackknife_entropy_soft(
+    prompt_ptr: np.ndarray,
+    log_weight: np.ndarray,
+    soft: np.ndarray,
+    self_normalize: bool,
+) -> np.ndarray:
+    """Numba twin of :func:`pope.backends.reference.segment_jackknife_entropy_soft`."""
+    if log_weight.ndim != 1 or soft.ndim != 2 or soft.shape[0] != log_weight.shape[0]:
+        raise ValueError(
+            "segment_jackknife_entropy_soft: soft must be (N, C) with N = len(log_weight)")
+    if soft.shape[1] < 1:
+        raise ValueError("segment_jackknife_entropy_soft: soft needs at least one aspect")
+    ptr = np.ascontiguousarray(prompt_ptr, dtype=np.int64)
+    n_prompts = _check_ptr(ptr, log_weight.shape[0], "segment_jackknife_entropy_soft")
+    out = np.zeros(n_prompts)
+    if soft.shape[1] == 1 or soft.shape[0] == 0:
+        return out
+    _apply_thread_cap()
+    starts = _prompt_batches(ptr, soft.shape[1], _BATCH_RESP, _BATCH_CELLS)
+    with parallel_chunksize(2):
+        _jackknife_soft(ptr, np.ascontiguousarray(log_weight, dtype=np.float64),
+                        np.ascontiguousarray(soft, dtype=np.float64), bool(self_normalize),
+                        starts, out)
+    return out
 
 
 def diversity_reward_hard(prompt_ptr: np.ndarray, p: np.ndarray, labels: np.ndarray) -> np.ndarray:

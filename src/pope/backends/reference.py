@@ -11,15 +11,24 @@ Conventions shared by all backends
 clipped log-ratio ``l_i = min(log_target_i - log_logging_i, log_clip)`` and ``m = max_i l_i``
 the scaled weight is ``w~_i = exp(l_i - m)`` and the true weight is ``w_i = exp(m) w~_i``.
 
-``bootstrap_sums`` draws its resample indices from a counter-based generator so that every
-backend produces bit-identical resamples::
+``bootstrap_sums`` draws its resample indices from 8 xoshiro128++ streams per resample, keyed
+by (seed, resample ``b``, lane ``l``), so that every backend produces bit-identical resamples
+whatever the number of threads::
 
-    key      = splitmix64(seed)
-    x(b, i)  = key + b * 0x9E3779B97F4A7C15 + i          (mod 2**64)
-    idx(b,i) = ((splitmix64(x(b, i)) >> 32) * n) >> 32    (n < 2**32)
+    key       = splitmix64(seed)
+    u_k(b, l) = splitmix64(key + (16 b + 2 l + k + 1) * 0x9E3779B97F4A7C15),  k = 0, 1
+    state     = (lo32 u_0, hi32 u_0, lo32 u_1, hi32 u_1)   (all zero: s0 = 1)
+    idx(b, i) = (x_{i // 8}(b, i % 8) * n) >> 32            (n < 2**32)
 
-with ``splitmix64(z) = f3(f2(f1(z)))``, ``f1(z) = (z ^ z>>30) * 0xBF58476D1CE4E5B9``,
-``f2(z) = (z ^ z>>27) * 0x94D049BB133111EB``, ``f3(z) = z ^ z>>31``.
+where ``x_t(b, l)`` is the ``t``-th 32-bit output of lane ``l``'s xoshiro128++ generator
+(Blackman and Vigna): ``x = rotl(s0 + s3, 7) + s0``, then ``u = s1 << 9; s2 ^= s0;
+s3 ^= s1; s1 ^= s2; s0 ^= s3; s2 ^= u; s3 = rotl(s3, 11)`` (32-bit wrapping arithmetic). The
+index is Lemire's multiply-shift on one 32-bit draw: each index has probability
+``floor(2**32 / n) / 2**32`` or ``ceil(2**32 / n) / 2**32``, within ``n / 2**32`` of ``1/n``
+relative (2e-5 at ``n = 1e5``). All arithmetic mod ``2**64`` (``u``, key) or ``2**32``
+(streams), with ``splitmix64(z) = f3(f2(f1(z)))``,
+``f1(z) = (z ^ z>>30) * 0xBF58476D1CE4E5B9``, ``f2(z) = (z ^ z>>27) * 0x94D049BB133111EB``,
+``f3(z) = z ^ z>>31``.
 """
 
 from __future__ import annotations
@@ -27,13 +36,17 @@ from __future__ import annotations
 import numpy as np
 
 __all__ = [
+    "IPS_CHECKS",
     "MOMENT_NAMES",
     "bootstrap_sums",
     "diversity_reward_hard",
     "diversity_reward_soft",
     "ips_moments",
+    "ips_moments_checked",
     "segment_coverage_hard",
     "segment_coverage_soft",
+    "segment_jackknife_entropy_hard",
+    "segment_jackknife_entropy_soft",
     "splitmix64",
 ]
 
@@ -48,6 +61,22 @@ MOMENT_NAMES = (
     "sum_w2r",  # sum w~^2 r
     "n_clipped",  # count of log_target - log_logging > log_clip
     "max_log_ratio",  # max_i (log_target_i - log_logging_i), unclipped (-inf when n == 0)
+)
+
+#: Checks of :func:`ips_moments_checked`, in the order of its ``first_bad`` vector. Each is a
+#: condition that makes an element invalid: ``log_target`` may be ``-inf`` but not NaN or
+#: above 0; ``log_logging`` must be finite and ``<= 0``; ``reward`` must be finite.
+IPS_CHECKS = (
+    "log_target_nan",
+    "log_target_posinf",
+    "log_target_positive",  # log_target > 0 (includes +inf)
+    "log_logging_nan",
+    "log_logging_posinf",
+    "log_logging_neginf",
+    "log_logging_positive",  # log_logging > 0 (includes +inf)
+    "reward_nan",
+    "reward_posinf",
+    "reward_neginf",
 )
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
@@ -92,6 +121,47 @@ def ips_moments(
     out[7] = np.count_nonzero(lr > log_clip)
     out[8] = lr.max()
     return out
+
+
+def _first(mask: np.ndarray) -> int:
+    idx = np.flatnonzero(mask)
+    return int(idx[0]) if idx.size else -1
+
+
+def ips_moments_checked(
+    log_target: np.ndarray, log_logging: np.ndarray, reward: np.ndarray, log_clip: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`ips_moments` on unchecked values, with the checks and the reward range.
+
+    The compiled backends run the checks in the same pass that sums; here they are separate.
+    Inputs are (n,) float64 arrays of equal length, values unchecked.
+
+    Returns
+    -------
+    moments : (10,) float64
+        The 9 values of :data:`MOMENT_NAMES`, then the number of rewards outside ``[0, 1]``
+        (for the finite-sample bounds). All NaN when ``first_bad`` flags a value.
+    first_bad : (len(IPS_CHECKS),) int64
+        For each check of :data:`IPS_CHECKS`, the index of the first element that fails it,
+        or -1.
+    """
+    lt, ll, r = log_target, log_logging, reward
+    bad = np.array(
+        [
+            _first(np.isnan(lt)), _first(np.isposinf(lt)), _first(lt > 0),
+            _first(np.isnan(ll)), _first(np.isposinf(ll)), _first(np.isneginf(ll)),
+            _first(ll > 0),
+            _first(np.isnan(r)), _first(np.isposinf(r)), _first(np.isneginf(r)),
+        ],
+        dtype=np.int64,
+    )
+    out = np.empty(len(MOMENT_NAMES) + 1)
+    if (bad >= 0).any():
+        out[:] = np.nan
+        return out, bad
+    out[:9] = ips_moments(lt, ll, r, log_clip)
+    out[9] = np.count_nonzero((r < 0) | (r > 1))
+    return out, bad
 
 
 def _segment_ids(prompt_ptr: np.ndarray) -> np.ndarray:
@@ -181,6 +251,50 @@ def segment_coverage_soft(
     return p, _entropy_rows(p)
 
 
+def segment_jackknife_entropy_hard(
+    prompt_ptr: np.ndarray,
+    log_weight: np.ndarray,
+    labels: np.ndarray,
+    n_aspects: int,
+    self_normalize: bool,
+) -> np.ndarray:
+    r"""Delete-one-response jackknife of the coverage entropy per prompt (nats), hard labels.
+
+    :math:`H^J_i = K_i H(\hat p_i) - \frac{K_i-1}{K_i}\sum_k H(\hat p_{i,-k})`, with the
+    conventions and numerics of :func:`pope.coverage.jackknife_entropy_core`, which this
+    calls (it is the NumPy algorithm; the compiled twins follow it row by row).
+
+    Parameters
+    ----------
+    prompt_ptr : (P+1,) int64 CSR offsets
+    log_weight : (N,) float64, may hold ``-inf``
+    labels : (N,) int64 in ``[0, n_aspects)``
+    n_aspects : int
+    self_normalize : bool
+
+    Returns
+    -------
+    (P,) float64
+    """
+    from pope.coverage import jackknife_entropy_core  # pope.coverage imports the backends
+
+    return jackknife_entropy_core(prompt_ptr, log_weight, labels, None, int(n_aspects),
+                                  bool(self_normalize))
+
+
+def segment_jackknife_entropy_soft(
+    prompt_ptr: np.ndarray,
+    log_weight: np.ndarray,
+    soft: np.ndarray,
+    self_normalize: bool,
+) -> np.ndarray:
+    """As :func:`segment_jackknife_entropy_hard` with soft aspect rows ``soft`` (N, C)."""
+    from pope.coverage import jackknife_entropy_core
+
+    return jackknife_entropy_core(prompt_ptr, log_weight, None, soft, soft.shape[1],
+                                  bool(self_normalize))
+
+
 def diversity_reward_hard(
     prompt_ptr: np.ndarray, p: np.ndarray, labels: np.ndarray
 ) -> np.ndarray:
@@ -208,6 +322,47 @@ def splitmix64(z: np.ndarray) -> np.ndarray:
     return z ^ (z >> np.uint64(31))
 
 
+def bootstrap_streams(seed: int, b0: int, b1: int) -> list[np.ndarray]:
+    """Initial xoshiro128++ states ``[s0, s1, s2, s3]`` of resamples ``b0..b1-1``, each
+    ``(b1 - b0, 8)`` uint32."""
+    key = splitmix64(np.array([seed], dtype=np.uint64))[0]
+    c = (np.uint64(16) * np.arange(b0, b1, dtype=np.uint64)[:, None]
+         + np.uint64(2) * np.arange(8, dtype=np.uint64)[None, :])
+    with np.errstate(over="ignore"):
+        u0 = splitmix64(key + (c + np.uint64(1)) * _GOLDEN)
+        u1 = splitmix64(key + (c + np.uint64(2)) * _GOLDEN)
+    lo = np.uint64(0xFFFFFFFF)
+    s = [(u0 & lo).astype(np.uint32), (u0 >> np.uint64(32)).astype(np.uint32),
+         (u1 & lo).astype(np.uint32), (u1 >> np.uint64(32)).astype(np.uint32)]
+    zero = (s[0] | s[1] | s[2] | s[3]) == 0
+    s[0][zero] = 1
+    return s
+
+
+def _rotl32(x: np.ndarray, k: int) -> np.ndarray:
+    return (x << np.uint32(k)) | (x >> np.uint32(32 - k))
+
+
+def bootstrap_indices(n: int, seed: int, b0: int, b1: int) -> np.ndarray:
+    """Indices ``idx(b, i)`` of resamples ``b0..b1-1``, ``(b1 - b0, n)`` int64 (see the module
+    docstring; not a backend routine: the compiled backends never materialise them)."""
+    s0, s1, s2, s3 = bootstrap_streams(seed, b0, b1)
+    steps = -(-n // 8)
+    n_boot = b1 - b0
+    x = np.empty((steps, n_boot, 8), dtype=np.uint32)
+    for t in range(steps):  # uint32 arrays wrap silently
+        x[t] = _rotl32(s0 + s3, 7) + s0
+        u = s1 << np.uint32(9)
+        s2 ^= s0
+        s3 ^= s1
+        s1 ^= s2
+        s0 ^= s3
+        s2 ^= u
+        s3 = _rotl32(s3, 11)
+    draws = x.transpose(1, 0, 2).reshape(n_boot, steps * 8)[:, :n].astype(np.uint64)
+    return ((draws * np.uint64(n)) >> np.uint64(32)).astype(np.int64)
+
+
 def bootstrap_sums(values: np.ndarray, n_boot: int, seed: int) -> np.ndarray:
     """Column sums of ``n_boot`` with-replacement resamples of the rows of ``values``.
 
@@ -223,13 +378,8 @@ def bootstrap_sums(values: np.ndarray, n_boot: int, seed: int) -> np.ndarray:
     """
     n, m = values.shape
     out = np.empty((n_boot, m))
-    key = splitmix64(np.array([seed], dtype=np.uint64))[0]
-    i = np.arange(n, dtype=np.uint64)
-    nn = np.uint64(n)
-    s32 = np.uint64(32)
-    with np.errstate(over="ignore"):
-        for b in range(n_boot):
-            x = key + np.uint64(b) * _GOLDEN + i
-            idx = ((splitmix64(x) >> s32) * nn) >> s32
-            out[b] = values[idx.astype(np.intp)].sum(axis=0)
+    step = max(1, (1 << 20) // n)  # resamples per batch: about 2^20 indices
+    for b0 in range(0, n_boot, step):
+        b1 = min(n_boot, b0 + step)
+        out[b0:b1] = values[bootstrap_indices(n, seed, b0, b1)].sum(axis=1)
     return out

@@ -48,6 +48,7 @@ from pope.estimate import (
 from pope.weights import (
     LOG_FLOAT64_MAX,
     check_clip,
+    checked_moments,
     moments,
     sub_gaussian_log_weights,
     validate_log_probs,
@@ -84,6 +85,33 @@ def _prepare(
     log_clip = check_clip(clip)
     name = resolve_backend(backend)
     return r, lt, ll, log_clip, name, get_backend(name)
+
+
+def _as_float64(x: Any, name: str) -> np.ndarray:
+    """1-D float64 C-contiguous view of ``x`` (no copy when it already is one); values are
+    checked later, in the backend's fused pass."""
+    return as_float_array(x, name, allow_nan=True, allow_posinf=True, allow_neginf=True)
+
+
+def _prepare_fused(
+    reward: Any, log_target: Any, log_logging: Any, clip: Any, backend: str | None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, float, str, Any, np.ndarray, bool]:
+    """As :func:`_prepare` for 1-D inputs, with the value checks, the moments and the
+    reward range computed in one pass of the backend (``ips_moments_checked``)."""
+    lt = _as_float64(log_target, "log_target")
+    ll = _as_float64(log_logging, "log_logging")
+    r = _as_float64(reward, "reward")
+    if lt.shape != ll.shape:
+        raise ValueError(f"log_target has shape {lt.shape} but log_logging has shape {ll.shape}")
+    if r.shape != lt.shape:
+        raise ValueError(f"reward has shape {r.shape}, log_target has shape {lt.shape}")
+    if lt.shape[0] == 0:
+        raise ValueError("no samples: the arrays are empty")
+    log_clip = check_clip(clip)
+    name = resolve_backend(backend)
+    be = get_backend(name)
+    mom, in_unit = checked_moments(be, lt, ll, r, log_clip)
+    return r, lt, ll, log_clip, name, be, mom, in_unit
 
 
 def _model(x: Any, name: str, n: int) -> np.ndarray:
@@ -145,19 +173,31 @@ def ips_family(
     lam: float = 0.0,
     list_length: int = 1,
     rewards_in_range: bool | None = None,
+    mom: np.ndarray | None = None,
 ) -> Estimate:
-    """Shared body of IPS / SNIPS / SIPS / sub-Gaussian IPS on validated arrays."""
+    """Shared body of IPS / SNIPS / SIPS / sub-Gaussian IPS on validated arrays.
+
+    ``mom``: the moments of the clipped weights when already computed (by the fused pass of
+    :func:`_prepare_fused`); the per-sample log weights are then formed only if the
+    contributions or the bootstrap are asked for.
+    """
     n = reward.shape[0]
-    lr = log_target - log_logging
     ok = _in_unit(reward / list_length) if rewards_in_range is None else rewards_in_range
     if kind == "sub_gaussian_ips":
-        log_w = sub_gaussian_log_weights(np.minimum(lr, log_clip), lam)
-        mom = moments(be, log_w, np.zeros_like(log_w), reward, math.inf).copy()
+        lr = log_target - log_logging
+        log_w_sg = sub_gaussian_log_weights(np.minimum(lr, log_clip), lam)
+        mom = moments(be, log_w_sg, np.zeros_like(log_w_sg), reward, math.inf)
         mom[7] = np.count_nonzero(lr > log_clip)
         mom[8] = lr.max()
+
+        def log_weights() -> np.ndarray:
+            return log_w_sg
     else:
-        log_w = np.minimum(lr, log_clip)
-        mom = moments(be, log_target, log_logging, reward, log_clip)
+        if mom is None:
+            mom = moments(be, log_target, log_logging, reward, log_clip)
+
+        def log_weights() -> np.ndarray:
+            return np.minimum(log_target - log_logging, log_clip)
     stats = IPSStats.from_moments(kind, mom, log_clip=log_clip, lam=lam,
                                   list_length=list_length, rewards_in_range=ok)
     est = stats.estimate()
@@ -165,19 +205,19 @@ def ips_family(
 
     if kind == "snips":
         def contrib() -> np.ndarray:
-            w = _scaled_weights(log_w, m)
+            w = _scaled_weights(log_weights(), m)
             return n * w * reward / w.sum()
 
         def boot() -> tuple[np.ndarray, Callable[[np.ndarray], np.ndarray]]:
-            w = _scaled_weights(log_w, m)
+            w = _scaled_weights(log_weights(), m)
             return np.column_stack([w * reward, w]), ratio_of_columns
 
     else:
         def contrib() -> np.ndarray:
-            return _exp_checked(log_w, kind) * reward
+            return _exp_checked(log_weights(), kind) * reward
 
         def boot() -> tuple[np.ndarray, Callable[[np.ndarray], np.ndarray]]:
-            x = _scaled_weights(log_w, m) * reward
+            x = _scaled_weights(log_weights(), m) * reward
             return x[:, None], lambda s: times_exp(s[:, 0] / n, m)
     return attach(est, contrib, boot, backend)
 
@@ -222,8 +262,9 @@ def ips(
         If the estimate (or a weight needed for the contributions) exceeds float64: pass
         ``clip`` or use :func:`snips`.
     """
-    r, lt, ll, lc, name, be = _prepare(reward, log_target, log_logging, clip, backend)
-    return ips_family("ips", r, lt, ll, lc, name, be)
+    r, lt, ll, lc, name, be, mom, ok = _prepare_fused(reward, log_target, log_logging, clip,
+                                                      backend)
+    return ips_family("ips", r, lt, ll, lc, name, be, rewards_in_range=ok, mom=mom)
 
 
 def snips(
@@ -244,8 +285,9 @@ def snips(
 
     Parameters are those of :func:`ips`. Raises ``ValueError`` if every weight is zero.
     """
-    r, lt, ll, lc, name, be = _prepare(reward, log_target, log_logging, clip, backend)
-    return ips_family("snips", r, lt, ll, lc, name, be)
+    r, lt, ll, lc, name, be, mom, ok = _prepare_fused(reward, log_target, log_logging, clip,
+                                                      backend)
+    return ips_family("snips", r, lt, ll, lc, name, be, rewards_in_range=ok, mom=mom)
 
 
 def sub_gaussian_ips(
