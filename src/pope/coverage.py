@@ -267,6 +267,18 @@ def jackknife_entropy_core(
     return np.where(counts >= 2, np.where(pos, hj, 0.0), h)
 
 
+def jackknife_core(
+    be: Any, ptr: np.ndarray, lw: np.ndarray, labels: np.ndarray | None,
+    soft: np.ndarray | None, c: int, self_normalize: bool,
+) -> np.ndarray:
+    """Backend dispatch of :func:`jackknife_entropy_core` (nats per prompt)."""
+    if labels is not None:
+        h = be.segment_jackknife_entropy_hard(ptr, lw, labels, c, self_normalize)
+    else:
+        h = be.segment_jackknife_entropy_soft(ptr, lw, soft, self_normalize)
+    return np.asarray(h, dtype=np.float64)
+
+
 def diversity_core(
     be: Any, ptr: np.ndarray, p: np.ndarray, labels: np.ndarray | None,
     soft: np.ndarray | None, c: int,
@@ -342,7 +354,7 @@ def coverage_entropy(
     delete-one-response jackknife :math:`K_i H(\hat p_i) - \frac{K_i-1}{K_i}\sum_k
     H(\hat p_{i,-k})`, which removes the :math:`O(1/K_i)` term of the plug-in's downward
     bias (plug-in for :math:`K_i = 1`; not clipped, so a value may leave :math:`[0, 1]`;
-    see ``docs/method.md`` §5; computed with NumPy whatever ``backend``). Other arguments as
+    see ``docs/method.md`` §5; compiled twins in the C++ and Numba backends). Other arguments as
     in :func:`coverage`.
 
     Returns
@@ -356,7 +368,8 @@ def coverage_entropy(
             f"estimator must be one of {PROMPT_ENTROPY_ESTIMATORS}, got {estimator!r} (the "
             "polynomial estimator pools prompts: use pope.evaluate)")
     if estimator == "jackknife":
-        h = jackknife_entropy_core(ptr, lw, labels, soft, c, mode == "self_normalized")
+        h = jackknife_core(get_backend(backend), ptr, lw, labels, soft, c,
+                           mode == "self_normalized")
     else:
         _, h = coverage_core(get_backend(backend), ptr, lw, labels, soft, c,
                              mode == "self_normalized")

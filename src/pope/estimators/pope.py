@@ -71,7 +71,7 @@ from pope.coverage import (
     check_log_weight,
     coverage_core,
     diversity_core,
-    jackknife_entropy_core,
+    jackknife_core,
     resolve_aspects,
 )
 from pope.data import LoggedFeedback, RewardNormalization
@@ -269,7 +269,7 @@ def _values_diversity(be: Any, fb: LoggedFeedback, ptr: np.ndarray, lw: np.ndarr
     log_c = math.log(c) if c > 1 else 1.0
     if diversity == "coverage":
         if estimator == "jackknife":
-            ent = jackknife_entropy_core(ptr, lw, labels, soft, c, selfn)
+            ent = jackknife_core(be, ptr, lw, labels, soft, c, selfn)
         return ent / log_c if c > 1 else np.zeros(n_prompts)
     e = _row_entropy(fb.aspect_rows()) / log_c if c > 1 else np.zeros(fb.n_responses)
     if selfn:

@@ -40,7 +40,7 @@ _NO_BOUND = (
 @dataclass(frozen=True)
 class QuantityParts:
     """Value, gradient (w.r.t. the feature means), standard error and bias bound of one
-    quantity at one degree; ``fn`` evaluates the quantity on a batch of feature means."""
+    quantity at one degree."""
 
     value: float
     grad: np.ndarray
@@ -125,21 +125,17 @@ class PopeStats:
         return QuantityParts(float(v), g, self.moments.stderr(g),
                              None if math.isnan(b) else b)
 
-    def choose_degree(self, alpha: float, lam_for_total: float | None = None) -> int:
-        """The candidate degree with the narrowest bias-aware diversity interval at
-        :math:`\\alpha/m` (the total's when ``lam_for_total`` is given)."""
+    def choose_degree(self, alpha: float) -> int:
+        """The candidate degree with the narrowest bias-aware diversity interval, every
+        candidate at level :math:`\alpha/m` (so the reported interval stays valid)."""
         cands = self.candidate_degrees()
         if len(cands) == 1:
             return cands[0]
         a = alpha / len(cands)
-        rel = self.relevance_parts() if lam_for_total else None
         best, best_w = cands[0], math.inf
         for L in cands:
             d = self.diversity_parts(L)
             se, b = d.stderr, d.bias or 0.0
-            if rel is not None:
-                se = self.moments.stderr(rel.grad + lam_for_total * d.grad)
-                b = lam_for_total * b
             w = se * bias_aware_critical_value(b / se, a) if se > 0 else b
             if w < best_w:
                 best, best_w = L, w
