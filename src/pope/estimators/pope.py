@@ -333,6 +333,9 @@ def _compute(
     p, ent = coverage_core(be, ptr, lw, labels, soft, c, selfn)
     d = diversity_core(be, ptr, p, labels, soft, c)
     units = counts > 0
+    names, powers = feature_names(relevance == "snips", spec)
+    rows = np.empty((int(units.sum()), len(names)))
+    rows[:, 0], rows[:, 1] = a[units], b[units]
     if spec.kind == "values":
         h = _values_diversity(be, fb, ptr, lw, labels, soft, c, selfn, diversity,
                               diversity_estimator, p, ent)
@@ -343,14 +346,13 @@ def _compute(
             in_div = units & (mx > -np.inf)
         else:
             in_div = units.copy()
-        div_cols = np.column_stack([np.where(in_div, h, 0.0), in_div.astype(np.float64)])
+        rows[:, 2] = np.where(in_div, h, 0.0)[units]
+        rows[:, 3] = in_div[units]
     else:
         p_hat, s_hat = power_sums(ptr, wt, labels, soft, c, spec.max_degree, backend=bname)
-        div_cols = power_rows(counts, p_hat, s_hat, spec.max_degree)
+        power_rows(counts[units], p_hat[units], s_hat[units], spec.max_degree, rows)
         in_div = units
         h = None
-    names, powers = feature_names(relevance == "snips", spec)
-    rows = np.column_stack([a, b, div_cols])[units]
     mom = PromptMoments.from_rows(names, powers, m, rows)
     options = (("coverage", coverage), ("diversity", diversity),
                ("diversity_estimator", diversity_estimator),
@@ -403,12 +405,10 @@ def _prompt_diversity(stats: PopeStats, arr: dict[str, Any], degree: int) -> np.
         return out
     # D is linear in each prompt's features given the pooled normalisers N_j / S_j
     mo, spec = stats.moments, stats.diversity_spec
-    rows = arr["rows"]
-    vals = np.zeros(rows.shape[0])
+    coef = np.zeros(len(mo.names))
     for dcl in range(1, spec.max_degree + 1):
         poly = coefficients(spec.family, spec.n_aspects, min(dcl, degree))
-        ind = rows[:, mo.index(f"n{dcl}")]
-        vals += ind * poly.c0
+        coef[mo.index(f"n{dcl}")] = poly.c0
         for j in range(2, min(dcl, degree) + 1):
             ds = range(j, spec.max_degree + 1)
             s_j = sum(mo.mean[mo.index(f"S{e}.{j}")] for e in ds)
@@ -417,8 +417,8 @@ def _prompt_diversity(stats: PopeStats, arr: dict[str, Any], degree: int) -> np.
                 f = n_j / s_j if s_j > 0 else 0.0
             else:
                 f = math.exp(j * stats.log_scale) if stats.log_scale > -math.inf else 0.0
-            vals += poly.g[j - 2] * rows[:, mo.index(f"P{dcl}.{j}")] * f
-    out[units] = vals
+            coef[mo.index(f"P{dcl}.{j}")] = poly.g[j - 2] * f
+    out[units] = arr["rows"] @ coef
     return out
 
 

@@ -96,16 +96,18 @@ def feature_names(relevance_b: bool, spec: DiversitySpec) -> tuple[tuple[str, ..
 
 
 def power_rows(counts: np.ndarray, p_hat: np.ndarray, s_hat: np.ndarray,
-               max_degree: int) -> np.ndarray:
-    """The power-sum feature columns (after ``a``, ``b``) of prompts with ``counts >= 1``."""
+               max_degree: int, out: np.ndarray) -> None:
+    """Write the power-sum feature columns (``out``'s columns after ``a``, ``b``)."""
     cls = np.minimum(counts, max_degree)
-    cols = []
+    col = 2
     for d in range(1, max_degree + 1):
-        ind = (cls == d).astype(np.float64)
-        cols.append(ind)
+        ind = cls == d
+        out[:, col] = ind
+        col += 1
         for j in range(2, d + 1):
-            cols += [p_hat[:, j] * ind, s_hat[:, j] * ind]
-    return np.column_stack(cols) if cols else np.zeros((counts.shape[0], 0))
+            np.multiply(p_hat[:, j], ind, out=out[:, col])
+            np.multiply(s_hat[:, j], ind, out=out[:, col + 1])
+            col += 2
 
 
 def relevance_value(mu: np.ndarray, names: tuple[str, ...],

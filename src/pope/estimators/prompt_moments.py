@@ -60,7 +60,9 @@ class PromptMoments:
         n = x.shape[0]
         mean = x.mean(axis=0) if n else np.zeros(len(names))
         dev = x - mean
-        m2 = dev.T @ dev
+        # einsum without BLAS: a (n x F)^T (n x F) product with small F, where a threaded
+        # BLAS call costs more in thread start-up and contention than it saves
+        m2 = np.einsum("ni,nj->ij", dev, dev)
         for a in (mean, m2):
             a.flags.writeable = False
         return cls(tuple(names), tuple(int(p) for p in powers), float(log_scale), n, mean, m2)
