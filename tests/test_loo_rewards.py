@@ -1,0 +1,158 @@
+"""Leave-one-out diversity rewards: reference vs brute force, identities, torch objective, and
+the Monte Carlo test that the score-function gradient with the LOO reward is unbiased."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+
+from pope.loo_rewards import loo_rewards_reference, reward_coefficients
+from pope.power_sums import power_sums_reference
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def ragged(seed: int, counts=(3, 1, 0, 4, 2, 5), c: int = 3, soft: bool = False,
+           zero_weights: bool = True):
+    rng = np.random.default_rng(seed)
+    counts = np.asarray(counts)
+    ptr = np.concatenate([[0], np.cumsum(counts)])
+    n = int(ptr[-1])
+    w = rng.exponential(size=n)
+    if zero_weights:
+        w[rng.random(n) < 0.2] = 0.0
+    if soft:
+        q = rng.dirichlet(np.full(c, 0.7), size=n)
+    else:
+        q = np.eye(c)[rng.integers(0, c, n)]
+    return ptr, w, q
+
+
+def brute(ptr, w, q, diversity, degree, normalization):
+    """Explicit loops over the subsets of the other responses (no DP)."""
+    c = q.shape[1]
+    lmax, polys = reward_coefficients(diversity, c, degree)
+    counts = np.diff(ptr)
+    x = w[:, None] * q
+
+    def s_full(i, m):
+        rows = range(ptr[i], ptr[i + 1])
+        subs = list(itertools.combinations(rows, m))
+        return sum(math.prod(w[list(s)]) for s in subs) / len(subs)
+
+    f = {m: 1.0 for m in range(lmax)}
+    if normalization == "pooled":
+        for m in range(1, lmax):
+            s = [s_full(i, m) for i in range(len(counts)) if counts[i] > m]
+            f[m] = len(s) / sum(s) if s and sum(s) > 0 else 0.0
+    val, grad = np.zeros(len(w)), np.zeros(len(w))
+    for i in range(len(counts)):
+        rows = list(range(ptr[i], ptr[i + 1]))
+        if not rows:
+            continue
+        li = min(lmax, len(rows))
+        poly = polys[li]
+        for k in rows:
+            others = [r for r in rows if r != k]
+            v = g = poly.c0
+            for j in range(2, li + 1):
+                subs = list(itertools.combinations(others, j - 1))
+                t = sum(q[k] @ np.prod(x[list(s)], axis=0) for s in subs) / len(subs)
+                if normalization == "pooled":
+                    t *= f[j - 1]
+                elif normalization == "prompt":
+                    sw = sum(math.prod(w[list(s)]) for s in subs) / len(subs)
+                    t = t / sw if sw > 0 else 0.0
+                v += poly.g[j - 2] * t
+                g += j * poly.g[j - 2] * t
+            val[k], grad[k] = v, g
+    return val, grad
+
+
+# ----------------------------------------------------------------------------- reference
+
+
+@pytest.mark.parametrize("normalization", ["ips", "pooled", "prompt"])
+@pytest.mark.parametrize("diversity,degree", [("coverage", None), ("coverage", 3),
+                                              ("coverage", 2), ("gini_simpson", None)])
+@pytest.mark.parametrize("soft", [False, True])
+def test_reference_matches_brute_force(normalization, diversity, degree, soft):
+    ptr, w, q = ragged(7 + soft + 3 * (degree or 0), soft=soft, c=4)
+    res = loo_rewards_reference(ptr, w, q, diversity=diversity, degree=degree,
+                                normalization=normalization)
+    v, g = brute(ptr, w, q, diversity, degree, normalization)
+    # sums of <= C(4, 3) products of O(1) numbers in float64: rounding ~1e-15 relative
+    np.testing.assert_allclose(res.value, v, rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(res.gradient, g, rtol=1e-12, atol=1e-13)
+    counts = np.diff(ptr)
+    lmax = 2 if diversity == "gini_simpson" else (degree or 4)
+    np.testing.assert_array_equal(res.degree, np.minimum(counts, lmax))
+
+
+def test_single_response_prompts_get_the_degree_one_constant():
+    ptr, w, q = ragged(3, counts=(1, 1, 2), c=3)
+    for div in ("coverage", "gini_simpson"):
+        res = loo_rewards_reference(ptr, w, q, diversity=div)
+        assert res.value[0] == res.value[1] == 0.5
+        assert res.gradient[0] == res.gradient[1] == 0.5
+        assert res.value[2] != 0.5
+
+
+def test_single_aspect_gives_zero_rewards():
+    ptr, w, _ = ragged(3, counts=(3, 2))
+    res = loo_rewards_reference(ptr, w, np.ones((5, 1)))
+    assert np.all(res.value == 0) and np.all(res.gradient == 0)
+
+
+def test_gini_simpson_is_the_documented_closed_form():
+    ptr, w, q = ragged(5, counts=(4, 3, 2), c=3, soft=True)
+    c = 3
+    for norm in ("ips", "prompt"):
+        res = loo_rewards_reference(ptr, w, q, diversity="gini_simpson", normalization=norm)
+        for i in range(3):
+            for k in range(ptr[i], ptr[i + 1]):
+                oth = [r for r in range(ptr[i], ptr[i + 1]) if r != k]
+                den = len(oth) if norm == "ips" else w[oth].sum()
+                p = (w[oth, None] * q[oth]).sum(0) / den
+                d = (1 - q[k] @ p) / (1 - 1 / c)
+                assert res.value[k] == pytest.approx(d, rel=1e-12)
+                # rho = 2 d - c0, c0 = C / (C - 1)
+                assert res.gradient[k] == pytest.approx(2 * d - c / (c - 1), rel=1e-12)
+
+
+@pytest.mark.parametrize("diversity", ["coverage", "gini_simpson"])
+@pytest.mark.parametrize("soft", [False, True])
+def test_weighted_mean_of_rewards_is_the_unbiased_power_sum_estimate(diversity, soft):
+    """(1/K) sum_k w_k d_k = c0 wbar + sum_j g_j Phat_j (and j g_j for the gradient)."""
+    ptr, w, q = ragged(11 + soft, counts=(5, 4, 3, 2, 1, 6), c=4, soft=soft)
+    res = loo_rewards_reference(ptr, w, q, diversity=diversity)
+    lmax, polys = reward_coefficients(diversity, 4, None)
+    p_hat, _ = power_sums_reference(ptr, w, None, q, 4, lmax)
+    counts = np.diff(ptr)
+    for i in range(len(counts)):
+        sl = slice(ptr[i], ptr[i + 1])
+        poly = polys[min(lmax, counts[i])]
+        wbar = w[sl].mean()
+        lhs_v = (w[sl] * res.value[sl]).mean()
+        lhs_g = (w[sl] * res.gradient[sl]).mean()
+        rhs_v = poly.c0 * wbar + sum(g * p_hat[i, j] for j, g in enumerate(poly.g, start=2))
+        rhs_g = poly.c0 * wbar + sum(j * g * p_hat[i, j] for j, g in enumerate(poly.g, start=2))
+        assert lhs_v == pytest.approx(rhs_v, rel=1e-12, abs=1e-14)
+        assert lhs_g == pytest.approx(rhs_g, rel=1e-12, abs=1e-14)
+        if diversity == "gini_simpson" and counts[i] >= 2:
+            assert lhs_v == pytest.approx((wbar - p_hat[i, 2]) / (1 - 1 / 4), rel=1e-12)
+
+
+def test_reference_rejects_bad_input():
+    ptr, w, q = ragged(1)
+    with pytest.raises(ValueError, match="weight"):
+        loo_rewards_reference(ptr, -w - 1, q)
+    with pytest.raises(ValueError, match="normalization"):
+        loo_rewards_reference(ptr, w, q, normalization="snips")
+    with pytest.raises(ValueError, match="degree 2"):
+        loo_rewards_reference(ptr, w, q, diversity="gini_simpson", degree=3)
+    with pytest.raises(ValueError, match="diversity_degree"):
+        loo_rewards_reference(ptr, w, q, degree=9)
