@@ -156,3 +156,135 @@ def test_reference_rejects_bad_input():
         loo_rewards_reference(ptr, w, q, diversity="gini_simpson", degree=3)
     with pytest.raises(ValueError, match="diversity_degree"):
         loo_rewards_reference(ptr, w, q, degree=9)
+
+
+# ----------------------------------------------------------------------------- torch objective
+
+torch = pytest.importorskip("torch")
+
+from pope.objective import PopeObjective  # noqa: E402
+
+
+def torch_batch(seed: int, counts=(3, 1, 4, 2, 5, 1), c: int = 4, soft: bool = True,
+                extreme: bool = False):
+    """Shuffled rows (prompts interleaved), sequence log-probs; ``extreme``: some log-ratios
+    of -1e4 (weight exp(-1e4) = 0 in float64) and log-propensities near 0."""
+    g = torch.Generator().manual_seed(seed)
+    prompt = torch.cat([torch.full((k,), 3 + 5 * i) for i, k in enumerate(counts)])
+    prompt = prompt[torch.randperm(prompt.shape[0], generator=g)]
+    s = prompt.shape[0]
+    if soft:
+        aspects = torch.softmax(2 * torch.randn(s, c, generator=g, dtype=torch.float64), 1)
+    else:
+        aspects = torch.randint(0, c, (s,), generator=g)
+    ll = -torch.rand(s, generator=g, dtype=torch.float64) * 3 - 1e-9
+    logp = ll + 0.6 * torch.randn(s, generator=g, dtype=torch.float64)
+    logp = torch.minimum(logp, torch.zeros_like(logp))
+    if extreme:
+        logp[::4] = -1e4
+    return dict(prompt=prompt, aspects=aspects, ll=ll, logp=logp,
+                rewards=torch.rand(s, generator=g, dtype=torch.float64), c=c)
+
+
+def reference_for(bt, diversity, degree, normalization, clip=None):
+    order = torch.argsort(bt["prompt"], stable=True)
+    cnt = torch.unique(bt["prompt"], return_counts=True)[1].numpy()
+    w = torch.exp(bt["logp"] - bt["ll"])
+    if clip is not None:
+        w = w.clamp(max=clip)
+    q = bt["aspects"]
+    if not q.is_floating_point():
+        q = torch.nn.functional.one_hot(q, bt["c"]).double()
+    res = loo_rewards_reference(np.concatenate([[0], np.cumsum(cnt)]), w[order].numpy(),
+                                q[order].numpy(), diversity=diversity, degree=degree,
+                                normalization=normalization)
+    return order, res
+
+
+@pytest.mark.parametrize("coverage,normalization", [("ips", "ips"), ("snips", "prompt")])
+@pytest.mark.parametrize("diversity,degree", [("coverage", None), ("coverage", 2),
+                                              ("coverage", 5), ("gini_simpson", None)])
+@pytest.mark.parametrize("soft,extreme", [(True, False), (False, False), (True, True)])
+def test_objective_rewards_match_the_reference(coverage, normalization, diversity, degree,
+                                               soft, extreme):
+    bt = torch_batch(3 + 2 * soft + extreme, soft=soft, extreme=extreme)
+    clip = 2.0 if extreme else None
+    obj = PopeObjective(diversity=diversity, diversity_degree=degree, coverage=coverage,
+                        num_aspects=bt["c"], clip=clip, baseline="mean", lam=0.7)
+    out = obj(logp=bt["logp"], rewards=bt["rewards"], prompt_index=bt["prompt"],
+              log_logging=bt["ll"], aspects=bt["aspects"])
+    order, ref = reference_for(bt, diversity, degree, normalization, clip)
+    # float64 sums of <= C(5, 4) products of O(1) numbers; shifted weights in torch vs raw
+    # weights in the reference: rounding ~1e-15 relative
+    torch.testing.assert_close(out.diversity_value[order], torch.as_tensor(ref.value),
+                               rtol=1e-11, atol=1e-12)
+    torch.testing.assert_close(out.diversity_reward[order], torch.as_tensor(ref.gradient),
+                               rtol=1e-11, atol=1e-12)
+    # K = 1 prompts: the constant 1/2, removed exactly by the per-prompt baseline
+    single = torch.isin(bt["prompt"], torch.tensor([3 + 5 * 1, 3 + 5 * 5]))
+    assert (out.diversity_reward[single] == 0.5).all()
+    torch.testing.assert_close(out.advantage[single], torch.zeros(2, dtype=torch.float64))
+    # the baseline sum_k w rho from the closed form (IPS) equals the direct sum
+    w = torch.exp(torch.clamp(bt["logp"] - bt["ll"], max=math.log(clip) if clip else 1e300))
+    for key in out.prompt_keys:
+        idx = bt["prompt"] == key
+        assert (w[idx] * out.advantage[idx]).sum().abs() < 1e-10
+
+
+@pytest.mark.parametrize("diversity,coverage", [("coverage", "snips"), ("coverage", "ips"),
+                                                ("gini_simpson", "snips"),
+                                                ("gini_simpson", "ips")])
+def test_logged_diversity_is_the_evaluate_estimate(diversity, coverage):
+    """ObjectiveStats.diversity (also merged over micro-batches) == pope.evaluate's."""
+    import pope
+    from pope.data import LoggedFeedback
+
+    bt = torch_batch(21, soft=True)
+    obj = PopeObjective(diversity=diversity, coverage=coverage, num_aspects=bt["c"], clip=1.8)
+    kw = dict(rewards=bt["rewards"], prompt_index=bt["prompt"], log_logging=bt["ll"],
+              aspects=bt["aspects"], logp=bt["logp"])
+    out = obj(**kw)
+    split = bt["prompt"] < 14
+    merged = obj(**{k: v[split] for k, v in kw.items()}).stats + \
+        obj(**{k: v[~split] for k, v in kw.items()}).stats
+    order = torch.argsort(bt["prompt"], stable=True)
+    cnt = torch.unique(bt["prompt"], return_counts=True)[1].numpy()
+    fb = LoggedFeedback(prompt_ptr=np.concatenate([[0], np.cumsum(cnt)]),
+                        signal=bt["rewards"][order].numpy(), log_logging=bt["ll"][order].numpy(),
+                        aspect_probs=bt["aspects"][order].numpy())
+    with pytest.warns(UserWarning):  # single-response prompts identify nothing
+        est = pope.evaluate(fb, bt["logp"][order].numpy(), diversity=diversity, clip=1.8,
+                            coverage="ips" if coverage == "ips" else "self_normalized",
+                            diversity_degree=4 if diversity == "coverage" else None)
+    # same float64 formula in a different order of summation
+    assert float(out.stats.diversity) == pytest.approx(est.diversity.value, rel=1e-12)
+    assert float(merged.diversity) == pytest.approx(est.diversity.value, rel=1e-12)
+    assert merged.metrics()["diversity"] == pytest.approx(est.diversity.value, rel=1e-12)
+
+
+def test_objective_option_errors():
+    with pytest.raises(ValueError, match="gini_simpson"):
+        PopeObjective(diversity="gini_simpson", diversity_estimator="plugin")
+    with pytest.raises(ValueError, match="diversity_degree"):
+        PopeObjective(diversity_estimator="plugin", diversity_degree=3)
+    with pytest.raises(ValueError, match="diversity_degree"):
+        PopeObjective(diversity_degree=0)
+    with pytest.raises(ValueError, match="diversity_estimator"):
+        PopeObjective(diversity_estimator="jackknife")
+    bt = torch_batch(2)
+    a = PopeObjective(num_aspects=4)(logp=bt["logp"], rewards=bt["rewards"],
+                                     prompt_index=bt["prompt"], log_logging=bt["ll"],
+                                     aspects=bt["aspects"]).stats
+    b = PopeObjective(num_aspects=4, diversity_estimator="plugin")(
+        logp=bt["logp"], rewards=bt["rewards"], prompt_index=bt["prompt"],
+        log_logging=bt["ll"], aspects=bt["aspects"]).stats
+    with pytest.raises(ValueError, match="different diversity estimators"):
+        a + b
+
+
+def test_ips_overflow_raises_a_clear_error():
+    bt = torch_batch(4)
+    with pytest.raises(ValueError, match="overflow"):
+        PopeObjective(coverage="ips", num_aspects=4)(
+            logp=bt["logp"], rewards=bt["rewards"], prompt_index=bt["prompt"],
+            log_logging=bt["ll"] - 400.0, aspects=bt["aspects"])

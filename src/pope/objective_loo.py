@@ -148,7 +148,7 @@ def _binom(n: torch.Tensor, degree: int) -> torch.Tensor:
 
 
 def _ips_scales(mshift: torch.Tensor, degree: int) -> torch.Tensor:
-    """``(U, L+1)``: :math:`e^{m\,m_i}`, ``m = 0..L``, the scale of the IPS U-statistics."""
+    r"""``(U, L+1)``: :math:`e^{m\,m_i}`, ``m = 0..L``, the scale of the IPS U-statistics."""
     mm = torch.arange(degree + 1, dtype=mshift.dtype, device=mshift.device)
     sc = torch.exp(mm * mshift[:, None])
     if not bool(torch.isfinite(sc).all()):
