@@ -201,11 +201,11 @@ def reference_for(bt, diversity, degree, normalization, clip=None):
     return order, res
 
 
-@pytest.mark.parametrize("coverage,normalization", [("ips", "ips"), ("snips", "prompt")])
+@pytest.mark.parametrize("coverage", ["ips", "snips"])  # the reward is IPS for both
 @pytest.mark.parametrize("diversity,degree", [("coverage", None), ("coverage", 2),
                                               ("coverage", 5), ("gini_simpson", None)])
 @pytest.mark.parametrize("soft,extreme", [(True, False), (False, False), (True, True)])
-def test_objective_rewards_match_the_reference(coverage, normalization, diversity, degree,
+def test_objective_rewards_match_the_reference(coverage, diversity, degree,
                                                soft, extreme):
     bt = torch_batch(3 + 2 * soft + extreme, soft=soft, extreme=extreme)
     clip = 2.0 if extreme else None
@@ -213,7 +213,7 @@ def test_objective_rewards_match_the_reference(coverage, normalization, diversit
                         num_aspects=bt["c"], clip=clip, baseline="mean", lam=0.7)
     out = obj(logp=bt["logp"], rewards=bt["rewards"], prompt_index=bt["prompt"],
               log_logging=bt["ll"], aspects=bt["aspects"])
-    order, ref = reference_for(bt, diversity, degree, normalization, clip)
+    order, ref = reference_for(bt, diversity, degree, "ips", clip)
     # float64 sums of <= C(5, 4) products of O(1) numbers; shifted weights in torch vs raw
     # weights in the reference: rounding ~1e-15 relative
     torch.testing.assert_close(out.diversity_value[order], torch.as_tensor(ref.value),
@@ -288,3 +288,83 @@ def test_ips_overflow_raises_a_clear_error():
         PopeObjective(coverage="ips", num_aspects=4)(
             logp=bt["logp"], rewards=bt["rewards"], prompt_index=bt["prompt"],
             log_logging=bt["ll"] - 400.0, aspects=bt["aspects"])
+
+
+# ----------------------------------------------------------------------------- Monte Carlo
+# A softmax policy over 6 candidates of one prompt with known aspects (C = 3, one soft row);
+# pi_0 = uniform, pi_theta = softmax(THETA). Each simulated log has K responses from pi_0; the
+# score-function gradient of the estimated objective is (1/K) sum_k w_k rho_k grad log pi(y_k)
+# with grad log softmax = e_y - pi. Its mean over logs must equal the analytic gradient of
+# the population functional (D_GS, or the polynomial D_L that the Shannon estimator is
+# unbiased for) within 3 standard errors per coordinate; the plug-in reward must not.
+
+MC_Q = torch.tensor([[1, 0, 0], [1, 0, 0], [0, 1, 0], [0, 1, 0], [0, 0, 1], [0.5, 0.2, 0.3]],
+                    dtype=torch.float64)
+MC_THETA = torch.tensor([0.8, 0.4, -0.3, 0.1, -0.6, 0.2], dtype=torch.float64)
+
+
+def _population_gradient(functional: str, degree: int) -> torch.Tensor:
+    th = MC_THETA.clone().requires_grad_(True)
+    p = torch.softmax(th, 0) @ MC_Q
+    if functional == "shannon":
+        val = -(p * torch.log(p)).sum() / math.log(3)
+    else:
+        _, polys = reward_coefficients(functional, 3, degree if functional == "coverage" else None)
+        poly = polys[degree]
+        val = poly.c0 + sum(g * (p**j).sum() for j, g in enumerate(poly.g, start=2))
+    (gr,) = torch.autograd.grad(val, th)
+    return gr
+
+
+def _mc_gradient(k: int, n_logs: int, seed: int, **opts) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean over logs of the per-log gradient estimate and its standard error."""
+    g = torch.Generator().manual_seed(seed)
+    pi0 = torch.full((6,), 1 / 6, dtype=torch.float64)
+    pi = torch.softmax(MC_THETA, 0)
+    y = torch.multinomial(pi0.expand(n_logs, -1), k, replacement=True, generator=g).reshape(-1)
+    out = PopeObjective(lam=1.0, baseline="none", num_aspects=3, **opts)(
+        logp=torch.log(pi[y]), rewards=torch.zeros(y.shape[0], dtype=torch.float64),
+        prompt_index=torch.arange(n_logs).repeat_interleave(k), log_logging=torch.log(pi0[y]),
+        aspects=MC_Q[y])
+    w = pi[y] / pi0[y]
+    score = torch.nn.functional.one_hot(y, 6).double() - pi
+    per_log = ((w * out.diversity_reward)[:, None] * score).reshape(n_logs, k, 6).mean(1)
+    return per_log.mean(0), per_log.std(0) / math.sqrt(n_logs)
+
+
+MC_LOGS = 6000
+
+
+@pytest.mark.parametrize("k", [2, 3])
+def test_monte_carlo_loo_gradient_is_unbiased_and_plugin_is_not(k):
+    z = {}
+    for name, opts, target in [
+        ("polynomial", dict(), _population_gradient("coverage", min(k, 4))),
+        ("gini_simpson", dict(diversity="gini_simpson"), _population_gradient("gini_simpson", 2)),
+    ]:
+        mean, se = _mc_gradient(k, MC_LOGS, 100 + k, **opts)
+        z[name] = ((mean - target) / se).abs().max().item()
+        assert z[name] < 3.0, (name, z[name])
+    for cov in ("snips", "ips"):
+        mean, se = _mc_gradient(k, MC_LOGS, 200 + k, diversity_estimator="plugin", coverage=cov)
+        for target in ("coverage", "shannon"):  # the polynomial D_L, and H/log C itself
+            zz = ((mean - _population_gradient(target, min(k, 4))) / se).abs().max().item()
+            assert zz > 5.0, (cov, target, zz)
+
+
+def test_monte_carlo_per_prompt_self_normalised_reward_is_biased():
+    """Why training uses the IPS form: for K = 2 the per-prompt self-normalised Gini-Simpson
+    reward (reference ``normalization="prompt"``) is d_k = (1 - q_k . q_l)/(1 - 1/C), blind to
+    the weights; its gradient is off by many standard errors."""
+    n_logs, k = MC_LOGS, 2
+    g = torch.Generator().manual_seed(7)
+    pi = torch.softmax(MC_THETA, 0)
+    y = torch.randint(0, 6, (n_logs, k), generator=g)
+    w = pi[y] * 6
+    qy = MC_Q[y]
+    d = (1 - (qy[:, 0] * qy[:, 1]).sum(1)) / (1 - 1 / 3)  # same for both responses
+    score = torch.nn.functional.one_hot(y, 6).double() - pi
+    per_log = (2 * (w * d[:, None])[..., None] * score).mean(1)
+    z = ((per_log.mean(0) - _population_gradient("gini_simpson", 2))
+         / (per_log.std(0) / math.sqrt(n_logs))).abs().max().item()
+    assert z > 5.0, z

@@ -57,7 +57,7 @@ def reference_loss(
         res = loo_rewards_reference(
             np.concatenate([[0], np.cumsum(cnt)]), w_est[order].numpy(), q[order].numpy(),
             diversity=diversity, degree=diversity_degree,
-            normalization="ips" if coverage == "ips" else "prompt",
+            normalization="ips",
         )
         rho = torch.zeros(n, dtype=logp.dtype)
         rho[order] = torch.as_tensor(res.gradient)

@@ -1038,13 +1038,7 @@ class PopeObjective(nn.Module):
         if loo_on:
             coef = objective_loo.coefficient_table(polys, lmax, wd, dev)
             loo = objective_loo.polymul(loo_loc, others[pos], lmax)
-            d_val, d, wd_sum = objective_loo.loo_rewards(
-                q, loo, full, pos, k_cnt, m, coef, self_normalized=self.coverage == "snips"
-            )
-            if wd_sum is None:  # per-response normalisers: sum the rewards over ranks
-                wd_sum = all_reduce(
-                    torch.zeros(u, dtype=wd, device=dev).index_add(0, pos, e * d), "sum", info
-                )
+            d_val, d, wd_sum = objective_loo.loo_rewards(q, loo, full, pos, k_cnt, m, coef)
             power_kw = self._power_stats(full, k_cnt, m, g_e, coef)
             div_prompt = torch.zeros_like(b_sum)
         elif self.diversity == "coverage":

@@ -1,7 +1,7 @@
 r"""Torch twin of :mod:`pope.loo_rewards` for :class:`pope.objective.PopeObjective`.
 
 The formulas (leave-one-out U-statistics :math:`T^{(-k)}_m`, value reward :math:`d_{ik}`,
-gradient reward :math:`\rho_{ik}`, ``"ips"`` and ``"prompt"`` normalisation) are those of
+gradient reward :math:`\rho_{ik}`, ``"ips"`` normalisation) are those of
 :mod:`pope.loo_rewards`. How they are computed here, for a batch whose prompts may be split
 over ranks:
 
@@ -17,15 +17,15 @@ over ranks:
   multiplies the other ranks' polynomials into its leave-one-out products; the product of all
   ranks' polynomials gives the full-prompt :math:`e_j` for the power sums (logged diversity)
   and, for the IPS form, the exact per-prompt baseline sum :math:`\sum_k \tilde w_k\rho_k`
-  through :math:`\sum_k x_{kc}e_{j-1}(x_{-k,c}) = j e_j(x_c)`; the self-normalised form
-  (``"prompt"``) sums its rewards in one more ``SUM`` all-reduce of a ``(U,)`` vector.
+  through :math:`\sum_k x_{kc}e_{j-1}(x_{-k,c}) = j e_j(x_c)`.
 
 Weights are the shifted :math:`\tilde w = e^{\log w^e - m_i}` of the objective (:math:`m_i` the
-prompt's largest log weight), so :math:`e_j` carries :math:`e^{-j m_i}`; the self-normalised
-form is scale-free, the ``"ips"`` form needs :math:`e^{j m_i}` and raises ``ValueError`` if that
-leaves float64 (use ``clip``). The ``"pooled"`` form of the reference (normalised across
-prompts) is not offered here: it would make a step's gradient depend on how its prompts are
-split into micro-batches.
+prompt's largest log weight), so :math:`e_j` carries :math:`e^{-j m_i}`; the IPS rewards need
+:math:`e^{j m_i}` and raise ``ValueError`` if that leaves float64 (use ``clip``). Only the IPS
+form is offered for training: the per-prompt self-normalised form (``"prompt"``) is biased at
+finite :math:`K` (for :math:`K = 2` it ignores the weights: :math:`\hat p_{-k} = q_l`;
+measured in ``tests/test_loo_rewards.py``), and the ``"pooled"`` form (across prompts) would
+make a step's gradient depend on how its prompts are split into micro-batches.
 """
 
 from __future__ import annotations
@@ -153,9 +153,9 @@ def _ips_scales(mshift: torch.Tensor, degree: int) -> torch.Tensor:
     sc = torch.exp(mm * mshift[:, None])
     if not bool(torch.isfinite(sc).all()):
         raise ValueError(
-            "coverage='ips' with the leave-one-out diversity needs products of up to "
-            f"{degree} importance weights, which overflow float64 here; use clip=M or "
-            "coverage='snips'"
+            "the leave-one-out diversity reward needs products of up to "
+            f"{degree} importance weights, which overflow float64 here; truncate them "
+            "with clip=M"
         )
     return sc
 
@@ -174,9 +174,9 @@ def power_sums(full: torch.Tensor, k_cnt: torch.Tensor, sc: torch.Tensor,
 
 def loo_rewards(
     q: torch.Tensor, loo: torch.Tensor, full: torch.Tensor, pos: torch.Tensor,
-    k_cnt: torch.Tensor, mshift: torch.Tensor, coef: torch.Tensor, self_normalized: bool,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    r"""Value and gradient rewards :math:`d`, :math:`\rho` (and :math:`\sum_k\tilde w_k\rho_k`).
+    k_cnt: torch.Tensor, mshift: torch.Tensor, coef: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    r"""IPS value and gradient rewards :math:`d`, :math:`\rho`, and :math:`\sum_k\tilde w_k\rho_k`.
 
     Parameters
     ----------
@@ -189,18 +189,13 @@ def loo_rewards(
         Prompt positions, global response counts :math:`K_i`, shifts :math:`m_i`.
     coef : (L+1, L+1)
         :func:`coefficient_table`.
-    self_normalized : bool
-        ``"prompt"`` normalisation of :mod:`pope.loo_rewards` (True: :math:`T_m` divided by
-        the others' weight U-statistic :math:`e_m(\tilde w_{-k})/\binom{K-1}{m}`, in which
-        the binomials and the shifts cancel; 0 where the others weigh 0), or ``"ips"``.
 
     Returns
     -------
     d, rho : (S,)
-    sum_wrho : (U,) or None
-        IPS: :math:`\sum_k\tilde w_k\rho_k` per prompt from the full-prompt :math:`e_j`
-        (:math:`\sum_k x_{kc}e_{j-1}(x_{-k,c}) = j e_j(x_c)`), exact across ranks; ``None``
-        for the self-normalised form (a per-response normaliser: sum the rewards instead).
+    sum_wrho : (U,)
+        :math:`\sum_k\tilde w_k\rho_k` per prompt from the full-prompt :math:`e_j`
+        (:math:`\sum_k x_{kc}e_{j-1}(x_{-k,c}) = j e_j(x_c)`), exact across ranks.
     """
     lmax = coef.shape[0] - 1
     c = q.shape[1]
@@ -208,20 +203,14 @@ def loo_rewards(
     g = coef[torch.clamp(kk, max=lmax)]  # (U, L+1): c0, -, g_2..g_L
     jj = torch.arange(lmax + 1, dtype=q.dtype, device=q.device)
     qe = (q[:, :, None] * loo[:, :c, :lmax]).sum(1)  # (S, L): q . e_m(others), m = 0..L-1
-    sum_wrho = None
-    if self_normalized:
-        s_oth = loo[:, c, 1:lmax]
-        t = torch.where(s_oth > 0, qe[:, 1:] / torch.where(s_oth > 0, s_oth, 1.0),
-                        torch.zeros_like(s_oth))
-    else:
-        b_loo = _binom(torch.clamp(kk - 1, min=0), lmax).to(q.dtype)  # C(K-1, m)
-        ok = b_loo > 0
-        unit = torch.where(ok, _ips_scales(mshift, lmax) / torch.where(ok, b_loo, 1.0),
-                           torch.zeros_like(b_loo))  # (U, L+1): scale of T_m
-        t = qe[:, 1:] * unit[pos, 1:lmax]  # m = 1..L-1  <->  j = 2..L
-        ej = full[:, :c].sum(1)  # (U, L+1)
-        s_t = jj[2:] * ej[:, 2:] * unit[:, 1:lmax]
-        sum_wrho = g[:, 0] * full[:, c, 1] + (jj[2:] * g[:, 2:] * s_t).sum(1)
+    b_loo = _binom(torch.clamp(kk - 1, min=0), lmax).to(q.dtype)  # C(K-1, m)
+    ok = b_loo > 0
+    unit = torch.where(ok, _ips_scales(mshift, lmax) / torch.where(ok, b_loo, 1.0),
+                       torch.zeros_like(b_loo))  # (U, L+1): scale of T_m
+    t = qe[:, 1:] * unit[pos, 1:lmax]  # m = 1..L-1  <->  j = 2..L
+    ej = full[:, :c].sum(1)  # (U, L+1)
+    s_t = jj[2:] * ej[:, 2:] * unit[:, 1:lmax]
+    sum_wrho = g[:, 0] * full[:, c, 1] + (jj[2:] * g[:, 2:] * s_t).sum(1)
     d = g[pos, 0] + (g[pos, 2:] * t).sum(1)
     rho = g[pos, 0] + (jj[2:] * g[pos, 2:] * t).sum(1)
     return d, rho, sum_wrho
