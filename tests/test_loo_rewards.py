@@ -368,3 +368,41 @@ def test_monte_carlo_per_prompt_self_normalised_reward_is_biased():
     z = ((per_log.mean(0) - _population_gradient("gini_simpson", 2))
          / (per_log.std(0) / math.sqrt(n_logs))).abs().max().item()
     assert z > 5.0, z
+
+
+MC_R = torch.tensor([0.9, 0.2, 0.5, 0.7, 0.1, 0.4], dtype=torch.float64)
+
+
+@pytest.mark.parametrize("k", [2, 4])
+def test_monte_carlo_loo_baseline_keeps_the_gradient_unbiased_and_mean_does_not(k):
+    """Relevance + diversity with a baseline: baseline="loo" (a function of the other
+    responses only) keeps the score-function gradient unbiased for grad(U + lam D_L);
+    baseline="mean" (whose weighted mean contains y_k, and the others' LOO rewards too) is
+    biased (at K = 2 its projection on the true gradient even has the wrong sign)."""
+    n_logs, lam = MC_LOGS, 1.0
+    th = MC_THETA.clone().requires_grad_(True)
+    pi_t = torch.softmax(th, 0)
+    _, polys = reward_coefficients("coverage", 3, None)
+    poly = polys[min(k, 4)]
+    p = pi_t @ MC_Q
+    val = pi_t @ MC_R + lam * (poly.c0 + sum(g * (p**j).sum()
+                                             for j, g in enumerate(poly.g, start=2)))
+    (truth,) = torch.autograd.grad(val, th)
+    pi0 = torch.full((6,), 1 / 6, dtype=torch.float64)
+    pi = pi_t.detach()
+    for baseline, seed in (("loo", 300 + k), ("mean", 400 + k)):
+        g = torch.Generator().manual_seed(seed)
+        y = torch.multinomial(pi0.expand(n_logs, -1), k, replacement=True,
+                              generator=g).reshape(-1)
+        out = PopeObjective(lam=lam, baseline=baseline, num_aspects=3, coverage="ips")(
+            logp=torch.log(pi[y]), rewards=MC_R[y],
+            prompt_index=torch.arange(n_logs).repeat_interleave(k),
+            log_logging=torch.log(pi0[y]), aspects=MC_Q[y])
+        w = pi[y] / pi0[y]
+        score = torch.nn.functional.one_hot(y, 6).double() - pi
+        per_log = ((w * out.advantage)[:, None] * score).reshape(n_logs, k, 6).mean(1)
+        z = ((per_log.mean(0) - truth) / (per_log.std(0) / math.sqrt(n_logs))).abs().max()
+        if baseline == "loo":
+            assert z < 3.0, (k, baseline, float(z))
+        else:
+            assert z > 5.0, (k, baseline, float(z))

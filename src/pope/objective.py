@@ -24,7 +24,12 @@ below). All the pieces (METHOD.md §3-4):
 * estimator weight :math:`w^{e} = \min(w, M)` with ``clip=M`` (else :math:`w`), detached;
 * coverage (stop-gradient), per prompt: :math:`\hat p(c\mid x_i) = \sum_k w^e_{ik}q_{ik}(c) /
   \sum_k w^e_{ik}` (``coverage="snips"``), or :math:`/K_i` (``"ips"``);
-* diversity reward :math:`d_{ik} = -\sum_c q_{ik}(c)\log\hat p(c\mid x_i)/\log C` (terms with
+* diversity reward (default ``diversity_estimator="polynomial"``, and
+  ``diversity="gini_simpson"``): the leave-one-out U-statistic gradient reward
+  :math:`\rho_{ik} = c_0 + \sum_{j=2}^{L_i} j g_j\, q_{ik}\cdot T^{(-k)}_{j-1}` of
+  :mod:`pope.loo_rewards` (IPS, unbiased for :math:`\nabla D_L` at any :math:`K`; torch twin
+  :mod:`pope.objective_loo`); with ``diversity_estimator="plugin"``:
+  :math:`d_{ik} = -\sum_c q_{ik}(c)\log\hat p(c\mid x_i)/\log C` (terms with
   :math:`\hat p = 0` count 0; :math:`d = 0` when :math:`C = 1`), or the Jensen lower bound
   :math:`d_{ik} = H(q_{ik})/\log C` (``diversity="response_entropy"``). With SNIPS coverage,
   :math:`\sum_k w^e d / \sum_k w^e = H(\hat p(\cdot\mid x_i))/\log C` exactly;
@@ -48,10 +53,11 @@ below). All the pieces (METHOD.md §3-4):
   (as in GRPO), not an unbiased estimate of :math:`\mathrm{KL}(\pi_\theta\|\pi_{ref})`.
 
 :math:`N` is the global number of sequences (or ``normalizer``). The estimates returned with
-the loss: relevance (clipped SNIPS of :math:`r`, :math:`\sum w^e r/\sum w^e`), diversity (mean
-over prompts of :math:`H(\hat p)/\log C`), total = relevance + :math:`\lambda` diversity, and
-the weight diagnostics of the raw :math:`w` (ESS :math:`(\sum w)^2/\sum w^2`, mean, max,
-fraction of sequences whose ratio was clipped).
+the loss: relevance (clipped SNIPS of :math:`r`, :math:`\sum w^e r/\sum w^e`), diversity (the
+estimate :func:`pope.evaluate` gives with the same options, :attr:`ObjectiveStats.diversity`),
+total = relevance + :math:`\lambda` diversity, and the weight diagnostics of the raw
+:math:`w` (ESS :math:`(\sum w)^2/\sum w^2`, mean, max, fraction of sequences
+whose ratio was clipped).
 
 Numerics: weights are formed from differences of log-probabilities in float64; every sum of
 weights is shifted by the (per-prompt or global) maximum log weight, so no :math:`e^{\log w}`
@@ -91,7 +97,7 @@ __all__ = [
 ]
 
 Weighting = Literal["sequence", "token_mean"]
-Baseline = Literal["mean", "none"]
+Baseline = Literal["mean", "loo", "none"]
 Coverage = Literal["snips", "ips"]
 Diversity = Literal["coverage", "gini_simpson", "response_entropy"]
 DiversityEstimator = Literal["polynomial", "plugin"]
@@ -470,7 +476,14 @@ class PopeObjective(nn.Module):
     ppo_eps : float, optional
         PPO clip range :math:`\epsilon \in (0, 1)` (``None``: no PPO clipping).
     weighting : {"sequence", "token_mean"}
-    baseline : {"mean", "none"}
+    baseline : {"mean", "loo", "none"}
+        ``"mean"``: the weighted mean of :math:`R` over the prompt (includes response
+        :math:`k`, and with the leave-one-out diversity reward the others' rewards depend on
+        :math:`y_k`, so the diversity gradient is biased: see ``docs/training.md``);
+        ``"loo"``: :math:`b_{ik} = \sum_{l\ne k} w^e_l r_l / \sum_{l\ne k} w^e_l +
+        \lambda c_0`, a function of the other responses only, so the gradient stays
+        unbiased (the relevance part is 0 where the others' weight share is below
+        :math:`10^{-9}`, a guard on the deletion); ``"none"``: 0.
     coverage : {"snips", "ips"}
         Self-normalised per-prompt coverage, or divided by :math:`K_i`.
     diversity : {"coverage", "gini_simpson", "response_entropy"}
@@ -563,7 +576,7 @@ class PopeObjective(nn.Module):
         self.clip = None if clip is None else float(clip)
         self.ppo_eps = None if ppo_eps is None else float(ppo_eps)
         self.weighting = _choice(weighting, "weighting", ("sequence", "token_mean"))
-        self.baseline = _choice(baseline, "baseline", ("mean", "none"))
+        self.baseline = _choice(baseline, "baseline", ("mean", "loo", "none"))
         self.coverage = _choice(coverage, "coverage", ("snips", "ips"))
         self.diversity = _choice(
             diversity, "diversity", ("coverage", "gini_simpson", "response_entropy")
@@ -1052,6 +1065,13 @@ class PopeObjective(nn.Module):
         if self.baseline == "mean":
             b = (wr_sum + self.lam * wd_sum) / b_sum
             adv = total_r - b[pos]
+        elif self.baseline == "loo":
+            we_oth = b_sum[pos] - e
+            ok = we_oth > 1e-9 * b_sum[pos]
+            b_rel = torch.where(ok, (wr_sum[pos] - e * r) / torch.where(ok, we_oth, 1.0),
+                                torch.zeros_like(e))
+            b_div = coef[torch.clamp(k_cnt.long(), max=lmax), 0][pos] if loo_on else 0.0
+            adv = total_r - (b_rel + self.lam * b_div)
         else:
             adv = total_r
 
