@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
+from pope.loo_rewards import loo_rewards_reference
 from pope.objective import ObjectiveStats, PopeObjective, shift_labels
 
 # ----------------------------------------------------------------------------- helpers
@@ -34,8 +36,10 @@ def reference_loss(
     logp, log_logging, rewards, q, prompt, *, lam, clip=None, ppo_eps=None,
     weighting="sequence", counts=None, baseline="mean", coverage="snips",
     diversity="coverage", truncation="estimator", kl=None, beta=0.0,
+    diversity_estimator="polynomial", diversity_degree=None,
 ):
-    """Independent formula: explicit loop over prompts, probability-space weights."""
+    """Independent formula: explicit loop over prompts, probability-space weights; the
+    leave-one-out rewards from the NumPy reference :func:`pope.loo_rewards_reference`."""
     c = q.shape[1]
     lw = logp - log_logging
     if weighting == "token_mean":
@@ -44,6 +48,19 @@ def reference_loss(
     w_est = w.detach().clamp(max=clip) if clip is not None else w.detach()
     n = logp.shape[0]
     adv = torch.zeros(n, dtype=logp.dtype)
+    loo = diversity == "gini_simpson" or (
+        diversity == "coverage" and diversity_estimator == "polynomial"
+    )
+    if loo:
+        order = torch.argsort(prompt, stable=True)
+        cnt = torch.unique(prompt, return_counts=True)[1].numpy()
+        res = loo_rewards_reference(
+            np.concatenate([[0], np.cumsum(cnt)]), w_est[order].numpy(), q[order].numpy(),
+            diversity=diversity, degree=diversity_degree,
+            normalization="ips",
+        )
+        rho = torch.zeros(n, dtype=logp.dtype)
+        rho[order] = torch.as_tensor(res.gradient)
     for key in torch.unique(prompt):
         idx = torch.nonzero(prompt == key).flatten()
         we = w_est[idx]
@@ -53,7 +70,9 @@ def reference_loss(
             p = (we[:, None] * q[idx]).sum(0) / len(idx)
         logp_c = torch.tensor([math.log(v) if v > 0 else 0.0 for v in p.tolist()],
                               dtype=logp.dtype)
-        if c == 1:
+        if loo:
+            d = rho[idx]
+        elif c == 1:
             d = torch.zeros(len(idx), dtype=logp.dtype)
         elif diversity == "coverage":
             d = torch.stack([-(q[k] * logp_c).sum() for k in idx]) / math.log(c)
@@ -100,6 +119,14 @@ CASES = [
     dict(coverage="ips"),
     dict(diversity="response_entropy"),
     dict(clip=0.9, coverage="ips", baseline="none", lam=2.0),
+    dict(diversity_estimator="plugin"),
+    dict(diversity_estimator="plugin", coverage="ips", clip=1.3),
+    dict(diversity_estimator="plugin", baseline="none"),
+    dict(diversity="gini_simpson"),
+    dict(diversity="gini_simpson", coverage="ips", baseline="none"),
+    dict(diversity_degree=2, ppo_eps=0.2),
+    dict(diversity_degree=6, coverage="ips"),
+    dict(diversity_degree=1, lam=1.5),
 ]
 
 
@@ -249,7 +276,7 @@ def test_flat_layout_equals_batched_layout():
 @pytest.mark.parametrize("soft", [False, True])
 def test_coverage_identity_weighted_diversity_reward_equals_entropy(soft):
     bt = make_batch(seed=11, soft=soft, c=4)
-    out = PopeObjective(lam=1.0, num_aspects=4)(
+    out = PopeObjective(lam=1.0, num_aspects=4, diversity_estimator="plugin")(
         logp=bt["logp"], rewards=bt["rewards"], prompt_index=bt["prompt"],
         log_logging=bt["log_logging"], aspects=bt["aspects"],
     )

@@ -24,7 +24,12 @@ below). All the pieces (METHOD.md §3-4):
 * estimator weight :math:`w^{e} = \min(w, M)` with ``clip=M`` (else :math:`w`), detached;
 * coverage (stop-gradient), per prompt: :math:`\hat p(c\mid x_i) = \sum_k w^e_{ik}q_{ik}(c) /
   \sum_k w^e_{ik}` (``coverage="snips"``), or :math:`/K_i` (``"ips"``);
-* diversity reward :math:`d_{ik} = -\sum_c q_{ik}(c)\log\hat p(c\mid x_i)/\log C` (terms with
+* diversity reward (default ``diversity_estimator="polynomial"``, and
+  ``diversity="gini_simpson"``): the leave-one-out U-statistic gradient reward
+  :math:`\rho_{ik} = c_0 + \sum_{j=2}^{L_i} j g_j\, q_{ik}\cdot T^{(-k)}_{j-1}` of
+  :mod:`pope.loo_rewards` (IPS, unbiased for :math:`\nabla D_L` at any :math:`K`; torch twin
+  :mod:`pope.objective_loo`); with ``diversity_estimator="plugin"``:
+  :math:`d_{ik} = -\sum_c q_{ik}(c)\log\hat p(c\mid x_i)/\log C` (terms with
   :math:`\hat p = 0` count 0; :math:`d = 0` when :math:`C = 1`), or the Jensen lower bound
   :math:`d_{ik} = H(q_{ik})/\log C` (``diversity="response_entropy"``). With SNIPS coverage,
   :math:`\sum_k w^e d / \sum_k w^e = H(\hat p(\cdot\mid x_i))/\log C` exactly;
@@ -48,10 +53,11 @@ below). All the pieces (METHOD.md §3-4):
   (as in GRPO), not an unbiased estimate of :math:`\mathrm{KL}(\pi_\theta\|\pi_{ref})`.
 
 :math:`N` is the global number of sequences (or ``normalizer``). The estimates returned with
-the loss: relevance (clipped SNIPS of :math:`r`, :math:`\sum w^e r/\sum w^e`), diversity (mean
-over prompts of :math:`H(\hat p)/\log C`), total = relevance + :math:`\lambda` diversity, and
-the weight diagnostics of the raw :math:`w` (ESS :math:`(\sum w)^2/\sum w^2`, mean, max,
-fraction of sequences whose ratio was clipped).
+the loss: relevance (clipped SNIPS of :math:`r`, :math:`\sum w^e r/\sum w^e`), diversity (the
+estimate :func:`pope.evaluate` gives with the same options, :attr:`ObjectiveStats.diversity`),
+total = relevance + :math:`\lambda` diversity, and the weight diagnostics of the raw
+:math:`w` (ESS :math:`(\sum w)^2/\sum w^2`, mean, max, fraction of sequences
+whose ratio was clipped).
 
 Numerics: weights are formed from differences of log-probabilities in float64; every sum of
 weights is shifted by the (per-prompt or global) maximum log weight, so no :math:`e^{\log w}`
@@ -78,8 +84,9 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from pope import ops
+from pope import objective_loo, ops
 from pope.distributed import DistInfo, all_reduce, dist_info, union_keys
+from pope.loo_rewards import reward_coefficients
 
 __all__ = [
     "ObjectiveStats",
@@ -90,9 +97,10 @@ __all__ = [
 ]
 
 Weighting = Literal["sequence", "token_mean"]
-Baseline = Literal["mean", "none"]
+Baseline = Literal["mean", "loo", "none"]
 Coverage = Literal["snips", "ips"]
-Diversity = Literal["coverage", "response_entropy"]
+Diversity = Literal["coverage", "gini_simpson", "response_entropy"]
+DiversityEstimator = Literal["polynomial", "plugin"]
 Truncation = Literal["estimator", "gradient"]
 GradReduction = Literal["mean", "sum"]
 
@@ -203,9 +211,24 @@ class ObjectiveStats:
     log_sum_w, log_sum_w2 : :math:`\log\sum w`, :math:`\log\sum w^2` (raw weights)
     log_sum_we, log_sum_we_r : :math:`\log\sum w^e`, :math:`\log\sum w^e r` (estimator weights)
     max_log_w : :math:`\max\log w`
-    sum_diversity : :math:`\sum_i D_i` over prompts (:math:`D_i = H(\hat p_i)/\log C`)
+    sum_diversity : :math:`\sum_i D_i` over prompts (plug-in and response-entropy
+        diversity: :math:`D_i = H(\hat p_i)/\log C` or the weighted mean of
+        :math:`H(q)/\log C`; 0 for the power-sum estimators)
     sum_kl : :math:`\sum_s \frac1{T_s}\sum_t k_{3,t}`
     lam : :math:`\lambda` (for ``total``)
+    power : (L, 2, L+1), optional
+        Power-sum estimators (``diversity_estimator="polynomial"`` or ``"gini_simpson"``):
+        per degree class :math:`d = \min(K_i, L)` (row :math:`d-1`), the sums over its
+        prompts of :math:`\hat P_{j,i}` (``[:, 0, j]``) and :math:`\hat S_{j,i}`
+        (``[:, 1, j]``) of the shifted weights :math:`e^{\log w^e - s}`,
+        :math:`s` = ``power_shift`` (:mod:`pope.power_sums`).
+    power_counts : (L,), optional
+        Number of prompts per degree class.
+    power_shift : 0-d, optional
+    diversity_coef : (L+1, L+1), optional
+        :func:`pope.objective_loo.coefficient_table` (row :math:`L'`: :math:`c_0, -, g_2..`).
+    self_normalized : bool
+        Power sums self-normalised across prompts (``coverage="snips"``) or IPS.
     """
 
     n_seqs: torch.Tensor
@@ -219,15 +242,37 @@ class ObjectiveStats:
     sum_diversity: torch.Tensor
     sum_kl: torch.Tensor
     lam: float
+    power: torch.Tensor | None = None
+    power_counts: torch.Tensor | None = None
+    power_shift: torch.Tensor | None = None
+    diversity_coef: torch.Tensor | None = None
+    self_normalized: bool = True
 
     def merge(self, other: ObjectiveStats) -> ObjectiveStats:
         """Statistics of the union of two evaluations on disjoint prompts."""
         if not isinstance(other, ObjectiveStats):
             raise TypeError(f"other must be a ObjectiveStats, got {type(other).__name__}")
+        if (self.power is None) != (other.power is None) or (
+            self.power is not None
+            and (self.power.shape != other.power.shape
+                 or not torch.equal(self.diversity_coef, other.diversity_coef)
+                 or self.self_normalized != other.self_normalized)
+        ):
+            raise ValueError("cannot merge ObjectiveStats of different diversity estimators")
         out: dict[str, Any] = {}
+        if self.power is not None:
+            shift = torch.maximum(self.power_shift, other.power_shift)
+            jj = torch.arange(self.power.shape[-1], dtype=self.power.dtype,
+                              device=self.power.device)
+            out["power"] = (self.power * torch.exp(jj * (self.power_shift - shift))
+                            + other.power * torch.exp(jj * (other.power_shift - shift)))
+            out["power_shift"] = shift
+            out["power_counts"] = self.power_counts + other.power_counts
         for f in fields(self):
             a, b = getattr(self, f.name), getattr(other, f.name)
-            if f.name == "lam":
+            if f.name in out:
+                continue
+            if f.name in ("lam", "diversity_coef", "self_normalized") or a is None:
                 out[f.name] = a
             elif f.name.startswith("log_"):
                 out[f.name] = torch.logaddexp(a, b)
@@ -246,8 +291,37 @@ class ObjectiveStats:
 
     @property
     def diversity(self) -> torch.Tensor:
-        r"""Mean over prompts of :math:`H(\hat p(\cdot\mid x_i))/\log C`."""
-        return self.sum_diversity / self.n_prompts
+        r"""The diversity estimate, the one :func:`pope.evaluate` gives with the same options.
+
+        Power-sum estimators (``power`` set): with class counts :math:`n_d`, class sums
+        :math:`\Sigma P_{d,j}`, :math:`\Sigma S_{d,j}` and :math:`n = \sum_d n_d`,
+
+        .. math::
+
+            \hat D = \frac1n\Big[\sum_d n_d c_0^{(d)} + \sum_{j=2}^{L}
+                     \Big(\sum_{d\ge j} g^{(d)}_j\Sigma P_{d,j}\Big)
+                     \frac{\sum_{d\ge j} n_d}{\sum_{d\ge j}\Sigma S_{d,j}}\Big]
+
+        (IPS: the last factor is :math:`e^{js}` instead), i.e.
+        ``evaluate(..., diversity_degree=L).diversity.value``
+        (:mod:`pope.estimators.pope_features`). Otherwise the mean over prompts of the
+        per-prompt values (plug-in :math:`H(\hat p_i)/\log C`).
+        """
+        if self.power is None:
+            return self.sum_diversity / self.n_prompts
+        cnt, pw, coef = self.power_counts, self.power, self.diversity_coef
+        lmax = cnt.shape[0]
+        val = (cnt * coef[1:, 0]).sum()
+        for j in range(2, lmax + 1):
+            a_j = (coef[j:, j] * pw[j - 1 :, 0, j]).sum()
+            if self.self_normalized:
+                s_j = pw[j - 1 :, 1, j].sum()
+                n_j = cnt[j - 1 :].sum()
+                val = val + torch.where(s_j > 0, a_j * n_j / torch.where(s_j > 0, s_j, 1.0),
+                                        torch.zeros_like(a_j))
+            else:
+                val = val + a_j * torch.exp(j * self.power_shift)
+        return val / cnt.sum()
 
     @property
     def total(self) -> torch.Tensor:
@@ -303,11 +377,16 @@ class PopeOutput:
     log_weights : (S,) float64, detached
         :math:`\log w` (after ``token_mean`` normalisation, before clipping).
     rewards, diversity_reward, total_reward, advantage : (S,) float64, detached
-        :math:`r`, :math:`d`, :math:`R = r + \lambda d`, :math:`R - b`.
+        :math:`r`, the diversity reward of the gradient (:math:`d`, or :math:`\rho` for the
+        leave-one-out estimators), :math:`R = r + \lambda d` (or :math:`+\lambda\rho`),
+        :math:`R - b`.
     prompt_keys : (U,) int64
         Sorted prompt ids of the (global) batch.
     coverage : (U, C) float64
         :math:`\hat p(c\mid x_i)` for ``prompt_keys``.
+    diversity_value : (S,) float64 or None
+        Leave-one-out estimators: the value reward :math:`d_{ik}` (:mod:`pope.loo_rewards`);
+        ``None`` otherwise.
     """
 
     loss: torch.Tensor
@@ -320,6 +399,7 @@ class PopeOutput:
     advantage: torch.Tensor
     prompt_keys: torch.Tensor
     coverage: torch.Tensor
+    diversity_value: torch.Tensor | None = None
 
     def metrics(self) -> dict[str, float]:
         """``stats.metrics()`` plus the loss value."""
@@ -396,10 +476,30 @@ class PopeObjective(nn.Module):
     ppo_eps : float, optional
         PPO clip range :math:`\epsilon \in (0, 1)` (``None``: no PPO clipping).
     weighting : {"sequence", "token_mean"}
-    baseline : {"mean", "none"}
+    baseline : {"mean", "loo", "none"}
+        ``"mean"``: the weighted mean of :math:`R` over the prompt (includes response
+        :math:`k`, and with the leave-one-out diversity reward the others' rewards depend on
+        :math:`y_k`, so the diversity gradient is biased: see ``docs/training.md``);
+        ``"loo"``: :math:`b_{ik} = \sum_{l\ne k} w^e_l r_l / \sum_{l\ne k} w^e_l +
+        \lambda c_0`, a function of the other responses only, so the gradient stays
+        unbiased (the relevance part is 0 where the others' weight share is below
+        :math:`10^{-9}`, a guard on the deletion); ``"none"``: 0.
     coverage : {"snips", "ips"}
         Self-normalised per-prompt coverage, or divided by :math:`K_i`.
-    diversity : {"coverage", "response_entropy"}
+    diversity : {"coverage", "gini_simpson", "response_entropy"}
+        The diversity functional, as in :func:`pope.evaluate`: Shannon coverage entropy,
+        Gini-Simpson coverage :math:`(1 - \sum_c p_c^2)/(1 - 1/C)` (always the
+        leave-one-out reward), or the per-response entropy lower bound.
+    diversity_estimator : {"polynomial", "plugin"}
+        For ``diversity="coverage"``: ``"polynomial"`` (default), the leave-one-out
+        U-statistic reward of the minimax polynomial of degree ``diversity_degree``, whose
+        gradient is unbiased for :math:`\nabla D_L` at any :math:`K`
+        (:mod:`pope.loo_rewards`); ``"plugin"``, the reward
+        :math:`-q\cdot\log\hat p/\log C` whose :math:`\hat p` contains the response itself
+        (biased gradient at finite :math:`K`).
+    diversity_degree : int, optional
+        :math:`L` of the polynomial reward (1..8; default 4; prompts use
+        :math:`\min(L, K_i)`).
     truncation : {"estimator", "gradient"}
         How ``clip`` acts on the gradient (see the module docstring).
     beta : float
@@ -430,6 +530,8 @@ class PopeObjective(nn.Module):
         baseline: Baseline = "mean",
         coverage: Coverage = "snips",
         diversity: Diversity = "coverage",
+        diversity_estimator: DiversityEstimator = "polynomial",
+        diversity_degree: int | None = None,
         truncation: Truncation = "estimator",
         beta: float = 0.0,
         num_aspects: int | None = None,
@@ -474,9 +576,29 @@ class PopeObjective(nn.Module):
         self.clip = None if clip is None else float(clip)
         self.ppo_eps = None if ppo_eps is None else float(ppo_eps)
         self.weighting = _choice(weighting, "weighting", ("sequence", "token_mean"))
-        self.baseline = _choice(baseline, "baseline", ("mean", "none"))
+        self.baseline = _choice(baseline, "baseline", ("mean", "loo", "none"))
         self.coverage = _choice(coverage, "coverage", ("snips", "ips"))
-        self.diversity = _choice(diversity, "diversity", ("coverage", "response_entropy"))
+        self.diversity = _choice(
+            diversity, "diversity", ("coverage", "gini_simpson", "response_entropy")
+        )
+        self.diversity_estimator = _choice(
+            diversity_estimator, "diversity_estimator", ("polynomial", "plugin")
+        )
+        if diversity == "gini_simpson" and diversity_estimator == "plugin":
+            raise ValueError(
+                "diversity='gini_simpson' always uses the leave-one-out U-statistic reward; "
+                "diversity_estimator='plugin' applies to diversity='coverage' only"
+            )
+        if diversity_degree is not None and not (
+            diversity == "coverage" and diversity_estimator == "polynomial"
+        ):
+            raise ValueError(
+                "diversity_degree applies to diversity='coverage' with "
+                f"diversity_estimator='polynomial', got diversity={diversity!r}, "
+                f"diversity_estimator={diversity_estimator!r}"
+            )
+        reward_coefficients("coverage", 2, diversity_degree)  # validates the degree
+        self.diversity_degree = diversity_degree
         self.truncation = _choice(truncation, "truncation", ("estimator", "gradient"))
         self.grad_reduction = _choice(grad_reduction, "grad_reduction", ("mean", "sum"))
         self.beta = float(beta)
@@ -490,7 +612,9 @@ class PopeObjective(nn.Module):
         return (
             f"lam={self.lam}, clip={self.clip}, ppo_eps={self.ppo_eps}, "
             f"weighting={self.weighting!r}, baseline={self.baseline!r}, "
-            f"coverage={self.coverage!r}, diversity={self.diversity!r}, beta={self.beta}"
+            f"coverage={self.coverage!r}, diversity={self.diversity!r}, "
+            f"diversity_estimator={self.diversity_estimator!r}, "
+            f"diversity_degree={self.diversity_degree}, beta={self.beta}"
         )
 
     # ------------------------------------------------------------------ token pieces
@@ -893,7 +1017,21 @@ class PopeObjective(nn.Module):
                 (ge * r).sum(),
             ]
         )
-        red = all_reduce(torch.cat([per_prompt.reshape(-1), glob]), "sum", info)
+        red_in = torch.cat([per_prompt.reshape(-1), glob])
+        loo_on = self.diversity == "gini_simpson" or (
+            self.diversity == "coverage" and self.diversity_estimator == "polynomial"
+        )
+        if loo_on:
+            # per-prompt generating polynomials travel in the same SUM all-reduce
+            lmax, polys = reward_coefficients(
+                "gini_simpson" if self.diversity == "gini_simpson" else "coverage",
+                c, self.diversity_degree,
+            )
+            x = torch.cat([e[:, None] * q, e[:, None]], 1)
+            loo_loc, full_loc = objective_loo.local_states(x, pos, u, lmax)
+            others, full, red = objective_loo.merge_ranks(full_loc, info, red_in)
+        else:
+            red = all_reduce(red_in, "sum", info)
         per_prompt = red[: u * (4 + c)].reshape(u, 4 + c)
         n_glob, n_clip, kl_tot, s1, s2, t1, t1r = red[u * (4 + c) :].unbind()
         b_sum, wr_sum, we_sum, k_cnt = per_prompt[:, :4].unbind(1)
@@ -908,7 +1046,15 @@ class PopeObjective(nn.Module):
         log_c = math.log(c) if c > 1 else 1.0
         scale = 0.0 if c == 1 else 1.0 / log_c
         div_prompt = -(p_hat * log_p).sum(1) * scale  # H(p_hat)/log C
-        if self.diversity == "coverage":
+        d_val = None
+        power_kw: dict[str, Any] = {}
+        if loo_on:
+            coef = objective_loo.coefficient_table(polys, lmax, wd, dev)
+            loo = objective_loo.polymul(loo_loc, others[pos], lmax)
+            d_val, d, wd_sum = objective_loo.loo_rewards(q, loo, full, pos, k_cnt, m, coef)
+            power_kw = self._power_stats(full, k_cnt, m, g_e, coef)
+            div_prompt = torch.zeros_like(b_sum)
+        elif self.diversity == "coverage":
             d = -(q * log_p[pos]).sum(1) * scale
             wd_sum = -(a_hist * log_p).sum(1) * scale  # sum_k w d (shifted units)
         else:
@@ -919,6 +1065,13 @@ class PopeObjective(nn.Module):
         if self.baseline == "mean":
             b = (wr_sum + self.lam * wd_sum) / b_sum
             adv = total_r - b[pos]
+        elif self.baseline == "loo":
+            we_oth = b_sum[pos] - e
+            ok = we_oth > 1e-9 * b_sum[pos]
+            b_rel = torch.where(ok, (wr_sum[pos] - e * r) / torch.where(ok, we_oth, 1.0),
+                                torch.zeros_like(e))
+            b_div = coef[torch.clamp(k_cnt.long(), max=lmax), 0][pos] if loo_on else 0.0
+            adv = total_r - (b_rel + self.lam * b_div)
         else:
             adv = total_r
 
@@ -951,6 +1104,7 @@ class PopeObjective(nn.Module):
             sum_diversity=div_prompt.sum(),
             sum_kl=kl_tot,
             lam=self.lam,
+            **power_kw,
         )
         return PopeOutput(
             loss=loss.to(out_dtype),
@@ -963,4 +1117,22 @@ class PopeObjective(nn.Module):
             advantage=adv,
             prompt_keys=keys,
             coverage=p_hat,
+            diversity_value=d_val,
         )
+
+    def _power_stats(self, full: torch.Tensor, k_cnt: torch.Tensor, m: torch.Tensor,
+                     g_e: torch.Tensor, coef: torch.Tensor) -> dict[str, Any]:
+        """Class sums of the power sums for :attr:`ObjectiveStats.diversity` (detached)."""
+        lmax = coef.shape[0] - 1
+        kk = k_cnt.long()
+        mm = torch.arange(lmax + 1, dtype=m.dtype, device=m.device)
+        sc = torch.exp(mm * (m - g_e)[:, None])
+        p_hat, s_hat = objective_loo.power_sums(full, kk, sc, lmax)
+        cls = torch.clamp(kk, max=lmax) - 1
+        power = torch.zeros(lmax, 2, lmax + 1, dtype=m.dtype, device=m.device)
+        power = power.index_add(0, cls, torch.stack([p_hat, s_hat], 1))
+        counts = torch.zeros(lmax, dtype=m.dtype, device=m.device).index_add(
+            0, cls, torch.ones_like(m)
+        )
+        return dict(power=power.detach(), power_counts=counts, power_shift=g_e.detach(),
+                    diversity_coef=coef, self_normalized=self.coverage == "snips")

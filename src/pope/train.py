@@ -97,7 +97,9 @@ class TrainConfig:
         allowed; ``max_steps`` wins when both are set).
     Objective (see :class:`pope.objective.PopeObjective`)
         ``lam``, ``clip``, ``ppo_eps``, ``weighting``, ``baseline``, ``coverage``,
-        ``diversity``, ``truncation``, ``beta``.
+        ``diversity``, ``diversity_estimator``, ``diversity_degree``, ``truncation``, ``beta``
+        (the logged ``diversity`` is the estimate :func:`pope.evaluate` gives with the same
+        options and ``diversity_degree``, default 4).
     Data
         ``max_length`` (default: the model's context), ``add_eos``, ``chat_template``,
         ``lm_head`` (``"logits"`` or ``"hidden"``: hidden states + LM head weight through
@@ -130,9 +132,11 @@ class TrainConfig:
     clip: float | None = None
     ppo_eps: float | None = None
     weighting: Literal["sequence", "token_mean"] = "sequence"
-    baseline: Literal["mean", "none"] = "mean"
+    baseline: Literal["mean", "loo", "none"] = "mean"
     coverage: Literal["snips", "ips"] = "snips"
-    diversity: Literal["coverage", "response_entropy"] = "coverage"
+    diversity: Literal["coverage", "gini_simpson", "response_entropy"] = "coverage"
+    diversity_estimator: Literal["polynomial", "plugin"] = "polynomial"
+    diversity_degree: int | None = None
     truncation: Literal["estimator", "gradient"] = "estimator"
     beta: float = 0.0
     max_length: int | None = None
@@ -189,6 +193,8 @@ class TrainConfig:
             baseline=self.baseline,
             coverage=self.coverage,
             diversity=self.diversity,
+            diversity_estimator=self.diversity_estimator,
+            diversity_degree=self.diversity_degree,
             truncation=self.truncation,
             beta=self.beta,
         )
