@@ -123,7 +123,11 @@ def test_training_section(demo_run: tuple[Path, dict[str, Any], str]) -> None:
     steps = tr["env"]["steps"]
     for m in tr["methods"].values():
         a = m["after"]
-        assert 0 <= a["relevance"] <= 1 and 0 <= a["diversity"] <= 1
+        # the truth is a Monte Carlo estimate with the Miller-Madow correction
+        # (C_+ - 1)/(2 m log C), which can lift a near-uniform coverage above 1 by at most that
+        c, n_mc = tr["env"]["n_aspects"], a["n_samples"]
+        assert 0 <= a["relevance"] <= 1
+        assert 0 <= a["diversity"] <= 1 + (c - 1) / (2 * n_mc * math.log(c))
         assert a["n_samples"] > 0 and 0 < a["relevance_stderr"] < 0.05
         hist = m["history"]
         assert hist[0]["step"] == 0 and hist[-1]["step"] == steps

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from pope.estimators.pope_features import coefficients
 from pope.loo_rewards import loo_rewards_reference
 from pope.objective import ObjectiveStats, PopeObjective, shift_labels
 
@@ -34,7 +35,7 @@ def make_batch(seed: int = 0, s_per_prompt=(3, 1, 4, 2), c: int = 3, soft: bool 
 
 def reference_loss(
     logp, log_logging, rewards, q, prompt, *, lam, clip=None, ppo_eps=None,
-    weighting="sequence", counts=None, baseline="mean", coverage="snips",
+    weighting="sequence", counts=None, baseline="loo", coverage="snips",
     diversity="coverage", truncation="estimator", kl=None, beta=0.0,
     diversity_estimator="polynomial", diversity_degree=None,
 ):
@@ -81,7 +82,21 @@ def reference_loss(
                 [-(q[k][q[k] > 0] * torch.log(q[k][q[k] > 0])).sum() for k in idx]
             ) / math.log(c)
         big_r = rewards[idx] + lam * d
-        b = (we * big_r).sum() / we.sum() if baseline == "mean" else 0.0
+        if baseline == "mean":
+            b = (we * big_r).sum() / we.sum()
+        elif baseline == "loo":  # the others' weighted mean reward, plus lam * c0
+            kk = len(idx)
+            fam = "gini_simpson" if diversity == "gini_simpson" else "shannon"
+            c0 = coefficients(fam, c, min(kk, diversity_degree or 4)).c0 if loo else 0.0
+            b = torch.zeros(kk, dtype=logp.dtype)
+            for t in range(kk):
+                oth = [j for j in range(kk) if j != t]
+                den = we[oth].sum() if oth else torch.zeros(())
+                if oth and den > 1e-9 * we.sum():
+                    b[t] = (we[oth] * rewards[idx][oth]).sum() / den
+                b[t] = b[t] + lam * c0
+        else:
+            b = 0.0
         adv[idx] = big_r - b
     if clip is None:
         wt = w
@@ -299,7 +314,7 @@ def test_coverage_identity_weighted_diversity_reward_equals_entropy(soft):
 
 def test_on_policy_weights_are_one_and_diagnostics_are_exact():
     bt = make_batch(seed=5)
-    out = PopeObjective(lam=0.0, clip=2.0)(
+    out = PopeObjective(lam=0.0, clip=2.0, baseline="mean")(
         logp=bt["logp"], rewards=bt["rewards"], prompt_index=bt["prompt"],
         log_logging=bt["logp"], aspects=bt["aspects"],
     )
@@ -311,7 +326,7 @@ def test_on_policy_weights_are_one_and_diagnostics_are_exact():
     assert m["clip_fraction"] == 0.0
     assert m["relevance"] == pytest.approx(bt["rewards"].mean().item())
     assert m["n_seqs"] == n and m["n_prompts"] == 4
-    # with the per-prompt baseline the weighted advantages sum to 0 per prompt
+    # with the per-prompt mean baseline the weighted advantages sum to 0 per prompt
     for key in out.prompt_keys:
         assert out.advantage[bt["prompt"] == key].sum().abs() < 1e-12
 

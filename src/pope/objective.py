@@ -476,8 +476,8 @@ class PopeObjective(nn.Module):
     ppo_eps : float, optional
         PPO clip range :math:`\epsilon \in (0, 1)` (``None``: no PPO clipping).
     weighting : {"sequence", "token_mean"}
-    baseline : {"mean", "loo", "none"}
-        ``"mean"``: the weighted mean of :math:`R` over the prompt (includes response
+    baseline : {"loo", "mean", "none"}
+        ``"loo"`` (default) or ``"mean"``: the weighted mean of :math:`R` over the prompt (includes response
         :math:`k`, and with the leave-one-out diversity reward the others' rewards depend on
         :math:`y_k`, so the diversity gradient is biased: see ``docs/training.md``);
         ``"loo"``: :math:`b_{ik} = \sum_{l\ne k} w^e_l r_l / \sum_{l\ne k} w^e_l +
@@ -527,7 +527,7 @@ class PopeObjective(nn.Module):
         clip: float | None = None,
         ppo_eps: float | None = None,
         weighting: Weighting = "sequence",
-        baseline: Baseline = "mean",
+        baseline: Baseline = "loo",
         coverage: Coverage = "snips",
         diversity: Diversity = "coverage",
         diversity_estimator: DiversityEstimator = "polynomial",

@@ -132,7 +132,7 @@ class TrainConfig:
     clip: float | None = None
     ppo_eps: float | None = None
     weighting: Literal["sequence", "token_mean"] = "sequence"
-    baseline: Literal["mean", "loo", "none"] = "mean"
+    baseline: Literal["mean", "loo", "none"] = "loo"
     coverage: Literal["snips", "ips"] = "snips"
     diversity: Literal["coverage", "gini_simpson", "response_entropy"] = "coverage"
     diversity_estimator: Literal["polynomial", "plugin"] = "polynomial"
