@@ -32,7 +32,6 @@ myst_heading_anchors = 4
 source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
 
 exclude_patterns = ["_build", "Thumbs.db", ".DS_Store"]
-templates_path = ["_templates"]
 
 # numpydoc-style docstrings, read by napoleon (part of Sphinx: one dependency fewer).
 napoleon_google_docstring = False
