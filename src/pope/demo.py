@@ -116,10 +116,11 @@ def joint_list_reward(log: SyntheticLog, lam: float) -> np.ndarray:
     k = fb.counts.astype(np.float64)
     r = fb.rewards("none")
     rbar = np.add.reduceat(r, ptr) / k
-    qbar = np.add.reduceat(fb.aspect_rows(), ptr, axis=0) / k[:, None]
+    q = fb.aspect_rows()
+    qbar = np.add.reduceat(q, ptr, axis=0) / k[:, None]
     with np.errstate(divide="ignore", invalid="ignore"):
         h = -np.where(qbar > 0, qbar * np.log(np.where(qbar > 0, qbar, 1.0)), 0.0).sum(1)
-    return rbar + lam * h / math.log(fb.n_aspects)
+    return rbar + lam * h / math.log(q.shape[1])
 
 
 def _row(name: str, family: str, quantity: str, est: Any, truth: float) -> dict[str, Any]:
@@ -201,8 +202,8 @@ def evaluation_suite(
     rows: list[dict[str, Any]] = []
     w2 = float(np.mean(np.exp(2 * np.minimum(lt - ll, 700.0))))
     lam_sg = min(1.0, math.sqrt(math.log(1 / 0.05) / (r.size * max(w2, 1e-12))))
-    base = {"reward": r, "log_target": lt, "log_logging": ll}
-    mdl = {"reward_hat": rhat, "value_hat": vhat}
+    base: dict[str, Any] = {"reward": r, "log_target": lt, "log_logging": ll}
+    mdl: dict[str, Any] = {"reward_hat": rhat, "value_hat": vhat}
     rel = [
         ("IPS", E.ips(**base)),
         ("SNIPS", E.snips(**base)),
@@ -218,7 +219,7 @@ def evaluation_suite(
     if lists and counts.size and np.all(counts == counts[0]):
         kk = int(counts[0])
         shape = (fb.n_prompts, kk)
-        lb = {"reward": r.reshape(shape) / kk, "log_target": lt.reshape(shape),
+        lb: dict[str, Any] = {"reward": r.reshape(shape) / kk, "log_target": lt.reshape(shape),
               "log_logging": ll.reshape(shape)}
         for n, fn in (("SIPS/K", E.sips), ("IIPS/K", E.iips), ("RIPS/K", E.rips)):
             rows.append(_row(n, "list", "U", fn(**lb), u))
@@ -232,7 +233,7 @@ def evaluation_suite(
     ]
     big_r = joint_list_reward(log, lam)
     lt_list, ll_list = log.list_log_prob(target), log.list_log_prob(log.logging_policy)
-    jb = {"reward": big_r, "log_target": lt_list, "log_logging": ll_list}
+    jb: dict[str, Any] = {"reward": big_r, "log_target": lt_list, "log_logging": ll_list}
     if list_diversity_prompt is None:
         kmed = int(np.median(counts))
         list_diversity_prompt = env.list_diversity_per_prompt(target, kmed, n_mc=2000)[0]
@@ -240,7 +241,7 @@ def evaluation_suite(
     jv = vhat_prompt + lam * dk_prompt
     rbar_hat = np.add.reduceat(rhat, fb.prompt_ptr[:-1]) / counts
     jr_hat = rbar_hat + (big_r - np.add.reduceat(r, fb.prompt_ptr[:-1]) / counts)
-    jm = {"reward_hat": jr_hat, "value_hat": jv}
+    jm: dict[str, Any] = {"reward_hat": jr_hat, "value_hat": jv}
     joint = [
         ("joint IPS (=SIPS)", E.ips(**jb)),
         ("joint SNIPS", E.snips(**jb)),

@@ -230,7 +230,7 @@ def load_causal_lm(
     dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
         tok = AutoTokenizer.from_pretrained(str(p), local_files_only=True)
-        model = AutoModelForCausalLM.from_pretrained(
+        model: Any = AutoModelForCausalLM.from_pretrained(
             str(p), local_files_only=True, dtype=_resolve_dtype(dtype)
         )
     except (OSError, ValueError, KeyError) as e:
