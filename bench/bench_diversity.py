@@ -58,7 +58,7 @@ def main() -> None:
     times: dict[str, list[float]] = {name: [] for name in ESTIMATORS}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", pope.InsufficientDataWarning)
-        for name, kw in ESTIMATORS.items():  # warm-up (Numba caches, coefficient LPs)
+        for kw in ESTIMATORS.values():  # warm-up (Numba caches, coefficient LPs)
             pope.evaluate(fb, lt, **kw)
         for _ in range(args.repeats):
             for name, kw in ESTIMATORS.items():

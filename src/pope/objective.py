@@ -477,9 +477,10 @@ class PopeObjective(nn.Module):
         PPO clip range :math:`\epsilon \in (0, 1)` (``None``: no PPO clipping).
     weighting : {"sequence", "token_mean"}
     baseline : {"loo", "mean", "none"}
-        ``"loo"`` (default) or ``"mean"``: the weighted mean of :math:`R` over the prompt (includes response
-        :math:`k`, and with the leave-one-out diversity reward the others' rewards depend on
-        :math:`y_k`, so the diversity gradient is biased: see ``docs/training.md``);
+        ``"loo"`` is the default. ``"mean"``: the weighted mean of :math:`R` over the prompt
+        (includes response :math:`k`, and with the leave-one-out diversity reward the
+        others' rewards depend on :math:`y_k`, so the diversity gradient is biased: see
+        ``docs/training.md``);
         ``"loo"``: :math:`b_{ik} = \sum_{l\ne k} w^e_l r_l / \sum_{l\ne k} w^e_l +
         \lambda c_0`, a function of the other responses only, so the gradient stays
         unbiased (the relevance part is 0 where the others' weight share is below
