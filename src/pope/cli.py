@@ -578,6 +578,20 @@ def _add_score(sub: Any) -> None:
     p.set_defaults(func=score_log.run)
 
 
+# ----------------------------------------------------------------------------- report
+def _add_report(sub: Any) -> None:
+    from pope import report
+
+    p = sub.add_parser(
+        "report", help="figures and a self-contained HTML page from pope evaluate results",
+        description=report.__doc__.split("\n\n", 1)[1].split("\n\nFiles of")[0],
+        epilog="example:\n  pope evaluate --logs logs.parquet --policy ./m --out res.json\n"
+               "  pope report res.json --out report/",
+        formatter_class=_Formatter,
+    )
+    report.add_arguments(p)
+
+
 # ----------------------------------------------------------------------------- demo
 DEMO_OUTPUTS = ("results.json", "demo.png")  # what pope.demo writes into --out
 
@@ -676,6 +690,7 @@ examples:
   pope evaluate --help
   pope train --logs logs.parquet --policy ./base --output-dir ./aligned
   pope score --logs trees.jsonl --format oasst --model ./base --out scored.parquet
+  pope report results.json --out report/
   pope demo
   pope bench
 
@@ -699,6 +714,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     _add_evaluate(sub)
     _add_train(sub)
     _add_score(sub)
+    _add_report(sub)
     argv_list = list(sys.argv[1:] if argv is None else argv)
     _add_demo(sub, load=bool(argv_list) and argv_list[0] == "demo")
     _add_bench(sub)
