@@ -605,6 +605,24 @@ class PopeDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return self.n_prompts
 
+    def to_hf_dataset(self) -> Any:
+        """The items as a ``datasets.Dataset`` (one row per prompt, the keys of
+        ``dataset[i]`` as list columns), for trainers that require one (TRL's): pass it as
+        ``train_dataset`` with ``data_collator=PopeCollator(...)`` (and, for TRL's
+        ``SFTTrainer``, ``SFTConfig(dataset_kwargs={"skip_prepare_dataset": True})``)."""
+        import datasets
+
+        def plain(v: Any) -> Any:
+            if isinstance(v, np.ndarray):
+                return v.tolist()
+            if isinstance(v, list):
+                return [plain(x) for x in v]
+            return v
+
+        return datasets.Dataset.from_list(
+            [{k: plain(v) for k, v in self[i].items()} for i in range(self.n_prompts)]
+        )
+
     def __getitem__(self, i: int) -> dict[str, Any]:
         """All the responses of prompt ``i`` as lists (the keys of :class:`PopeCollator`)."""
         self._require_tokens()
