@@ -402,7 +402,7 @@ def test_output_dir_of_an_earlier_run_is_refused_unless_overwrite(tmp_path, tok)
     tr = trainer(out, tok, max_steps=1, overwrite=True)
     tr.train()
     assert sorted(p.name for p in out.iterdir()) == [
-        "checkpoint-1", "final", "metrics.jsonl", "notes.txt"
+        "checkpoint-1", "final", "metrics.jsonl", "notes.txt", "summary.json"
     ]
     assert (out / "notes.txt").read_text() == "mine"  # not ours: kept
     assert [r["step"] for r in metric_rows(out)] == [1]

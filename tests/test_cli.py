@@ -424,7 +424,7 @@ def test_train_then_evaluate(tmp_path, models, scored_log, capsys):
     out_dir = tmp_path / "run"
     code, stdout, err = run(
         ["train", "--logs", logs, "--policy", models["logging"], "--logging-model",
-         models["logging"], "--output-dir", out_dir, "--max-steps", "3", "--lr", "1e-3",
+         models["logging"], "--output-dir", out_dir, "--max-steps", "3", "--learning-rate", "1e-3",
          "--no-progress"],
         capsys,
     )
@@ -582,7 +582,8 @@ def test_demo_out_of_an_earlier_demo_is_refused(tmp_path, capsys):
 
 def _train_argv(logs, models, out, *extra):
     return ["train", "--logs", logs, "--policy", models["logging"], "--output-dir", out,
-            "--max-steps", "4", "--save-every", "2", "--lr", "1e-3", "--no-progress", *extra]
+            "--max-steps", "4", "--save-steps", "2", "--learning-rate", "1e-3", "--no-progress",
+            *extra]
 
 
 def test_train_refuses_an_earlier_run_unless_resume_or_overwrite(tmp_path, models, scored_log,
@@ -608,7 +609,8 @@ def test_train_refuses_an_earlier_run_unless_resume_or_overwrite(tmp_path, model
     code, _, err = run(_train_argv(logs, models, out, "--overwrite", "--max-steps", "1"),
                        capsys)
     assert code == 0, err
-    assert sorted(p.name for p in out.iterdir()) == ["checkpoint-1", "final", "metrics.jsonl"]
+    assert sorted(p.name for p in out.iterdir()) == ["aspect_model.json", "checkpoint-1", "final",
+                                                     "metrics.jsonl", "summary.json"]
 
 
 def _weights(path):

@@ -108,7 +108,8 @@ def cfg(tmp_path, **kw):
 
 def test_dataset_groups_by_prompt_and_collates_response_only_labels(tok):
     recs = make_records(log_logging=-np.arange(1.0, 13.0))
-    ds = PopeDataset.from_records(recs).tokenize(tok, add_eos=True)
+    ds = PopeDataset.from_records(recs, reward_normalization="none").tokenize(
+        tok, add_eos=True)
     assert ds.n_prompts == 4 and ds.n_responses == 12 and len(ds) == 4
     # grouping: order of first appearance; rows keep their input order within a prompt
     first = list(dict.fromkeys(r["prompt_id"] for r in recs))
@@ -149,7 +150,11 @@ def test_reward_normalization_and_soft_aspects(tok):
         lo, hi = ds.prompt_ptr[i], ds.prompt_ptr[i + 1]
         assert ds.rewards[lo:hi].max() == pytest.approx(1.0)
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
-        PopeDataset.from_records(recs)
+        PopeDataset.from_records(recs, reward_normalization="none")
+    # the default is "max", as in pope.evaluate and the CLI: raw votes need no option
+    np.testing.assert_array_equal(PopeDataset.from_records(recs).rewards, ds.rewards)
+    ex = [TrainingExample(**r) for r in recs]
+    np.testing.assert_array_equal(PopeDataset.from_examples(ex).rewards, ds.rewards)
 
 
 @pytest.mark.parametrize(
@@ -276,7 +281,9 @@ def test_reference_model_initial_fills_logging_and_weights_start_at_one(tok, tmp
     ds = PopeDataset.from_records(make_records())
     tr = OffPolicyTrainer(model, tok, ds, cfg(tmp_path), reference_model="initial")
     prompts = [ds.prompts[i] for i in ds.prompt_index]
-    direct = score_responses(model, tok, prompts, ds.responses, add_eos=True, progress=False)
+    # defaults on both sides: the trainer tokenises what score_responses (pope evaluate,
+    # pope score) scores, so the policy at step 0 has weights exactly 1
+    direct = score_responses(model, tok, prompts, ds.responses, progress=False)
     np.testing.assert_allclose(ds.log_logging, direct, rtol=1e-6)
     m = tr.evaluate()
     assert m["ess"] == pytest.approx(ds.n_responses, rel=1e-4)
@@ -376,7 +383,7 @@ def test_checkpoint_resume_reproduces_the_next_step_exactly(tok, tmp_path):
 
 def test_gradient_accumulation_equals_one_big_batch(tok, tmp_path):
     recs = make_records(n_prompts=4, k=3, seed=2)
-    small = cfg(tmp_path, token_budget=60, grad_accum_steps=2, max_steps=1, max_grad_norm=None)
+    small = cfg(tmp_path, token_budget=30, grad_accum_steps=2, max_steps=1, max_grad_norm=None)
     big = cfg(tmp_path, token_budget=4096, grad_accum_steps=1, max_steps=1, max_grad_norm=None)
     grads = []
     for conf in (small, big):

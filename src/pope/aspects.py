@@ -10,27 +10,42 @@ embedding model directory, and a seeded k-means with ``C`` clusters assigns each
 
 k-means is implemented here in numpy (k-means++ seeding, Lloyd iterations, best of
 ``n_init`` restarts), so results depend only on the seed, not on optional packages.
+
+An :class:`AspectModel` is what assigns aspects, saved as JSON (never pickled) so that
+training, evaluation and held-out numbers use one clustering: the k-means centres with the
+embedding source (a column name, or a local embedding model directory), or the label
+names. :func:`aspect_table` describes the aspects of an evaluation: sizes, the coverage of
+the logging and the target policy per aspect, and representative responses.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 __all__ = [
+    "ASPECT_MODEL_FORMAT",
     "AspectAssignment",
+    "AspectModel",
     "KMeansResult",
+    "aspect_table",
     "assign_aspects",
     "embed_texts",
+    "format_aspect_table",
     "kmeans",
     "load_embeddings",
     "soft_assign",
 ]
+
+#: The ``format`` field of a saved :class:`AspectModel`.
+ASPECT_MODEL_FORMAT = "pope-aspect-model"
 
 
 @dataclass(frozen=True)
@@ -321,3 +336,227 @@ def embed_texts(
     if not out:
         return np.zeros((0, 0))
     return np.concatenate(out)
+
+
+# ----------------------------------------------------------------------------- saved model
+@dataclass(frozen=True)
+class AspectModel:
+    """How aspects were assigned, to be applied again to other logs.
+
+    Attributes
+    ----------
+    kind : {"kmeans", "labels", "none"}
+    n_aspects : int
+        ``C``.
+    centers : (C, D) float64 array, optional
+        k-means centres (``kind="kmeans"``).
+    names : list of str, optional
+        Aspect label names (code ``c`` is ``names[c]``), when the labels are text.
+    embedding : dict
+        Where embeddings come from for ``kind="kmeans"``: ``{"source": "column", "column":
+        NAME}``, ``{"source": "model", "model": DIR}`` or ``{"source": "npy"}`` (a file
+        aligned with one log only: another log needs its own file).
+    soft, temperature, seed
+        The assignment options (:func:`assign_aspects`).
+    """
+
+    kind: str
+    n_aspects: int
+    centers: np.ndarray | None = None
+    names: list[str] | None = None
+    embedding: dict[str, Any] = field(default_factory=dict)
+    soft: bool = False
+    temperature: float = 1.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("kmeans", "labels", "none"):
+            raise ValueError(f"aspect model kind must be kmeans, labels or none, got {self.kind!r}")
+        c = self.n_aspects
+        if not isinstance(c, (int, np.integer)) or isinstance(c, bool) or c < 1:
+            raise ValueError(f"aspect model n_aspects must be an int >= 1, got {c!r}")
+        if self.kind == "kmeans":
+            if self.centers is None:
+                raise ValueError("a k-means aspect model needs centers")
+            cen = np.asarray(self.centers, dtype=np.float64)
+            if cen.ndim != 2 or cen.shape[0] != c or not np.isfinite(cen).all():
+                raise ValueError(f"aspect model centers must be a finite ({c}, D) array, got "
+                                 f"shape {cen.shape}")
+            object.__setattr__(self, "centers", cen)
+        if self.names is not None:
+            if len(self.names) != c or not all(isinstance(n, str) for n in self.names):
+                raise ValueError(f"aspect model names must be {c} strings")
+            object.__setattr__(self, "names", list(self.names))
+        if not (isinstance(self.temperature, (int, float)) and self.temperature > 0):
+            raise ValueError(f"aspect model temperature must be > 0, got {self.temperature!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (what :meth:`save` writes)."""
+        return {
+            "format": ASPECT_MODEL_FORMAT,
+            "version": 1,
+            "kind": self.kind,
+            "n_aspects": int(self.n_aspects),
+            "centers": None if self.centers is None else self.centers.tolist(),
+            "names": self.names,
+            "embedding": dict(self.embedding),
+            "soft": bool(self.soft),
+            "temperature": float(self.temperature),
+            "seed": int(self.seed),
+        }
+
+    def save(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
+        """Write the model as JSON (floats round-trip exactly); an existing file only with
+        ``overwrite``. Written to a temporary name and renamed."""
+        p = Path(path)
+        if p.exists() and not overwrite:
+            raise FileExistsError(f"{p} exists; pass overwrite=True (--overwrite) to replace it")
+        tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}")
+        try:
+            tmp.write_text(json.dumps(self.to_dict(), indent=1) + "\n")
+            os.replace(tmp, p)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return p
+
+    @classmethod
+    def from_dict(cls, d: Any, source: str = "aspect model") -> AspectModel:
+        """Check and build from :meth:`to_dict` output (plain JSON values only)."""
+        if not isinstance(d, dict) or d.get("format") != ASPECT_MODEL_FORMAT:
+            raise ValueError(f"{source}: not a pope aspect model (format {ASPECT_MODEL_FORMAT!r})")
+        if d.get("version") != 1:
+            raise ValueError(f"{source}: unsupported aspect model version {d.get('version')!r}")
+        emb = d.get("embedding") or {}
+        if not isinstance(emb, dict) or not all(
+            isinstance(v, (str, type(None))) for v in emb.values()
+        ):
+            raise ValueError(f"{source}: 'embedding' must map names to strings")
+        try:
+            return cls(
+                kind=d.get("kind"), n_aspects=d.get("n_aspects"),
+                centers=None if d.get("centers") is None else np.asarray(d["centers"], float),
+                names=d.get("names"), embedding=emb, soft=bool(d.get("soft", False)),
+                temperature=d.get("temperature", 1.0), seed=int(d.get("seed", 0)),
+            )
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{source}: {e}") from e
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> AspectModel:
+        """Read a model written by :meth:`save` (JSON; nothing in it is executed)."""
+        p = Path(path)
+        if not p.is_file():
+            raise FileNotFoundError(f"aspect model file not found: {p}")
+        try:
+            d = json.loads(p.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"{p}: not a JSON aspect model ({e})") from e
+        return cls.from_dict(d, str(p))
+
+    def assign(self, embeddings: Any) -> AspectAssignment:
+        """Aspects of new responses from their embeddings with the saved centres."""
+        if self.kind != "kmeans":
+            raise ValueError(f"assign needs a k-means aspect model, this one is {self.kind!r}")
+        x = np.asarray(embeddings, dtype=np.float64)
+        if x.ndim != 2 or x.shape[1] != self.centers.shape[1]:  # type: ignore[union-attr]
+            raise ValueError(f"embeddings of shape {x.shape} do not match the aspect model's "
+                             f"dimension {self.centers.shape[1]}")  # type: ignore[union-attr]
+        return assign_aspects(x, self.n_aspects, centers=self.centers, soft=self.soft,
+                              temperature=self.temperature)
+
+
+def aspect_table(
+    aspect: Any,
+    aspect_probs: Any,
+    prompt_ptr: Any,
+    p_target: Any,
+    responses: Sequence[str] | None,
+    *,
+    names: Sequence[Any] | None = None,
+    embeddings: Any = None,
+    centers: Any = None,
+    n_examples: int = 3,
+) -> list[dict[str, Any]]:
+    r"""One row per aspect: size, logging vs target coverage, representative responses.
+
+    With :math:`q_{ik}` the aspect row of response ``k`` of prompt ``i`` (one-hot for hard
+    labels), the logging coverage of aspect ``c`` is the mean over prompts of the share of
+    logged responses in it, :math:`\bar p_0(c) = \frac1n\sum_i \frac1{K_i}\sum_k q_{ikc}`, and
+    the target coverage the mean of the per-prompt plug-in target coverage
+    :math:`\bar p_\theta(c) = \frac1n\sum_i \hat p_\theta(c\mid x_i)` over the same prompts
+    (both sum to 1 over the aspects). ``size`` is :math:`\sum_{ik} q_{ikc}` (responses).
+
+    Parameters
+    ----------
+    aspect : (N,) int or None;  aspect_probs : (N, C) float or None
+    prompt_ptr : (n+1,) int
+    p_target : (n, C) float or None
+        Plug-in target coverage per prompt (:attr:`pope.PopeEstimate.p_hat`).
+    responses : sequence of str, optional
+        Response texts in the same (grouped) order.
+    names : aspect names, optional
+    embeddings, centers : optional
+        With both, representatives are the responses nearest to each centre; otherwise the
+        first distinct responses of the aspect (largest :math:`q_{ikc}` for soft rows).
+    n_examples : int
+        Representatives per aspect.
+    """
+    ptr = np.asarray(prompt_ptr, dtype=np.int64)
+    counts = np.diff(ptr)
+    if aspect_probs is not None:
+        q = np.asarray(aspect_probs, dtype=np.float64)
+    else:
+        a = np.asarray(aspect, dtype=np.int64)
+        c = len(names) if names is not None else (int(a.max()) + 1 if a.size else 1)
+        if p_target is not None:
+            c = max(c, np.asarray(p_target).shape[1])
+        q = np.zeros((a.shape[0], c))
+        q[np.arange(a.shape[0]), a] = 1.0
+    n_c = q.shape[1]
+    keep = counts > 0
+    seg = np.repeat(np.arange(len(counts)), counts)
+    per_prompt = np.zeros((len(counts), n_c))
+    np.add.at(per_prompt, seg, q)
+    per_prompt[keep] /= counts[keep, None]
+    p0 = per_prompt[keep].mean(axis=0) if keep.any() else np.full(n_c, math.nan)
+    pt = None
+    if p_target is not None:
+        pt_arr = np.asarray(p_target, dtype=np.float64)
+        pt = pt_arr[keep].mean(axis=0) if keep.any() else np.full(n_c, math.nan)
+    rows = []
+    for c in range(n_c):
+        if embeddings is not None and centers is not None:
+            d = _sq_dists(np.asarray(embeddings, np.float64),
+                          np.asarray(centers, np.float64)[c : c + 1])[:, 0]
+            order = np.argsort(d + np.where(q[:, c] > 0, 0.0, np.inf), kind="stable")
+        else:
+            order = np.argsort(-q[:, c], kind="stable")
+        ex: list[str] = []
+        if responses is not None:
+            for j in order:
+                if q[j, c] <= 0 or len(ex) >= n_examples:
+                    break
+                if responses[j] not in ex:
+                    ex.append(responses[j])
+        rows.append({
+            "aspect": c,
+            "name": None if names is None or c >= len(names) else str(names[c]),
+            "size": float(q[:, c].sum()),
+            "logging_coverage": float(p0[c]),
+            "target_coverage": None if pt is None else float(pt[c]),
+            "examples": ex,
+        })
+    return rows
+
+
+def format_aspect_table(rows: Sequence[dict[str, Any]], width: int = 48) -> str:
+    """The rows of :func:`aspect_table` as aligned text."""
+    head = f"{'aspect':<16} {'size':>8} {'logging':>8} {'target':>8}  examples"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        label = r["name"] if r["name"] is not None else str(r["aspect"])
+        tgt = "-" if r["target_coverage"] is None else f"{r['target_coverage']:.3f}"
+        ex = " | ".join(e if len(e) <= width else e[: width - 3] + "..." for e in r["examples"])
+        lines.append(f"{label[:16]:<16} {r['size']:>8.4g} {r['logging_coverage']:>8.3f} "
+                     f"{tgt:>8}  {ex}")
+    return "\n".join(lines)

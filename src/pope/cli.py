@@ -181,8 +181,11 @@ def _add_evaluate(sub: Any) -> None:
     g.add_argument("--out", metavar="FILE",
                    help="write the results as JSON (an existing file only with --overwrite; "
                         "never one of the inputs)")
+    g.add_argument("--save-aspect-model", metavar="FILE",
+                   help="write the aspect model (k-means centres or label names, JSON) to "
+                        "reuse with --aspect-model on other logs")
     g.add_argument("--overwrite", action="store_true",
-                   help="replace an existing --out file")
+                   help="replace an existing --out / --save-aspect-model file")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
     g.add_argument("-q", "--quiet", action="store_true",
                    help="print only the table and warnings")
@@ -232,7 +235,13 @@ def _spec_from_args(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
             f"--aspects-from {src!r}: expected 'labels', 'column[:NAME]', a .npy file, a model "
             "directory or 'none'"
         )
-    if kw["aspects"] in ("embedding", "npy", "model") and not args.n_aspects:
+    names = None
+    if args.aspect_names:
+        names = tuple(s.strip() for s in args.aspect_names.split(",") if s.strip())
+    n_aspects = args.n_aspects
+    if args.aspect_model:
+        names, n_aspects = _apply_aspect_model(args, kw, names)
+    if kw["aspects"] in ("embedding", "npy", "model") and not n_aspects:
         raise UsageError("--aspects-from with embeddings needs --n-aspects C (k-means clusters)")
     for name, path in (("--policy", args.policy), ("--logging-model", args.logging_model),
                        ("--reference-model", args.reference_model)):
@@ -246,9 +255,6 @@ def _spec_from_args(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
     _check_device(args.device)
     if args.ci == "bootstrap" and args.chunk_rows:
         raise UsageError("--ci bootstrap needs the whole log in memory (drop --chunk-rows)")
-    names = None
-    if args.aspect_names:
-        names = tuple(s.strip() for s in args.aspect_names.split(",") if s.strip())
     spec = EvalSpec(
         lam=args.lam,
         reward_normalization=args.reward_normalization,
@@ -270,7 +276,7 @@ def _spec_from_args(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
         chat_template=args.chat_template,
         add_eos=args.add_eos,
         head=args.head,
-        n_aspects=args.n_aspects,
+        n_aspects=n_aspects,
         aspect_names=names,
         soft_aspects=args.soft_aspects,
         temperature=args.temperature,
@@ -281,6 +287,78 @@ def _spec_from_args(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
         **kw,
     )
     return spec, {"ci": args.ci}
+
+
+def _apply_aspect_model(args: argparse.Namespace, kw: dict[str, Any],
+                        names: tuple[str, ...] | None) -> tuple[Any, int | None]:
+    """Fold ``--aspect-model`` into the spec keywords ``kw``; returns (aspect names, C)."""
+    from pope.aspects import AspectModel
+
+    try:
+        am = AspectModel.load(args.aspect_model)
+    except (OSError, ValueError) as e:
+        raise UsageError(f"--aspect-model: {e}") from e
+    if args.n_aspects and args.n_aspects != am.n_aspects:
+        raise UsageError(f"--n-aspects {args.n_aspects} differs from the --aspect-model's "
+                         f"{am.n_aspects} aspects")
+    if kw["aspects"] in ("embedding", "npy", "model"):
+        if am.kind != "kmeans":
+            raise UsageError(f"--aspect-model holds {am.kind!r} aspects, not k-means centres; "
+                             "use it with --aspects-from labels")
+        kw["centers"] = am.centers
+        return names, am.n_aspects
+    if kw["aspects"] == "labels":
+        if am.kind == "kmeans":
+            raise UsageError("--aspect-model holds k-means centres: give --aspects-from with "
+                             "the same embedding source (column, model directory)")
+        if am.kind == "labels":
+            if names is not None and am.names is not None and list(names) != am.names:
+                raise UsageError(f"--aspect-names {list(names)} differ from the --aspect-model's "
+                                 f"{am.names}")
+            if am.names is not None:
+                return tuple(am.names), None
+            return names, am.n_aspects
+    return names, args.n_aspects
+
+
+def _aspect_model_of(result: Any) -> Any:
+    """The :class:`pope.aspects.AspectModel` of an evaluation (what assigned its aspects)."""
+    from pope.aspects import AspectModel
+
+    spec = result.spec
+    fb = result.prepared.feedback if result.prepared is not None else None
+    c = int(spec.n_aspects or (fb.n_aspects if fb is not None else 1) or 1)
+    if spec.kmeans:
+        how: dict[str, Any] = {"source": {"embedding": "column", "npy": "npy",
+                                          "model": "model"}[spec.aspects]}
+        if spec.aspects == "embedding":
+            how["column"] = spec.columns.embedding
+        if spec.aspects == "model":
+            how["model"] = str(spec.embedding_model)
+        return AspectModel("kmeans", c, centers=spec.centers, embedding=how,
+                           soft=spec.soft_aspects, temperature=spec.temperature, seed=spec.seed)
+    if fb is not None and fb.n_aspects == 1 and spec.aspects != "labels":
+        return AspectModel("none", 1)
+    names = None if spec.aspect_names is None else [str(n) for n in spec.aspect_names]
+    if names is not None:
+        c = len(names)
+    return AspectModel("labels" if spec.aspects == "labels" else "none", c, names=names)
+
+
+def _aspect_rows(result: Any) -> list[dict[str, Any]]:
+    """The per-aspect table of an in-memory evaluation (:func:`pope.aspects.aspect_table`)."""
+    from pope.aspects import aspect_table
+
+    prep = result.prepared
+    if prep is None:
+        return []
+    fb = prep.feedback
+    emb = None if prep.embeddings is None else prep.embeddings[fb.row_index]
+    responses = None if prep.data.response is None else [prep.data.response[j]
+                                                         for j in fb.row_index]
+    names = result.spec.aspect_names
+    return aspect_table(fb.aspect, fb.aspect_probs, fb.prompt_ptr, result.pope.p_hat,
+                        responses, names=names, embeddings=emb, centers=result.spec.centers)
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
@@ -296,6 +374,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             inputs.append(args.aspects_from)
         _check_out_file(args.out, args.logs, [i for i in inputs if i],
                         overwrite=args.overwrite)
+    if args.save_aspect_model:
+        _check_out_file(args.save_aspect_model, args.logs,
+                        [i for i in (args.out, args.aspect_model) if i], overwrite=args.overwrite)
     _quiet_libraries()
     logs, fmt = resolve_logs(args.logs, args.format, args.split)
     with _unhashable_ids_are_bad_input():
@@ -324,6 +405,13 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
               + (f" (C={spec.n_aspects})" if spec.n_aspects else ""))
         print()
     print(result.table(method=opts["ci"]))
+    aspects = _aspect_rows(result)
+    if aspects and not args.quiet and len(aspects) > 1:
+        from pope.aspects import format_aspect_table
+
+        print("\nper aspect (coverage: mean over prompts of the share of each aspect; logging: "
+              "the logged responses, target: the policy's plug-in estimate)")
+        print(format_aspect_table(aspects))
     if not args.quiet:
         print(f"\npropensities: {prop['source']}. {prop['meaning']}")
     warnings = result.warnings(args.ess_warning) + prop["warnings"]
@@ -334,9 +422,16 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         out["logs"] = str(args.logs)
         out["propensity"] = {k: v for k, v in prop.items() if k != "warnings"}
         out["warnings"] = out["warnings"] + prop["warnings"]
+        out["aspects"] = {"model": _aspect_model_of(result).to_dict(), "table": aspects}
+        if result.pope.log_weight is not None and len(result.pope.log_weight) <= 200_000:
+            out["log_weights"] = [float(v) for v in result.pope.log_weight]
         _write_text_atomic(Path(args.out), json.dumps(out, indent=2, allow_nan=False) + "\n")
         if not args.quiet:
             print(f"\nresults written to {args.out}")
+    if args.save_aspect_model:
+        _aspect_model_of(result).save(args.save_aspect_model, overwrite=args.overwrite)
+        if not args.quiet:
+            print(f"aspect model written to {args.save_aspect_model}")
     return 0
 
 
@@ -413,23 +508,6 @@ def _quiet_libraries() -> None:
 
 
 # ----------------------------------------------------------------------------- train
-TRAIN_EXAMPLES = """\
-examples:
-  # logged log-probs in the file; aspects from the 'aspect' column
-  pope train --logs logs.parquet --policy ./base --output-dir ./aligned --lambda 0.5
-
-  # no logged log-probs: the logging model scores them once before training
-  pope train --logs logs.jsonl --policy ./base --logging-model ./base --output-dir ./out \\
-      --epochs 2 --lr 1e-5 --clip 5
-
-  # resume the latest checkpoint in the output directory
-  pope train --logs logs.parquet --policy ./base --output-dir ./aligned --resume latest
-
-The trained model and tokenizer are saved to OUTPUT_DIR/final; metrics go to
-OUTPUT_DIR/metrics.jsonl (one JSON row per step).
-"""
-
-
 def _add_aspect_args(g: Any) -> None:
     g.add_argument("--aspects-from", default="labels", metavar="SOURCE",
                    help="'labels' (the aspect / aspect_probs column), 'column[:NAME]' "
@@ -444,6 +522,10 @@ def _add_aspect_args(g: Any) -> None:
     g.add_argument("--temperature", type=_positive_float, default=1.0,
                    help="temperature of the soft assignment")
     g.add_argument("--seed", type=int, default=0, help="seed (k-means; training)")
+    g.add_argument("--aspect-model", metavar="FILE",
+                   help="reuse a saved aspect model (aspect_model.json of pope train, or "
+                        "--save-aspect-model of pope evaluate): its k-means centres instead of "
+                        "refitting, so numbers on other logs use the same clustering")
 
 
 def _add_input_args(g: Any) -> None:
@@ -465,241 +547,20 @@ def _add_input_args(g: Any) -> None:
 
 
 def _add_train(sub: Any) -> None:
+    from pope import train_cli
+
     p = sub.add_parser(
         "train",
         help="off-policy POPE training of a policy on logs",
         description=(
             "Fine-tune a causal LM to maximise the estimated POPE value\n"
             "(relevance + lambda * diversity) on logged responses only\n"
-            "(pope.train.OffPolicyTrainer)."
+            "(pope.train.OffPolicyTrainer), watching the importance weights."
         ),
-        epilog=TRAIN_EXAMPLES,
+        epilog=train_cli.TRAIN_EXAMPLES,
         formatter_class=_Formatter,
     )
-    _add_input_args(p.add_argument_group("input"))
-    g = p.add_argument_group("models")
-    g.add_argument("--policy", required=True, metavar="MODEL_DIR",
-                   help="initial policy (local causal LM directory), trained in place")
-    g.add_argument("--logging-model", metavar="MODEL_DIR",
-                   help="score the logging log-probs with this model instead of the log's "
-                        "log_logging column")
-    g.add_argument("--output-dir", required=True, metavar="DIR",
-                   help="checkpoints, metrics.jsonl and the final model (DIR/final)")
-    g.add_argument("--resume", metavar="CHECKPOINT",
-                   help="resume from a checkpoint directory, or 'latest' (the newest complete "
-                        "checkpoint in --output-dir)")
-    g.add_argument("--overwrite", action="store_true",
-                   help="delete an earlier run's files in --output-dir (metrics.jsonl, "
-                        "checkpoint-N, final) and start afresh; without it (or --resume) such "
-                        "a directory is refused")
-    g.add_argument("--device", help="default: cuda if available, else cpu")
-    g.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"],
-                   default="float32", help="model dtype while training")
-    g.add_argument("--chat-template", action="store_true",
-                   help="format prompts with the tokenizer's chat template")
-    g.add_argument("--add-eos", action="store_true",
-                   help="score an EOS token after each response (must match how the logged "
-                        "log-probs were computed)")
-    g = p.add_argument_group("objective")
-    g.add_argument("--lambda", dest="lam", type=_nonneg_float, default=1.0, metavar="L")
-    g.add_argument("--reward-normalization",
-                   choices=["max", "log1p", "rank", "global_max", "none"], default="max")
-    g.add_argument("--weighting", choices=["sequence", "token_mean"], default="sequence")
-    g.add_argument("--clip", type=_positive_float, metavar="M", help="truncate weights at M")
-    g.add_argument("--ppo-eps", type=_positive_float, metavar="EPS",
-                   help="PPO-style ratio clipping to [1-EPS, 1+EPS]")
-    g.add_argument("--beta", type=_nonneg_float, default=0.0,
-                   help="KL penalty to the initial policy")
-    g = p.add_argument_group("optimisation")
-    g.add_argument("--lr", type=_positive_float, default=1e-5)
-    g.add_argument("--epochs", type=_positive_float, default=1.0)
-    g.add_argument("--max-steps", type=_positive_int, metavar="N")
-    g.add_argument("--batch-tokens", type=_positive_int, default=8192, metavar="N",
-                   help="padded tokens per micro-batch (all responses of a prompt together)")
-    g.add_argument("--grad-accum-steps", type=_positive_int, default=1)
-    g.add_argument("--warmup-steps", type=int, default=0)
-    g.add_argument("--save-every", type=_positive_int, metavar="STEPS")
-    g.add_argument("--no-progress", action="store_true")
-    _add_aspect_args(p.add_argument_group("aspects"))
-    p.set_defaults(func=_cmd_train)
-
-
-def _train_aspects(data: Any, args: argparse.Namespace) -> dict[str, Any]:
-    """``aspect``/``aspect_probs``/``num_aspects`` for the training set."""
-    import numpy as np
-
-    from pope.aspects import assign_aspects, embed_texts, load_embeddings
-
-    src = args.aspects_from
-    if src == "labels":
-        if data.aspect_probs is not None:
-            return {"aspect_probs": data.aspect_probs, "num_aspects": data.n_aspects}
-        if data.aspect is None:
-            raise UsageError(
-                "the log has no aspect column: use --aspects-from with embeddings (and "
-                "--n-aspects) or --aspects-from none"
-            )
-        return {"aspect": data.aspect, "num_aspects": data.n_aspects}
-    if src == "none":
-        return {"aspect": np.zeros(len(data), dtype=np.int64), "num_aspects": 1}
-    if not args.n_aspects:
-        raise UsageError("--aspects-from with embeddings needs --n-aspects C (k-means clusters)")
-    if src == "column" or src.startswith("column:"):
-        if data.embedding is None:
-            raise UsageError("--aspects-from column: the log has no embedding column")
-        emb = data.embedding
-    elif src.endswith(".npy"):
-        emb = load_embeddings(src)[data.rows]
-    elif Path(src).is_dir():
-        emb = embed_texts(data.response, src, device=args.device)
-    else:
-        raise UsageError(
-            f"--aspects-from {src!r}: expected 'labels', 'column[:NAME]', a .npy file, a model "
-            "directory or 'none'"
-        )
-    a = assign_aspects(emb, args.n_aspects, seed=args.seed, soft=args.soft_aspects,
-                       temperature=args.temperature)
-    if args.soft_aspects:
-        return {"aspect_probs": a.probs, "num_aspects": args.n_aspects}
-    return {"aspect": a.labels, "num_aspects": args.n_aspects}
-
-
-def _check_output_dir(args: argparse.Namespace) -> None:
-    """``--output-dir`` of an earlier run: refused unless ``--resume`` or ``--overwrite``."""
-    from pope.checkpoint import run_files
-
-    out = Path(args.output_dir)
-    if args.resume and args.overwrite:
-        raise UsageError("--resume and --overwrite exclude each other")
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--output-dir {out} is a file, not a directory")
-    if args.resume or args.overwrite:
-        return
-    old = run_files(out, out / "metrics.jsonl")
-    if old:
-        names = ", ".join(p.name for p in old[:4]) + (", ..." if len(old) > 4 else "")
-        raise UsageError(
-            f"--output-dir {out} holds an earlier run ({names}); pass --resume latest to "
-            "continue it or --overwrite to replace it"
-        )
-
-
-@contextlib.contextmanager
-def _checkpoint_messages() -> Iterator[None]:
-    """Show which checkpoint a run resumes from, and the skipped broken ones, one line each."""
-    import logging
-    import warnings
-
-    from pope.train import CheckpointWarning
-
-    logger = logging.getLogger("pope.train")
-    handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    level = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    with warnings.catch_warnings():
-        shown = warnings.showwarning
-
-        def show(message: Any, category: type[Warning], *rest: Any, **kw: Any) -> None:
-            if issubclass(category, CheckpointWarning):
-                print(f"{PROG} train: warning: {message}", file=sys.stderr)
-            else:
-                shown(message, category, *rest, **kw)
-
-        warnings.showwarning = show
-        try:
-            yield
-        finally:
-            logger.removeHandler(handler)
-            logger.setLevel(level)
-
-
-def _cmd_train(args: argparse.Namespace) -> int:
-    from pope.io import load_logs
-    from pope.scoring import load_causal_lm
-    from pope.train import OffPolicyTrainer, PopeDataset, TrainConfig
-
-    _quiet_libraries()
-    for name, path in (("--policy", args.policy), ("--logging-model", args.logging_model)):
-        if path is not None and not Path(path).is_dir():
-            raise UsageError(f"{name}: model directory not found: {path}")
-    _check_device(args.device)
-    _check_output_dir(args)
-    columns = dict(args.column)
-    src = args.aspects_from
-    if src == "column" or src.startswith("column:"):
-        columns["embedding"] = src.split(":", 1)[1] if ":" in src else "embedding"
-    names = None
-    if args.aspect_names:
-        names = tuple(s.strip() for s in args.aspect_names.split(",") if s.strip())
-    from pope.readers import resolve_logs
-
-    logs, fmt = resolve_logs(args.logs, args.format, args.split)
-    with _unhashable_ids_are_bad_input():
-        data = load_logs(
-            logs,
-            columns=columns,
-            format=fmt,
-            split=args.split,
-            on_error=args.on_error,
-            require_log_logging=args.logging_model is None,
-            aspect_names=names,
-            n_aspects=args.n_aspects if src == "labels" else None,
-            use_aspects=src == "labels",
-        )
-    rep = data.report
-    print(f"rows read: {rep.n_rows}; bad rows skipped: {rep.n_bad}; training on {len(data)} "
-          "responses")
-    if rep.n_bad:
-        print(rep.summary())
-    if len(data) == 0:
-        raise UsageError("no valid rows to train on")
-    dataset = PopeDataset.from_arrays(
-        prompt_id=list(data.prompt_id),
-        prompt=data.prompt,
-        response=data.response,
-        reward=data.signal,
-        log_logging=None if args.logging_model else data.log_logging,
-        reward_normalization=args.reward_normalization,
-        **_train_aspects(data, args),
-    )
-    config = TrainConfig(
-        lr=args.lr,
-        epochs=args.epochs,
-        max_steps=args.max_steps,
-        token_budget=args.batch_tokens,
-        grad_accum_steps=args.grad_accum_steps,
-        warmup_steps=args.warmup_steps,
-        lam=args.lam,
-        clip=args.clip,
-        ppo_eps=args.ppo_eps,
-        weighting=args.weighting,
-        beta=args.beta,
-        add_eos=args.add_eos,
-        chat_template=args.chat_template,
-        seed=args.seed,
-        output_dir=args.output_dir,
-        save_every=args.save_every,
-        overwrite=args.overwrite,
-        progress=not args.no_progress,
-    )
-    model, tok = load_causal_lm(args.policy, device=args.device, dtype=args.dtype)
-    reference: Any = None
-    if args.logging_model:
-        reference, _ = load_causal_lm(args.logging_model, device=args.device, dtype=args.dtype)
-    elif args.beta > 0:
-        reference = "initial"
-    trainer = OffPolicyTrainer(model, tok, dataset, config, reference_model=reference)
-    with _checkpoint_messages():
-        result = trainer.train(resume_from=args.resume)
-    if result.history:
-        last = result.history[-1]
-        shown = ", ".join(f"{k}={last[k]:.4g}" for k in ("total", "relevance", "diversity",
-                                                          "ess", "loss") if k in last)
-        print(f"step {result.step}: {shown}")
-    print(f"model saved to {Path(args.output_dir) / 'final'}")
-    return 0
+    train_cli.add_arguments(p, sys.modules[__name__])
 
 
 # ----------------------------------------------------------------------------- score
@@ -715,6 +576,20 @@ def _add_score(sub: Any) -> None:
     )
     score_log.add_arguments(p, _column_arg)
     p.set_defaults(func=score_log.run)
+
+
+# ----------------------------------------------------------------------------- report
+def _add_report(sub: Any) -> None:
+    from pope import report
+
+    p = sub.add_parser(
+        "report", help="figures and a self-contained HTML page from pope evaluate results",
+        description=report.__doc__.split("\n\n", 1)[1].split("\n\nFiles of")[0],
+        epilog="example:\n  pope evaluate --logs logs.parquet --policy ./m --out res.json\n"
+               "  pope report res.json --out report/",
+        formatter_class=_Formatter,
+    )
+    report.add_arguments(p)
 
 
 # ----------------------------------------------------------------------------- demo
@@ -815,6 +690,7 @@ examples:
   pope evaluate --help
   pope train --logs logs.parquet --policy ./base --output-dir ./aligned
   pope score --logs trees.jsonl --format oasst --model ./base --out scored.parquet
+  pope report results.json --out report/
   pope demo
   pope bench
 
@@ -838,6 +714,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     _add_evaluate(sub)
     _add_train(sub)
     _add_score(sub)
+    _add_report(sub)
     argv_list = list(sys.argv[1:] if argv is None else argv)
     _add_demo(sub, load=bool(argv_list) and argv_list[0] == "demo")
     _add_bench(sub)

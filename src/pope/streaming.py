@@ -265,6 +265,7 @@ class Prepared:
     log_target: np.ndarray
     token_log_target: np.ndarray | None
     report: ValidationReport
+    embeddings: np.ndarray | None = None  # k-means aspects: the rows' embeddings (data order)
 
 
 def _embeddings(data: LogData, spec: EvalSpec, n_raw_rows: int | None = None) -> np.ndarray:
@@ -325,7 +326,8 @@ def _validate(frame: Any, spec: EvalSpec, row_offset: int) -> LogData:
             f"no target policy: give a policy model directory, or a column "
             f"{cols.log_target!r} with precomputed log pi_theta(y|x)"
         )
-    if spec.aspects == "labels" and data.aspect is None and data.aspect_probs is None:
+    if spec.aspects == "labels" and data.aspect is None and data.aspect_probs is None \
+            and spec.lam != 0:
         raise LogFormatError(
             f"no aspects: the log has no {cols.aspect!r} (or {cols.aspect_probs!r}) column; "
             "assign aspects from embeddings (k-means) or evaluate relevance only (no aspects)"
@@ -364,7 +366,7 @@ def prepare(
             )
         data = data.select(~np.isin(data.rows, report.bad_rows))
 
-    aspect = probs = None
+    aspect = probs = emb = None
     n_aspects = spec.n_aspects
     if spec.kmeans and len(data):
         from pope.aspects import assign_aspects
@@ -401,7 +403,9 @@ def prepare(
     if spec.signal_scale is not None:
         data = replace(data, signal=data.signal / spec.signal_scale if spec.signal_scale > 0
                        else np.zeros_like(data.signal))
-    if spec.aspects == "none":  # one aspect: the diversity is 0, the total is the relevance
+    no_labels = spec.aspects == "labels" and data.aspect is None and data.aspect_probs is None
+    if spec.aspects == "none" or (spec.lam == 0 and no_labels):
+        # one aspect: the diversity is 0, the total is the relevance (lambda = 0 needs none)
         aspect, probs, n_aspects = np.zeros(len(data), dtype=np.int64), None, 1
     fb = data.to_feedback(
         log_logging=log_logging,
@@ -423,7 +427,8 @@ def prepare(
                 "logging log-probs must come from the same tokenizer as the policy"
             )
         tt = np.concatenate(tl) if tl else np.zeros(0)
-    return Prepared(data=data, feedback=fb, log_target=lt, token_log_target=tt, report=report)
+    return Prepared(data=data, feedback=fb, log_target=lt, token_log_target=tt, report=report,
+                    embeddings=emb)
 
 
 # ----------------------------------------------------------------------------- estimates
@@ -561,6 +566,7 @@ class EvalResult:
     n_prompts: int
     n_responses: int
     spec: EvalSpec
+    prepared: Prepared | None = None  # in memory only: the rows behind the estimates
 
     def rows(self) -> list[tuple[str, Any]]:
         """``(label, Estimate)`` rows of the results table."""
@@ -807,6 +813,7 @@ def evaluate_logs(
         n_prompts=prep.feedback.n_prompts,
         n_responses=prep.feedback.n_responses,
         spec=spec,
+        prepared=prep,
     )
 
 

@@ -32,6 +32,7 @@ import logging
 import math
 import os
 import random
+import shutil
 import time
 import warnings
 from collections.abc import Callable, Hashable, Iterable, Sequence
@@ -59,6 +60,7 @@ from pope.data import RewardNormalization, normalize_signal
 from pope.distributed import dist_info
 from pope.objective import ObjectiveStats, PopeObjective, PopeOutput, shift_labels
 from pope.scoring import ContextLengthError, context_length, score_responses, tokenize_pairs
+from pope.train_monitor import REPORT_TO, WeightMonitor, make_reporter
 
 __all__ = [
     "CheckpointError",
@@ -114,6 +116,18 @@ class TrainConfig:
         ``log_every``, ``progress``; ``overwrite``: delete an earlier run's files in
         ``output_dir`` (metrics log, ``checkpoint-N``, ``final``) instead of refusing to
         train there (see :meth:`OffPolicyTrainer.train`).
+    Monitoring (:mod:`pope.train_monitor`)
+        ``ess_warning``: warn (:class:`~pope.train_monitor.WeightCollapseWarning`) when a step's
+        ESS is below this fraction of its sequences, or its mean weight leaves
+        ``[0.1, 10]``; ``min_ess_fraction``: stop training after ``ess_patience`` steps in a
+        row below this fraction (``None``: never); ``eval_every``: steps between held-out
+        evaluations (needs ``held_out=`` on the trainer; the last step is always evaluated);
+        ``final_eval``: after the last step, evaluate the final policy on the whole training
+        set (``TrainResult.final_metrics``); ``report_to``: ``"none"``, ``"tensorboard"`` or
+        ``"wandb"``.
+
+    ``add_eos`` defaults to ``False``, as everywhere in pope (scoring, ``pope score``,
+    ``pope evaluate``): logged log-probs and the policy's must score the same tokens.
     """
 
     lr: float = 1e-5
@@ -140,7 +154,7 @@ class TrainConfig:
     truncation: Literal["estimator", "gradient"] = "estimator"
     beta: float = 0.0
     max_length: int | None = None
-    add_eos: bool = True
+    add_eos: bool = False
     chat_template: bool = False
     lm_head: LMHead = "logits"
     disable_dropout: bool = True
@@ -153,6 +167,12 @@ class TrainConfig:
     log_file: str | None = None
     log_every: int = 1
     progress: bool = True
+    ess_warning: float = 0.1
+    min_ess_fraction: float | None = None
+    ess_patience: int = 1
+    eval_every: int | None = None
+    final_eval: bool = True
+    report_to: str = "none"
 
     def __post_init__(self) -> None:
         def positive(name: str, integer: bool = False, allow_none: bool = False) -> None:
@@ -173,6 +193,10 @@ class TrainConfig:
         positive("log_every", integer=True)
         positive("max_length", integer=True, allow_none=True)
         positive("max_grad_norm", allow_none=True)
+        positive("eval_every", integer=True, allow_none=True)
+        if self.report_to not in REPORT_TO:
+            raise ValueError(f"report_to must be one of {REPORT_TO}, got {self.report_to!r}")
+        self.monitor()  # validates the monitoring options
         if not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
             raise ValueError(f"warmup_steps must be an int >= 0, got {self.warmup_steps!r}")
         if not 0 <= self.min_lr_ratio <= 1:
@@ -200,6 +224,11 @@ class TrainConfig:
         )
         kw.update(overrides)
         return PopeObjective(**kw)
+
+    def monitor(self) -> WeightMonitor:
+        """The :class:`~pope.train_monitor.WeightMonitor` these settings describe."""
+        return WeightMonitor(warn_fraction=self.ess_warning,
+                             min_ess_fraction=self.min_ess_fraction, patience=self.ess_patience)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable settings."""
@@ -297,7 +326,7 @@ class PopeDataset(torch.utils.data.Dataset):
         aspect_probs: Any = None,
         num_aspects: int | None = None,
         log_logging: Any = None,
-        reward_normalization: RewardNormalization = "none",
+        reward_normalization: RewardNormalization = "max",
     ) -> PopeDataset:
         """Build from one entry per response (rows grouped by ``prompt_id``).
 
@@ -312,7 +341,9 @@ class PopeDataset(torch.utils.data.Dataset):
             ``C`` (default ``max(aspect) + 1`` or the width of ``aspect_probs``).
         log_logging : (N,) float, optional
             Sequence-level logging log-probs; NaN (or None) where unknown.
-        reward_normalization : {"none", "max", "log1p", "rank", "global_max"}
+        reward_normalization : {"max", "none", "log1p", "rank", "global_max"}
+            Default ``"max"`` (each signal over its prompt's maximum), as in
+            :func:`pope.evaluate` and the CLI; ``"none"`` for rewards already in [0, 1].
 
         Raises
         ------
@@ -398,7 +429,7 @@ class PopeDataset(torch.utils.data.Dataset):
         examples: Iterable[TrainingExample],
         *,
         num_aspects: int | None = None,
-        reward_normalization: RewardNormalization = "none",
+        reward_normalization: RewardNormalization = "max",
     ) -> PopeDataset:
         """Build from :class:`TrainingExample` objects (see :meth:`from_arrays`)."""
         ex = list(examples)
@@ -427,7 +458,7 @@ class PopeDataset(torch.utils.data.Dataset):
         records: Iterable[dict[str, Any]],
         *,
         num_aspects: int | None = None,
-        reward_normalization: RewardNormalization = "none",
+        reward_normalization: RewardNormalization = "max",
     ) -> PopeDataset:
         """Build from dicts with the fields of :class:`TrainingExample`."""
         names = {f.name for f in dataclasses.fields(TrainingExample)}
@@ -476,7 +507,7 @@ class PopeDataset(torch.utils.data.Dataset):
         tokenizer: Any,
         *,
         max_length: int | None = None,
-        add_eos: bool = True,
+        add_eos: bool = False,
         chat_template: bool = False,
     ) -> PopeDataset:
         """Tokenise every prompt + response pair (see :func:`pope.scoring.tokenize_pairs`).
@@ -488,6 +519,8 @@ class PopeDataset(torch.utils.data.Dataset):
             Context limit; a longer pair is an error (truncating a logged response would
             change its probability and break the importance weight).
         add_eos, chat_template : bool
+            ``add_eos=False`` by default, as in :func:`pope.scoring.score_responses`: the
+            logged log-probs and the policy's must cover the same tokens.
 
         Returns
         -------
@@ -578,6 +611,24 @@ class PopeDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return self.n_prompts
 
+    def to_hf_dataset(self) -> Any:
+        """The items as a ``datasets.Dataset`` (one row per prompt, the keys of
+        ``dataset[i]`` as list columns), for trainers that require one (TRL's): pass it as
+        ``train_dataset`` with ``data_collator=PopeCollator(...)`` (and, for TRL's
+        ``SFTTrainer``, ``SFTConfig(dataset_kwargs={"skip_prepare_dataset": True})``)."""
+        import datasets
+
+        def plain(v: Any) -> Any:
+            if isinstance(v, np.ndarray):
+                return v.tolist()
+            if isinstance(v, list):
+                return [plain(x) for x in v]
+            return v
+
+        return datasets.Dataset.from_list(
+            [{k: plain(v) for k, v in self[i].items()} for i in range(self.n_prompts)]
+        )
+
     def __getitem__(self, i: int) -> dict[str, Any]:
         """All the responses of prompt ``i`` as lists (the keys of :class:`PopeCollator`)."""
         self._require_tokens()
@@ -598,7 +649,9 @@ class PopeDataset(torch.utils.data.Dataset):
 
 
 # ============================================================================ batching
-def token_budget_batches(group_lengths: Sequence[np.ndarray], budget: int) -> list[list[int]]:
+def token_budget_batches(
+    group_lengths: Sequence[np.ndarray], budget: int, *, names: Sequence[Hashable] | None = None
+) -> list[list[int]]:
     """Pack whole groups (prompts) into batches of at most ``budget`` padded tokens.
 
     The padded size of a batch is ``(number of sequences) x (longest sequence)``. Groups are
@@ -610,6 +663,8 @@ def token_budget_batches(group_lengths: Sequence[np.ndarray], budget: int) -> li
     group_lengths : sequence of 1-d int arrays
         The sequence lengths of each group.
     budget : int
+    names : sequence, optional
+        The user's id of each group (the prompt ids), named in errors instead of positions.
 
     Returns
     -------
@@ -624,10 +679,11 @@ def token_budget_batches(group_lengths: Sequence[np.ndarray], budget: int) -> li
     sizes = [(len(g), int(np.max(g))) for g in group_lengths]
     for i, (k, m) in enumerate(sizes):
         if k * m > budget:
+            who = f"prompt {i}" if names is None else f"prompt_id {names[i]!r}"
             raise ValueError(
-                f"prompt {i} has {k} responses of up to {m} tokens ({k * m} padded tokens), more "
-                f"than token_budget={budget}; raise the budget (all the responses of a prompt "
-                "must share a batch)"
+                f"{who} has {k} responses of up to {m} tokens ({k * m} padded tokens), more "
+                f"than token_budget={budget} (--batch-tokens); raise the budget (all the "
+                "responses of a prompt must share a batch)"
             )
     order = sorted(range(len(sizes)), key=lambda i: (-sizes[i][1], i))
     batches: list[list[int]] = []
@@ -929,10 +985,54 @@ def _set_rng_state(st: Any, source: Path) -> None:
 
 @dataclass
 class TrainResult:
-    """What :meth:`OffPolicyTrainer.train` returns: the step reached and the logged rows."""
+    """What :meth:`OffPolicyTrainer.train` returns.
+
+    Attributes
+    ----------
+    step : int
+        The last optimizer step run.
+    history : list of dict
+        One metric row per step of this call (``metrics.jsonl`` holds those of every
+        ``log_every``-th step); each has ``ess_fraction`` and, at held-out evaluations,
+        ``eval/...`` keys.
+    epoch_metrics : list of dict
+        Per pass over the data (``epoch``, ``steps``, and the objective's metrics merged
+        over every micro-batch of the pass run in this call): the training estimates over
+        the whole epoch, not over the last micro-batch. The policy changes during a pass, so
+        these average over its steps (as a training loss does).
+    final_metrics : dict
+        The objective's estimates of the *final* policy over the whole training set (one
+        forward pass, no gradient; empty with ``final_eval=False``).
+    evaluations : list of dict
+        Held-out results (``EvalResult.to_dict()`` plus ``step``), in step order.
+    stop_reason : str or None
+        Why training stopped before ``total_steps`` (the ESS guard), else ``None``.
+    """
 
     step: int
     history: list[dict[str, float]] = field(default_factory=list)
+    epoch_metrics: list[dict[str, float]] = field(default_factory=list)
+    final_metrics: dict[str, float] = field(default_factory=dict)
+    evaluations: list[dict[str, Any]] = field(default_factory=list)
+    stop_reason: str | None = None
+
+    @property
+    def stopped_early(self) -> bool:
+        """Whether the ESS guard stopped training."""
+        return self.stop_reason is not None
+
+
+#: Files and directories a run writes into ``output_dir`` besides the metrics log,
+#: ``checkpoint-N`` and ``final``: held-out results, TensorBoard / wandb files, the summary.
+RUN_EXTRAS = ("eval", "runs", "wandb", "summary.json", "aspect_model.json")
+
+
+def run_outputs(output_dir: str | os.PathLike[str], log_file: str | os.PathLike[str]
+                ) -> list[Path]:
+    """Everything an earlier training run left in ``output_dir``
+    (:func:`pope.checkpoint.run_files` and :data:`RUN_EXTRAS`)."""
+    d = Path(output_dir)
+    return run_files(d, log_file) + [d / n for n in RUN_EXTRAS if (d / n).exists()]
 
 
 class OffPolicyTrainer:
@@ -951,6 +1051,10 @@ class OffPolicyTrainer:
         the per-token reference log-probs of the KL penalty (``beta > 0``). ``"initial"``:
         the policy itself before training. Required when the data lacks log-probs or
         ``beta > 0``.
+    held_out : pope.heldout.HeldOutEvaluator, optional
+        Held-out logs evaluated (as ``pope evaluate`` does) every ``config.eval_every`` steps
+        and at the last step; results in ``output_dir/eval/step-N.json``, in the metric rows
+        (``eval/...``) and in :attr:`TrainResult.evaluations`.
 
     Notes
     -----
@@ -970,8 +1074,10 @@ class OffPolicyTrainer:
         config: TrainConfig | None = None,
         *,
         reference_model: Any = None,
+        held_out: Any = None,
     ) -> None:
         self.config = config = config or TrainConfig()
+        self.held_out = held_out
         if not isinstance(dataset, PopeDataset):
             raise TypeError(f"dataset must be a PopeDataset, got {type(dataset).__name__}")
         self.tokenizer = tokenizer
@@ -1037,7 +1143,8 @@ class OffPolicyTrainer:
             lengths[dataset.prompt_ptr[i] : dataset.prompt_ptr[i + 1]]
             for i in range(dataset.n_prompts)
         ]
-        self.batches = token_budget_batches(groups, config.token_budget)
+        self.batches = token_budget_batches(groups, config.token_budget,
+                                            names=dataset.prompt_ids)
         self.batch_sizes = [int(sum(len(groups[g]) for g in b)) for b in self.batches]
         per_step = config.grad_accum_steps * self.dist.world_size
         if config.max_steps is not None:
@@ -1132,6 +1239,9 @@ class OffPolicyTrainer:
         self.step += 1
         if self.dist.enabled and self.objective.grad_reduction == "mean":
             loss_sum /= self.dist.world_size  # undo the DDP scaling: this rank's share
+        self.last_step_stats = dataclasses.replace(
+            stats, **{f.name: getattr(stats, f.name).detach()
+                      for f in dataclasses.fields(stats) if f.name != "lam"})
         row = {"step": self.step, "lr": lr, "loss": loss_sum}
         row.update(stats.metrics())
         row.update(grad_norm=grad_norm, tokens=tokens, seconds=time.perf_counter() - t0)
@@ -1189,12 +1299,15 @@ class OffPolicyTrainer:
             torch.manual_seed(self.config.seed)
             random.seed(self.config.seed)
             np.random.seed(self.config.seed)  # noqa: NPY002
-        history: list[dict[str, float]] = []
+        result = TrainResult(self.step)
         if self.is_main:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             if resume_from is not None:
                 _truncate_log(self.log_path, self.step)
+        monitor = self.config.monitor()
+        kind = self.config.report_to if self.is_main else "none"
+        reporter = make_reporter(kind, self.output_dir, self.config.to_dict())
         bar = tqdm(
             total=self.total_steps,
             initial=self.step,
@@ -1202,29 +1315,101 @@ class OffPolicyTrainer:
             unit="step",
             disable=not (self.config.progress and self.is_main),
         )
+        epochs: dict[int, list[Any]] = {}
         try:
             while self.step < self.total_steps:
+                epoch = self._epoch_of(self.step)
                 row = self.train_step()
-                history.append(row)
-                if self.is_main and (
-                    self.step % self.config.log_every == 0 or self.step == self.total_steps
+                acc = epochs.setdefault(epoch, [None, 0])
+                acc[0] = self.last_step_stats if acc[0] is None else acc[0] + self.last_step_stats
+                acc[1] += 1
+                stop = monitor.check(row)
+                if self.held_out is not None and (
+                    stop or self.step == self.total_steps
+                    or (self.config.eval_every and self.step % self.config.eval_every == 0)
                 ):
-                    with self.log_path.open("a") as f:
-                        f.write(json.dumps(row) + "\n")
+                    row.update(self._evaluate_held_out(result))
+                result.history.append(row)
+                self._log_row(row, reporter, force=stop or "eval/total" in row)
                 bar.update(1)
                 bar.set_postfix(
                     total=f"{row['total']:.4f}", ess=f"{row['ess']:.1f}", loss=f"{row['loss']:.4g}"
                 )
                 if self.config.save_every and self.step % self.config.save_every == 0:
                     self.save_checkpoint()
+                if stop:
+                    result.stop_reason = monitor.stop_reason
+                    _log.warning("%s", monitor.stop_reason)
+                    break
+            result.step = self.step
+            result.epoch_metrics = [
+                {"epoch": e, "steps": n, **st.metrics()} for e, (st, n) in sorted(epochs.items())
+            ]
+            if self.config.final_eval:
+                result.final_metrics = self.evaluate()
+                reporter.log({f"final/{k}": v for k, v in result.final_metrics.items()},
+                             self.step)
         finally:
             bar.close()
+            reporter.close()
         if self.config.save_final:
             if self._saved_step != self.step:  # the last checkpoint is written once
                 self.save_checkpoint()
             if self.is_main and hasattr(self.inner_model, "save_pretrained"):
                 write_directory(self.output_dir / "final", self._save_pretrained)
-        return TrainResult(self.step, history)
+        if self.is_main:
+            self._write_summary(result)
+        return result
+
+    def _epoch_of(self, step: int) -> int:
+        """The pass over the data that optimizer step ``step`` (0-based) starts in."""
+        per_step = self.config.grad_accum_steps * self.dist.world_size
+        return step * per_step // len(self.batches)
+
+    def _log_row(self, row: dict[str, float], reporter: Any, *, force: bool = False) -> None:
+        if not self.is_main:
+            return
+        if force or self.step % self.config.log_every == 0 or self.step == self.total_steps:
+            with self.log_path.open("a") as f:
+                f.write(json.dumps(_finite(row)) + "\n")
+        reporter.log(row, self.step)
+
+    def _evaluate_held_out(self, result: TrainResult) -> dict[str, float]:
+        """Evaluate the current policy on the held-out log; write ``eval/step-N.json``;
+        return the ``eval/...`` metrics of the row."""
+        res = self.held_out.evaluate(self.inner_model, self.tokenizer)
+        d = {"step": self.step, **res.to_dict(ess_fraction=self.config.ess_warning)}
+        result.evaluations.append(d)
+        if self.is_main:
+            out = self.output_dir / "eval"
+            out.mkdir(parents=True, exist_ok=True)
+            (out / f"step-{self.step}.json").write_text(
+                json.dumps(d, indent=2, allow_nan=False) + "\n")
+        row: dict[str, float] = {}
+        for name in ("relevance", "diversity", "total"):
+            e = d["pope"][name]
+            row[f"eval/{name}"] = e["value"]
+            row[f"eval/{name}_stderr"] = e["stderr"]
+        tot = d["pope"]["total"]
+        row.update({"eval/ci_lower": tot["ci_lower"], "eval/ci_upper": tot["ci_upper"],
+                    "eval/ess": tot["ess"], "eval/mean_weight": tot["mean_weight"],
+                    "eval/max_weight": tot["max_weight"], "eval/n": tot["n"]})
+        return {k: (float("nan") if v is None else float(v)) for k, v in row.items()}
+
+    def _write_summary(self, result: TrainResult) -> None:
+        """``output_dir/summary.json``: the whole-epoch and final metrics, the stop reason."""
+        summary = {
+            "step": result.step,
+            "total_steps": self.total_steps,
+            "stop_reason": result.stop_reason,
+            "epoch_metrics": result.epoch_metrics,
+            "final_metrics": result.final_metrics,
+            "evaluations": [e["step"] for e in result.evaluations],
+            "config": self.config.to_dict(),
+        }
+        tmp = self.output_dir / f".summary.json.tmp-{os.getpid()}"
+        tmp.write_text(json.dumps(_finite(summary), indent=2, allow_nan=False) + "\n")
+        os.replace(tmp, self.output_dir / "summary.json")
 
     def _save_pretrained(self, path: Path) -> None:
         self.inner_model.save_pretrained(path)
@@ -1233,7 +1418,7 @@ class OffPolicyTrainer:
 
     def _prepare_output_dir(self) -> None:
         """Refuse (or, with ``overwrite``, clear) the output of an earlier run."""
-        old = run_files(self.output_dir, self.log_path)
+        old = run_outputs(self.output_dir, self.log_path)
         if not old:
             return
         if not self.config.overwrite:
@@ -1243,6 +1428,12 @@ class OffPolicyTrainer:
                 "overwrite=True to replace it or resume_from='latest' to continue it"
             )
         clear_run_files(self.output_dir, self.log_path)
+        for name in RUN_EXTRAS:
+            p = self.output_dir / name
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+            elif p.exists() or p.is_symlink():
+                p.unlink()
 
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self, path: str | os.PathLike[str] | None = None) -> Path:
@@ -1387,6 +1578,17 @@ def _unpack_logprobs(
         flat = flat.cpu().numpy().astype(np.float64)
         ref = np.split(flat, np.cumsum(lens.cpu().numpy())[:-1])
     return ll.cpu().numpy().astype(np.float64), ref
+
+
+def _finite(obj: Any) -> Any:
+    """``obj`` with non-finite floats as ``None`` (strict JSON)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
 
 
 def _truncate_log(path: Path, step: int) -> None:
