@@ -381,3 +381,18 @@ def test_evaluate_rejects_bad_diversity_options(rng):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert comb(5, 2) == 10  # scipy import used by the brute force stays warning-free
+
+
+def test_lambda_zero_needs_no_aspects_and_outside_range_is_said(rng):
+    fb, lt = make_log(rng)
+    plain = pope.LoggedFeedback(prompt_ptr=fb.prompt_ptr, signal=fb.signal,
+                                log_logging=fb.log_logging)
+    res = pope.evaluate(plain, lt, lam=0.0)
+    assert res.diversity.value == 0.0
+    assert res.total.value == pytest.approx(pope.evaluate(fb, lt, lam=0.0).relevance.value)
+    with pytest.raises(ValueError, match="no aspects"):
+        pope.evaluate(plain, lt, lam=1.0)
+    from dataclasses import replace
+
+    e = replace(res.diversity, value=1.2, bias_bound=0.1)
+    assert "outside the range [0, 1]" in e.interval_note()

@@ -53,6 +53,9 @@ _LOG_MAX = float(np.log(np.finfo(np.float64).max))
 #: below this effective sample size (or fraction of the weights) the normal interval is widened
 LOW_ESS = 30.0
 LOW_ESS_FRACTION = 0.05
+#: pair estimates (Gini-Simpson): the pair-ESS fraction under which intervals under-covered
+#: (90-92% at 0.22-0.28 in bench/accuracy.py) and the floor applies
+LOW_PAIR_ESS_FRACTION = 0.3
 
 
 class InsufficientDataWarning(UserWarning):
@@ -252,6 +255,11 @@ class Estimate:
         The interval is simultaneous over this many candidate estimators the estimate was
         chosen among (e.g. polynomial degrees): :meth:`ci` works at level
         :math:`\alpha/\text{multiplicity}` (Bonferroni), so the choice is accounted for.
+    pair_ess : float or None
+        For estimates built on pairs of responses (Gini-Simpson): the pair effective sample
+        size :math:`(\sum_i\hat S_{2,i})^2/\sum_i\hat S_{2,i}^2`, which then decides
+        :attr:`low_ess` (below 30, or below :data:`LOW_PAIR_ESS_FRACTION` of the units) and
+        sizes the low-ESS floor instead of the response ESS.
     parameter_range : (float, float) or None
         A priori range of the estimated quantity (e.g. :math:`[0, 1]` for a diversity);
         intervals are intersected with it, and with too few effective samples they are
@@ -273,6 +281,7 @@ class Estimate:
     bias_bound: float | None = None
     multiplicity: int = 1
     parameter_range: tuple[float, float] | None = None
+    pair_ess: float | None = None
     _contrib_fn: Callable[[], np.ndarray] | None = field(default=None, repr=False)
     _boot_fn: Callable[[], BootstrapData] | None = field(default=None, repr=False)
     _cache: dict = field(init=False, default_factory=dict, repr=False)
@@ -298,8 +307,11 @@ class Estimate:
     def low_ess(self) -> bool:
         """True when the weights' effective sample size is too small for the normal interval.
 
-        The rule: ESS below 30, or below 5% of the number of weights.
+        The rule: ESS below 30, or below 5% of the number of weights (for pair estimates,
+        the pair ESS below 30 or below 30% of the prompts, see :attr:`pair_ess`).
         """
+        if self.pair_ess is not None:
+            return bool(self.pair_ess < LOW_ESS or self.pair_ess < LOW_PAIR_ESS_FRACTION * self.n)
         d = self.diagnostics
         ess = d.ess
         if not (isinstance(ess, float) and math.isfinite(ess)) or not d.n:
@@ -444,7 +456,7 @@ class Estimate:
         if self.parameter_range is None or not self.low_ess:
             return 0.0
         lo, hi = self.parameter_range
-        ess = max(self.diagnostics.ess, 1.0)
+        ess = max(self.diagnostics.ess if self.pair_ess is None else self.pair_ess, 1.0)
         return (hi - lo) * math.sqrt(math.log(2.0 / alpha) / (2.0 * ess))
 
     def _clamp(self, lo: float, hi: float) -> tuple[float, float]:
@@ -464,6 +476,12 @@ class Estimate:
             notes.append(self.uncertainty_note)
         if self.bias_bound:
             notes.append(f"includes a worst-case bias bound {self.bias_bound:.3g}")
+        if self.parameter_range is not None and not (
+                self.parameter_range[0] <= self.value <= self.parameter_range[1]):
+            lo, hi = self.parameter_range
+            notes.append(f"the estimate {self.value:.4g} lies outside the range [{lo:g}, {hi:g}] "
+                         "of the quantity (it is not clipped, which would bias it); the "
+                         "interval is intersected with the range")
         if self.multiplicity > 1:
             notes.append(f"simultaneous over {self.multiplicity} candidates (level alpha/"
                          f"{self.multiplicity})")
@@ -471,8 +489,13 @@ class Estimate:
             z = iv.normal_quantile(1.0 - a / 2.0)
             if self._ess_floor(a) > z * self.stderr:
                 d = self.diagnostics
-                notes.append(f"widened: ESS {d.ess:.3g} of {d.n} weights is too small for the "
-                             "normal approximation (Hoeffding floor at n = ESS)")
+                if self.pair_ess is not None:
+                    notes.append(f"widened: pair ESS {self.pair_ess:.3g} of {self.n} prompts is "
+                                 "too small for the normal approximation (Hoeffding floor at "
+                                 "n = pair ESS)")
+                else:
+                    notes.append(f"widened: ESS {d.ess:.3g} of {d.n} weights is too small for "
+                                 "the normal approximation (Hoeffding floor at n = ESS)")
         return "; ".join(notes)
 
     def _value_range(self, heuristic: bool) -> float:

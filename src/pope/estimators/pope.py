@@ -316,7 +316,12 @@ def _compute(
     log_clip = check_clip(clip)
     bname = resolve_backend(backend)
     be = get_backend(bname)
-    ptr, labels, soft, c = resolve_aspects(fb, None, None, None)
+    if lam == 0 and fb.aspect is None and fb.aspect_probs is None:
+        # the diversity does not enter the value: one aspect (D = 0) stands in for the
+        # aspects the log does not have
+        ptr, labels, soft, c = fb.prompt_ptr, np.zeros(n_resp, dtype=np.int64), None, 1
+    else:
+        ptr, labels, soft, c = resolve_aspects(fb, None, None, None)
     r = fb.rewards(reward_normalization)
     lt, ll = _log_weights(fb, log_target, token_log_target, weighting)
     selfn = coverage == "self_normalized"
@@ -444,7 +449,8 @@ def evaluate(
     Parameters
     ----------
     feedback : LoggedFeedback
-        The log (must have aspects: ``aspect`` or ``aspect_probs``).
+        The log (with aspects, ``aspect`` or ``aspect_probs``, unless ``lam == 0``: then a
+        log without aspects gets the diversity 0 of a single aspect).
     log_target : (N,) array_like
         :math:`\log\pi_\theta(y_{ik}|x_i)` of every stored response, **in the feedback's stored
         row order** (grouped by prompt). Arrays computed on the original input rows are

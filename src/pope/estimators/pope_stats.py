@@ -12,6 +12,7 @@ covers with probability :math:`\ge 1-\alpha` whichever is chosen).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 from dataclasses import dataclass
@@ -26,8 +27,9 @@ from pope.estimators.prompt_moments import PromptMoments
 
 __all__ = ["PAIR_ESS_WARN", "PopeStats", "QuantityParts"]
 
-#: Gini-Simpson: warn when the pair-ESS fraction is below this (coverage fell below 90% there)
-PAIR_ESS_WARN = 0.2
+#: Gini-Simpson: warn when the pair-ESS fraction is below this (the interval is widened there,
+#: see :data:`pope.estimate.LOW_PAIR_ESS_FRACTION`)
+PAIR_ESS_WARN = 0.3
 
 _NO_BOUND = (
     "POPE's relevance is a ratio over prompts with random K_i and its diversity a smooth "
@@ -206,10 +208,14 @@ class PopeStats:
                             multiplicity=m, parameter_range=rng)
 
         rel_rng = (0.0, 1.0)
+        diversity = mk("diversity", div.value, div.stderr, self.n_div, div.bias, mult,
+                       (0.0, 1.0))
+        pf = extra.get("pair_ess_fraction")
+        if pf is not None and np.isfinite(pf):
+            diversity = dataclasses.replace(diversity, pair_ess=float(pf) * nu)
         return PopeEstimate(
             relevance=mk("relevance", rel.value, rel.stderr, nu, None, 1, rel_rng),
-            diversity=mk("diversity", div.value, div.stderr, self.n_div, div.bias, mult,
-                         (0.0, 1.0)),
+            diversity=diversity,
             total=mk("total", rel.value + lam * div.value, mo.stderr(tot_grad), nu, tot_bias,
                      mult, (0.0, 1.0 + lam)),
             lam=lam, stats=self, degree=deg,
@@ -228,5 +234,6 @@ class PopeStats:
         if pf is not None and np.isfinite(pf) and pf < PAIR_ESS_WARN:
             warnings.warn(
                 f"Gini-Simpson pair-ESS is {pf:.3g} of the prompts (< {PAIR_ESS_WARN}): the "
-                "pair weights are heavy-tailed and the normal interval may under-cover",
+                "pair weights are heavy-tailed; the interval is widened to the Hoeffding floor "
+                "at n = pair ESS where that is wider",
                 InsufficientDataWarning, stacklevel=4)
