@@ -64,3 +64,28 @@ def test_policies_need_two_and_sequence_weighting(three_models):
     with pytest.raises(ValueError, match="weighting='sequence'"):
         evaluate_policies(df, EvalSpec(weighting="token_mean"), three_models[:2])
     assert pope.compare  # the paired engine is the public function
+
+
+def test_cli_several_policies_write_the_paired_table(three_models, tmp_path, capsys):
+    import json
+
+    from pope.cli import main
+
+    rng = np.random.default_rng(5)
+    df = random_log(rng, n_prompts=10)
+    lm, tok = load_causal_lm(three_models[0], device="cpu")
+    df["log_logging"] = [naive_logprob(lm, tok, p, r) for p, r in zip(df.prompt, df.response)]
+    logs = tmp_path / "logs.jsonl"
+    df.to_json(logs, orient="records", lines=True)
+    out = tmp_path / "res.json"
+    code = main(["evaluate", "--logs", str(logs), "--policy", three_models[1], "--policy",
+                 three_models[2], "--estimators", "none", "--out", str(out), "--no-progress"])
+    stdout = capsys.readouterr().out
+    assert code == 0 and "paired difference" in stdout
+    res = json.loads(out.read_text())
+    assert [p["policy"] for p in res["policies"]] == three_models[1:]
+    d = res["paired"][0]["relevance"]
+    va, vb = (p["pope"]["relevance"]["value"] for p in res["policies"])
+    assert d["value"] == pytest.approx(vb - va, abs=1e-12)
+    assert main(["evaluate", "--logs", str(logs), "--policy", three_models[1], "--policy",
+                 three_models[1]]) == 2

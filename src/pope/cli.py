@@ -113,9 +113,11 @@ def _add_evaluate(sub: Any) -> None:
                    help="stream the log in chunks of N rows (logs larger than memory)")
 
     g = p.add_argument_group("policies")
-    g.add_argument("--policy", metavar="MODEL_DIR",
+    g.add_argument("--policy", metavar="MODEL_DIR", action="append",
                    help="target policy: a local Hugging Face causal LM directory; without it "
-                        "the log needs a log_target column")
+                        "the log needs a log_target column. Give it several times to evaluate "
+                        "several policies on one log (the logging side is scored once) with "
+                        "the paired differences against the first (in memory)")
     g.add_argument("--logging-model", metavar="MODEL_DIR",
                    help="logging policy to score the responses with, instead of the logged "
                         "log_logging column")
@@ -243,10 +245,16 @@ def _spec_from_args(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
         names, n_aspects = _apply_aspect_model(args, kw, names)
     if kw["aspects"] in ("embedding", "npy", "model") and not n_aspects:
         raise UsageError("--aspects-from with embeddings needs --n-aspects C (k-means clusters)")
-    for name, path in (("--policy", args.policy), ("--logging-model", args.logging_model),
+    policies = list(args.policy or [])
+    for name, path in (*(("--policy", p) for p in policies),
+                       ("--logging-model", args.logging_model),
                        ("--reference-model", args.reference_model)):
         if path is not None and not Path(path).is_dir():
             raise UsageError(f"{name}: model directory not found: {path}")
+    if len(policies) > 1 and args.chunk_rows:
+        raise UsageError("several --policy are compared in memory: drop --chunk-rows")
+    if len(set(policies)) < len(policies):
+        raise UsageError("--policy: the same model directory is given twice")
     if args.logging_model and args.reference_model:
         raise UsageError("give --logging-model (the logging policy) or --reference-model (a "
                          "declared proxy of it), not both")
@@ -268,7 +276,7 @@ def _spec_from_args(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
         alpha=args.alpha,
         estimators=tuple(est),
         baseline_clip=args.baseline_clip,
-        policy=args.policy,
+        policy=policies[0] if policies else None,
         logging_model=args.logging_model or args.reference_model,
         batch_tokens=args.batch_tokens,
         device=args.device,
@@ -369,7 +377,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     spec, opts = _spec_from_args(args)
     if args.out:
-        inputs = [args.policy, args.logging_model]
+        inputs = [*(args.policy or []), args.logging_model]
         if args.aspects_from.endswith(".npy") or Path(args.aspects_from).is_dir():
             inputs.append(args.aspects_from)
         _check_out_file(args.out, args.logs, [i for i in inputs if i],
@@ -379,6 +387,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
                         [i for i in (args.out, args.aspect_model) if i], overwrite=args.overwrite)
     _quiet_libraries()
     logs, fmt = resolve_logs(args.logs, args.format, args.split)
+    if args.policy and len(args.policy) > 1:
+        return _evaluate_paired(args, spec, opts, logs, fmt)
     with _unhashable_ids_are_bad_input():
         try:
             result = _run_evaluation(args, spec, logs, fmt)
@@ -432,6 +442,38 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         _aspect_model_of(result).save(args.save_aspect_model, overwrite=args.overwrite)
         if not args.quiet:
             print(f"aspect model written to {args.save_aspect_model}")
+    return 0
+
+
+def _evaluate_paired(args: argparse.Namespace, spec: Any, opts: dict[str, Any], logs: Any,
+                     fmt: Any) -> int:
+    """``pope evaluate`` with several ``--policy``: per-policy tables and paired differences."""
+    from pope.estimate import WeightOverflowError
+    from pope.paired import evaluate_policies
+
+    with _unhashable_ids_are_bad_input():
+        try:
+            res = evaluate_policies(logs, spec, list(args.policy), format=fmt, split=args.split)
+        except WeightOverflowError as e:
+            raise UsageError(f"{e} (options: --clip M, --relevance snips)") from e
+        except ValueError as e:
+            raise UsageError(str(e)) from e
+    if not args.quiet:
+        r0 = res.results[0]
+        print(f"log: {args.logs}")
+        print(f"rows read: {r0.report.n_rows}; bad rows skipped: {r0.report.n_bad}; evaluated: "
+              f"{r0.n_responses} responses over {r0.n_prompts} prompts, "
+              f"{len(res.policies)} policies")
+        print()
+    print(res.table(method=opts["ci"]))
+    for w in res.warnings(args.ess_warning):
+        print(f"warning: {w}", file=sys.stderr)
+    if args.out:
+        out = res.to_dict(method=opts["ci"], ess_fraction=args.ess_warning)
+        out["logs"] = str(args.logs)
+        _write_text_atomic(Path(args.out), json.dumps(out, indent=2, allow_nan=False) + "\n")
+        if not args.quiet:
+            print(f"\nresults written to {args.out}")
     return 0
 
 
