@@ -301,7 +301,7 @@ def test_c11_quantiles_and_hoeffding_rate(rng):
 @pytest.mark.parametrize("df", [1, 2, 3, 4, 7, 30, 499, 1000, 1001, 10**5])
 @pytest.mark.parametrize("p", [0.6, 0.95, 0.975, 0.995])
 def test_t_quantile_matches_scipy(df, p):
-    from pope.estimators.intervals import t_quantile
+    from pope.intervals import t_quantile
 
     assert t_quantile(p, df) == pytest.approx(sps.t.ppf(p, df), rel=1e-9)
     assert t_quantile(1 - p, df) == pytest.approx(sps.t.ppf(1 - p, df), rel=1e-9)

@@ -21,7 +21,7 @@ from scipy.special import comb, entr
 import pope
 from pope.estimate import InsufficientDataWarning
 from pope.estimators import pope_stats
-from pope.estimators.intervals import bias_aware_critical_value
+from pope.intervals import bias_aware_critical_value
 from pope.polynomial import entropy_polynomial, evaluate_polynomial
 from pope.power_sums import power_sums, power_sums_reference
 

@@ -11,7 +11,9 @@ POPE (:mod:`pope.estimators.pope`): :func:`evaluate` (relevance, diversity and t
 prompt-level uncertainty) and the mergeable :class:`PopeStats`; :func:`compare` (paired
 differences of two policies on one log, :mod:`pope.estimators.compare`).
 
-Interval maths: :mod:`pope.estimators.intervals`.
+Interval maths: :mod:`pope.intervals` (also importable as ``pope.estimators.intervals``);
+sufficient statistics of the single-response and list estimators:
+:mod:`pope.estimators.sufficient_stats`.
 """
 
 from __future__ import annotations

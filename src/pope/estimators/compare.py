@@ -28,8 +28,8 @@ import numpy as np
 
 from pope.data import LoggedFeedback
 from pope.estimate import Estimate
-from pope.estimators.intervals import bias_aware_critical_value, check_alpha
 from pope.estimators.pope import PopeEstimate, _compute, attach_arrays
+from pope.intervals import bias_aware_critical_value, check_alpha
 
 __all__ = ["PopeComparison", "compare"]
 

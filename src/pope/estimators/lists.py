@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 
 from pope._validation import as_float_array
-from pope.estimate import Estimate, MeanStats, WeightMoments, WeightOverflowError
+from pope.estimate import Estimate, WeightMoments, WeightOverflowError
 from pope.estimators.single import (
     _in_unit,
     _prepare,
@@ -50,6 +50,7 @@ from pope.estimators.single import (
     ips_family,
     times_exp,
 )
+from pope.estimators.sufficient_stats import MeanStats
 from pope.weights import moments
 
 __all__ = ["cascade_log_propensity", "iips", "joint_log_propensity", "rips", "sips"]
@@ -113,8 +114,8 @@ def sips(
     Returns
     -------
     Estimate
-        ``stats`` is an :class:`~pope.estimate.IPSStats` of kind ``"sips"``; contributions are
-        :math:`w_i\sum_l r_{il}`.
+        ``stats`` is an :class:`~pope.estimators.sufficient_stats.IPSStats` of kind
+        ``"sips"``; contributions are :math:`w_i\sum_l r_{il}`.
     """
     r, lt, ll, lc, name, be = _prepare(reward, log_target, log_logging, clip, backend, ndim=2)
     return ips_family("sips", r.sum(axis=1), lt.sum(axis=1), ll.sum(axis=1), lc, name, be,
@@ -172,8 +173,8 @@ def iips(
     Returns
     -------
     Estimate
-        ``stats`` is a :class:`~pope.estimate.MeanStats` of kind ``"iips"``; diagnostics
-        describe the :math:`nL` position weights.
+        ``stats`` is a :class:`~pope.estimators.sufficient_stats.MeanStats` of kind
+        ``"iips"``; diagnostics describe the :math:`nL` position weights.
     """
     r, lt, ll, lc, name, be = _prepare(reward, log_target, log_logging, clip, backend, ndim=2)
     return _positionwise("iips", r, lt, ll, lc, name, be)

@@ -76,7 +76,6 @@ from pope.coverage import (
 )
 from pope.data import LoggedFeedback, RewardNormalization
 from pope.estimate import Estimate, WeightMoments
-from pope.estimators.intervals import check_alpha
 from pope.estimators.pope_features import (
     DiversitySpec,
     coefficients,
@@ -88,6 +87,7 @@ from pope.estimators.pope_features import (
 from pope.estimators.pope_stats import PopeStats
 from pope.estimators.prompt_moments import PromptMoments
 from pope.estimators.single import _scaled_weights
+from pope.intervals import check_alpha
 from pope.power_sums import power_sums
 from pope.weights import check_clip, moments, token_mean_log_ratio, validate_log_probs
 

@@ -21,9 +21,9 @@ from typing import Any
 import numpy as np
 
 from pope.estimate import Estimate, InsufficientDataWarning, WeightMoments, _scaled
-from pope.estimators.intervals import bias_aware_critical_value, check_alpha
 from pope.estimators.pope_features import DiversitySpec, diversity_value, relevance_value
 from pope.estimators.prompt_moments import PromptMoments
+from pope.intervals import bias_aware_critical_value, check_alpha
 
 __all__ = ["PAIR_ESS_WARN", "PopeStats", "QuantityParts"]
 

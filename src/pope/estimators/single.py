@@ -37,14 +37,8 @@ import numpy as np
 
 from pope._validation import as_float_array
 from pope.backends import get_backend, resolve_backend
-from pope.estimate import (
-    DRStats,
-    Estimate,
-    IPSStats,
-    MeanStats,
-    WeightMoments,
-    WeightOverflowError,
-)
+from pope.estimate import Estimate, WeightMoments, WeightOverflowError
+from pope.estimators.sufficient_stats import DRStats, IPSStats, MeanStats
 from pope.weights import (
     LOG_FLOAT64_MAX,
     check_clip,
@@ -253,7 +247,7 @@ def ips(
     Returns
     -------
     Estimate
-        ``stats`` is an :class:`~pope.estimate.IPSStats`;
+        ``stats`` is an :class:`~pope.estimators.sufficient_stats.IPSStats`;
         ``contributions`` are :math:`w_i r_i`.
 
     Raises
@@ -457,7 +451,7 @@ def sndr(
 
     Never overflows (scaled weights); with rewards and model in :math:`[0,1]` it lies in
     :math:`[-1, 2]`. Standard error by the delta method (see
-    :class:`~pope.estimate.DRStats`). Parameters as in :func:`dr`.
+    :class:`~pope.estimators.sufficient_stats.DRStats`). Parameters as in :func:`dr`.
     """
     return _dr_family("sndr", reward, log_target, log_logging, reward_hat, value_hat, clip,
                       backend)
