@@ -44,6 +44,7 @@ from pope._validation import (
 )
 from pope.backends import get_backend
 from pope.data import LoggedFeedback
+from pope.options import Coverage, DiversityEstimator
 
 __all__ = [
     "CoverageMode",
@@ -53,9 +54,8 @@ __all__ = [
     "diversity_reward",
 ]
 
-CoverageMode = Literal["self_normalized", "ips"]
-DiversityEstimator = Literal["polynomial", "jackknife", "plugin"]
-DIVERSITY_ESTIMATORS: tuple[str, ...] = ("polynomial", "jackknife", "plugin")
+CoverageMode = Coverage  # the name this module used before pope.options
+
 #: per-prompt entropy estimators of :func:`coverage_entropy` (the polynomial estimator pools
 #: prompts, see :func:`pope.evaluate`)
 PROMPT_ENTROPY_ESTIMATORS: tuple[str, ...] = ("plugin", "jackknife")

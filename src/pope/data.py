@@ -7,7 +7,7 @@ rows ``prompt_ptr[i]:prompt_ptr[i+1]`` of every per-response array.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
@@ -21,10 +21,11 @@ from pope._validation import (
     check_same_length,
     normalize_ids,
 )
+from pope.options import RewardNormalization
 
 __all__ = ["LoggedFeedback", "RewardNormalization", "normalize_signal"]
 
-RewardNormalization = Literal["max", "log1p", "rank", "global_max", "none"]
+
 
 
 def _segments(prompt_ptr: np.ndarray) -> np.ndarray:

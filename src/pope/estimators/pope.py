@@ -59,22 +59,20 @@ import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
 from pope._validation import as_float_array
 from pope.backends import get_backend, resolve_backend
 from pope.coverage import (
-    DIVERSITY_ESTIMATORS,
-    DiversityEstimator,
     check_log_weight,
     coverage_core,
     diversity_core,
     jackknife_core,
     resolve_aspects,
 )
-from pope.data import LoggedFeedback, RewardNormalization
+from pope.data import LoggedFeedback
 from pope.estimate import Estimate, WeightMoments
 from pope.estimators.pope_features import (
     DiversitySpec,
@@ -88,13 +86,25 @@ from pope.estimators.pope_stats import PopeStats
 from pope.estimators.prompt_moments import PromptMoments
 from pope.estimators.single import _scaled_weights
 from pope.intervals import check_alpha
+from pope.options import (
+    COVERAGES,
+    DIVERSITIES,
+    DIVERSITY_ESTIMATORS,
+    RELEVANCES,
+    WEIGHTINGS,
+    Coverage,
+    Diversity,
+    DiversityEstimator,
+    Relevance,
+    RewardNormalization,
+    Weighting,
+    check_choice,
+)
 from pope.power_sums import power_sums
 from pope.weights import check_clip, moments, token_mean_log_ratio, validate_log_probs
 
-__all__ = ["DIVERSITIES", "PopeEstimate", "PopeStats", "evaluate", "pope_stats"]
+__all__ = ["PopeEstimate", "PopeStats", "evaluate", "pope_stats"]
 
-#: diversity functionals of :func:`evaluate`
-DIVERSITIES: tuple[str, ...] = ("coverage", "gini_simpson", "response_entropy")
 #: candidate degrees of the polynomial Shannon estimator when ``diversity_degree=None``
 DEFAULT_DEGREES: tuple[int, ...] = (2, 3, 4)
 
@@ -189,12 +199,6 @@ class PopeEstimate:
 
 
 # ----------------------------------------------------------------------------- computation
-def _check_choice(value: Any, name: str, choices: tuple[str, ...]) -> str:
-    if not isinstance(value, str) or value not in choices:
-        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
-    return value
-
-
 def _row_entropy(q: np.ndarray) -> np.ndarray:
     with np.errstate(divide="ignore", invalid="ignore"):
         t = np.where(q > 0, q * np.log(np.where(q > 0, q, 1.0)), 0.0)
@@ -305,11 +309,11 @@ def _compute(
     if not isinstance(feedback, LoggedFeedback):
         raise TypeError(f"feedback must be a LoggedFeedback, got {type(feedback).__name__}")
     lam = _check_lam(lam)
-    _check_choice(relevance, "relevance", ("snips", "ips"))
-    _check_choice(coverage, "coverage", ("self_normalized", "ips"))
-    _check_choice(diversity, "diversity", DIVERSITIES)
-    _check_choice(diversity_estimator, "diversity_estimator", DIVERSITY_ESTIMATORS)
-    _check_choice(weighting, "weighting", ("sequence", "token_mean"))
+    check_choice(relevance, "relevance", RELEVANCES)
+    check_choice(coverage, "coverage", COVERAGES)
+    check_choice(diversity, "diversity", DIVERSITIES)
+    check_choice(diversity_estimator, "diversity_estimator", DIVERSITY_ESTIMATORS)
+    check_choice(weighting, "weighting", WEIGHTINGS)
     degree = _check_degree(diversity_degree)
     fb = feedback
     n_resp = fb.n_responses
@@ -376,12 +380,12 @@ def pope_stats(
     *,
     lam: float = 1.0,
     reward_normalization: RewardNormalization = "max",
-    relevance: Literal["snips", "ips"] = "snips",
-    coverage: Literal["self_normalized", "ips"] = "self_normalized",
-    diversity: Literal["coverage", "gini_simpson", "response_entropy"] = "coverage",
+    relevance: Relevance = "snips",
+    coverage: Coverage = "self_normalized",
+    diversity: Diversity = "coverage",
     diversity_estimator: DiversityEstimator = "polynomial",
     diversity_degree: int | None = None,
-    weighting: Literal["sequence", "token_mean"] = "sequence",
+    weighting: Weighting = "sequence",
     token_log_target: Any = None,
     clip: float | None = None,
     backend: str | None = None,
@@ -433,12 +437,12 @@ def evaluate(
     *,
     lam: float = 1.0,
     reward_normalization: RewardNormalization = "max",
-    relevance: Literal["snips", "ips"] = "snips",
-    coverage: Literal["self_normalized", "ips"] = "self_normalized",
-    diversity: Literal["coverage", "gini_simpson", "response_entropy"] = "coverage",
+    relevance: Relevance = "snips",
+    coverage: Coverage = "self_normalized",
+    diversity: Diversity = "coverage",
     diversity_estimator: DiversityEstimator = "polynomial",
     diversity_degree: int | None = None,
-    weighting: Literal["sequence", "token_mean"] = "sequence",
+    weighting: Weighting = "sequence",
     token_log_target: Any = None,
     clip: float | None = None,
     alpha: float = 0.05,

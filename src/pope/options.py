@@ -1,0 +1,58 @@
+"""The option vocabulary of pope: one definition of each choice, used by the estimators, the
+evaluation pipeline, the training objective, the trainer and the CLI.
+
+Each option is a ``Literal`` type (for type checkers and signatures) and a tuple of its values
+(for validation and ``argparse`` choices), defined together so they cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, get_args
+
+__all__ = [
+    "BASELINES",
+    "COVERAGES",
+    "DIVERSITIES",
+    "DIVERSITY_ESTIMATORS",
+    "RELEVANCES",
+    "REWARD_NORMALIZATIONS",
+    "WEIGHTINGS",
+    "Baseline",
+    "Coverage",
+    "Diversity",
+    "DiversityEstimator",
+    "Relevance",
+    "RewardNormalization",
+    "Weighting",
+    "check_choice",
+]
+
+#: self-normalised relevance (sum w r / sum w) or plain IPS (sum w r / N)
+Relevance = Literal["snips", "ips"]
+#: normaliser of the coverage: self-normalised weights or the IPS form
+Coverage = Literal["self_normalized", "ips"]
+#: the diversity functional
+Diversity = Literal["coverage", "gini_simpson", "response_entropy"]
+#: estimator of the Shannon coverage entropy (``diversity="coverage"``)
+DiversityEstimator = Literal["polynomial", "jackknife", "plugin"]
+#: sequence importance ratio or its length-normalised per-token mean
+Weighting = Literal["sequence", "token_mean"]
+#: how a human signal becomes a reward in [0, 1]
+RewardNormalization = Literal["max", "log1p", "rank", "global_max", "none"]
+#: per-prompt baseline of the training objective
+Baseline = Literal["loo", "mean", "none"]
+
+RELEVANCES: tuple[str, ...] = get_args(Relevance)
+COVERAGES: tuple[str, ...] = get_args(Coverage)
+DIVERSITIES: tuple[str, ...] = get_args(Diversity)
+DIVERSITY_ESTIMATORS: tuple[str, ...] = get_args(DiversityEstimator)
+WEIGHTINGS: tuple[str, ...] = get_args(Weighting)
+REWARD_NORMALIZATIONS: tuple[str, ...] = get_args(RewardNormalization)
+BASELINES: tuple[str, ...] = get_args(Baseline)
+
+
+def check_choice(value: object, name: str, choices: tuple[str, ...]) -> str:
+    """``value`` if it is one of ``choices``, else a ``ValueError`` naming ``name``."""
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+    return value
