@@ -14,14 +14,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import transformers
 
 import pope
 from pope.cli import main
 from pope.data import LoggedFeedback
 from pope.io import read_oasst, write_logs
-
-transformers = pytest.importorskip("transformers")
-tokenizers = pytest.importorskip("tokenizers")
 
 OASST = Path(__file__).parent / "data" / "oasst_10.jsonl"
 
