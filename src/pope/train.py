@@ -1134,7 +1134,9 @@ class OffPolicyTrainer:
             )
             inner.train()
 
-        self.objective = config.objective()
+        # the number of aspects comes from the dataset, not from each batch's largest label:
+        # the diversity (its log C and its coefficients) must be the same in every step
+        self.objective = config.objective(num_aspects=dataset.num_aspects)
         pad = tokenizer.pad_token_id
         pad = tokenizer.eos_token_id if pad is None else pad
         self.collator = PopeCollator(0 if pad is None else pad)
@@ -1240,8 +1242,8 @@ class OffPolicyTrainer:
         if self.dist.enabled and self.objective.grad_reduction == "mean":
             loss_sum /= self.dist.world_size  # undo the DDP scaling: this rank's share
         self.last_step_stats = dataclasses.replace(
-            stats, **{f.name: getattr(stats, f.name).detach()
-                      for f in dataclasses.fields(stats) if f.name != "lam"})
+            stats, **{f.name: v.detach() for f in dataclasses.fields(stats)
+                      if isinstance(v := getattr(stats, f.name), torch.Tensor)})
         row = {"step": self.step, "lr": lr, "loss": loss_sum}
         row.update(stats.metrics())
         row.update(grad_norm=grad_norm, tokens=tokens, seconds=time.perf_counter() - t0)
@@ -1255,7 +1257,8 @@ class OffPolicyTrainer:
         """
         was = self.model.training
         self.model.eval()
-        objective = self.config.objective(distributed=False)
+        objective = self.config.objective(distributed=False,
+                                          num_aspects=self.dataset.num_aspects)
         stats: ObjectiveStats | None = None
         try:
             for b in range(len(self.batches)):
