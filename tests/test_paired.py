@@ -50,7 +50,7 @@ def test_policies_share_the_log_and_pair(three_models):
         n = psi.size
         assert d.stderr == pytest.approx(math.sqrt((psi**2).sum() / (n * (n - 1))), rel=1e-9)
     out = res.to_dict()
-    assert [p["policy"] for p in out["policies"]] == [a, b]
+    assert list(out["policies"]) == [a, b]
     assert out["paired"][0]["a"] == b and out["paired"][0]["b"] == a
     assert "paired difference" in res.table()
     assert np.isfinite(ta).all() and np.isfinite(tb).all()
@@ -83,9 +83,9 @@ def test_cli_several_policies_write_the_paired_table(three_models, tmp_path, cap
     stdout = capsys.readouterr().out
     assert code == 0 and "paired difference" in stdout
     res = json.loads(out.read_text())
-    assert [p["policy"] for p in res["policies"]] == three_models[1:]
+    assert list(res["policies"]) == three_models[1:]
     d = res["paired"][0]["relevance"]
-    va, vb = (p["pope"]["relevance"]["value"] for p in res["policies"])
+    va, vb = (p["pope"]["relevance"]["value"] for p in res["policies"].values())
     assert d["value"] == pytest.approx(vb - va, abs=1e-12)
     assert main(["evaluate", "--logs", str(logs), "--policy", three_models[1], "--policy",
                  three_models[1]]) == 2

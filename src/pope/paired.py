@@ -41,15 +41,16 @@ class PairedResult:
         return "\n".join(out).rstrip()
 
     def to_dict(self, method: str = "normal", ess_fraction: float = 0.1) -> dict[str, Any]:
-        """JSON-friendly: ``policies`` (one ``EvalResult.to_dict`` each) and ``paired``."""
+        """JSON-friendly: ``policies`` (policy -> ``EvalResult.to_dict``, the layout
+        ``pope report`` reads) and ``paired`` (each later policy minus the first)."""
 
         def clean(d: dict[str, Any]) -> dict[str, Any]:
             return {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
                     for k, v in d.items()}
 
         return {
-            "policies": [{"policy": p, **r.to_dict(method=method, ess_fraction=ess_fraction)}
-                         for p, r in zip(self.policies, self.results, strict=True)],
+            "policies": {p: r.to_dict(method=method, ess_fraction=ess_fraction)
+                         for p, r in zip(self.policies, self.results, strict=True)},
             "paired": [{"a": p, "b": self.policies[0],
                         **{k: clean(v) for k, v in c.to_dict().items()}}
                        for p, c in zip(self.policies[1:], self.comparisons, strict=True)],
@@ -81,9 +82,10 @@ def evaluate_policies(source: Any, spec: EvalSpec, policies: list[str], *,
         raise ValueError("evaluate_policies needs at least two policies")
     if spec.weighting != "sequence":
         raise ValueError("several policies are compared with weighting='sequence' only")
-    if spec.kmeans:
-        raise ValueError("several policies need aspects from labels (a saved aspect model "
-                         "or label column), so that every policy sees the same clustering")
+    if spec.kmeans and spec.centers is None:
+        raise ValueError("several policies need fixed aspects (labels, or k-means centres from "
+                         "a saved aspect model: --aspect-model), so that every policy sees the "
+                         "same clustering")
     cols = spec.columns
     frame = read_table(source, format=format, split=split,
                        text_columns=(cols.prompt_id, cols.prompt, cols.response))
