@@ -31,9 +31,8 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -47,7 +46,7 @@ from pope.io import (
     OnError,
     ValidationReport,
     detect_format,
-    iter_jsonl_frames,
+    iter_raw_chunks,  # moved to pope.io.chunks; still pope.streaming.iter_raw_chunks
     read_table,
     validate_logs,
 )
@@ -818,72 +817,6 @@ def evaluate_logs(
 
 
 # ----------------------------------------------------------------------------- streaming
-def iter_raw_chunks(
-    source: Any,
-    chunk_rows: int,
-    *,
-    format: Format | None = None,
-    split: str | None = None,
-    text_columns: Sequence[str] = ("prompt_id", "prompt", "response"),
-) -> Iterator[Any]:
-    """Read a log as ``pandas.DataFrame`` chunks of about ``chunk_rows`` rows, in file order.
-
-    Parquet: row batches of each file (files of a directory in sorted path order); JSON Lines:
-    line chunks; CSV/TSV: ``pandas.read_csv`` chunks; a Hugging Face dataset: batches of the
-    memory-mapped table; a frame or table: slices.
-    """
-    import pandas as pd
-
-    if chunk_rows < 1:
-        raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
-    if isinstance(source, pd.DataFrame) or type(source).__module__.startswith(
-        ("pyarrow", "datasets")
-    ):
-        frame = read_table(source)
-        for i in range(0, len(frame), chunk_rows):
-            yield frame.iloc[i : i + chunk_rows].reset_index(drop=True)
-        return
-    p = Path(source)
-    fmt = format or detect_format(p)
-    try:
-        if fmt == "parquet":
-            import pyarrow.parquet as pq
-
-            files = sorted(p.rglob("*.parquet")) if p.is_dir() else [p]
-            for f in files:
-                for batch in pq.ParquetFile(f).iter_batches(batch_size=chunk_rows):
-                    yield batch.to_pandas()
-        elif fmt == "jsonl":
-            yield from iter_jsonl_frames(p, chunk_rows)
-        elif fmt in ("csv", "tsv"):
-            from pope.io import _CSV_NA
-
-            sep = "\t" if fmt == "tsv" else ","
-            header = pd.read_csv(p, sep=sep, nrows=0).columns
-            text = [c for c in text_columns if c in header]
-            yield from pd.read_csv(
-                p,
-                sep=sep,
-                chunksize=chunk_rows,
-                dtype=dict.fromkeys(text, str),
-                keep_default_na=False,
-                na_values={c: ([""] if c in text else _CSV_NA) for c in header},
-            )
-        elif fmt == "hf":
-            from pope.io import load_hf_dataset
-
-            ds = load_hf_dataset(p, split)  # memory-mapped Arrow; batches are read lazily
-            yield from ds.to_pandas(batch_size=chunk_rows, batched=True)
-        else:
-            raise ValueError(f"unknown format {fmt!r}")
-    except LogFormatError:
-        raise
-    except (OSError, ValueError, UnicodeDecodeError) as e:
-        raise LogFormatError(f"cannot read {p.name} as {fmt}: {e}") from e
-    except Exception as e:
-        raise LogFormatError(f"cannot read {p.name} as {fmt}: {type(e).__name__}: {e}") from e
-
-
 def _key(v: Any, row: int | None = None) -> Any:
     """The key of a raw prompt id under the one id rule (:func:`pope._validation.normalize_id`).
 
@@ -973,9 +906,9 @@ def iter_prompt_chunks(
 
 
 def _null(v: Any) -> bool:
-    from pope.io import _isna
+    from pope.io import is_missing
 
-    return _isna(v)
+    return is_missing(v)
 
 
 def _same(a: Any, b: Any) -> bool:
