@@ -385,8 +385,7 @@ def evaluate_ray(
     pid = spec.columns.prompt_id
 
     def add_bucket(batch: pd.DataFrame) -> pd.DataFrame:
-        return batch.assign(**{_BUCKET: bucket_of(batch[pid].to_numpy(dtype=object),
-                                                  num_buckets)})
+        return batch.assign(**{_BUCKET: bucket_of(batch[pid], num_buckets)})
 
     def stats_of_bucket(group: pd.DataFrame) -> pd.DataFrame:
         b = int(group[_BUCKET].iloc[0])
@@ -497,7 +496,7 @@ def evaluate_spark(
                     raise LogFormatError(f"Spark read a file not in the log's list: {e}") from e
                 b[_ROW] = np.asarray(start, dtype=np.int64) + b.pop("__row_in_file__").to_numpy(
                     dtype=np.int64)
-            b[_BUCKET] = bucket_of(b[pid].to_numpy(dtype=object), num_buckets)
+            b[_BUCKET] = bucket_of(b[pid], num_buckets)
             yield b
 
     def stats_of_bucket(key: tuple[Any, ...], group: pd.DataFrame) -> pd.DataFrame:

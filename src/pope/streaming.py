@@ -1023,6 +1023,8 @@ def map_partition(frame: Any, spec: EvalSpec) -> EvalStats:
     uses the same settings. A ``__row__`` column, if present, gives global row numbers for the
     data report.
     """
+    if len(frame) == 0:  # an empty partition adds nothing
+        return EvalStats(None, {}, ValidationReport(0, {}))
     prep = prepare(frame, spec)
     return _stats_of(prep, spec)
 
@@ -1050,10 +1052,21 @@ def prepare_spec(source: Any, spec: EvalSpec, *, chunk_rows: int = 50_000,
 
 
 def bucket_of(prompt_ids: Any, num_buckets: int) -> np.ndarray:
-    """Stable bucket ``0..num_buckets-1`` of each prompt id (same in every process)."""
+    """Stable bucket ``0..num_buckets-1`` of each prompt id (same in every process).
+
+    The bucket is a hash of the id's string under the one id rule (3 and 3.0 are one id).
+    Integer and all-string columns (a ``pandas.Series`` or a typed array) are hashed without a
+    Python loop; other arrays are normalised element by element.
+    """
     import pandas as pd
 
-    keys = pd.Series([str(_key(v)) for v in np.asarray(prompt_ids, dtype=object)], dtype=object)
+    s = prompt_ids if isinstance(prompt_ids, pd.Series) else pd.Series(np.asarray(prompt_ids))
+    if pd.api.types.is_integer_dtype(s.dtype) and not pd.api.types.is_bool_dtype(s.dtype):
+        keys = pd.Series(s.to_numpy().astype(str), dtype=object)
+    elif pd.api.types.infer_dtype(s, skipna=False) == "string":
+        keys = pd.Series(s.to_numpy(dtype=object), dtype=object)
+    else:
+        keys = pd.Series([str(_key(v)) for v in s.to_numpy(dtype=object)], dtype=object)
     h = pd.util.hash_pandas_object(keys, index=False).to_numpy()
     return (h % np.uint64(num_buckets)).astype(np.int64)
 
