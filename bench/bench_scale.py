@@ -3,9 +3,9 @@
 A synthetic Parquet log with precomputed log-prob columns (``log_logging``, ``log_target``;
 no model) of N rows, K ~ U{1..7} responses per prompt, 4 aspect labels, is evaluated by
 
-- ``local-stream``: :func:`pope.streaming.evaluate_stream` in one process (the baseline:
-  single process, bounded memory);
-- ``local-memory``: :func:`pope.streaming.evaluate_logs` (the whole log in memory);
+- ``local-memory``: :func:`pope.streaming.evaluate_logs`, the whole log in one process (the
+  baseline: ``pope evaluate`` without options);
+- ``local-stream``: :func:`pope.streaming.evaluate_stream` in one process (bounded memory);
 - ``ray``: :func:`pope.engines.evaluate_ray` on a local Ray cluster with W CPUs;
 - ``spark``: :func:`pope.engines.evaluate_spark` on ``local[W]``.
 
@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-ENGINES = ("local-stream", "local-memory", "ray", "spark")
+ENGINES = ("local-memory", "local-stream", "ray", "spark")
 
 
 # ----------------------------------------------------------------------------- data
@@ -211,7 +211,7 @@ def main() -> None:
                 print(f"{n:>10} {engine:<13} ERROR {r['error'][-400:]}")
                 continue
             rate = n / r["wall_s"]
-            if engine == "local-stream":
+            if base is None or engine == "local-memory":
                 base = r
             ratio = rate / (n / base["wall_s"]) if base else float("nan")
             same = base is None or abs(r["total"] - base["total"]) <= 1e-9 * abs(base["total"])
