@@ -22,7 +22,7 @@ from test_streaming import make_log
 
 from pope.engines import check_engine_options, evaluate_with_engine, parquet_files
 from pope.io import LogFormatError
-from pope.streaming import EvalSpec, bucket_of, evaluate_logs, map_partition, merge
+from pope.streaming import EvalSpec, evaluate_logs, map_partition, merge
 
 TOL = 1e-12
 ASPECTS = ("a", "b", "c", "d")
@@ -157,17 +157,21 @@ def test_spark_worker_errors_name_bucket_and_row(spark, tmp_path, rng):
     df.loc[5, "log_logging"] = np.nan
     logs = str(tmp_path / "l.parquet")
     df.to_parquet(logs)
-    b = int(bucket_of(np.array([df.loc[5, "prompt_id"]], dtype=object), 3)[0])
+    from pyspark.sql import functions as F
+
+    b = spark.createDataFrame([(df.loc[5, "prompt_id"],)], "id string").select(
+        F.pmod(F.xxhash64("id"), F.lit(3))).first()[0]  # the documented bucket formula
     # a bad row found on a worker: the same LogFormatError, naming its bucket and global row
     with pytest.raises(LogFormatError, match=rf"^bucket {b} of 3 \(\d+ rows: [\d, .]+\): ") as e:
         evaluate_with_engine(logs, EvalSpec(aspect_names=ASPECTS), engine="spark",
                              num_buckets=3)
     assert "missing or NaN log_logging: 1 row(s): 5\n" in str(e.value)
+    assert list(e.value.report.bad_rows) == [5]  # the worker's report, global row numbers
     # a failure that is not about a row (the model cannot be loaded on the worker)
     df.assign(prompt="the cat", response="sat on a mat").to_parquet(logs)
     spec = EvalSpec(aspect_names=ASPECTS, policy=str(tmp_path / "no-such-model"),
                     on_error="skip")
-    with pytest.raises(Exception, match=r"^bucket 0 of 3 \(\d+ rows: [\d, .]+\): ") as info:
+    with pytest.raises(Exception, match=r"^bucket \d of 3 \(\d+ rows: [\d, .]+\): ") as info:
         evaluate_with_engine(logs, spec, engine="spark", num_buckets=3)
     assert "no-such-model" in str(info.value)
     assert "worker traceback" in "".join(getattr(info.value, "__notes__", []))

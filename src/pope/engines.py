@@ -251,6 +251,10 @@ def _bucket_stats(frame: Any, spec: EvalSpec, bucket: int, num_buckets: int) -> 
     """
     try:
         frame = frame.drop(columns=[c for c in (_BUCKET,) if c in frame.columns])
+        if _ROW in frame.columns and frame[_ROW].isna().any():
+            raise LogFormatError(
+                "rows without a row number: the engine read a file under a name not in the "
+                "log's file list (internal: report this with the path)")
         if _ROW in frame.columns:
             frame = frame.sort_values(_ROW, kind="stable")
         frame = frame.reset_index(drop=True)
@@ -417,15 +421,18 @@ def _spark_session(master: str | None) -> Any:
     return b.getOrCreate()
 
 
-def _file_key(path: str) -> str:
-    """The same key for a path as the driver lists it and as Spark's ``_metadata`` names it
-    (``file:/a/b.parquet``, ``file:///a/b.parquet`` and ``/a/b.parquet`` are one file)."""
-    from urllib.parse import unquote, urlparse
+def _spark_names(path: str) -> tuple[str, ...]:
+    """The spellings Spark's ``_metadata.file_path`` may give a file the driver listed
+    (``file:/a/b``, ``file:///a/b``, URL-quoted); a row of a file under another name gets no
+    row number, which :func:`_bucket_stats` reports."""
+    from urllib.parse import quote
 
-    u = urlparse(path)
-    if u.scheme in ("", "file"):
-        return os.path.normpath(unquote(u.path))
-    return f"{u.scheme}://{u.netloc}{unquote(u.path)}"
+    if "://" in path:
+        return tuple(dict.fromkeys((path, quote(path, safe=":/"))))
+    names = []
+    for p in dict.fromkeys((path, quote(path))):
+        names += [p, f"file:{p}", f"file://{p}"]
+    return tuple(dict.fromkeys(names))
 
 
 def evaluate_spark(
@@ -437,7 +444,8 @@ def evaluate_spark(
 ) -> EvalResult:
     """Evaluate a log on Spark (``pyspark``): bucket by prompt, map buckets, merge.
 
-    Each bucket of whole prompts goes through :func:`pope.streaming.map_partition` in
+    The bucket of a row is ``pmod(xxhash64(string(prompt_id)), num_buckets)``, computed in
+    Spark SQL; each bucket of whole prompts goes through :func:`pope.streaming.map_partition` in
     ``groupBy(bucket).applyInPandas`` on the Python workers; the pickled statistics are merged
     on the driver.
 
@@ -457,7 +465,6 @@ def evaluate_spark(
 
     try:
         from pyspark.sql import functions as F
-        from pyspark.sql import types as T
     except ImportError as e:  # pragma: no cover - depends on the environment
         raise ImportError("the spark engine needs pyspark: pip install 'pope[spark]'") from e
     _need_complete(spec)
@@ -466,7 +473,6 @@ def evaluate_spark(
         _check_parquet_path(df, "spark")
     spark = _spark_session(master) if (_is_path(df) or isinstance(df, pd.DataFrame)) else None
     pid = spec.columns.prompt_id
-    offsets: dict[str, int] = {}
     if isinstance(df, pd.DataFrame):
         frame = df.reset_index(drop=True)
         if _ROW not in frame.columns:
@@ -476,35 +482,23 @@ def evaluate_spark(
         files = [f for f in parquet_files(df) if f.n_rows > 0]
         if not files:
             raise LogFormatError("the log has no rows")
-        offsets = {_file_key(f.path): f.first_row for f in files}
-        sdf = spark.read.parquet(*[f.path for f in files]).select(
-            "*", F.col("_metadata.file_path").alias("__file__"),
-            F.col("_metadata.row_index").alias("__row_in_file__"))
+        offsets = F.create_map(*[F.lit(x) for f in files for name in _spark_names(f.path)
+                                 for x in (name, f.first_row)])
+        sdf = spark.read.parquet(*[f.path for f in files])
+        sdf = sdf.withColumn(_ROW, F.element_at(offsets, F.col("_metadata.file_path"))
+                             + F.col("_metadata.row_index"))
     else:
         sdf = df
-    fields = [f for f in sdf.schema.fields if f.name not in ("__file__", "__row_in_file__")]
-    if offsets:
-        fields.append(T.StructField(_ROW, T.LongType(), False))
-    schema = T.StructType([*fields, T.StructField(_BUCKET, T.LongType(), False)])
-
-    def add_bucket(batches: Any) -> Any:
-        for b in batches:
-            if offsets:
-                try:
-                    start = [offsets[_file_key(p)] for p in b.pop("__file__")]
-                except KeyError as e:
-                    raise LogFormatError(f"Spark read a file not in the log's list: {e}") from e
-                b[_ROW] = np.asarray(start, dtype=np.int64) + b.pop("__row_in_file__").to_numpy(
-                    dtype=np.int64)
-            b[_BUCKET] = bucket_of(b[pid], num_buckets)
-            yield b
+    # the bucket in Spark SQL (no Python pass): a stable hash of the id's string; one column
+    # has one type, so all rows of a prompt get the same string and the same bucket
+    sdf = sdf.withColumn(_BUCKET, F.pmod(F.xxhash64(F.col(pid).cast("string")),
+                                         F.lit(num_buckets)))
 
     def stats_of_bucket(key: tuple[Any, ...], group: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame([_bucket_stats(group, spec, int(key[0]), num_buckets)])
 
     out = (
-        sdf.mapInPandas(add_bucket, schema=schema)
-        .groupBy(_BUCKET)
+        sdf.groupBy(_BUCKET)
         .applyInPandas(stats_of_bucket, schema="bucket long, stats binary, error binary")
         .collect()
     )
