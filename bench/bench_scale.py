@@ -25,7 +25,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import threading
@@ -123,6 +122,13 @@ class ProcWatch:
                 for k, v in kinds.items()}
 
 
+def _vm_hwm_mib() -> float:
+    """Peak RSS of this process (``VmHWM``; ``ru_maxrss`` would carry the parent's peak over
+    ``fork`` + ``exec``)."""
+    with open("/proc/self/status") as f:
+        return next(int(ln.split()[1]) for ln in f if ln.startswith("VmHWM")) / 1024
+
+
 # ----------------------------------------------------------------------------- one run
 def child(engine: str, logs: str, workers: int, buckets: int) -> dict[str, object]:
     import warnings
@@ -166,7 +172,7 @@ def child(engine: str, logs: str, workers: int, buckets: int) -> dict[str, objec
     return {
         "engine": engine, "wall_s": wall, "setup_s": setup,
         "rows": res.report.n_rows, "total": res.pope.total.value,
-        "driver_peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "driver_peak_mib": _vm_hwm_mib(),
         "procs": watch.by_kind(),
     }
 
