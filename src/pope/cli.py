@@ -111,6 +111,14 @@ def _add_evaluate(sub: Any) -> None:
     _add_input_args(g)
     g.add_argument("--chunk-rows", type=_positive_int, metavar="N",
                    help="stream the log in chunks of N rows (logs larger than memory)")
+    g.add_argument("--engine", choices=["local", "ray", "spark"], default="local",
+                   help="where to evaluate: this process, a Ray cluster or Spark (Parquet "
+                        "logs; same result, docs/scale.md)")
+    g.add_argument("--engine-address", metavar="ADDRESS",
+                   help="Ray cluster address (auto, ray://host:10001) or Spark master URL "
+                        "(local[4], spark://host:7077, yarn); default: a local one")
+    g.add_argument("--num-buckets", type=_positive_int, default=64, metavar="N",
+                   help="ray/spark: prompts are hashed into N buckets, each mapped on a worker")
 
     g = p.add_argument_group("policies")
     g.add_argument("--policy", metavar="MODEL_DIR", action="append",
@@ -529,12 +537,20 @@ def _unhashable_ids_are_bad_input() -> Iterator[None]:
 
 
 def _run_evaluation(args: argparse.Namespace, spec: Any, logs: Any, fmt: Any) -> Any:
-    from pope.streaming import evaluate_logs, evaluate_stream
+    from pope.engines import check_engine_options, evaluate_with_engine
 
-    if args.chunk_rows:
-        return evaluate_stream(logs, spec, chunk_rows=args.chunk_rows, format=fmt,
-                               split=args.split)
-    return evaluate_logs(logs, spec, format=fmt, split=args.split)
+    engine = getattr(args, "engine", "local")
+    address = getattr(args, "engine_address", None)
+    try:
+        check_engine_options(engine, logs, address=address, chunk_rows=args.chunk_rows,
+                             format=fmt)
+    except ValueError as e:
+        raise UsageError(f"--engine {engine}: {e}") from e
+    if engine != "local" and args.ci == "bootstrap":
+        raise UsageError("--ci bootstrap needs the whole log in memory (--engine local)")
+    return evaluate_with_engine(logs, spec, engine=engine, address=address,
+                                num_buckets=getattr(args, "num_buckets", 64),
+                                chunk_rows=args.chunk_rows, format=fmt, split=args.split)
 
 
 def _quiet_libraries() -> None:

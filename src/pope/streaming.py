@@ -18,8 +18,9 @@ statistics of the union of two disjoint sets of prompts), so the same pipeline r
   in-memory one (up to float rounding); memory is bounded by the chunk size plus the largest
   prompt;
 - on many machines: :func:`map_partition` turns a partition of *whole prompts* into statistics
-  and :func:`merge` adds them. :func:`evaluate_ray` and :func:`evaluate_spark` assign prompts to
-  buckets by a stable hash of ``prompt_id``, group by bucket, map each bucket and merge.
+  and :func:`merge` adds them. :mod:`pope.engines` (``evaluate_ray``, ``evaluate_spark``,
+  ``evaluate_with_engine``) assigns prompts to buckets by a stable hash of ``prompt_id``
+  (:func:`bucket_of`), groups by bucket, maps each bucket and merges.
 
 Prompts must be contiguous in a streamed file (all rows of a prompt next to each other, e.g.
 sorted by ``prompt_id``); a prompt that reappears after its rows were processed is an error.
@@ -30,7 +31,6 @@ in-memory results.
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
@@ -45,7 +45,6 @@ from pope.io import (
     LogFormatError,
     OnError,
     ValidationReport,
-    detect_format,
     iter_raw_chunks,  # moved to pope.io.chunks; still pope.streaming.iter_raw_chunks
     read_table,
     validate_logs,
@@ -59,8 +58,6 @@ __all__ = [
     "Prepared",
     "bucket_of",
     "evaluate_logs",
-    "evaluate_ray",
-    "evaluate_spark",
     "evaluate_stream",
     "iter_prompt_chunks",
     "iter_raw_chunks",
@@ -980,6 +977,8 @@ def map_partition(frame: Any, spec: EvalSpec) -> EvalStats:
     uses the same settings. A ``__row__`` column, if present, gives global row numbers for the
     data report.
     """
+    if len(frame) == 0:  # an empty partition adds nothing
+        return EvalStats(None, {}, ValidationReport(0, {}))
     prep = prepare(frame, spec)
     return _stats_of(prep, spec)
 
@@ -1007,122 +1006,29 @@ def prepare_spec(source: Any, spec: EvalSpec, *, chunk_rows: int = 50_000,
 
 
 def bucket_of(prompt_ids: Any, num_buckets: int) -> np.ndarray:
-    """Stable bucket ``0..num_buckets-1`` of each prompt id (same in every process)."""
+    """Stable bucket ``0..num_buckets-1`` of each prompt id (same in every process).
+
+    The bucket is a hash of the id's string under the one id rule (3 and 3.0 are one id).
+    Integer and all-string columns (a ``pandas.Series`` or a typed array) are hashed without a
+    Python loop; other arrays are normalised element by element.
+    """
     import pandas as pd
 
-    keys = pd.Series([str(_key(v)) for v in np.asarray(prompt_ids, dtype=object)], dtype=object)
+    s = prompt_ids if isinstance(prompt_ids, pd.Series) else pd.Series(np.asarray(prompt_ids))
+    if pd.api.types.is_integer_dtype(s.dtype) and not pd.api.types.is_bool_dtype(s.dtype):
+        keys = pd.Series(s.to_numpy().astype(str), dtype=object)
+    elif pd.api.types.infer_dtype(s, skipna=False) == "string":
+        keys = pd.Series(s.to_numpy(dtype=object), dtype=object)
+    else:
+        keys = pd.Series([str(_key(v)) for v in s.to_numpy(dtype=object)], dtype=object)
     h = pd.util.hash_pandas_object(keys, index=False).to_numpy()
     return (h % np.uint64(num_buckets)).astype(np.int64)
 
 
-def _stats_to_row(stats: EvalStats) -> dict[str, list[bytes]]:
-    import pickle
+def __getattr__(name: str) -> Any:
+    """``evaluate_ray`` / ``evaluate_spark`` live in :mod:`pope.engines` (re-exported here)."""
+    if name in ("evaluate_ray", "evaluate_spark"):
+        from pope import engines
 
-    return {"stats": [pickle.dumps(stats)]}
-
-
-def evaluate_ray(
-    dataset: Any,
-    spec: EvalSpec,
-    *,
-    num_buckets: int = 64,
-    init: bool = True,
-) -> EvalResult:
-    """Evaluate a ``ray.data.Dataset`` (or a path Ray can read) on a Ray cluster.
-
-    Prompts are assigned to ``num_buckets`` buckets by a stable hash of ``prompt_id``; each
-    bucket (whole prompts) is mapped to :class:`EvalStats` by :func:`map_partition` in a Ray
-    task, and the driver merges them. Each bucket must fit in a worker's memory; models are
-    loaded once per worker process.
-
-    Parameters
-    ----------
-    dataset : ray.data.Dataset, pandas.DataFrame, or a path (Parquet/JSON Lines/CSV)
-    spec : EvalSpec
-        Complete it first with :func:`prepare_spec` if it needs a pre-pass.
-    num_buckets : int
-    init : bool
-        Call ``ray.init()`` if Ray is not initialised.
-    """
-    import pickle
-
-    import pandas as pd
-
-    try:
-        import ray
-        import ray.data
-    except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError("evaluate_ray needs Ray: pip install 'pope[ray]'") from e
-    if _needs_prepass(spec):
-        raise ValueError(
-            "spec needs a pre-pass (global_max, aspect vocabulary or k-means centers): "
-            "complete it with prepare_spec(source, spec) first"
-        )
-    if init and not ray.is_initialized():
-        ray.init(include_dashboard=False, log_to_driver=False)
-    if isinstance(dataset, pd.DataFrame):
-        frame = dataset.reset_index(drop=True)
-        if "__row__" not in frame.columns:
-            frame = frame.assign(__row__=np.arange(len(frame)))
-        ds = ray.data.from_pandas(frame)
-    elif isinstance(dataset, (str, os.PathLike)):
-        fmt = detect_format(dataset)
-        reader = {"parquet": ray.data.read_parquet, "jsonl": ray.data.read_json,
-                  "csv": ray.data.read_csv}.get(fmt)
-        if reader is None:
-            raise ValueError(f"evaluate_ray reads parquet, jsonl or csv paths, not {fmt}")
-        ds = reader(str(dataset))
-    else:
-        ds = dataset
-    pid = spec.columns.prompt_id
-
-    def add_bucket(batch: pd.DataFrame) -> pd.DataFrame:
-        return batch.assign(__bucket__=bucket_of(batch[pid].to_numpy(dtype=object), num_buckets))
-
-    def stats_of_bucket(group: pd.DataFrame) -> pd.DataFrame:
-        frame = group.drop(columns="__bucket__")
-        if "__row__" in frame.columns:
-            frame = frame.sort_values("__row__", kind="stable")
-        return pd.DataFrame(_stats_to_row(map_partition(frame.reset_index(drop=True), spec)))
-
-    out = (
-        ds.map_batches(add_bucket, batch_format="pandas")
-        .groupby("__bucket__")
-        .map_groups(stats_of_bucket, batch_format="pandas")
-    )
-    parts = [pickle.loads(b) for b in out.to_pandas()["stats"]]
-    return merge(parts).finalize(spec)
-
-
-def evaluate_spark(df: Any, spec: EvalSpec, *, num_buckets: int = 64) -> EvalResult:
-    """Evaluate a Spark DataFrame (``pyspark``): bucket by prompt, map buckets, merge.
-
-    ``df`` must have the schema columns (list columns as arrays); each bucket of whole prompts
-    goes through :func:`map_partition` in ``groupBy(bucket).applyInPandas`` and the pickled
-    :class:`EvalStats` are merged on the driver. Not exercised in the test suite (pyspark is a
-    heavy dependency); the same map/merge functions are tested with Ray and a process pool.
-    """
-    import pickle
-
-    import pandas as pd
-
-    if _needs_prepass(spec):
-        raise ValueError("complete spec with prepare_spec(source, spec) first")
-    pid = spec.columns.prompt_id
-    from pyspark.sql import functions as F
-
-    @F.pandas_udf("long")  # type: ignore[misc]
-    def bucket_udf(ids: pd.Series) -> pd.Series:
-        return pd.Series(bucket_of(ids.to_numpy(dtype=object), num_buckets))
-
-    def stats_of_bucket(group: pd.DataFrame) -> pd.DataFrame:
-        frame = group.drop(columns="__bucket__").reset_index(drop=True)
-        return pd.DataFrame(_stats_to_row(map_partition(frame, spec)))
-
-    out = (
-        df.withColumn("__bucket__", bucket_udf(F.col(pid)))
-        .groupBy("__bucket__")
-        .applyInPandas(stats_of_bucket, schema="stats binary")
-    )
-    parts = [pickle.loads(bytes(r["stats"])) for r in out.collect()]
-    return merge(parts).finalize(spec)
+        return getattr(engines, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
