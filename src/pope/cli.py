@@ -440,7 +440,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         out["logs"] = str(args.logs)
         out["propensity"] = {k: v for k, v in prop.items() if k != "warnings"}
         out["warnings"] = out["warnings"] + prop["warnings"]
-        out["aspects"] = {"model": _aspect_model_of(result).to_dict(), "table": aspects}
+        if result.prepared is not None:  # in memory: the rows that fixed the aspects are here
+            out["aspects"] = {"model": _aspect_model_of(result).to_dict(), "table": aspects}
         if result.pope.log_weight is not None and len(result.pope.log_weight) <= 200_000:
             out["log_weights"] = [float(v) for v in result.pope.log_weight]
         _write_text_atomic(Path(args.out), json.dumps(out, indent=2, allow_nan=False) + "\n")
