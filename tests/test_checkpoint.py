@@ -38,9 +38,8 @@ from pope.train import (
     OutputExistsError,
     PopeDataset,
     TrainConfig,
-    _rng_state,
-    _set_rng_state,
 )
+from pope.train.outputs import rng_state, set_rng_state
 
 RECORDS = make_records(n_prompts=6, k=3, seed=5)
 ALL_FILES = (*CHECKPOINT_FILES, ckpt.MANIFEST)
@@ -213,7 +212,7 @@ def test_last_checkpoint_is_written_once(tmp_path, tok, monkeypatch):
         written.append(Path(path).name)
         return orig(path, files, state)
 
-    monkeypatch.setattr("pope.train.write_checkpoint", spy)
+    monkeypatch.setattr("pope.train.trainer.write_checkpoint", spy)
     trainer(tmp_path / "out", tok).train()
     assert written == ["checkpoint-2", "checkpoint-4"]
     # resuming a finished run writes no checkpoint again
@@ -352,20 +351,20 @@ def test_rng_state_round_trips_through_json(tmp_path):
     torch.manual_seed(3)
     random.gauss(0, 1)  # a cached gaussian in both legacy generators
     np.random.standard_normal()  # noqa: NPY002
-    st = json.loads(json.dumps(_rng_state()))
+    st = json.loads(json.dumps(rng_state()))
     want = (random.random(), random.gauss(0, 1), np.random.standard_normal(3),  # noqa: NPY002
             torch.rand(3))
     random.seed(7)
     np.random.seed(7)  # noqa: NPY002
     torch.manual_seed(7)
-    _set_rng_state(st, tmp_path / "rng.json")
+    set_rng_state(st, tmp_path / "rng.json")
     got = (random.random(), random.gauss(0, 1), np.random.standard_normal(3),  # noqa: NPY002
            torch.rand(3))
     assert got[:2] == want[:2]
     np.testing.assert_array_equal(got[2], want[2])
     assert torch.equal(got[3], want[3])
     with pytest.raises(CheckpointError, match=r"rng\.json: not a valid RNG state"):
-        _set_rng_state({"python": 1}, tmp_path / "rng.json")
+        set_rng_state({"python": 1}, tmp_path / "rng.json")
 
 
 def test_write_checkpoint_error_leaves_nothing_and_keeps_the_old(tmp_path):

@@ -456,3 +456,100 @@ def test_transformers_trainer_drop_in_two_steps(tok, tmp_path):
     fn = make_compute_loss(objective)
     torch.testing.assert_close(fn(model, batch), direct.loss)
     assert res.stats.metrics()["n_seqs"] == 6
+
+
+def test_transformers_trainer_logs_every_micro_batch_of_a_step_once(tok, tmp_path, monkeypatch):
+    """With gradient accumulation the logged estimates cover every micro-batch of the step
+    (not the last one only), and the statistics reach the host once per logged step (not
+    once per micro-batch)."""
+    import accelerate  # noqa: F401 (transformers.Trainer needs it; in the test extra)
+
+    from pope.objective import ObjectiveStats
+
+    model = tiny_gpt2(seed=3)
+    ds = PopeDataset.from_records(make_records(n_prompts=4, k=3, seed=8)).tokenize(tok)
+    ds.compute_logprobs(model, tok)
+    syncs = []
+    real = ObjectiveStats.metrics
+
+    def counted(self):
+        syncs.append(float(self.n_seqs))
+        return real(self)
+
+    monkeypatch.setattr(ObjectiveStats, "metrics", counted)
+
+    class Trainer(PopeTrainerMixin, transformers.Trainer):
+        pass
+
+    # one prompt (3 responses) per micro-batch, 2 micro-batches per optimizer step
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path / "hf"), max_steps=2, per_device_train_batch_size=1,
+        gradient_accumulation_steps=2, learning_rate=1e-2, report_to=[], use_cpu=True,
+        logging_steps=1, save_strategy="no", disable_tqdm=True, seed=0,
+    )
+    trainer = Trainer(model=model, args=args, train_dataset=ds,
+                      data_collator=PopeCollator(tok.pad_token_id),
+                      pope_objective=PopeObjective(lam=0.5, num_aspects=3))
+    trainer.train()
+    logged = [h for h in trainer.state.log_history if "pope/total" in h]
+    assert len(logged) == 2
+    assert [h["pope/n_seqs"] for h in logged] == [6.0, 6.0]  # both micro-batches, merged
+    assert [h["pope/n_prompts"] for h in logged] == [2.0, 2.0]
+    assert syncs == [6.0, 6.0]  # one metrics() per logged step, on the merged statistics
+    assert trainer.pope_last_metrics["n_seqs"] == 6.0 and len(syncs) == 2  # cached
+    # a call outside training replaces them (its own estimates)
+    batch = PopeCollator(tok.pad_token_id)([ds[0]])
+    trainer.compute_loss(model, batch)
+    assert trainer.pope_last_metrics["n_seqs"] == 3.0
+
+
+def test_trainer_mixin_merges_a_steps_micro_batches_or_falls_back_with_a_warning(tok):
+    """Without a Trainer: micro-batches of one step merge; statistics that cannot merge (each
+    micro-batch inferred its own number of aspects) log the last one's, with a warning."""
+    from types import SimpleNamespace
+
+    class Base:
+        def __init__(self, *args, **kwargs):
+            self.state = SimpleNamespace(global_step=0)
+
+    model = tiny_gpt2(seed=3)
+    ds = PopeDataset.from_records(make_records(n_prompts=4, k=3, seed=8)).tokenize(tok)
+    ds.compute_logprobs(model, tok)
+    collate = PopeCollator(tok.pad_token_id)
+    # prompts whose labels span different ranges: C inferred per batch differs
+    asp = [int(ds[i]["aspects"].max()) for i in range(ds.n_prompts)]
+    i, j = next((i, j) for i in range(4) for j in range(4) if asp[i] != asp[j])
+    for objective, n_expected, warns in ((PopeObjective(num_aspects=3), 6.0, False),
+                                         (PopeObjective(), 3.0, True)):
+        t = type("T", (PopeTrainerMixin, Base), {})(pope_objective=objective)
+        t._pope_in_step = True
+        for k in (i, j):
+            t.compute_loss(model, collate([ds[k]]))
+        t._pope_in_step = False
+        if warns:
+            with pytest.warns(RuntimeWarning, match="num_aspects"):
+                assert t.pope_last_metrics["n_seqs"] == n_expected
+        else:
+            assert t.pope_last_metrics["n_seqs"] == n_expected
+        t.state.global_step = 1  # the next step starts afresh
+        t._pope_in_step = True
+        t.compute_loss(model, collate([ds[i]]))
+        assert t.pope_last_metrics["n_seqs"] == 3.0
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_group_rows_numeric_and_object_paths_agree_with_first_appearance(seed):
+    """pope.data.group_rows (shared by LoggedFeedback and PopeDataset): the numpy.unique path
+    and the dict path give the same grouping, prompts in order of first appearance."""
+    from pope.data import group_rows
+
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(0, 7, size=int(rng.integers(0, 30)))
+    fast, slow = group_rows(ids), group_rows([f"p{v}" for v in ids])
+    for name in ("order", "prompt_ptr", "group", "first"):
+        np.testing.assert_array_equal(getattr(fast, name), getattr(slow, name))
+    seen = list(dict.fromkeys(ids.tolist()))  # ids in order of first appearance
+    assert ids[fast.first].tolist() == seen
+    for g, v in enumerate(seen):
+        rows = fast.order[fast.prompt_ptr[g]:fast.prompt_ptr[g + 1]]
+        assert rows.tolist() == np.flatnonzero(ids == v).tolist()

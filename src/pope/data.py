@@ -6,6 +6,7 @@ rows ``prompt_ptr[i]:prompt_ptr[i+1]`` of every per-response array.
 
 from __future__ import annotations
 
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -23,9 +24,68 @@ from pope._validation import (
 )
 from pope.options import RewardNormalization
 
-__all__ = ["LoggedFeedback", "RewardNormalization", "normalize_signal"]
+__all__ = ["LoggedFeedback", "RewardNormalization", "RowGroups", "group_rows", "normalize_signal"]
 
 
+
+
+@dataclass(frozen=True)
+class RowGroups:
+    """Rows grouped by prompt id (:func:`group_rows`).
+
+    Attributes
+    ----------
+    order : (N,) int64
+        Stored row ``r`` is input row ``order[r]``: prompts in order of first appearance,
+        each prompt's rows in input order.
+    prompt_ptr : (G+1,) int64
+        The rows of prompt ``g`` are ``order[prompt_ptr[g]:prompt_ptr[g+1]]``.
+    group : (N,) int64
+        Prompt (``0..G-1``, numbered in order of first appearance) of each *input* row.
+    first : (G,) int64
+        The input row where each prompt first appears (``ids[first]`` are the prompt ids).
+    """
+
+    order: np.ndarray
+    prompt_ptr: np.ndarray
+    group: np.ndarray
+    first: np.ndarray
+
+
+def group_rows(ids: Sequence[Hashable] | np.ndarray) -> RowGroups:
+    """Group rows by id: prompts in order of first appearance, rows in input order.
+
+    Ids compare as Python objects compare (``==`` and ``hash``). A numeric array is grouped
+    with :func:`numpy.unique`; anything else (str/object arrays, lists of hashables) with a
+    dict, which is faster for Python objects and accepts any hashable id.
+
+    Parameters
+    ----------
+    ids : (N,) array or sequence of hashable ids
+
+    Returns
+    -------
+    RowGroups
+    """
+    if isinstance(ids, np.ndarray) and ids.dtype != object:
+        uniq, first, inv = np.unique(ids, return_index=True, return_inverse=True)
+        rank = np.empty(uniq.shape[0], dtype=np.int64)
+        rank[np.argsort(first, kind="stable")] = np.arange(uniq.shape[0])
+        group = rank[inv.ravel()]
+        first = np.sort(first).astype(np.int64)
+    else:
+        keys = ids.tolist() if isinstance(ids, np.ndarray) else list(ids)
+        index: dict[Hashable, int] = {}
+        group = np.fromiter(
+            (index.setdefault(k, len(index)) for k in keys), dtype=np.int64, count=len(keys)
+        )
+        # prompts are numbered by first appearance: a row opens one when it exceeds all before
+        seen = np.maximum.accumulate(np.concatenate([[-1], group]))[:-1]
+        first = np.flatnonzero(group > seen).astype(np.int64)
+    order = np.argsort(group, kind="stable").astype(np.int64)
+    counts = np.bincount(group, minlength=first.shape[0])
+    ptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    return RowGroups(order=order, prompt_ptr=ptr, group=group.astype(np.int64), first=first)
 
 
 def _segments(prompt_ptr: np.ndarray) -> np.ndarray:
@@ -351,15 +411,8 @@ class LoggedFeedback:
         sig = as_float_array(signal, "signal")
         ll = as_float_array(log_logging, "log_logging")
         check_lengths(prompt_id=pid, signal=sig, log_logging=ll)
-        uniq, first, inv = np.unique(pid, return_index=True, return_inverse=True)
-        # prompt order = order of first appearance
-        rank = np.empty(uniq.shape[0], dtype=np.int64)
-        rank[np.argsort(first, kind="stable")] = np.arange(uniq.shape[0])
-        group = rank[inv.ravel()]
-        order = np.argsort(group, kind="stable").astype(np.int64)
-        counts = np.bincount(group, minlength=uniq.shape[0])
-        ptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-        ids = uniq[np.argsort(first, kind="stable")]
+        groups = group_rows(pid)
+        order, ptr, ids = groups.order, groups.prompt_ptr, pid[groups.first]
 
         def take(a: Any, name: str, ndim: int = 1, index: bool = False) -> np.ndarray | None:
             if a is None:
