@@ -250,7 +250,8 @@ def test_gradient_wrt_logits_matches_log_softmax_formula(opts):
         torch.testing.assert_close(out.stats.kl, kl.mean().detach(), rtol=1e-5, atol=1e-7)
 
 
-def test_hidden_states_path_equals_logits_path():
+@pytest.mark.parametrize("beta", [0.0, 0.3], ids=["no_kl", "kl"])
+def test_hidden_states_path_equals_logits_path(beta):
     g = torch.Generator().manual_seed(1)
     b, t, h, v = 4, 6, 8, 17
     hidden = torch.randn(b, t, h, generator=g, requires_grad=True)
@@ -260,8 +261,9 @@ def test_hidden_states_path_equals_logits_path():
     kw = dict(
         rewards=torch.rand(b, generator=g), prompt_index=torch.tensor([0, 0, 1, 1]),
         log_logging=-torch.rand(b, generator=g) * 5 - 10, aspects=torch.tensor([0, 1, 0, 0]),
+        ref_logprobs=-torch.rand(b, t, generator=g) * 3 if beta else None,
     )
-    obj = PopeObjective(lam=1.0, clip=5.0)
+    obj = PopeObjective(lam=1.0, clip=5.0, beta=beta)
     out_h = obj(None, labels, hidden_states=hidden, lm_head_weight=weight, **kw)
     gh = torch.autograd.grad(out_h.loss, (hidden, weight))
     out_l = obj(hidden @ weight.T, labels, **kw)

@@ -142,13 +142,12 @@ def linear_sequence_logprob(
     chunk_size: int | None = None,
     backend: str | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    r"""Per-sequence log-probs from hidden states and the LM head weight.
+    r"""Per-sequence (and per-token) log-probs from hidden states and the LM head weight.
 
     .. math:: \log\pi(y_s) = \sum_{t: s(t)=s} (h_t W^\top)[y_t] - \log\sum_v e^{(h_t W^\top)[v]}
 
-    Uses the chunked :func:`pope.ops.linear_sequence_logprob` (the ``N x V`` logits never
-    exist at once) unless per-token log-probs are requested; then
-    :func:`pope.ops.sequence_logprob` on the materialised ``hidden @ weight.T``.
+    The chunked :func:`pope.ops.linear_sequence_logprob` (kept here under its old name): the
+    ``N x V`` logits never exist at once, also when the per-token log-probs are requested.
 
     Parameters
     ----------
@@ -159,24 +158,15 @@ def linear_sequence_logprob(
     chunk_size : int, optional
         Rows per chunk of the fused path.
     """
-    if not return_token_logprobs:
-        return ops.linear_sequence_logprob(
-            hidden,
-            weight,
-            targets,
-            seq_index,
-            num_seqs,
-            ignore_index=ignore_index,
-            chunk_size=chunk_size,
-            backend=backend,
-        )
-    return ops.sequence_logprob(
-        hidden @ weight.T,
+    return ops.linear_sequence_logprob(
+        hidden,
+        weight,
         targets,
         seq_index,
         num_seqs,
         ignore_index=ignore_index,
         return_token_logprobs=return_token_logprobs,
+        chunk_size=chunk_size,
         backend=backend,
     )
 

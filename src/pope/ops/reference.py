@@ -141,12 +141,15 @@ def linear_sequence_logprob(
     *,
     ignore_index: int = -100,
     chunk_size: int | None = None,
-) -> torch.Tensor:
+    return_token_logprobs: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Reference of :func:`pope.ops.linear_sequence_logprob`.
 
     Chunks of rows go through :func:`torch.utils.checkpoint.checkpoint`, so autograd keeps
-    no ``(N, V)`` activation (each chunk's logits are recomputed in the backward). With
-    ``chunk_size=None`` the whole batch is one chunk.
+    no ``(N, V)`` activation (each chunk's logits are recomputed in the backward); the largest
+    temporaries are a few fp32 ``(chunk_size, V)`` buffers. With ``chunk_size=None`` the whole
+    batch is one chunk (the op passes its default chunk size). ``return_token_logprobs``: also
+    the (N,) fp32 per-token log-probs (0 where masked), differentiable.
     """
     n_rows = hidden.shape[0]
     step = n_rows if chunk_size is None else int(chunk_size)
@@ -160,4 +163,5 @@ def linear_sequence_logprob(
             parts.append(_chunk_token_logprob(*args))
     tok = torch.cat(parts) if parts else hidden.new_zeros(0, dtype=torch.float32)
     seq = torch.zeros(num_seqs, dtype=torch.float32, device=hidden.device)
-    return seq.index_add(0, seq_index.long(), tok)
+    seq = seq.index_add(0, seq_index.long(), tok)
+    return (seq, tok) if return_token_logprobs else seq
