@@ -35,7 +35,7 @@ def make_batch(seed: int = 0, s_per_prompt=(3, 1, 4, 2), c: int = 3, soft: bool 
 
 def reference_loss(
     logp, log_logging, rewards, q, prompt, *, lam, clip=None, ppo_eps=None,
-    weighting="sequence", counts=None, baseline="loo", coverage="snips",
+    weighting="sequence", counts=None, baseline="loo", coverage="self_normalized",
     diversity="coverage", truncation="estimator", kl=None, beta=0.0,
     diversity_estimator="polynomial", diversity_degree=None,
 ):
@@ -65,7 +65,7 @@ def reference_loss(
     for key in torch.unique(prompt):
         idx = torch.nonzero(prompt == key).flatten()
         we = w_est[idx]
-        if coverage == "snips":
+        if coverage == "self_normalized":
             p = (we[:, None] * q[idx]).sum(0) / we.sum()
         else:
             p = (we[:, None] * q[idx]).sum(0) / len(idx)
@@ -485,3 +485,18 @@ def test_empty_response_and_bad_labels_raise():
 def test_bad_options_raise(kwargs, match):
     with pytest.raises(ValueError, match=match):
         PopeObjective(**kwargs)
+
+
+def test_coverage_snips_is_a_deprecated_spelling_of_self_normalized():
+    """One spelling with pope.evaluate: "self_normalized"; "snips" warns and maps to it."""
+    assert PopeObjective().coverage == "self_normalized"
+    with pytest.warns(DeprecationWarning, match="self_normalized"):
+        old = PopeObjective(coverage="snips", num_aspects=3)
+    assert old.coverage == "self_normalized"
+    bt = _token_batch()
+    kw = dict(rewards=bt["rewards"], prompt_index=bt["prompt"], log_logging=bt["tok_logging"],
+              aspects=bt["aspects"])
+    new = PopeObjective(coverage="self_normalized", num_aspects=3)
+    a, b = old(bt["logits"], bt["labels"], **kw), new(bt["logits"], bt["labels"], **kw)
+    assert torch.equal(a.loss, b.loss) and torch.equal(a.coverage, b.coverage)
+    assert a.stats.self_normalized and b.stats.self_normalized

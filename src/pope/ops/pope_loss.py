@@ -170,30 +170,7 @@ def pope_loss(
     device = logits.device
     log_logging = check_seq_vector("log_logging", log_logging, num_seqs, device)
     advantages = check_seq_vector("advantages", advantages, num_seqs, device)
-    if weighting not in _WEIGHTINGS:
-        raise ValueError(f"weighting must be one of {_WEIGHTINGS}, got {weighting!r}")
-    if clip is not None and ppo_eps is not None:
-        raise ValueError("clip and ppo_eps are mutually exclusive (pass at most one)")
-    if clip is not None:
-        if not isinstance(clip, numbers.Real) or isinstance(clip, bool):
-            raise TypeError(f"clip must be a float or None, got {type(clip).__name__}")
-        if not (math.isfinite(clip) and clip > 0):
-            raise ValueError(f"clip must be a finite number > 0, got {clip}")
-        clip = float(clip)
-    if ppo_eps is not None:
-        if not isinstance(ppo_eps, numbers.Real) or isinstance(ppo_eps, bool):
-            raise TypeError(f"ppo_eps must be a float or None, got {type(ppo_eps).__name__}")
-        if not (0.0 < ppo_eps < 1.0):
-            raise ValueError(f"ppo_eps must lie in (0, 1), got {ppo_eps}")
-        ppo_eps = float(ppo_eps)
-    if normalizer is None:
-        normalizer = float(num_seqs)
-    else:
-        if not isinstance(normalizer, numbers.Real) or isinstance(normalizer, bool):
-            raise TypeError(f"normalizer must be a float or None, got {type(normalizer).__name__}")
-        if not (math.isfinite(normalizer) and normalizer > 0):
-            raise ValueError(f"normalizer must be a finite number > 0, got {normalizer}")
-        normalizer = float(normalizer)
+    clip, ppo_eps, normalizer = _check_controls(weighting, clip, ppo_eps, normalizer, num_seqs)
     ll_bad = (log_logging.detach() > LOGPROB_TOL).any()
     # w_s <= exp(-log_logging_s) because log pi_theta <= 0: overflow is possible only here
     may_overflow = (clip is None) and (
@@ -219,6 +196,38 @@ def pope_loss(
     if check_loss and not bool(torch.isfinite(out.loss.detach())):
         _raise_overflow(out, log_logging, advantages)
     return out
+
+
+def _check_controls(
+    weighting: str, clip: float | None, ppo_eps: float | None, normalizer: float | None,
+    num_seqs: int,
+) -> tuple[float | None, float | None, float]:
+    """Validated ``(clip, ppo_eps, normalizer)`` of :func:`pope_loss` (``normalizer`` default S)."""
+    if weighting not in _WEIGHTINGS:
+        raise ValueError(f"weighting must be one of {_WEIGHTINGS}, got {weighting!r}")
+    if clip is not None and ppo_eps is not None:
+        raise ValueError("clip and ppo_eps are mutually exclusive (pass at most one)")
+    if clip is not None:
+        if not isinstance(clip, numbers.Real) or isinstance(clip, bool):
+            raise TypeError(f"clip must be a float or None, got {type(clip).__name__}")
+        if not (math.isfinite(clip) and clip > 0):
+            raise ValueError(f"clip must be a finite number > 0, got {clip}")
+        clip = float(clip)
+    if ppo_eps is not None:
+        if not isinstance(ppo_eps, numbers.Real) or isinstance(ppo_eps, bool):
+            raise TypeError(f"ppo_eps must be a float or None, got {type(ppo_eps).__name__}")
+        if not (0.0 < ppo_eps < 1.0):
+            raise ValueError(f"ppo_eps must lie in (0, 1), got {ppo_eps}")
+        ppo_eps = float(ppo_eps)
+    if normalizer is None:
+        normalizer = float(num_seqs)
+    else:
+        if not isinstance(normalizer, numbers.Real) or isinstance(normalizer, bool):
+            raise TypeError(f"normalizer must be a float or None, got {type(normalizer).__name__}")
+        if not (math.isfinite(normalizer) and normalizer > 0):
+            raise ValueError(f"normalizer must be a finite number > 0, got {normalizer}")
+        normalizer = float(normalizer)
+    return clip, ppo_eps, normalizer
 
 
 def _raise_overflow(
