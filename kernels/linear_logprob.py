@@ -8,14 +8,17 @@ Forward, per chunk ``c``: :math:`Z_c = H_c W^\top` (input dtype, fp32 accumulati
 GEMM), then :func:`~pope.kernels.logprob.logprob_fwd` accumulates
 :math:`\log\pi(y_s) \mathrel{+}= \sum_{t \in c} z_{t,y_t} - \mathrm{lse}_t` into the shared
 ``(S,)`` buffer and stores :math:`\mathrm{lse}_t` (``N`` fp32 values: the only thing kept for the
-backward besides the inputs).
+backward besides the inputs) and the per-token log-prob :math:`\ell_t` (``N`` fp32 values,
+returned on request: the per-token output needed e.g. for a KL penalty).
 
 Backward (recompute strategy), per chunk: :math:`Z_c` is recomputed, the gradient
 
 .. math:: \bar Z_c = g_t\,(\mathrm{onehot}(y_t) - \mathrm{softmax}(z_t)), \qquad
-          g_t = \bar g_{s(t)}\,\mathbb{1}[y_t \ne \mathrm{ignore}]
+          g_t = (\bar g_{s(t)} + \bar\ell_t)\,\mathbb{1}[y_t \ne \mathrm{ignore}]
 
-is written over the recomputed :math:`Z_c` in place (one Triton sweep from the saved LSE), then
+(:math:`\bar g` and :math:`\bar\ell` the incoming gradients of the per-sequence and, when
+requested, per-token outputs) is written over the recomputed :math:`Z_c` in place (one Triton
+sweep from the saved LSE), then
 :math:`\bar H_c = \bar Z_c W` and :math:`\bar W \mathrel{+}= \bar Z_c^\top H_c`.
 
 Why recompute rather than compute the gradients inside the forward (the fused-linear
@@ -31,22 +34,11 @@ fp32 and cast once at the end, so the rounding does not grow with the number of 
 from __future__ import annotations
 
 import torch
-import triton
 
+from .chunking import default_chunk_size
 from .logprob import logprob_bwd, logprob_fwd
 
 __all__ = ["default_chunk_size", "linear_logprob_bwd", "linear_logprob_fwd"]
-
-
-def default_chunk_size(n_rows: int, hidden_size: int, vocab_size: int) -> int:
-    """Rows per chunk so that a ``(C, V)`` logits chunk is about as large as ``(N, H)``.
-
-    :math:`C = 2^{\\lceil \\log_2 \\lceil N / \\lceil V/H \\rceil \\rceil \\rceil}`, clipped to
-    ``[1, N]``: the transient chunk then costs roughly one more copy of the hidden states.
-    """
-    ratio = max(1, triton.cdiv(vocab_size, max(hidden_size, 1)))
-    chunk = triton.next_power_of_2(max(1, triton.cdiv(n_rows, ratio)))
-    return max(1, min(chunk, n_rows))
 
 
 def linear_logprob_fwd(
@@ -57,17 +49,23 @@ def linear_logprob_fwd(
     num_seqs: int,
     ignore_index: int = -100,
     chunk_size: int | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Chunked forward.
+    *,
+    return_token_logprobs: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor] | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    r"""Chunked forward.
 
     Parameters
     ----------
     hidden : (N, H); weight : (V, H), same dtype; targets, seq_index : (N,) int.
     chunk_size : rows per chunk (default :func:`default_chunk_size`).
+    return_token_logprobs : also return the (N,) fp32 per-token log-probs
+        :math:`\ell_t = z_{t,y_t} - \mathrm{lse}_t` (0 where masked), which the kernel writes
+        anyway: an ``N``-vector, no ``(N, V)`` buffer.
 
     Returns
     -------
-    seq_logp : (S,) fp32; lse : (N,) fp32 (for :func:`linear_logprob_bwd`).
+    seq_logp : (S,) fp32; lse : (N,) fp32 (for :func:`linear_logprob_bwd`);
+    ``(seq_logp, tok_logp, lse)`` if ``return_token_logprobs``.
     """
     n_rows = hidden.shape[0]
     device = hidden.device
@@ -90,6 +88,8 @@ def linear_logprob_fwd(
             out_lse=lse[start:end],
         )
         del logits
+    if return_token_logprobs:
+        return seq_logp, tok, lse
     return seq_logp, lse
 
 
@@ -99,18 +99,25 @@ def linear_logprob_bwd(
     targets: torch.Tensor,
     seq_index: torch.Tensor,
     lse: torch.Tensor,
-    grad_seq: torch.Tensor,
+    grad_seq: torch.Tensor | None,
     ignore_index: int = -100,
     chunk_size: int | None = None,
     *,
+    grad_tok: torch.Tensor | None = None,
     need_hidden: bool = True,
     need_weight: bool = True,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """Chunked backward (recomputes each logits chunk).
+    r"""Chunked backward (recomputes each logits chunk).
+
+    The logit gradient of token ``t`` is :math:`g_t(\mathrm{onehot}(y_t) -
+    \mathrm{softmax}(z_t))` with :math:`g_t = \bar g_{s(t)} + \bar\ell_t` (either term may
+    be absent).
 
     Parameters
     ----------
-    lse : (N,) fp32 from :func:`linear_logprob_fwd`; grad_seq : (S,) fp32.
+    lse : (N,) fp32 from :func:`linear_logprob_fwd`.
+    grad_seq : (S,) fp32 gradient of the sequence log-probs, or None (zero).
+    grad_tok : (N,) fp32 gradient of the per-token log-probs, or None (zero).
     need_hidden, need_weight : which gradients to form.
 
     Returns
@@ -135,7 +142,7 @@ def linear_logprob_bwd(
             seq_index[start:end],
             lse[start:end],
             grad_seq,
-            None,
+            None if grad_tok is None else grad_tok[start:end],
             ignore_index,
             inplace=True,
         )

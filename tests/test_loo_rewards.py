@@ -201,7 +201,7 @@ def reference_for(bt, diversity, degree, normalization, clip=None):
     return order, res
 
 
-@pytest.mark.parametrize("coverage", ["ips", "snips"])  # the reward is IPS for both
+@pytest.mark.parametrize("coverage", ["ips", "self_normalized"])  # the reward is IPS for both
 @pytest.mark.parametrize("diversity,degree", [("coverage", None), ("coverage", 2),
                                               ("coverage", 5), ("gini_simpson", None)])
 @pytest.mark.parametrize("soft,extreme", [(True, False), (False, False), (True, True)])
@@ -231,8 +231,9 @@ def test_objective_rewards_match_the_reference(coverage, diversity, degree,
         assert (w[idx] * out.advantage[idx]).sum().abs() < 1e-10
 
 
-@pytest.mark.parametrize("diversity,coverage", [("coverage", "snips"), ("coverage", "ips"),
-                                                ("gini_simpson", "snips"),
+@pytest.mark.parametrize("diversity,coverage", [("coverage", "self_normalized"),
+                                                ("coverage", "ips"),
+                                                ("gini_simpson", "self_normalized"),
                                                 ("gini_simpson", "ips")])
 def test_logged_diversity_is_the_evaluate_estimate(diversity, coverage):
     """ObjectiveStats.diversity (also merged over micro-batches) == pope.evaluate's."""
@@ -254,7 +255,7 @@ def test_logged_diversity_is_the_evaluate_estimate(diversity, coverage):
                         aspect_probs=bt["aspects"][order].numpy())
     with pytest.warns(UserWarning):  # single-response prompts identify nothing
         est = pope.evaluate(fb, bt["logp"][order].numpy(), diversity=diversity, clip=1.8,
-                            coverage="ips" if coverage == "ips" else "self_normalized",
+                            coverage=coverage,
                             diversity_degree=4 if diversity == "coverage" else None)
     # same float64 formula in a different order of summation
     assert float(out.stats.diversity) == pytest.approx(est.diversity.value, rel=1e-12)
@@ -345,7 +346,7 @@ def test_monte_carlo_loo_gradient_is_unbiased_and_plugin_is_not(k):
         mean, se = _mc_gradient(k, MC_LOGS, 100 + k, **opts)
         z[name] = ((mean - target) / se).abs().max().item()
         assert z[name] < 3.0, (name, z[name])
-    for cov in ("snips", "ips"):
+    for cov in ("self_normalized", "ips"):
         mean, se = _mc_gradient(k, MC_LOGS, 200 + k, diversity_estimator="plugin", coverage=cov)
         for target in ("coverage", "shannon"):  # the polynomial D_L, and H/log C itself
             zz = ((mean - _population_gradient(target, min(k, 4))) / se).abs().max().item()

@@ -35,7 +35,7 @@ def make_batch(seed: int = 0, s_per_prompt=(3, 1, 4, 2), c: int = 3, soft: bool 
 
 def reference_loss(
     logp, log_logging, rewards, q, prompt, *, lam, clip=None, ppo_eps=None,
-    weighting="sequence", counts=None, baseline="loo", coverage="snips",
+    weighting="sequence", counts=None, baseline="loo", coverage="self_normalized",
     diversity="coverage", truncation="estimator", kl=None, beta=0.0,
     diversity_estimator="polynomial", diversity_degree=None,
 ):
@@ -65,7 +65,7 @@ def reference_loss(
     for key in torch.unique(prompt):
         idx = torch.nonzero(prompt == key).flatten()
         we = w_est[idx]
-        if coverage == "snips":
+        if coverage == "self_normalized":
             p = (we[:, None] * q[idx]).sum(0) / we.sum()
         else:
             p = (we[:, None] * q[idx]).sum(0) / len(idx)
@@ -250,7 +250,8 @@ def test_gradient_wrt_logits_matches_log_softmax_formula(opts):
         torch.testing.assert_close(out.stats.kl, kl.mean().detach(), rtol=1e-5, atol=1e-7)
 
 
-def test_hidden_states_path_equals_logits_path():
+@pytest.mark.parametrize("beta", [0.0, 0.3], ids=["no_kl", "kl"])
+def test_hidden_states_path_equals_logits_path(beta):
     g = torch.Generator().manual_seed(1)
     b, t, h, v = 4, 6, 8, 17
     hidden = torch.randn(b, t, h, generator=g, requires_grad=True)
@@ -260,8 +261,9 @@ def test_hidden_states_path_equals_logits_path():
     kw = dict(
         rewards=torch.rand(b, generator=g), prompt_index=torch.tensor([0, 0, 1, 1]),
         log_logging=-torch.rand(b, generator=g) * 5 - 10, aspects=torch.tensor([0, 1, 0, 0]),
+        ref_logprobs=-torch.rand(b, t, generator=g) * 3 if beta else None,
     )
-    obj = PopeObjective(lam=1.0, clip=5.0)
+    obj = PopeObjective(lam=1.0, clip=5.0, beta=beta)
     out_h = obj(None, labels, hidden_states=hidden, lm_head_weight=weight, **kw)
     gh = torch.autograd.grad(out_h.loss, (hidden, weight))
     out_l = obj(hidden @ weight.T, labels, **kw)
@@ -483,3 +485,18 @@ def test_empty_response_and_bad_labels_raise():
 def test_bad_options_raise(kwargs, match):
     with pytest.raises(ValueError, match=match):
         PopeObjective(**kwargs)
+
+
+def test_coverage_snips_is_a_deprecated_spelling_of_self_normalized():
+    """One spelling with pope.evaluate: "self_normalized"; "snips" warns and maps to it."""
+    assert PopeObjective().coverage == "self_normalized"
+    with pytest.warns(DeprecationWarning, match="self_normalized"):
+        old = PopeObjective(coverage="snips", num_aspects=3)
+    assert old.coverage == "self_normalized"
+    bt = _token_batch()
+    kw = dict(rewards=bt["rewards"], prompt_index=bt["prompt"], log_logging=bt["tok_logging"],
+              aspects=bt["aspects"])
+    new = PopeObjective(coverage="self_normalized", num_aspects=3)
+    a, b = old(bt["logits"], bt["labels"], **kw), new(bt["logits"], bt["labels"], **kw)
+    assert torch.equal(a.loss, b.loss) and torch.equal(a.coverage, b.coverage)
+    assert a.stats.self_normalized and b.stats.self_normalized

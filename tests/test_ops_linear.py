@@ -151,6 +151,79 @@ def test_linear_sequence_logprob_matches_oracle(dtype, chunk_size, device):
         assert_normwise(gw, e_gw, TOL[dtype]["grad"])
 
 
+def oracle_tokens(hidden, weight, y, si, s, g_seq, g_tok):
+    """fp32 materialised logits + autograd with per-token outputs: (seq, tok, grad_h, grad_w)."""
+    h = hidden.detach().float().requires_grad_(True)
+    w = weight.detach().float().requires_grad_(True)
+    seq, tok = ops_reference.sequence_logprob(h @ w.t(), y, si, s, return_token_logprobs=True)
+    ((seq * g_seq).sum() + (tok * g_tok).sum()).backward()
+    return seq.detach(), tok.detach(), h.grad, w.grad
+
+
+@pytest.mark.parametrize("chunk_size", [1, 7, None])
+def test_launchers_token_output_and_token_gradient(chunk_size, device):
+    n, h, v, s = 45, 24, 300, 6
+    hidden, weight, y, si = make_case(n, h, v, s, device=device, seed=11)
+    g_seq, g_tok = torch.randn(s, device=device), torch.randn(n, device=device)
+    seq, tok, lse = K.linear_logprob_fwd(
+        hidden, weight, y, si, s, -100, chunk_size, return_token_logprobs=True
+    )
+    e_seq, e_tok, e_gh, e_gw = oracle_tokens(hidden, weight, y, si, s, g_seq, g_tok)
+    assert_close(seq, e_seq, TOL[torch.float32]["logp"])
+    assert_close(tok, e_tok, TOL[torch.float32]["logp"])
+    assert torch.all(tok[y == -100] == 0)
+    gh, gw = K.linear_logprob_bwd(hidden, weight, y, si, lse, g_seq, -100, chunk_size,
+                                  grad_tok=g_tok)  # fmt: skip
+    assert_normwise(gh, e_gh, TOL[torch.float32]["grad"])
+    assert_normwise(gw, e_gw, TOL[torch.float32]["grad"])
+    # the token gradient alone (no sequence gradient)
+    gh, gw = K.linear_logprob_bwd(hidden, weight, y, si, lse, None, -100, chunk_size,
+                                  grad_tok=g_tok)  # fmt: skip
+    _, _, e_gh, e_gw = oracle_tokens(hidden, weight, y, si, s, torch.zeros_like(g_seq), g_tok)
+    assert_normwise(gh, e_gh, TOL[torch.float32]["grad"])
+    assert_normwise(gw, e_gw, TOL[torch.float32]["grad"])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("use_seq", [True, False], ids=["seq_and_tok", "tok_only"])
+def test_linear_token_logprobs_match_oracle(dtype, use_seq, device):
+    n, h, v, s = 40, 32, 257, 5
+    hidden, weight, y, si = make_case(n, h, v, s, dtype=dtype, device=device, seed=12)
+    g_seq = torch.randn(s, device=device) if use_seq else torch.zeros(s, device=device)
+    g_tok = torch.randn(n, device=device)
+    e_seq, e_tok, e_gh, e_gw = oracle_tokens(hidden, weight, y, si, s, g_seq, g_tok)
+    for backend in ("triton", "torch"):
+        hh = hidden.detach().clone().requires_grad_(True)
+        ww = weight.detach().clone().requires_grad_(True)
+        seq, tok = ops.linear_sequence_logprob(
+            hh, ww, y, si, s, return_token_logprobs=True, chunk_size=9, backend=backend
+        )
+        loss = (tok * g_tok).sum() + ((seq * g_seq).sum() if use_seq else 0.0)
+        loss.backward()
+        assert tok.shape == (n,) and tok.dtype == torch.float32, backend
+        assert_close(seq, e_seq, TOL[dtype]["logp"])
+        assert_close(tok, e_tok, TOL[dtype]["logp"])
+        assert_normwise(hh.grad, e_gh, TOL[dtype]["grad"])
+        assert_normwise(ww.grad, e_gw, TOL[dtype]["grad"])
+
+
+def test_default_chunk_is_used_by_both_backends(monkeypatch, device):
+    """chunk_size=None: the torch reference is chunked too (no (N, V) logits on CPU)."""
+    seen = []
+    real = ops_reference.linear_sequence_logprob
+
+    def spy(*a, **k):
+        seen.append(k["chunk_size"])
+        return real(*a, **k)
+
+    from pope.ops import linear as L
+
+    monkeypatch.setattr(L.reference, "linear_sequence_logprob", spy)
+    hidden, weight, y, si = make_case(64, 8, 256, 3, device=device, seed=13)
+    ops.linear_sequence_logprob(hidden, weight, y, si, 3, backend="torch")
+    assert seen == [K.default_chunk_size(64, 8, 256)] == [2]
+
+
 def test_linear_matches_sequence_logprob_on_materialised_logits(device):
     """Same numbers as the logits path on the same (fp32) logits, chunked or not."""
     hidden, weight, y, si = make_case(33, 16, 120, 4, device=device, seed=4)
