@@ -31,6 +31,7 @@ from pope.objective.checks import (
     work_dtype,
 )
 from pope.objective.results import PopeOutput
+from pope.options import Baseline, Coverage, Diversity, Weighting
 
 __all__ = [
     "Baseline",
@@ -43,11 +44,9 @@ __all__ = [
     "Weighting",
 ]
 
-Weighting = Literal["sequence", "token_mean"]
-Baseline = Literal["mean", "loo", "none"]
-#: ``"snips"`` is still accepted (DeprecationWarning) and means ``"self_normalized"``.
-Coverage = Literal["self_normalized", "ips"]
-Diversity = Literal["coverage", "gini_simpson", "response_entropy"]
+# Weighting, Baseline, Coverage and Diversity are the library's (pope.options); for coverage
+# ``"snips"`` is still accepted (DeprecationWarning) and means ``"self_normalized"``.
+#: the training reward has no jackknife
 DiversityEstimator = Literal["polynomial", "plugin"]
 Truncation = Literal["estimator", "gradient"]
 GradReduction = Literal["mean", "sum"]

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from pope.objective import PopeObjective
+from pope.options import Coverage
 from pope.train_monitor import REPORT_TO, WeightMonitor
 
 __all__ = ["LMHead", "TrainConfig"]
@@ -78,7 +80,7 @@ class TrainConfig:
     ppo_eps: float | None = None
     weighting: Literal["sequence", "token_mean"] = "sequence"
     baseline: Literal["mean", "loo", "none"] = "loo"
-    coverage: Literal["snips", "ips"] = "snips"
+    coverage: Coverage = "self_normalized"  # "snips": deprecated spelling, still accepted
     diversity: Literal["coverage", "gini_simpson", "response_entropy"] = "coverage"
     diversity_estimator: Literal["polynomial", "plugin"] = "polynomial"
     diversity_degree: int | None = None
@@ -106,6 +108,12 @@ class TrainConfig:
     report_to: str = "none"
 
     def __post_init__(self) -> None:
+        if self.coverage == "snips":
+            warnings.warn("coverage='snips' is deprecated, use coverage='self_normalized' (the "
+                          "spelling of pope.evaluate and the CLI)", DeprecationWarning,
+                          stacklevel=3)
+            self.coverage = "self_normalized"
+
         def positive(name: str, integer: bool = False, allow_none: bool = False) -> None:
             v = getattr(self, name)
             if v is None and allow_none:
