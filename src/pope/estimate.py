@@ -433,7 +433,7 @@ class Estimate:
                     " no interval can be computed from the data"
                 )
             if method == "normal":
-                h = se * iv.bias_aware_critical_value(b / se, a) if se > 0 else b
+                h = iv.bias_aware_halfwidth(se, b, a)
             else:
                 h = iv.t_quantile(1.0 - a / 2.0, self.n - 1) * se + b
             h = max(h, self._ess_floor(a) + b)

@@ -44,6 +44,7 @@ import numpy as np
 
 __all__ = [
     "bias_aware_critical_value",
+    "bias_aware_halfwidth",
     "check_alpha",
     "empirical_bernstein_halfwidth",
     "hoeffding_halfwidth",
@@ -199,3 +200,11 @@ def bias_aware_critical_value(b: float, alpha: float) -> float:
         if hi - lo < 1e-13 * max(1.0, hi):
             break
     return 0.5 * (lo + hi)
+
+
+def bias_aware_halfwidth(stderr: float, bias: float, alpha: float) -> float:
+    r"""Half-width :math:`\mathrm{se}\,\mathrm{cv}_{1-\alpha}(B/\mathrm{se})` of the
+    bias-aware interval (:math:`B` when the standard error is 0)."""
+    if stderr > 0:
+        return stderr * bias_aware_critical_value(bias / stderr, alpha)
+    return bias

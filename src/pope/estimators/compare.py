@@ -29,7 +29,8 @@ import numpy as np
 from pope.data import LoggedFeedback
 from pope.estimate import Estimate
 from pope.estimators.pope import PopeEstimate, _compute, attach_arrays
-from pope.intervals import bias_aware_critical_value, check_alpha
+from pope.estimators.pope_stats import narrowest_degree
+from pope.intervals import check_alpha
 
 __all__ = ["PopeComparison", "compare"]
 
@@ -69,11 +70,17 @@ class PopeComparison:
         return {name: getattr(self, name).to_dict() for name in _PARTS}
 
 
+def _paired_stderr(psi: np.ndarray) -> float:
+    r""":math:`\sqrt{\sum_i\psi_i^2/(n(n-1))}` of paired influence values (inf for n < 2)."""
+    n = psi.shape[0]
+    return math.sqrt(float(psi @ psi) / (n * (n - 1))) if n > 1 else math.inf
+
+
 def _difference(name: str, ea: Estimate, eb: Estimate, lam: float, bias: float | None,
                 mult: int, alpha: float) -> Estimate:
     psi = np.asarray(ea.contributions) - ea.value - (np.asarray(eb.contributions) - eb.value)
     n = psi.shape[0]
-    se = math.sqrt(float(psi @ psi) / (n * (n - 1))) if n > 1 else math.nan
+    se = _paired_stderr(psi) if n > 1 else math.nan
     value = ea.value - eb.value
     span = {"relevance": 1.0, "diversity": 1.0, "total": 1.0 + lam}[name]
 
@@ -121,22 +128,17 @@ def compare(feedback: LoggedFeedback, log_target_a: Any, log_target_b: Any, *,
     sb, arr_b = _compute(feedback, log_target_b, **kw)
     fixed = kw["diversity_degree"]
     cands = sorted(set(sa.candidate_degrees()) | set(sb.candidate_degrees()))
-    if fixed is not None or len(cands) == 1:
-        deg, mult = (fixed if fixed is not None else cands[0]), 1
+    if fixed is not None:
+        deg, mult = fixed, 1
     else:
-        mult = len(cands)
-        best = math.inf
-        for L in cands:
-            pa, pb = sa.diversity_parts(L), sb.diversity_parts(L)
+        def se_bias(degree: int) -> tuple[float, float]:
+            pa, pb = sa.diversity_parts(degree), sb.diversity_parts(degree)
             # both share the units: the moments of A - B need the rows, so use the rows
-            ga = (arr_a["rows"] - sa.moments.mean) @ pa.grad
-            gb = (arr_b["rows"] - sb.moments.mean) @ pb.grad
-            n = ga.shape[0]
-            se = math.sqrt(float((ga - gb) @ (ga - gb)) / (n * (n - 1))) if n > 1 else math.inf
-            b = (pa.bias or 0.0) + (pb.bias or 0.0)
-            w = se * bias_aware_critical_value(b / se, a_ / mult) if se > 0 else b
-            if w < best:
-                deg, best = L, w
+            psi = ((arr_a["rows"] - sa.moments.mean) @ pa.grad
+                   - (arr_b["rows"] - sb.moments.mean) @ pb.grad)
+            return _paired_stderr(psi), (pa.bias or 0.0) + (pb.bias or 0.0)
+
+        deg, mult = narrowest_degree(cands, a_, se_bias), len(cands)
     ea = attach_arrays(sa.estimate(a_, degree=deg), sa, arr_a)
     eb = attach_arrays(sb.estimate(a_, degree=deg), sb, arr_b)
     lam = sa.lam

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,9 +24,9 @@ import numpy as np
 from pope.estimate import Estimate, InsufficientDataWarning, WeightMoments, _scaled
 from pope.estimators.pope_features import DiversitySpec, diversity_value, relevance_value
 from pope.estimators.prompt_moments import PromptMoments
-from pope.intervals import bias_aware_critical_value, check_alpha
+from pope.intervals import bias_aware_halfwidth, check_alpha
 
-__all__ = ["PAIR_ESS_WARN", "PopeStats", "QuantityParts"]
+__all__ = ["PAIR_ESS_WARN", "PopeStats", "QuantityParts", "narrowest_degree"]
 
 #: Gini-Simpson: warn when the pair-ESS fraction is below this (the interval is widened there,
 #: see :data:`pope.estimate.LOW_PAIR_ESS_FRACTION`)
@@ -37,6 +38,21 @@ _NO_BOUND = (
     "ci('normal'|'t'|'bootstrap'), or pope.estimators.ips with clip on the rewards for a "
     "bound on the relevance."
 )
+
+
+def narrowest_degree(candidates: tuple[int, ...] | list[int], alpha: float,
+                     se_bias: Callable[[int], tuple[float, float]]) -> int:
+    """The candidate whose bias-aware interval, at level :math:`\alpha/m` for :math:`m`
+    candidates, is the narrowest; ``se_bias(degree)`` gives its stderr and bias bound."""
+    if len(candidates) == 1:
+        return candidates[0]
+    a = alpha / len(candidates)
+    best, best_w = candidates[0], math.inf
+    for degree in candidates:
+        w = bias_aware_halfwidth(*se_bias(degree), a)
+        if w < best_w:
+            best, best_w = degree, w
+    return best
 
 
 @dataclass(frozen=True)
@@ -130,18 +146,12 @@ class PopeStats:
     def choose_degree(self, alpha: float) -> int:
         """The candidate degree with the narrowest bias-aware diversity interval, every
         candidate at level :math:`\alpha/m` (so the reported interval stays valid)."""
-        cands = self.candidate_degrees()
-        if len(cands) == 1:
-            return cands[0]
-        a = alpha / len(cands)
-        best, best_w = cands[0], math.inf
-        for L in cands:
-            d = self.diversity_parts(L)
-            se, b = d.stderr, d.bias or 0.0
-            w = se * bias_aware_critical_value(b / se, a) if se > 0 else b
-            if w < best_w:
-                best, best_w = L, w
-        return best
+
+        def se_bias(degree: int) -> tuple[float, float]:
+            d = self.diversity_parts(degree)
+            return d.stderr, d.bias or 0.0
+
+        return narrowest_degree(self.candidate_degrees(), alpha, se_bias)
 
     def pair_ess_fraction(self) -> float:
         r"""Gini-Simpson pair ESS / n: :math:`(\sum_i\hat S_{2,i})^2/(n\sum_i\hat S_{2,i}^2)`."""
