@@ -350,6 +350,7 @@ def run(args: argparse.Namespace) -> int:
     if len(data) == 0:
         raise UsageError("no valid rows to train on")
     aspects, aspect_model = _train_aspects(data, args)
+    assert data.prompt is not None and data.response is not None  # load_logs(require_text=True)
     dataset = PopeDataset.from_arrays(
         prompt_id=list(data.prompt_id), prompt=data.prompt, response=data.response,
         reward=data.signal, log_logging=None if args.logging_model else data.log_logging,

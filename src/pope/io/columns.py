@@ -71,7 +71,7 @@ def parse_list(v: Any) -> np.ndarray | None:
 
 def list_column(s: Any) -> tuple[list[np.ndarray | None], np.ndarray]:
     """(parsed cells, invalid mask) for a list column; missing cells give None and not invalid."""
-    parsed = []
+    parsed: list[np.ndarray | None] = []
     invalid = np.zeros(len(s), dtype=bool)
     for i, v in enumerate(s):
         if is_missing(v):

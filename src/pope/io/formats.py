@@ -88,7 +88,7 @@ def detect_format(path: str | os.PathLike[str]) -> Format:
     if suffixes and suffixes[-1] in (".gz", ".bz2", ".xz", ".zst"):
         suffixes = suffixes[:-1]
     ext = suffixes[-1] if suffixes else ""
-    table = {
+    table: dict[str, Format] = {
         ".parquet": "parquet",
         ".pq": "parquet",
         ".jsonl": "jsonl",
@@ -103,7 +103,7 @@ def detect_format(path: str | os.PathLike[str]) -> Format:
             ".jsonl, .ndjson, .csv, .tsv (optionally .gz) or pass format= "
             f"({', '.join(FORMATS)})"
         )
-    return table[ext]  # type: ignore[return-value]
+    return table[ext]
 
 
 def _open_text(path: Path) -> Any:
@@ -292,14 +292,15 @@ def write_logs(
     p = Path(path)
     if format is None:
         ext = p.suffix.lower()
-        format = {  # type: ignore[assignment]
+        by_ext: dict[str, Format] = {
             ".parquet": "parquet",
             ".pq": "parquet",
             ".jsonl": "jsonl",
             ".ndjson": "jsonl",
             ".csv": "csv",
             ".tsv": "tsv",
-        }.get(ext, "hf" if ext == "" else None)
+        }
+        format = by_ext.get(ext, "hf" if ext == "" else None)
         if format is None:
             raise ValueError(f"cannot tell the format of {p.name!r}; pass format=")
     df = pd.DataFrame(frame)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
+from typing import Any
 
 __all__ = ["LIST_COLUMNS", "LogColumns"]
 
@@ -31,13 +33,16 @@ class LogColumns:
     log_target: str | None = "log_target"
 
     @classmethod
-    def from_mapping(cls, mapping: dict[str, str | None]) -> LogColumns:
+    def from_mapping(cls, mapping: Mapping[str, str | None]) -> LogColumns:
         """Defaults overridden by ``{field: column}`` (unknown fields raise ``ValueError``)."""
         names = {f.name for f in fields(cls)}
         unknown = sorted(set(mapping) - names)
         if unknown:
             raise ValueError(f"unknown schema field(s) {unknown}; fields are {sorted(names)}")
-        return replace(cls(), **mapping)
+        # None for a required field passes here and is reported where the column is looked
+        # up (LogFormatError "required column(s) None (for prompt) not found")
+        changes: dict[str, Any] = dict(mapping)
+        return replace(cls(), **changes)
 
     def as_dict(self) -> dict[str, str | None]:
         """``{field: column}`` for every schema field."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeGuard, cast
 
 import numpy as np
 
@@ -90,7 +90,7 @@ def validate_logs(
     rows = np.arange(row_offset, row_offset + n, dtype=np.int64)
     report = ValidationReport(n)
 
-    def has(name: str | None) -> bool:
+    def has(name: str | None) -> TypeGuard[str]:
         return name is not None and name in present
 
     _check_required_columns(present, has, cols, require_text, require_log_logging)
@@ -140,8 +140,10 @@ def validate_logs(
         prompt_id=prompt_id,
         signal=np.where(np.isfinite(sig), sig, 0.0),
         report=report,
-        prompt=prompt,
-        response=response,
+        # None only on rows without the text: reported bad under require_text (and dropped by
+        # load_logs); with require_text=False the texts are not used
+        prompt=cast("list[str] | None", prompt),
+        response=cast("list[str] | None", response),
         log_logging=log_logging,
         aspect=aspect,
         aspect_probs=aspect_probs,

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
+
+_S = TypeVar("_S", bound=str)
 
 __all__ = [
     "check_finite",
@@ -58,7 +60,8 @@ def work_dtype(device: torch.device) -> torch.dtype:
     return torch.float32 if device.type == "mps" else torch.float64
 
 
-def choice(value: Any, name: str, allowed: tuple[str, ...]) -> str:
+def choice(value: Any, name: str, allowed: tuple[_S, ...]) -> _S:
+    """``value`` if it is one of ``allowed`` (typed as the option's Literal), else ValueError."""
     if value not in allowed:
         raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
     return value

@@ -62,6 +62,7 @@ def log_weights(
     r""":math:`\log w = (\log\pi_\theta - \log\pi_0)/T^\kappa` and :math:`\log w^e`."""
     lw = lp - ll
     if obj.weighting == "token_mean":
+        assert counts is not None  # every input form gives token counts with token_mean
         lw = lw / counts
     lw_d = lw.detach()
     clipped = torch.zeros(lw.shape[0], dtype=torch.bool, device=lw.device)

@@ -200,11 +200,14 @@ def segment_sum(
     return torch.zeros(num_seqs, dtype=x.dtype, device=x.device).index_add(0, seq, x)
 
 
-def _unpack(res: object, need_tokens: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-    if need_tokens:
-        lp, tok = res  # type: ignore[misc]
-        return lp, tok
-    return (res[0] if isinstance(res, tuple) else res), None  # type: ignore[return-value]
+def _unpack(
+    res: torch.Tensor | tuple[torch.Tensor, torch.Tensor], need_tokens: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    if isinstance(res, tuple):
+        lp, tok = res
+        return lp, (tok if need_tokens else None)
+    assert not need_tokens, "return_token_logprobs=True returns (logp, token_logp)"
+    return res, None
 
 
 def from_logits(
@@ -224,7 +227,7 @@ def from_logits(
 
 
 def from_hidden_states(
-    hidden_states: torch.Tensor, lm_head_weight: torch.Tensor, labels: torch.Tensor,
+    hidden_states: torch.Tensor, lm_head_weight: torch.Tensor | None, labels: torch.Tensor,
     seq_index: torch.Tensor | None, num_seqs: int,
     *, ignore_index: int, need_tokens: bool, backend: str | None,
 ) -> PolicyScores:
@@ -326,13 +329,15 @@ def policy_scores(
                          need_tokens=need_tokens)  # fmt: skip
     if labels is None:
         raise ValueError(f"labels is required with {given[0]}")
-    kw = dict(ignore_index=ignore_index, need_tokens=need_tokens, backend=backend)
     if logits is not None:
-        return from_logits(logits, labels, seq_index, num_seqs, **kw)  # type: ignore[arg-type]
+        return from_logits(logits, labels, seq_index, num_seqs, ignore_index=ignore_index,
+                           need_tokens=need_tokens, backend=backend)  # fmt: skip
     if hidden_states is not None:
-        return from_hidden_states(hidden_states, lm_head_weight, labels, seq_index,  # type: ignore[arg-type]
-                                  num_seqs, **kw)  # fmt: skip
-    return from_token_logp(token_logp, labels, seq_index, num_seqs,  # type: ignore[arg-type]
+        return from_hidden_states(hidden_states, lm_head_weight, labels, seq_index, num_seqs,
+                                  ignore_index=ignore_index, need_tokens=need_tokens,
+                                  backend=backend)  # fmt: skip
+    assert token_logp is not None  # exactly one form is given, and it is not one of the others
+    return from_token_logp(token_logp, labels, seq_index, num_seqs,
                            ignore_index=ignore_index)  # fmt: skip
 
 
@@ -353,7 +358,9 @@ def sequence_log_logging(
                 f"log_logging has shape {tuple(log_logging.shape)}: expected ({num_seqs},) "
                 "or the shape of labels (per token)"
             )
-        ll = segment_sum(log_logging.reshape(-1).to(wd), scores.mask, scores.seq, num_seqs)  # type: ignore[arg-type]
+        # the adapters that set labels set the token layout with them
+        assert scores.mask is not None and scores.seq is not None
+        ll = segment_sum(log_logging.reshape(-1).to(wd), scores.mask, scores.seq, num_seqs)
     check_finite(ll, "log_logging")
     if bool((ll > 1e-6).any()):
         raise ValueError("log_logging must be log-probabilities (<= 0)")

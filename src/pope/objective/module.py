@@ -113,6 +113,24 @@ class PopeObjective(nn.Module):
         Passed to :func:`pope.ops.sequence_logprob`.
     """
 
+    lam: float
+    clip: float | None
+    ppo_eps: float | None
+    weighting: Weighting
+    baseline: Baseline
+    coverage: Coverage
+    diversity: Diversity
+    diversity_estimator: DiversityEstimator
+    diversity_degree: int | None
+    truncation: Truncation
+    grad_reduction: GradReduction
+    beta: float
+    num_aspects: int | None
+    ignore_index: int
+    process_group: Any
+    distributed: bool | None
+    backend: str | None
+
     def __init__(
         self,
         *,
@@ -317,7 +335,8 @@ class PopeObjective(nn.Module):
         q = self._aspect_rows(aspects, num_seqs, wd, info)
         kl_seq = None
         if need_tokens:
-            kl_seq = inputs.kl_per_sequence(ref_logprobs, scores, num_seqs, wd)  # type: ignore[arg-type]
+            assert ref_logprobs is not None  # policy_scores requires it when need_tokens
+            kl_seq = inputs.kl_per_sequence(ref_logprobs, scores, num_seqs, wd)
         counts = scores.counts
         return core.evaluate(
             self,

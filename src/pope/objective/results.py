@@ -79,22 +79,22 @@ class ObjectiveStats:
         """Statistics of the union of two evaluations on disjoint prompts."""
         if not isinstance(other, ObjectiveStats):
             raise TypeError(f"other must be a ObjectiveStats, got {type(other).__name__}")
-        if (self.power is None) != (other.power is None) or (
-            self.power is not None
-            and (self.power.shape != other.power.shape
-                 or not torch.equal(self.diversity_coef, other.diversity_coef)
-                 or self.self_normalized != other.self_normalized)
-        ):
-            raise ValueError("cannot merge ObjectiveStats of different diversity estimators")
+        mismatch = "cannot merge ObjectiveStats of different diversity estimators"
+        if (self.power is None) != (other.power is None):
+            raise ValueError(mismatch)
         out: dict[str, Any] = {}
         if self.power is not None:
-            shift = torch.maximum(self.power_shift, other.power_shift)
-            jj = torch.arange(self.power.shape[-1], dtype=self.power.dtype,
-                              device=self.power.device)
-            out["power"] = (self.power * torch.exp(jj * (self.power_shift - shift))
-                            + other.power * torch.exp(jj * (other.power_shift - shift)))
+            pw, cnt, sh, coef = self._power_terms()
+            o_pw, o_cnt, o_sh, o_coef = other._power_terms()
+            if (pw.shape != o_pw.shape or not torch.equal(coef, o_coef)
+                    or self.self_normalized != other.self_normalized):
+                raise ValueError(mismatch)
+            shift = torch.maximum(sh, o_sh)
+            jj = torch.arange(pw.shape[-1], dtype=pw.dtype, device=pw.device)
+            out["power"] = (pw * torch.exp(jj * (sh - shift))
+                            + o_pw * torch.exp(jj * (o_sh - shift)))
             out["power_shift"] = shift
-            out["power_counts"] = self.power_counts + other.power_counts
+            out["power_counts"] = cnt + o_cnt
         for f in fields(self):
             a, b = getattr(self, f.name), getattr(other, f.name)
             if f.name in out:
@@ -110,6 +110,12 @@ class ObjectiveStats:
         return ObjectiveStats(**out)
 
     __add__ = merge
+
+    def _power_terms(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(power, power_counts, power_shift, diversity_coef)``; set together (``power`` set)."""
+        pw, cnt, sh, coef = self.power, self.power_counts, self.power_shift, self.diversity_coef
+        assert pw is not None and cnt is not None and sh is not None and coef is not None
+        return pw, cnt, sh, coef
 
     @property
     def relevance(self) -> torch.Tensor:
@@ -136,7 +142,7 @@ class ObjectiveStats:
         """
         if self.power is None:
             return self.sum_diversity / self.n_prompts
-        cnt, pw, coef = self.power_counts, self.power, self.diversity_coef
+        pw, cnt, shift, coef = self._power_terms()
         lmax = cnt.shape[0]
         val = (cnt * coef[1:, 0]).sum()
         for j in range(2, lmax + 1):
@@ -147,7 +153,7 @@ class ObjectiveStats:
                 val = val + torch.where(s_j > 0, a_j * n_j / torch.where(s_j > 0, s_j, 1.0),
                                         torch.zeros_like(a_j))
             else:
-                val = val + a_j * torch.exp(j * self.power_shift)
+                val = val + a_j * torch.exp(j * shift)
         return val / cnt.sum()
 
     @property

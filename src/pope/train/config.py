@@ -148,7 +148,7 @@ class TrainConfig:
 
     def objective(self, **overrides: Any) -> PopeObjective:
         """The :class:`~pope.objective.PopeObjective` these settings describe."""
-        kw = dict(
+        kw: dict[str, Any] = dict(
             lam=self.lam,
             clip=self.clip,
             ppo_eps=self.ppo_eps,

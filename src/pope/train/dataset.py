@@ -270,12 +270,14 @@ class PopeDataset(torch.utils.data.Dataset):
     @property
     def lengths(self) -> np.ndarray:
         """(N,) tokens per prompt + response pair (after :meth:`tokenize`)."""
-        self._require_tokens()
-        return np.array([a.shape[0] for a in self.input_ids], dtype=np.int64)
+        input_ids, _ = self._require_tokens()
+        return np.array([a.shape[0] for a in input_ids], dtype=np.int64)
 
-    def _require_tokens(self) -> None:
-        if self.input_ids is None:
+    def _require_tokens(self) -> tuple[list[np.ndarray], np.ndarray]:
+        """``(input_ids, prompt_lengths)``, set together by :meth:`tokenize`."""
+        if self.input_ids is None or self.prompt_lengths is None:
             raise RuntimeError("call PopeDataset.tokenize(tokenizer, ...) first")
+        return self.input_ids, self.prompt_lengths
 
     # ------------------------------------------------------------------ preparation
     def tokenize(
@@ -354,7 +356,7 @@ class PopeDataset(torch.utils.data.Dataset):
         batch_tokens : int
             Token budget of a scoring batch.
         """
-        self._require_tokens()
+        _, prompt_lengths = self._require_tokens()
         prompts = [self.prompts[i] for i in self.prompt_index]
         res = score_responses(
             model,
@@ -364,14 +366,15 @@ class PopeDataset(torch.utils.data.Dataset):
             batch_tokens=batch_tokens,
             return_token_logprobs=token_logprobs,
             progress=progress,
-            **self._tok_settings,
+            chat_template=self._tok_settings["chat_template"],
+            add_eos=self._tok_settings["add_eos"],
         )
-        seq, tok = res if token_logprobs else (res, None)
+        seq, tok = res if isinstance(res, tuple) else (res, None)
         if fill_logging:
             miss = np.isnan(self.log_logging)
             self.log_logging = np.where(miss, seq, self.log_logging)
-        if token_logprobs:
-            want = self.lengths - self.prompt_lengths
+        if tok is not None:  # token_logprobs
+            want = self.lengths - prompt_lengths
             got = np.array([t.shape[0] for t in tok])
             if not np.array_equal(want, got):
                 raise RuntimeError("reference token log-probs do not match the tokenisation")
@@ -407,13 +410,13 @@ class PopeDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         """All the responses of prompt ``i`` as lists (the keys of :class:`PopeCollator`)."""
-        self._require_tokens()
+        input_ids, prompt_lengths = self._require_tokens()
         if not 0 <= i < self.n_prompts:
             raise IndexError(i)
         lo, hi = int(self.prompt_ptr[i]), int(self.prompt_ptr[i + 1])
         item: dict[str, Any] = {
-            "input_ids": [self.input_ids[k] for k in range(lo, hi)],
-            "prompt_lengths": self.prompt_lengths[lo:hi],
+            "input_ids": [input_ids[k] for k in range(lo, hi)],
+            "prompt_lengths": prompt_lengths[lo:hi],
             "rewards": self.rewards[lo:hi],
             "prompt_index": i,
             "log_logging": self.log_logging[lo:hi],

@@ -59,7 +59,9 @@ def run_outputs(output_dir: str | os.PathLike[str], log_file: str | os.PathLike[
 def rng_state() -> dict[str, Any]:
     """Python, NumPy (global), torch and CUDA RNG states as JSON-serialisable lists of ints."""
     version, keys, gauss = random.getstate()
-    name, mt, pos, has_gauss, cached = np.random.get_state(legacy=True)  # noqa: NPY002
+    legacy = np.random.get_state(legacy=True)  # noqa: NPY002
+    assert isinstance(legacy, tuple)  # the global RandomState is an MT19937 (a dict otherwise)
+    name, mt, pos, has_gauss, cached = legacy
     st: dict[str, Any] = {
         "python": {"version": version, "state": list(keys), "gauss_next": gauss},
         "numpy": {"bit_generator": name, "keys": mt.tolist(), "pos": int(pos),

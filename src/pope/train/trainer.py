@@ -311,12 +311,13 @@ class OffPolicyTrainer:
                     self.config.max_grad_norm,
                 )
             )
-        lr = self.scheduler.get_last_lr()[0]
+        lr = float(self.scheduler.get_last_lr()[0])
         self.optimizer.step()
         self.scheduler.step()
         self.step += 1
         if self.dist.enabled and self.objective.grad_reduction == "mean":
             loss_sum /= self.dist.world_size  # undo the DDP scaling: this rank's share
+        assert stats is not None  # grad_accum_steps >= 1 micro-batches per rank
         self.last_step_stats = detach_stats(stats)
         row = {"step": self.step, "lr": lr, "loss": loss_sum}
         row.update(stats.metrics())
@@ -342,6 +343,7 @@ class OffPolicyTrainer:
                 stats = out.stats if stats is None else stats + out.stats
         finally:
             self.model.train(was)
+        assert stats is not None  # a dataset has at least one prompt, so one batch
         return stats.metrics()
 
     def train(self, resume_from: str | os.PathLike[str] | None = None) -> TrainResult:
@@ -562,8 +564,8 @@ class OffPolicyTrainer:
     def _resolve_checkpoint(self, path: str | os.PathLike[str]) -> tuple[Path, dict[str, Any]]:
         """The checkpoint directory to load and its verified manifest."""
         if str(path) != "latest":
-            p = Path(path)
-            return p, verify_checkpoint(p, CHECKPOINT_FILES)
+            given = Path(path)
+            return given, verify_checkpoint(given, CHECKPOINT_FILES)
         p, skipped = find_latest(self.output_dir, CHECKPOINT_FILES)
         why = "; ".join(f"{s.name}: {reason}" for s, reason in skipped)
         if p is None:
