@@ -304,17 +304,17 @@ def embed_texts(
         try:
             from sentence_transformers import SentenceTransformer
         except ImportError:
-            SentenceTransformer = None
-        if SentenceTransformer is not None:
-            model = SentenceTransformer(str(p), device=dev, local_files_only=True)
-            emb = model.encode(
+            pass  # the mean pooling of transformers below
+        else:
+            st_model = SentenceTransformer(str(p), device=dev, local_files_only=True)
+            vectors = st_model.encode(
                 texts,
                 batch_size=batch_size,
                 normalize_embeddings=normalize,
                 show_progress_bar=progress,
                 convert_to_numpy=True,
             )
-            return np.asarray(emb, dtype=np.float64)
+            return np.asarray(vectors, dtype=np.float64)
     from transformers import AutoModel, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(p), local_files_only=True)
@@ -432,12 +432,14 @@ class AspectModel:
         ):
             raise ValueError(f"{source}: 'embedding' must map names to strings")
         try:
-            return cls(
+            # JSON values, checked by __post_init__ (kind, n_aspects, centers, ...)
+            kwargs: dict[str, Any] = dict(
                 kind=d.get("kind"), n_aspects=d.get("n_aspects"),
                 centers=None if d.get("centers") is None else np.asarray(d["centers"], float),
                 names=d.get("names"), embedding=emb, soft=bool(d.get("soft", False)),
                 temperature=d.get("temperature", 1.0), seed=int(d.get("seed", 0)),
             )
+            return cls(**kwargs)
         except (TypeError, ValueError) as e:
             raise ValueError(f"{source}: {e}") from e
 
@@ -458,9 +460,10 @@ class AspectModel:
         if self.kind != "kmeans":
             raise ValueError(f"assign needs a k-means aspect model, this one is {self.kind!r}")
         x = np.asarray(embeddings, dtype=np.float64)
-        if x.ndim != 2 or x.shape[1] != self.centers.shape[1]:  # type: ignore[union-attr]
+        assert self.centers is not None  # a k-means model has centres (__post_init__)
+        if x.ndim != 2 or x.shape[1] != self.centers.shape[1]:
             raise ValueError(f"embeddings of shape {x.shape} do not match the aspect model's "
-                             f"dimension {self.centers.shape[1]}")  # type: ignore[union-attr]
+                             f"dimension {self.centers.shape[1]}")
         return assign_aspects(x, self.n_aspects, centers=self.centers, soft=self.soft,
                               temperature=self.temperature)
 

@@ -435,9 +435,9 @@ def _evaluate_paired(args: argparse.Namespace, spec: Any, opts: dict[str, Any], 
 
 
 def _run_evaluation(args: argparse.Namespace, spec: Any, logs: Any, fmt: Any) -> Any:
-    from pope.engines import check_engine_options, evaluate_with_engine
+    from pope.engines import Engine, check_engine_options, evaluate_with_engine
 
-    engine = getattr(args, "engine", "local")
+    engine: Engine = getattr(args, "engine", "local")  # --engine has these choices
     address = getattr(args, "engine_address", None)
     try:
         check_engine_options(engine, logs, address=address, chunk_rows=args.chunk_rows,

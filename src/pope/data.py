@@ -322,6 +322,7 @@ class LoggedFeedback:
             return self.aspect_probs
         if self.aspect is None:
             raise ValueError("this LoggedFeedback has no aspects (aspect or aspect_probs)")
+        assert self.n_aspects is not None  # set with aspect (_validate_aspects)
         q = np.zeros((self.n_responses, self.n_aspects))
         q[np.arange(self.n_responses), self.aspect] = 1.0
         return q
@@ -343,6 +344,7 @@ class LoggedFeedback:
             tc = np.diff(self.token_ptr)[rows]
             tptr = np.concatenate([[0], np.cumsum(tc)]).astype(np.int64)
             tll, tp = self.token_log_logging, self.token_ptr
+            assert tll is not None  # given with token_ptr (_validate_tokens)
             tok = np.concatenate([tll[tp[r] : tp[r + 1]] for r in rows]) if rows.size else None
             tok = np.zeros(0) if tok is None else tok
 

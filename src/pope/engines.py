@@ -371,6 +371,7 @@ def evaluate_ray(
     if init and not ray.is_initialized():
         ray.init(address=address, include_dashboard=False, log_to_driver=False,
                  configure_logging=False)
+    ds: ray.data.Dataset
     if isinstance(dataset, pd.DataFrame):
         frame = dataset.reset_index(drop=True)
         if _ROW not in frame.columns:
@@ -477,6 +478,7 @@ def evaluate_spark(
         frame = df.reset_index(drop=True)
         if _ROW not in frame.columns:
             frame = frame.assign(**{_ROW: np.arange(len(frame))})
+        assert spark is not None  # started for a frame or a path
         sdf = spark.createDataFrame(frame)
     elif _is_path(df):
         files = [f for f in parquet_files(df) if f.n_rows > 0]
@@ -484,6 +486,7 @@ def evaluate_spark(
             raise LogFormatError("the log has no rows")
         offsets = F.create_map(*[F.lit(x) for f in files for name in _spark_names(f.path)
                                  for x in (name, f.first_row)])
+        assert spark is not None
         sdf = spark.read.parquet(*[f.path for f in files])
         sdf = sdf.withColumn(_ROW, F.element_at(offsets, F.col("_metadata.file_path"))
                              + F.col("_metadata.row_index"))

@@ -91,13 +91,15 @@ class HeldOutEvaluator:
         self.valid = np.flatnonzero(~np.isin(data.rows, data.report.bad_rows))
         if self.valid.size == 0:
             raise LogFormatError("held-out log: no valid rows", data.report)
-        self.prompts = [str(data.prompt[i]) for i in self.valid]  # type: ignore[index]
-        self.responses = [str(data.response[i]) for i in self.valid]  # type: ignore[index]
+        assert data.prompt is not None and data.response is not None  # require_text=True
+        self.prompts = [str(data.prompt[i]) for i in self.valid]
+        self.responses = [str(data.response[i]) for i in self.valid]
         self.spec = replace(spec, logging_model=None, progress=False)
         if spec.logging_model is not None or logging_model is not None:
             from pope.scoring import load_causal_lm
 
             if logging_model is None:
+                assert spec.logging_model is not None
                 logging_model, logging_tokenizer = load_causal_lm(
                     spec.logging_model, device=spec.device, dtype=spec.dtype)
             ll = np.full(len(frame), np.nan)
@@ -141,5 +143,7 @@ class HeldOutEvaluator:
         """
         lt = np.full(len(self.frame), np.nan)
         lt[self.valid] = self._score(model, tokenizer)
-        frame = self.frame.assign(**{self.spec.columns.log_target: lt})
+        name = self.spec.columns.log_target
+        assert name is not None  # set in __init__
+        frame = self.frame.assign(**{name: lt})
         return evaluate_logs(frame, self.spec)

@@ -78,7 +78,7 @@ from typing import Literal
 
 import numpy as np
 
-from pope.estimators.pope_features import coefficients
+from pope.estimators.pope_features import Family, coefficients
 from pope.polynomial import EntropyPolynomial
 
 __all__ = ["LooRewards", "loo_rewards_reference", "reward_coefficients"]
@@ -118,6 +118,7 @@ def reward_coefficients(diversity: LooDiversity, n_aspects: int,
     """
     if diversity not in ("coverage", "gini_simpson"):
         raise ValueError(f"diversity must be 'coverage' or 'gini_simpson', got {diversity!r}")
+    family: Family
     if diversity == "gini_simpson":
         if degree not in (None, 2):
             raise ValueError(f"the Gini-Simpson reward has degree 2, got diversity_degree={degree}")

@@ -14,6 +14,7 @@ __all__ = [
     "COVERAGES",
     "DIVERSITIES",
     "DIVERSITY_ESTIMATORS",
+    "LM_HEADS",
     "RELEVANCES",
     "REWARD_NORMALIZATIONS",
     "WEIGHTINGS",
@@ -21,6 +22,7 @@ __all__ = [
     "Coverage",
     "Diversity",
     "DiversityEstimator",
+    "LMHead",
     "Relevance",
     "RewardNormalization",
     "Weighting",
@@ -41,6 +43,8 @@ Weighting = Literal["sequence", "token_mean"]
 RewardNormalization = Literal["max", "log1p", "rank", "global_max", "none"]
 #: per-prompt baseline of the training objective
 Baseline = Literal["loo", "mean", "none"]
+#: the model's scores from its logits, or from its hidden states and LM head weight (chunked)
+LMHead = Literal["logits", "hidden"]
 
 RELEVANCES: tuple[str, ...] = get_args(Relevance)
 COVERAGES: tuple[str, ...] = get_args(Coverage)
@@ -49,6 +53,7 @@ DIVERSITY_ESTIMATORS: tuple[str, ...] = get_args(DiversityEstimator)
 WEIGHTINGS: tuple[str, ...] = get_args(Weighting)
 REWARD_NORMALIZATIONS: tuple[str, ...] = get_args(RewardNormalization)
 BASELINES: tuple[str, ...] = get_args(Baseline)
+LM_HEADS: tuple[str, ...] = get_args(LMHead)
 
 
 def check_choice(value: object, name: str, choices: tuple[str, ...]) -> str:

@@ -24,6 +24,8 @@ from typing import Any
 import numpy as np
 
 from pope.io import LogColumns, LogFormatError, read_table
+from pope.io.formats import is_format
+from pope.options import LMHead
 
 __all__ = ["METADATA_KEY", "add_arguments", "read_score_metadata", "run", "score_log",
            "write_scored"]
@@ -58,7 +60,7 @@ def score_log(
     dtype: str = "auto",
     chat_template: bool = False,
     add_eos: bool = False,
-    head: str = "logits",
+    head: LMHead = "logits",
     overwrite: bool = False,
     progress: bool = True,
 ) -> tuple[Any, dict[str, Any]]:
@@ -97,8 +99,8 @@ def score_log(
     from pope.scoring import load_causal_lm, score_responses
 
     cols = columns if isinstance(columns, LogColumns) else LogColumns.from_mapping(columns or {})
-    if format is None or format in ("parquet", "jsonl", "csv", "tsv", "hf"):
-        frame = read_table(source, format=format, split=split,  # type: ignore[arg-type]
+    if format is None or is_format(format):
+        frame = read_table(source, format=format, split=split,
                            text_columns=(cols.prompt_id, cols.prompt, cols.response))
     else:
         frame = read_logs(source, format, split=split)
@@ -123,9 +125,9 @@ def score_log(
     lm, tok = load_causal_lm(model, device=device, dtype=dtype)
     out = score_responses(lm, tok, texts[0], texts[1], batch_tokens=batch_tokens,
                           return_token_logprobs=token_logprobs, chat_template=chat_template,
-                          add_eos=add_eos, head=head, progress=progress,  # type: ignore[arg-type]
+                          add_eos=add_eos, head=head, progress=progress,
                           desc=f"scoring {column}")
-    seq, tokens = out if token_logprobs else (out, None)  # type: ignore[misc]
+    seq, tokens = out if isinstance(out, tuple) else (out, None)
     frame[column] = np.asarray(seq, dtype=np.float64)
     if tokens is not None:
         frame[f"token_{column}"] = [np.asarray(t, dtype=np.float64).tolist() for t in tokens]

@@ -116,17 +116,18 @@ def compare(feedback: LoggedFeedback, log_target_a: Any, log_target_b: Any, *,
     a_ = check_alpha(alpha)
     if "token_log_target" in options:
         raise TypeError("compare takes sequence log-probabilities (log_target_a/_b) only")
-    kw = {"lam": 1.0, "reward_normalization": "max", "relevance": "snips",
-          "coverage": "self_normalized", "diversity": "coverage",
-          "diversity_estimator": "polynomial", "diversity_degree": None,
-          "weighting": "sequence", "token_log_target": None, "clip": None, "backend": None}
+    kw: dict[str, Any] = {
+        "lam": 1.0, "reward_normalization": "max", "relevance": "snips",
+        "coverage": "self_normalized", "diversity": "coverage",
+        "diversity_estimator": "polynomial", "diversity_degree": None,
+        "weighting": "sequence", "token_log_target": None, "clip": None, "backend": None}
     unknown = set(options) - set(kw)
     if unknown:
         raise TypeError(f"compare got unexpected option(s) {sorted(unknown)}")
     kw.update(options)
     sa, arr_a = _compute(feedback, log_target_a, **kw)
     sb, arr_b = _compute(feedback, log_target_b, **kw)
-    fixed = kw["diversity_degree"]
+    fixed: int | None = kw["diversity_degree"]
     cands = sorted(set(sa.candidate_degrees()) | set(sb.candidate_degrees()))
     if fixed is not None:
         deg, mult = fixed, 1

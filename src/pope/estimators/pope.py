@@ -73,7 +73,7 @@ from pope.coverage import (
     resolve_aspects,
 )
 from pope.data import LoggedFeedback
-from pope.estimate import Estimate, WeightMoments
+from pope.estimate import Estimate, IntervalMethod, WeightMoments
 from pope.estimators.pope_features import (
     DiversitySpec,
     coefficients,
@@ -172,13 +172,13 @@ class PopeEstimate:
         e: Estimate = getattr(self, name)
         return np.asarray(e.contributions) - e.value
 
-    def summary(self, alpha: float | None = None, method: str = "normal") -> str:
+    def summary(self, alpha: float | None = None, method: IntervalMethod = "normal") -> str:
         """A small text table of the three estimates with their intervals and what they
         include (bias bound, choice of degree, low-ESS widening)."""
         rows, notes = [], []
         for name in ("relevance", "diversity", "total"):
             e: Estimate = getattr(self, name)
-            lo, hi = e.ci(alpha, method)  # type: ignore[arg-type]
+            lo, hi = e.ci(alpha, method)
             rows.append(f"{name:<10} {e.value:>10.5f} {e.stderr:>10.5f} [{lo:.5f}, {hi:.5f}]")
             note = e.interval_note(alpha)
             if note:
@@ -320,6 +320,7 @@ def _compute(
     log_clip = check_clip(clip)
     bname = resolve_backend(backend)
     be = get_backend(bname)
+    labels: np.ndarray | None
     if lam == 0 and fb.aspect is None and fb.aspect_probs is None:
         # the diversity does not enter the value: one aspect (D = 0) stands in for the
         # aspects the log does not have

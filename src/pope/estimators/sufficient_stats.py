@@ -334,9 +334,10 @@ class MeanStats:
         _check_same(self, other, self._PARAMS)
         m = max(self.log_scale, other.log_scale)
         fa, fb = _factor(self.log_scale, m), _factor(other.log_scale, m)
-        if (self.weights is None) != (other.weights is None):
+        sw, ow = self.weights, other.weights
+        if (sw is None) != (ow is None):
             raise ValueError("cannot merge statistics with and without weights")
-        w = None if self.weights is None else self.weights + other.weights
+        w = sw + ow if sw is not None and ow is not None else None
         return MeanStats(
             kind=self.kind, log_scale=m, n=self.n + other.n,
             sum_x=fa * self.sum_x + fb * other.sum_x,

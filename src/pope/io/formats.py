@@ -17,7 +17,7 @@ import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeGuard
 
 import numpy as np
 
@@ -29,6 +29,7 @@ __all__ = [
     "Format",
     "csv_read_options",
     "detect_format",
+    "is_format",
     "is_missing",
     "iter_jsonl_frames",
     "load_hf_dataset",
@@ -41,6 +42,11 @@ Format = Literal["parquet", "jsonl", "csv", "tsv", "hf"]
 
 #: The formats :func:`read_table` and :func:`write_logs` know.
 FORMATS = ("parquet", "jsonl", "csv", "tsv", "hf")
+
+
+def is_format(value: object) -> TypeGuard[Format]:
+    """Whether ``value`` is one of :data:`FORMATS` (for a type checker: a :data:`Format`)."""
+    return isinstance(value, str) and value in FORMATS
 
 #: Missing-value spellings of a non-text CSV/TSV field (in a text column only "" is missing).
 CSV_NA = ["", "NA", "N/A", "NaN", "nan", "null", "NULL", "None", "#N/A", "-nan", "n/a"]

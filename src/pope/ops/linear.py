@@ -30,7 +30,7 @@ class _LinearSequenceLogprobFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx,
         hidden: torch.Tensor,
         weight: torch.Tensor,
@@ -53,7 +53,7 @@ class _LinearSequenceLogprobFunction(torch.autograd.Function):
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_seq: torch.Tensor | None, grad_tok: torch.Tensor | None):  # type: ignore[override]
+    def backward(ctx, grad_seq: torch.Tensor | None, grad_tok: torch.Tensor | None):
         hidden, weight, targets, seq_index, lse = ctx.saved_tensors
         need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         nones = (None,) * 5

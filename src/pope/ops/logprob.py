@@ -61,7 +61,7 @@ class _SequenceLogprobFunction(torch.autograd.Function):
     """Triton forward/backward of :func:`sequence_logprob`."""
 
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx,
         logits: torch.Tensor,
         targets: torch.Tensor,
@@ -80,7 +80,7 @@ class _SequenceLogprobFunction(torch.autograd.Function):
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_seq: torch.Tensor | None, grad_tok: torch.Tensor | None):  # type: ignore[override]
+    def backward(ctx, grad_seq: torch.Tensor | None, grad_tok: torch.Tensor | None):
         if grad_seq is None and grad_tok is None:
             return None, None, None, None, None, None
         gs = None if grad_seq is None else grad_seq.float().contiguous()

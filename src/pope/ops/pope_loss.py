@@ -41,7 +41,7 @@ class _PopeLossFunction(torch.autograd.Function):
     """Triton forward/backward of :func:`pope_loss`."""
 
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx,
         logits: torch.Tensor,
         targets: torch.Tensor,
@@ -73,7 +73,7 @@ class _PopeLossFunction(torch.autograd.Function):
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_loss: torch.Tensor | None, *_unused: object):  # type: ignore[override]
+    def backward(ctx, grad_loss: torch.Tensor | None, *_unused: object):
         nones = (None,) * 11
         if grad_loss is None:
             return (None, *nones)

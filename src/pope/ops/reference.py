@@ -92,6 +92,7 @@ def pope_loss(
     overflow.
     """
     logp = sequence_logprob(logits, targets, seq_index, num_seqs, ignore_index=ignore_index)
+    assert isinstance(logp, torch.Tensor)  # no per-token output asked for
     ll = log_logging.detach().float()
     adv = advantages.detach().float()
     r = logp - ll

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from typing import TypeGuard
 
 import torch
 
@@ -45,7 +46,7 @@ INDEX_DTYPES = (torch.int32, torch.int64)
 LOGPROB_TOL = 1e-6
 
 
-def is_int(x: object) -> bool:
+def is_int(x: object) -> TypeGuard[numbers.Integral]:
     return isinstance(x, numbers.Integral) and not isinstance(x, bool)
 
 
@@ -80,9 +81,9 @@ def check_index(name: str, t: object, n: int, device: torch.device) -> torch.Ten
 def check_num_seqs(num_seqs: object) -> int:
     if not is_int(num_seqs):
         raise TypeError(f"num_seqs must be an int, got {type(num_seqs).__name__}")
-    if int(num_seqs) < 1:  # type: ignore[call-overload]
+    if int(num_seqs) < 1:
         raise ValueError(f"num_seqs must be >= 1, got {num_seqs}")
-    return int(num_seqs)  # type: ignore[call-overload]
+    return int(num_seqs)
 
 
 def check_seq_vector(name: str, t: object, num_seqs: int, device: torch.device) -> torch.Tensor:
@@ -171,4 +172,4 @@ def check_common(
     num_seqs = check_num_seqs(num_seqs)
     if not is_int(ignore_index):
         raise TypeError(f"ignore_index must be an int, got {type(ignore_index).__name__}")
-    return logits, targets, seq_index, num_seqs, int(ignore_index)  # type: ignore[call-overload]
+    return logits, targets, seq_index, num_seqs, int(ignore_index)

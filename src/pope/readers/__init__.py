@@ -38,11 +38,12 @@ has no prompt id, ``prompt_id`` is the first 16 hex digits of the SHA-1 of the p
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 from pope.io import read_table
+from pope.io.formats import Format, is_format
 from pope.readers.oasst import read_oasst
 from pope.readers.preferences import read_pairwise, read_ratings, read_trl
 
@@ -65,7 +66,7 @@ _FILE_FORMATS = ("parquet", "jsonl", "csv", "tsv", "hf")
 
 
 # ----------------------------------------------------------------------------- dispatch
-_READERS = {"oasst": read_oasst, "ratings": read_ratings, "pairwise": read_pairwise,
+_READERS: dict[str, Callable[..., Any]] = {"oasst": read_oasst, "ratings": read_ratings, "pairwise": read_pairwise,
             "trl": read_trl}
 
 
@@ -92,7 +93,7 @@ def detect_public_format(columns: Iterable[str]) -> str:
     return "log"
 
 
-def _peek_columns(path: Path, fmt: str, split: str | None) -> list[str]:
+def _peek_columns(path: Path, fmt: Format, split: str | None) -> list[str]:
     """Field names of a file without reading all of it."""
     if fmt == "parquet":
         import pyarrow.parquet as pq
@@ -109,7 +110,7 @@ def _peek_columns(path: Path, fmt: str, split: str | None) -> list[str]:
         from pope.io import load_hf_dataset
 
         return list(load_hf_dataset(path, split).column_names)
-    return list(read_table(path, format=fmt).columns)  # type: ignore[arg-type]
+    return list(read_table(path, format=fmt).columns)
 
 
 def read_logs(source: Any, format: str = "auto", *, split: str | None = None,
@@ -125,8 +126,8 @@ def read_logs(source: Any, format: str = "auto", *, split: str | None = None,
         native schema, :func:`pope.io.read_table`), or ``"auto"``
         (:func:`detect_public_format` on the field names).
     """
-    if format in _FILE_FORMATS:
-        return read_table(source, format=format, split=split)  # type: ignore[arg-type]
+    if is_format(format):  # one of _FILE_FORMATS
+        return read_table(source, format=format, split=split)
     if format == "auto":
         if isinstance(source, list):
             cols = list(source[0]) if source else []

@@ -129,7 +129,7 @@ def read_oasst(
     counts = {"trees": len(trees), "unranked_dropped": 0, "deleted_dropped": 0,
               "other_lang_prompts": 0}
     for tree in trees:
-        stack = [(tree["prompt"], [], 0)]
+        stack: list[tuple[dict[str, Any], list[dict[str, Any]], int]] = [(tree["prompt"], [], 0)]
         while stack:
             msg, history, turn = stack.pop()
             if drop_deleted and bool(msg.get("deleted")) is True:

@@ -138,6 +138,7 @@ def _pairs(records: list[dict[str, Any]], fields: dict[str, str | None],
             f"{pf!r}) or SHP's human_ref_A/human_ref_B/labels; fields are {sorted(keys)}"
         )
     tie_f = fields.get("tie")
+    id_f = fields.get("id")
     for i, rec in enumerate(records):
         pv = rec.get(pf) if pf in keys else None
         if isinstance(pv, (list, tuple, np.ndarray)) or not isna(pv):  # explicit prompt
@@ -154,7 +155,7 @@ def _pairs(records: list[dict[str, Any]], fields: dict[str, str | None],
                     "before the last assistant turn (not one prompt)"
                 )
             prompt = pw
-        pid = (str(rec[fields["id"]]) if fields.get("id") and not isna(rec.get(fields["id"]))
+        pid = (str(rec[id_f]) if id_f and not isna(rec.get(id_f))
                else text_id(prompt))
         tie = bool(rec.get(tie_f)) if tie_f and not isna(rec.get(tie_f)) else False
         yield pid, prompt, win, lose, text_id(win), text_id(lose), (None, None), tie

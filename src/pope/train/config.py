@@ -8,12 +8,10 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from pope.objective import PopeObjective
-from pope.options import Coverage
+from pope.options import Coverage, LMHead
 from pope.train_monitor import REPORT_TO, WeightMonitor
 
 __all__ = ["LMHead", "TrainConfig"]
-
-LMHead = Literal["logits", "hidden"]
 
 
 @dataclass

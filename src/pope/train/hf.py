@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -15,6 +15,11 @@ from pope.train.config import LMHead
 from pope.train.forward import POPE_BATCH_KEYS, detach_stats, pope_forward
 
 __all__ = ["PopeTrainerMixin", "make_compute_loss", "trainer_class"]
+
+if TYPE_CHECKING:  # the mixin's super() is a transformers.Trainer (not imported at run time)
+    from transformers import Trainer as _TrainerBase
+else:
+    _TrainerBase = object
 
 
 def make_compute_loss(
@@ -41,7 +46,7 @@ def make_compute_loss(
     return compute_loss
 
 
-class PopeTrainerMixin:
+class PopeTrainerMixin(_TrainerBase):
     """Mix into ``transformers.Trainer`` (or a TRL trainer) to train with the POPE loss.
 
     ``class PopeTrainer(PopeTrainerMixin, transformers.Trainer): pass`` then
@@ -101,7 +106,7 @@ class PopeTrainerMixin:
     def training_step(self, *args: Any, **kwargs: Any) -> Any:
         self._pope_in_step = True
         try:
-            return super().training_step(*args, **kwargs)  # type: ignore[misc]
+            return super().training_step(*args, **kwargs)
         finally:
             self._pope_in_step = False
 
@@ -125,15 +130,16 @@ class PopeTrainerMixin:
         return (out.loss, out) if return_outputs else out.loss
 
     def _set_signature_columns_if_needed(self) -> None:
-        super()._set_signature_columns_if_needed()  # type: ignore[misc]
-        cols = self._signature_columns  # type: ignore[has-type]
+        super()._set_signature_columns_if_needed()
+        cols = self._signature_columns
+        assert cols is not None  # set by the call above
         extra = ["prompt_lengths", *POPE_BATCH_KEYS]
         self._signature_columns = list(cols) + [k for k in extra if k not in cols]
 
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
         if self.pope_last_metrics and "loss" in logs:
             logs = {**logs, **{f"pope/{k}": v for k, v in self.pope_last_metrics.items()}}
-        super().log(logs, *args, **kwargs)  # type: ignore[misc]
+        super().log(logs, *args, **kwargs)
 
 
 _TRAINER: list[type] = []
