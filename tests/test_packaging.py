@@ -46,3 +46,14 @@ def test_docs_extra_matches_what_conf_py_loads():
     conf = (ROOT / "docs" / "conf.py").read_text()
     assert '"myst_parser"' in conf and "myst-parser" in names
     assert 'html_theme = "furo"' in conf and "furo" in names
+
+
+def test_test_command_type_checks_with_the_test_extra():
+    # scripts/test.sh runs scripts/typecheck.sh in the environment setup.sh builds from .[test]
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    extras = pyproject["project"]["optional-dependencies"]
+    test_names = {re.split(r"[<>=\[ ]", r, maxsplit=1)[0] for r in extras["test"]}
+    typecheck = {re.split(r"[<>=\[ ]", r, maxsplit=1)[0] for r in extras["typecheck"]}
+    assert typecheck <= test_names
+    assert 'install -q -e "$root[test]"' in (ROOT / "scripts" / "setup.sh").read_text()
+    assert "scripts/typecheck.sh" in (ROOT / "scripts" / "test.sh").read_text()

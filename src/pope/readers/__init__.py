@@ -66,8 +66,8 @@ _FILE_FORMATS = ("parquet", "jsonl", "csv", "tsv", "hf")
 
 
 # ----------------------------------------------------------------------------- dispatch
-_READERS: dict[str, Callable[..., Any]] = {"oasst": read_oasst, "ratings": read_ratings, "pairwise": read_pairwise,
-            "trl": read_trl}
+_READERS: dict[str, Callable[..., Any]] = {
+    "oasst": read_oasst, "ratings": read_ratings, "pairwise": read_pairwise, "trl": read_trl}
 
 
 def detect_public_format(columns: Iterable[str]) -> str:
