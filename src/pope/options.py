@@ -14,17 +14,25 @@ __all__ = [
     "COVERAGES",
     "DIVERSITIES",
     "DIVERSITY_ESTIMATORS",
+    "GRAD_REDUCTIONS",
     "LM_HEADS",
+    "OBJECTIVE_DIVERSITY_ESTIMATORS",
     "RELEVANCES",
     "REWARD_NORMALIZATIONS",
+    "SCHEDULES",
+    "TRUNCATIONS",
     "WEIGHTINGS",
     "Baseline",
     "Coverage",
     "Diversity",
     "DiversityEstimator",
+    "GradReduction",
     "LMHead",
+    "ObjectiveDiversityEstimator",
     "Relevance",
     "RewardNormalization",
+    "Schedule",
+    "Truncation",
     "Weighting",
     "check_choice",
 ]
@@ -37,6 +45,14 @@ Coverage = Literal["self_normalized", "ips"]
 Diversity = Literal["coverage", "gini_simpson", "response_entropy"]
 #: estimator of the Shannon coverage entropy (``diversity="coverage"``)
 DiversityEstimator = Literal["polynomial", "jackknife", "plugin"]
+#: the estimators the training objective can differentiate (the jackknife has no gradient)
+ObjectiveDiversityEstimator = Literal["polynomial", "plugin"]
+#: where a truncation of the importance ratio acts: the estimator's weight, or only the gradient
+Truncation = Literal["estimator", "gradient"]
+#: how the objective reduces the per-prompt gradient terms
+GradReduction = Literal["mean", "sum"]
+#: learning-rate schedule after warmup
+Schedule = Literal["cosine", "constant"]
 #: sequence importance ratio or its length-normalised per-token mean
 Weighting = Literal["sequence", "token_mean"]
 #: how a human signal becomes a reward in [0, 1]
@@ -46,14 +62,20 @@ Baseline = Literal["loo", "mean", "none"]
 #: the model's scores from its logits, or from its hidden states and LM head weight (chunked)
 LMHead = Literal["logits", "hidden"]
 
-RELEVANCES: tuple[str, ...] = get_args(Relevance)
-COVERAGES: tuple[str, ...] = get_args(Coverage)
-DIVERSITIES: tuple[str, ...] = get_args(Diversity)
-DIVERSITY_ESTIMATORS: tuple[str, ...] = get_args(DiversityEstimator)
-WEIGHTINGS: tuple[str, ...] = get_args(Weighting)
-REWARD_NORMALIZATIONS: tuple[str, ...] = get_args(RewardNormalization)
-BASELINES: tuple[str, ...] = get_args(Baseline)
-LM_HEADS: tuple[str, ...] = get_args(LMHead)
+RELEVANCES: tuple[Relevance, ...] = get_args(Relevance)
+COVERAGES: tuple[Coverage, ...] = get_args(Coverage)
+DIVERSITIES: tuple[Diversity, ...] = get_args(Diversity)
+DIVERSITY_ESTIMATORS: tuple[DiversityEstimator, ...] = get_args(DiversityEstimator)
+OBJECTIVE_DIVERSITY_ESTIMATORS: tuple[ObjectiveDiversityEstimator, ...] = get_args(
+    ObjectiveDiversityEstimator
+)
+TRUNCATIONS: tuple[Truncation, ...] = get_args(Truncation)
+GRAD_REDUCTIONS: tuple[GradReduction, ...] = get_args(GradReduction)
+SCHEDULES: tuple[Schedule, ...] = get_args(Schedule)
+WEIGHTINGS: tuple[Weighting, ...] = get_args(Weighting)
+REWARD_NORMALIZATIONS: tuple[RewardNormalization, ...] = get_args(RewardNormalization)
+BASELINES: tuple[Baseline, ...] = get_args(Baseline)
+LM_HEADS: tuple[LMHead, ...] = get_args(LMHead)
 
 
 def check_choice(value: object, name: str, choices: tuple[str, ...]) -> str:

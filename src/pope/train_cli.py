@@ -17,6 +17,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from pope.options import REWARD_NORMALIZATIONS, WEIGHTINGS
+
 __all__ = ["add_arguments", "run"]
 
 TRAIN_EXAMPLES = """\
@@ -104,9 +106,9 @@ def add_arguments(p: argparse.ArgumentParser, cli: Any) -> None:
     g.add_argument("--lambda", dest="lam", type=nnf, default=1.0, metavar="L",
                    help="weight of diversity in the total value")
     g.add_argument("--reward-normalization",
-                   choices=["max", "log1p", "rank", "global_max", "none"], default="max",
+                   choices=REWARD_NORMALIZATIONS, default="max",
                    help="how signals become rewards in [0, 1]")
-    g.add_argument("--weighting", choices=["sequence", "token_mean"], default="sequence",
+    g.add_argument("--weighting", choices=WEIGHTINGS, default="sequence",
                    help="sequence importance ratio or per-token mean")
     g.add_argument("--clip", type=pfloat, metavar="M", help="truncate weights at M")
     g.add_argument("--ppo-eps", type=pfloat, metavar="EPS",

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import numbers
 import warnings
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import nn
@@ -31,7 +31,22 @@ from pope.objective.checks import (
     work_dtype,
 )
 from pope.objective.results import PopeOutput
-from pope.options import Baseline, Coverage, Diversity, Weighting
+from pope.options import (
+    BASELINES,
+    COVERAGES,
+    DIVERSITIES,
+    GRAD_REDUCTIONS,
+    OBJECTIVE_DIVERSITY_ESTIMATORS,
+    TRUNCATIONS,
+    WEIGHTINGS,
+    Baseline,
+    Coverage,
+    Diversity,
+    GradReduction,
+    Truncation,
+    Weighting,
+)
+from pope.options import ObjectiveDiversityEstimator as DiversityEstimator
 
 __all__ = [
     "Baseline",
@@ -44,12 +59,9 @@ __all__ = [
     "Weighting",
 ]
 
-# Weighting, Baseline, Coverage and Diversity are the library's (pope.options); for coverage
+# Every option type is defined once, in pope.options (DiversityEstimator here is
+# pope.options.ObjectiveDiversityEstimator: the training reward has no jackknife); for coverage
 # ``"snips"`` is still accepted (DeprecationWarning) and means ``"self_normalized"``.
-#: the training reward has no jackknife
-DiversityEstimator = Literal["polynomial", "plugin"]
-Truncation = Literal["estimator", "gradient"]
-GradReduction = Literal["mean", "sum"]
 
 
 class PopeObjective(nn.Module):
@@ -186,8 +198,8 @@ class PopeObjective(nn.Module):
         self.lam = float(lam)
         self.clip = None if clip is None else float(clip)
         self.ppo_eps = None if ppo_eps is None else float(ppo_eps)
-        self.weighting = choice(weighting, "weighting", ("sequence", "token_mean"))
-        self.baseline = choice(baseline, "baseline", ("mean", "loo", "none"))
+        self.weighting = choice(weighting, "weighting", WEIGHTINGS)
+        self.baseline = choice(baseline, "baseline", BASELINES)
         if coverage == "snips":
             warnings.warn(
                 "coverage='snips' is deprecated, use coverage='self_normalized' (the spelling of "
@@ -196,12 +208,10 @@ class PopeObjective(nn.Module):
                 stacklevel=2,
             )
             coverage = "self_normalized"
-        self.coverage = choice(coverage, "coverage", ("self_normalized", "ips"))
-        self.diversity = choice(
-            diversity, "diversity", ("coverage", "gini_simpson", "response_entropy")
-        )
+        self.coverage = choice(coverage, "coverage", COVERAGES)
+        self.diversity = choice(diversity, "diversity", DIVERSITIES)
         self.diversity_estimator = choice(
-            diversity_estimator, "diversity_estimator", ("polynomial", "plugin")
+            diversity_estimator, "diversity_estimator", OBJECTIVE_DIVERSITY_ESTIMATORS
         )
         if diversity == "gini_simpson" and diversity_estimator == "plugin":
             raise ValueError(
@@ -218,8 +228,8 @@ class PopeObjective(nn.Module):
             )
         reward_coefficients("coverage", 2, diversity_degree)  # validates the degree
         self.diversity_degree = diversity_degree
-        self.truncation = choice(truncation, "truncation", ("estimator", "gradient"))
-        self.grad_reduction = choice(grad_reduction, "grad_reduction", ("mean", "sum"))
+        self.truncation = choice(truncation, "truncation", TRUNCATIONS)
+        self.grad_reduction = choice(grad_reduction, "grad_reduction", GRAD_REDUCTIONS)
         self.beta = float(beta)
         self.num_aspects = num_aspects
         self.ignore_index = int(ignore_index)

@@ -29,10 +29,10 @@ from pope.ops.dispatch import kernel_modules, resolve_op_backend
 from pope.ops.logprob import logits_backward, prepare_logits_for_triton
 from pope.ops.reference import PopeLossOutput
 from pope.ops.validation import LOGPROB_TOL, check_common, check_seq_vector, check_values
+from pope.options import WEIGHTINGS
 
 __all__ = ["PopeLossOutput", "pope_loss"]
 
-_WEIGHTINGS = ("sequence", "token_mean")
 #: log of the largest fp32: a weight exp(r) with r above it is inf.
 _LOG_FLT_MAX = math.log(torch.finfo(torch.float32).max)
 
@@ -203,8 +203,8 @@ def _check_controls(
     num_seqs: int,
 ) -> tuple[float | None, float | None, float]:
     """Validated ``(clip, ppo_eps, normalizer)`` of :func:`pope_loss` (``normalizer`` default S)."""
-    if weighting not in _WEIGHTINGS:
-        raise ValueError(f"weighting must be one of {_WEIGHTINGS}, got {weighting!r}")
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
     if clip is not None and ppo_eps is not None:
         raise ValueError("clip and ppo_eps are mutually exclusive (pass at most one)")
     if clip is not None:

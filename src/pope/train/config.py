@@ -5,10 +5,22 @@ from __future__ import annotations
 import dataclasses
 import warnings
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from pope.objective import PopeObjective
-from pope.options import Coverage, LMHead
+from pope.options import (
+    LM_HEADS,
+    SCHEDULES,
+    Baseline,
+    Coverage,
+    Diversity,
+    LMHead,
+    ObjectiveDiversityEstimator,
+    Schedule,
+    Truncation,
+    Weighting,
+    check_choice,
+)
 from pope.train_monitor import REPORT_TO, WeightMonitor
 
 __all__ = ["LMHead", "TrainConfig"]
@@ -66,7 +78,7 @@ class TrainConfig:
     adam_betas: tuple[float, float] = (0.9, 0.999)
     adam_eps: float = 1e-8
     warmup_steps: int = 0
-    schedule: Literal["cosine", "constant"] = "cosine"
+    schedule: Schedule = "cosine"
     min_lr_ratio: float = 0.0
     max_grad_norm: float | None = 1.0
     token_budget: int = 8192
@@ -76,13 +88,13 @@ class TrainConfig:
     lam: float = 1.0
     clip: float | None = None
     ppo_eps: float | None = None
-    weighting: Literal["sequence", "token_mean"] = "sequence"
-    baseline: Literal["mean", "loo", "none"] = "loo"
+    weighting: Weighting = "sequence"
+    baseline: Baseline = "loo"
     coverage: Coverage = "self_normalized"  # "snips": deprecated spelling, still accepted
-    diversity: Literal["coverage", "gini_simpson", "response_entropy"] = "coverage"
-    diversity_estimator: Literal["polynomial", "plugin"] = "polynomial"
+    diversity: Diversity = "coverage"
+    diversity_estimator: ObjectiveDiversityEstimator = "polynomial"
     diversity_degree: int | None = None
-    truncation: Literal["estimator", "gradient"] = "estimator"
+    truncation: Truncation = "estimator"
     beta: float = 0.0
     max_length: int | None = None
     add_eos: bool = False
@@ -138,10 +150,8 @@ class TrainConfig:
             raise ValueError(f"warmup_steps must be an int >= 0, got {self.warmup_steps!r}")
         if not 0 <= self.min_lr_ratio <= 1:
             raise ValueError(f"min_lr_ratio must lie in [0, 1], got {self.min_lr_ratio!r}")
-        if self.schedule not in ("cosine", "constant"):
-            raise ValueError(f"schedule must be 'cosine' or 'constant', got {self.schedule!r}")
-        if self.lm_head not in ("logits", "hidden"):
-            raise ValueError(f"lm_head must be 'logits' or 'hidden', got {self.lm_head!r}")
+        check_choice(self.schedule, "schedule", SCHEDULES)
+        check_choice(self.lm_head, "lm_head", LM_HEADS)
         self.objective()  # validates the objective options
 
     def objective(self, **overrides: Any) -> PopeObjective:
