@@ -130,10 +130,12 @@ class BehaviourCloningResult:
             held = int((self.fold == k).sum())
             loss = self.train_loss[k]
             base, fit = self.heldout_logprob_per_token(k)
+            trend = (f"{loss[0]:.4g} (1 pass)" if len(loss) == 1 else
+                     f"{loss[0]:.4g} -> {loss[-1]:.4g} over {len(loss)} passes")
             lines.append(
                 f"fold {k}: fine-tuned on {self.train_rows[k].size} responses, training loss "
-                f"{loss[0]:.4g} -> {loss[-1]:.4g} over {len(loss)} pass(es); scored {held} "
-                f"held-out responses: log-prob per token {fit:.4g} (base model {base:.4g})")
+                f"{trend}; scored {held} held-out responses: log-prob per token {fit:.4g} "
+                f"(base model {base:.4g})")
         base, fit = self.heldout_logprob_per_token()
         lines.append(f"all folds, held out: log-prob per token {fit:.4g} cross-fitted, "
                      f"{base:.4g} with the base model")
