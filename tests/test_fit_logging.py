@@ -50,6 +50,15 @@ def make_model(tok, seed: int, hidden: int = 32) -> transformers.LlamaForCausalL
     return transformers.LlamaForCausalLM(cfg).eval()
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models gain nothing from a second thread; on a busy machine it only spins."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def oasst():
     """The real trees, texts cut to 30 words (18 prompts, 51 replies)."""
@@ -147,7 +156,7 @@ def test_cross_fitted_logprob_is_not_the_memorised_one(tmp_path):
                         "response": " ".join(rng.choice(words, 8))}
                        for p in range(9) for _ in range(2)])
     tok = make_tokenizer(list(df["prompt"]) + list(df["response"]))
-    res = fit_logging_policy(df, (make_model(tok, 0, hidden=64), tok), folds=3,
+    res = fit_logging_policy(df, (make_model(tok, 0), tok), folds=3,
                              num_train_epochs=25, learning_rate=2e-2, batch_tokens=512,
                              save_models=tmp_path / "bc")
     fold_models = [load_causal_lm(tmp_path / "bc" / f"fold-{k}", device="cpu")[0]
@@ -161,7 +170,7 @@ def test_cross_fitted_logprob_is_not_the_memorised_one(tmp_path):
     # size ~10: rounding ~1e-5; batch composition differs, hence 1e-3)
     np.testing.assert_allclose(res.log_logging, own, atol=1e-3)
     # memorisation: the training loss reached < 1 nat/token, so a model trained on a row gives
-    # it > 20 nats more than the model that never saw it (measured: 50-70 nats)
+    # it > 20 nats more than the model that never saw it (measured: 39-61 nats)
     assert all(loss[-1] < 1.0 for loss in res.train_loss)
     assert (in_fold - res.log_logging > 20).all()
     folds = json.loads((tmp_path / "bc" / "folds.json").read_text())
