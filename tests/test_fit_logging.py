@@ -146,18 +146,26 @@ def test_each_fold_model_is_trained_on_the_other_folds_only(oasst, lm):
     assert "log_logging" not in oasst.columns  # the input frame is not modified
 
 
-def test_cross_fitted_logprob_is_not_the_memorised_one(tmp_path):
-    """Random-word responses are memorised by a model trained on them: scored by such a model
-    they get a far higher log-prob than cross-fitted. The column must be the cross-fitted one
-    (the model of the row's own fold), never an in-fold one."""
+@pytest.fixture(scope="module")
+def random_log():
+    """9 prompts with 2 responses of 8 random words each: memorisable, not generalisable."""
     rng = np.random.default_rng(0)
     words = [f"w{i}" for i in range(200)]
     df = pd.DataFrame([{"prompt_id": f"p{p}", "prompt": f"question {p} please",
                         "response": " ".join(rng.choice(words, 8))}
                        for p in range(9) for _ in range(2)])
-    tok = make_tokenizer(list(df["prompt"]) + list(df["response"]))
-    res = fit_logging_policy(df, (make_model(tok, 0), tok), folds=3,
-                             num_train_epochs=25, learning_rate=2e-2, batch_tokens=512,
+    return df, make_tokenizer(list(df["prompt"]) + list(df["response"]))
+
+
+MEMORISE = dict(folds=3, num_train_epochs=25, learning_rate=2e-2, batch_tokens=512)
+
+
+def test_cross_fitted_logprob_is_not_the_memorised_one(tmp_path, random_log):
+    """Random-word responses are memorised by a model trained on them: scored by such a model
+    they get a far higher log-prob than cross-fitted. The column must be the cross-fitted one
+    (the model of the row's own fold), never an in-fold one."""
+    df, tok = random_log
+    res = fit_logging_policy(df, (make_model(tok, 0), tok), **MEMORISE,
                              save_models=tmp_path / "bc")
     fold_models = [load_causal_lm(tmp_path / "bc" / f"fold-{k}", device="cpu")[0]
                    for k in range(3)]
@@ -270,6 +278,23 @@ def test_cli_fit_logging_then_evaluate(tmp_path, oasst, lm, capsys):
     assert code == 2 and "--out" in err and "--overwrite" in err and len(err.splitlines()) == 1
     code, _, err = run([*again, "--overwrite"], capsys)
     assert code == 0, err
+
+
+def test_cli_warns_when_the_fit_does_not_generalise(tmp_path, random_log, capsys):
+    """Memorised random responses: the held-out likelihood falls below the base model's."""
+    df, tok = random_log
+    make_model(tok, 0).save_pretrained(tmp_path / "base")
+    tok.save_pretrained(tmp_path / "base")
+    df.to_parquet(tmp_path / "log.parquet")
+    argv = ["fit-logging", "--logs", tmp_path / "log.parquet", "--model", tmp_path / "base",
+            "--out", tmp_path / "bc.parquet", "--no-progress",
+            *[x for k, v in MEMORISE.items() for x in (f"--{k.replace('_', '-')}", v)]]
+    code, stdout, err = run(argv, capsys)
+    assert code == 0, err
+    assert "lower likelihood than the base model" in err
+    fit, base = (float(v) for v in stdout.split("all folds, held out: log-prob per token ")[1]
+                 .split(" with the base model")[0].split(" cross-fitted, "))
+    assert fit < base
 
 
 @pytest.mark.parametrize("change, message", [
