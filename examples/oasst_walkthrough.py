@@ -24,7 +24,7 @@ log-probabilities of whatever wrote the replies. The walk-through
    reference fine-tuned per fold of prompts on the other folds' replies, each reply scored by
    the model that never saw it) and evaluates the target against them.
 
-Run from the repository root (about 20-40 s on 2 CPU cores)::
+Run from the repository root (about 25-50 s on 2 CPU cores)::
 
     python examples/oasst_walkthrough.py [--trees FILE] [--workdir DIR]
 
