@@ -199,6 +199,22 @@ def test_same_seed_same_output_other_seed_other_folds(oasst, lm):
     assert not np.allclose(a.log_logging, c.log_logging)
 
 
+def test_token_logprobs_sum_to_the_column_and_stale_ones_are_dropped(oasst, lm):
+    res = fit_logging_policy(oasst, lm, folds=2, token_logprobs=True, **FAST)
+    toks = res.frame["token_log_logging"]
+    assert [len(t) for t in toks] == res.response_tokens.tolist()
+    # float32 per-token log-probs summed in float64 vs the float32 sequence reduction: the
+    # difference is rounding, ~1e-6 per token of magnitude ~7, 30-60 tokens -> 1e-3
+    np.testing.assert_allclose([sum(t) for t in toks], res.log_logging, atol=1e-3)
+    assert res.settings["token_column"] == "token_log_logging"
+    stale = oasst.assign(log_logging=-1.0, token_log_logging=[[-1.0]] * len(oasst))
+    with pytest.raises(ValueError, match="token_log_logging"):
+        fit_logging_policy(stale, lm, folds=2, **FAST)
+    res = fit_logging_policy(stale, lm, folds=2, overwrite=True, **FAST)
+    assert "token_log_logging" not in res.frame.columns  # would not match the new column
+    assert (res.frame["log_logging"] != -1.0).all()
+
+
 def test_invalid_inputs(oasst, lm):
     with pytest.raises(ValueError, match="folds must be >= 2"):
         fit_logging_policy(oasst, lm, folds=1, **FAST)

@@ -98,6 +98,9 @@ def add_arguments(p: argparse.ArgumentParser, cli: Any) -> None:
                    help="column of the estimated log pi0(y|x)")
     g.add_argument("--fold-column", default="logging_fold", metavar="COLUMN",
                    help="column of each row's fold")
+    g.add_argument("--token-logprobs", action="store_true",
+                   help="also write token_COLUMN, the cross-fitted per-token log-probs (for "
+                        "pope evaluate --weighting token_mean)")
     g.add_argument("--save-models", metavar="DIR",
                    help="also write the fold models (DIR/fold-K) and DIR/folds.json")
     g.add_argument("--overwrite", action="store_true",
@@ -154,7 +157,8 @@ def run(args: argparse.Namespace) -> int:
             max_grad_norm=args.max_grad_norm, add_eos=args.add_eos,
             chat_template=args.chat_template, seed=args.seed, columns=dict(args.column),
             format=args.format, split=args.split, column=args.into,
-            fold_column=args.fold_column, device=args.device, dtype=args.dtype,
+            fold_column=args.fold_column, token_logprobs=args.token_logprobs,
+            device=args.device, dtype=args.dtype,
             save_models=args.save_models, overwrite=args.overwrite,
             progress=not args.no_progress,
         )

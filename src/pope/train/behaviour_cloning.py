@@ -343,6 +343,7 @@ def fit_logging_policy(
     split: str | None = None,
     column: str = "log_logging",
     fold_column: str = FOLD_COLUMN,
+    token_logprobs: bool = False,
     device: str | None = None,
     dtype: Any = "float32",
     save_models: str | os.PathLike[str] | None = None,
@@ -362,8 +363,7 @@ def fit_logging_policy(
         A local causal LM directory, or a model in memory and its tokenizer (copied, never
         modified); each fold fine-tunes a fresh copy.
     folds : int
-        :math:`K \ge 2` folds of prompts, at most the number of distinct prompts
-        (:func:`assign_folds`).
+        :math:`K \ge 2` folds of prompts, at most the number of prompts (:func:`assign_folds`).
     num_train_epochs, learning_rate, weight_decay, warmup_steps, max_grad_norm
         AdamW fine-tuning of each fold model, named and defaulting as in
         ``transformers.TrainingArguments`` (linear decay after the warmup; fractional
@@ -374,20 +374,22 @@ def fit_logging_policy(
         The tokenisation (:func:`pope.scoring.tokenize_pairs`); must be those ``pope
         evaluate`` / ``pope train`` use later.
     seed : int
-        Fold assignment, batch order and ``torch`` randomness (the global ``torch`` RNG is
-        restored afterwards). Same seed, same inputs: same output on the same device.
+        Fold assignment, batch order and ``torch`` randomness (the global RNG is restored
+        afterwards): same seed and inputs, same output on one device.
     columns : LogColumns or dict, optional
         Where the prompt, response and prompt id are (``{"prompt": "question"}``).
     column, fold_column : str
         The columns written into the returned frame.
+    token_logprobs : bool
+        Also write ``token_<column>``, the per-token log-probs (for ``token_mean``
+        weighting); otherwise a stale one of the input is dropped (with ``overwrite``).
     device, dtype : str
         Where and in which precision to train.
     save_models : path, optional
         Write each fold model (``fold-K/``, model and tokenizer) and ``folds.json`` (the
         prompt ids of each fold) there.
     overwrite : bool
-        Replace ``column`` / ``fold_column`` if the log has them, and an earlier fit in
-        ``save_models``.
+        Replace the columns if the log has them, and an earlier fit in ``save_models``.
     progress : bool
         A progress bar over the training steps of all folds.
 
@@ -398,11 +400,10 @@ def fit_logging_policy(
     Raises
     ------
     ValueError
-        ``folds < 2`` or more folds than prompts, non-positive ``num_train_epochs`` or
-        ``learning_rate``, a column already present (without ``overwrite``), a prompt id with
-        two prompt texts; :class:`pope.io.LogFormatError` (a ``ValueError``) for a missing
-        prompt/response column or rows without text; :class:`pope.scoring.ContextLengthError`
-        for pairs longer than the model's context.
+        ``folds < 2`` or above the number of prompts, bad options, a column already present
+        (without ``overwrite``), a prompt id with two texts; its subclasses
+        :class:`~pope.io.LogFormatError` (no prompt/response column or text) and
+        :class:`~pope.scoring.ContextLengthError`.
     """
     from pope.io import LogColumns
     from pope.score_log import pair_texts, read_log_frame
@@ -413,10 +414,12 @@ def fit_logging_policy(
     opt.check()
     cols = columns if isinstance(columns, LogColumns) else LogColumns.from_mapping(columns or {})
     frame = read_log_frame(logs, cols, format=format, split=split)
-    present = [c for c in (column, fold_column) if c in frame.columns]
+    token_column = f"token_{column}"
+    present = [c for c in (column, fold_column, token_column) if c in frame.columns]
     if present and not overwrite:
         raise ValueError(f"the log already has column(s) {present}; pass overwrite=True "
                          "(--overwrite) to replace them")
+    frame = frame.drop(columns=present)
     prompts, responses = pair_texts(frame, cols)
     fold = assign_folds(_prompt_keys(frame, cols, prompts), folds, seed=seed)
     model, tok, name = _load(base_model, device, dtype)
@@ -425,20 +428,15 @@ def fit_logging_policy(
     _check_context(pairs, model, tok)
     save_dir = _prepare_save_dir(save_models, overwrite)
     base = score_responses(model, tok, prompts, responses, **opt.score_kw)
-    out, train_rows, losses = _cross_fit(model, tok, pairs, (prompts, responses), fold, opt,
-                                         save_dir, progress)
-    from pope import __version__
-
-    settings = {
-        "method": METHOD, "folds": int(folds), "fold_column": fold_column, "model": name,
-        **opt.settings(), "tokenizer": type(tok).__name__, "vocab_size": len(tok),
-        "head": "logits", "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
-        "saved_models": None if save_dir is None else str(save_dir.resolve()),
-        "token_column": None, "pope_version": __version__,
-    }
+    out, tokens, train_rows, losses = _cross_fit(model, tok, pairs, (prompts, responses),
+                                                 fold, opt, save_dir, progress, token_logprobs)
+    settings = _settings(opt, int(folds), fold_column, name, model, tok, save_dir,
+                         token_column if token_logprobs else None)
     if save_dir is not None:
         _write_folds_json(save_dir, frame, cols, fold, settings)
     frame[column] = out
+    if token_logprobs:
+        frame[token_column] = [t.tolist() for t in tokens]
     frame[fold_column] = fold
     return BehaviourCloningResult(
         frame=frame, log_logging=out, base_log_logging=np.asarray(base, dtype=np.float64),
@@ -447,12 +445,28 @@ def fit_logging_policy(
         fold_column=fold_column)
 
 
+def _settings(opt: _Options, folds: int, fold_column: str, name: str, model: Any, tok: Any,
+              save_dir: Path | None, token_column: str | None) -> dict[str, Any]:
+    """What produced the column, for the ``pope.scores`` metadata (the keys of
+    :func:`pope.score_log.score_log` plus ``method``, ``folds`` and the training options)."""
+    from pope import __version__
+
+    return {
+        "method": METHOD, "folds": folds, "fold_column": fold_column, "model": name,
+        **opt.settings(), "tokenizer": type(tok).__name__, "vocab_size": len(tok),
+        "head": "logits", "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+        "saved_models": None if save_dir is None else str(save_dir.resolve()),
+        "token_column": token_column, "pope_version": __version__,
+    }
+
+
 def _cross_fit(model: Any, tok: Any, pairs: TokenizedPairs,
                texts: tuple[list[str], list[str]], fold: np.ndarray, opt: _Options,
-               save_dir: Path | None, progress: bool
-               ) -> tuple[np.ndarray, list[np.ndarray], list[list[float]]]:
+               save_dir: Path | None, progress: bool, token_logprobs: bool
+               ) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray], list[list[float]]]:
     """Fine-tune a fresh copy of ``model`` per fold on the other folds' rows and score the
-    fold's rows with it: ``(log-probs, training rows per fold, losses per fold)``."""
+    fold's rows with it: ``(log-probs, per-token log-probs (empty unless token_logprobs),
+    training rows per fold, losses per fold)``."""
     from tqdm.auto import tqdm
 
     prompts, responses = texts
@@ -465,6 +479,7 @@ def _cross_fit(model: Any, tok: Any, pairs: TokenizedPairs,
         raise ValueError(f"fold {empty[0]}: the responses outside it have no tokens to learn")
     initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
     out = np.full(fold.shape[0], np.nan)
+    tokens: list[np.ndarray] = [np.zeros(0)] * fold.shape[0]
     losses = []
     dev = next(model.parameters()).device
     steps = sum(max(1, math.ceil(opt.num_train_epochs * len(b))) for b in batches)
@@ -477,14 +492,19 @@ def _cross_fit(model: Any, tok: Any, pairs: TokenizedPairs,
                 losses.append(_fit_fold(model, batches[k], opt,
                                         rng=np.random.default_rng([opt.seed, k]), bar=bar))
                 held = np.flatnonzero(fold == k)
-                out[held] = score_responses(model, tok, [prompts[i] for i in held],
-                                            [responses[i] for i in held], **opt.score_kw)
+                res = score_responses(model, tok, [prompts[i] for i in held],
+                                      [responses[i] for i in held], **opt.score_kw,
+                                      return_token_logprobs=token_logprobs)
+                seq, tok_lp = res if token_logprobs else (res, None)
+                out[held] = seq
+                for j, i in enumerate(held if tok_lp is not None else ()):
+                    tokens[i] = tok_lp[j]
                 if save_dir is not None:
                     _save_fold(model, tok, save_dir / f"fold-{k}")
     finally:
         bar.close()
         model.load_state_dict(initial)
-    return out, train_rows, losses
+    return out, tokens, train_rows, losses
 
 
 def _save_fold(model: Any, tok: Any, path: Path) -> None:
