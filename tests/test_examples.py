@@ -26,7 +26,7 @@ def test_oasst_walkthrough(tmp_path):
          str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout
-    for step in range(1, 6):
+    for step in range(1, 10):
         assert f"== {step}." in out
     assert "all importance weights are 1" in proc.stderr  # step 5 warns
     target = json.loads((tmp_path / "target.json").read_text())
@@ -43,3 +43,7 @@ def test_oasst_walkthrough(tmp_path):
         lambda s: float(np.mean(s / s.max()))).mean()
     assert same["pope"]["relevance"]["value"] == pytest.approx(plain, abs=1e-12)
     assert same["pope"]["relevance"]["ess"] == pytest.approx(len(log), rel=1e-9)
+    bc = json.loads((tmp_path / "bc.json").read_text())  # step 9: pi0 by behaviour cloning
+    assert bc["propensity"]["source"] == "behaviour cloning, 3 folds"
+    assert "logging propensities estimated by behaviour cloning" in bc["propensity"]["meaning"]
+    assert bc["n_responses"] == len(log)

@@ -214,6 +214,20 @@ def _add_score(sub: Any) -> None:
     p.set_defaults(func=score_log.run)
 
 
+# ----------------------------------------------------------------------------- fit-logging
+def _add_fit_logging(sub: Any) -> None:
+    from pope import fit_logging_cli
+
+    p = sub.add_parser(
+        "fit-logging",
+        help="estimate the logging log-probs of human-written logs (behaviour cloning, "
+             "cross-fitted)",
+        description=fit_logging_cli.DESCRIPTION,
+        epilog=fit_logging_cli.FIT_LOGGING_EXAMPLES, formatter_class=_Formatter,
+    )
+    fit_logging_cli.add_arguments(p, sys.modules[__name__])
+
+
 # ----------------------------------------------------------------------------- report
 def _add_report(sub: Any) -> None:
     from pope import report
@@ -326,6 +340,7 @@ examples:
   pope evaluate --help
   pope train --logs logs.parquet --policy ./base --output-dir ./aligned
   pope score --logs trees.jsonl --format oasst --model ./base --out scored.parquet
+  pope fit-logging --logs trees.jsonl --format oasst --model ./small --out bc.parquet
   pope report results.json --out report/
   pope demo
   pope bench
@@ -352,6 +367,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     cli_evaluate.add_parser(sub)
     _add_train(sub)
     _add_score(sub)
+    _add_fit_logging(sub)
     _add_report(sub)
     argv_list = list(sys.argv[1:] if argv is None else argv)
     _add_demo(sub, load=bool(argv_list) and argv_list[0] == "demo")

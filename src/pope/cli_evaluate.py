@@ -354,6 +354,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     prop = describe_propensity(result, logging_model=args.logging_model,
                                reference_model=args.reference_model,
                                scored_by=scored.get("model"),
+                               behaviour_cloning=scored if scored.get("method") ==
+                               "behaviour_cloning" else None,
                                rank_signal=spec.reward_normalization == "rank")
     rep = result.report
     if not args.quiet:

@@ -10,6 +10,10 @@ honest options (see ``docs/data-format.md``, "Logs without propensities"):
   otherwise it is a reweighting of the logged responses, usable to compare policies against
   the same reference, not as an absolute value. The intervals cover sampling noise, not the
   error of the proxy.
+- **behaviour cloning with cross-fitting** (``pope fit-logging``,
+  :func:`pope.train.behaviour_cloning.fit_logging_policy`): :math:`\log\pi_0` is *estimated*
+  by small LMs fine-tuned on the logged responses of the other folds' prompts; the estimate is
+  the target's value as far as the fitted policy matches whatever wrote the logs.
 - **identical weights**: when the target equals the proxy on the logged responses (the base
   model used as both), every weight is 1 and every estimate is the plain average reward of the
   logged responses, i.e. the value of whatever wrote the logs. :func:`describe_propensity`
@@ -54,6 +58,7 @@ def describe_propensity(
     logging_model: str | None = None,
     reference_model: str | None = None,
     scored_by: str | None = None,
+    behaviour_cloning: dict[str, Any] | None = None,
     rank_signal: bool = False,
     tol: float = ONE_TOLERANCE,
 ) -> dict[str, Any]:
@@ -69,6 +74,9 @@ def describe_propensity(
     scored_by : str, optional
         The model that ``pope score`` wrote the log's logging column with (from the Parquet
         metadata, :func:`pope.score_log.read_score_metadata`).
+    behaviour_cloning : dict, optional
+        The metadata of a logging column written by ``pope fit-logging`` (``method ==
+        "behaviour_cloning"``, ``folds``, ``model``): :math:`\\log\\pi_0` is an estimate.
     rank_signal : bool
         The signals are within-prompt ranks (``--reward-normalization rank`` or the oasst rank
         rule): their plain average is 0.5 by construction.
@@ -76,9 +84,10 @@ def describe_propensity(
     Returns
     -------
     dict
-        ``source`` ("logged column", "logged column scored by pope score", "logging model" or
-        "reference model (proxy)"), ``model``,
-        ``weights_identically_one``, ``meaning`` (a sentence for the output) and ``warnings``.
+        ``source`` ("logged column", "logged column scored by pope score", "logging model",
+        "reference model (proxy)" or "behaviour cloning, K folds"), ``model``,
+        ``weights_identically_one``, ``meaning`` (a sentence for the output) and ``warnings``;
+        with ``behaviour_cloning`` also ``folds``.
     """
     if logging_model is not None and reference_model is not None:
         raise ValueError("give a logging model or a reference model, not both")
@@ -96,6 +105,18 @@ def describe_propensity(
         meaning = (
             f"log pi0 is taken from the declared reference model {reference_model}, not from the "
             "(unknown) process that wrote the logs. " + proxy
+        )
+    elif logging_model is None and behaviour_cloning is not None:
+        k, model = behaviour_cloning.get("folds"), behaviour_cloning.get("model")
+        source = f"behaviour cloning, {k} folds"
+        meaning = (
+            f"log pi0 is an estimate: logging propensities estimated by behaviour cloning, {k} "
+            f"folds (pope fit-logging): copies of {model} fine-tuned on the logged responses "
+            "of the other folds' prompts score each response, so none is scored by a model "
+            "trained on it. The estimates are the target's value under the fitted logging "
+            "policy, right as far as it matches whatever wrote the logs (and supports the "
+            "target); the intervals cover sampling noise, not the error of the fitted "
+            "propensities."
         )
     elif logging_model is None and scored_by is not None:
         source, model = "logged column scored by pope score", scored_by
@@ -116,7 +137,8 @@ def describe_propensity(
             "log pi0 is the log's logging log-probability column; the estimates are off-policy "
             "estimates of the target's value (given support of the target by the logging policy)."
         )
-    is_proxy = reference_model is not None or (logging_model is None and scored_by is not None)
+    is_proxy = reference_model is not None or (logging_model is None and (
+        scored_by is not None or behaviour_cloning is not None))
     if ones:
         stderr = float(result.pope.relevance.stderr)
         if stderr < 1e-12:
@@ -136,6 +158,9 @@ def describe_propensity(
             + " on these responses): the value is the log average, not an estimate for the "
             "target; evaluate a different target policy against this reference"
         )
-    return {"source": source, "model": model, "weights_identically_one": ones,
-            "meaning": meaning, "warnings": warnings}
+    out = {"source": source, "model": model, "weights_identically_one": ones,
+           "meaning": meaning, "warnings": warnings}
+    if source.startswith("behaviour cloning"):
+        out["folds"] = behaviour_cloning.get("folds")  # type: ignore[union-attr]
+    return out
 

@@ -27,8 +27,8 @@ from pope.io import LogColumns, LogFormatError, read_table
 from pope.io.formats import is_format
 from pope.options import LMHead
 
-__all__ = ["METADATA_KEY", "add_arguments", "read_score_metadata", "run", "score_log",
-           "write_scored"]
+__all__ = ["METADATA_KEY", "add_arguments", "pair_texts", "read_log_frame",
+           "read_score_metadata", "run", "score_log", "write_scored"]
 
 #: Parquet schema-metadata key holding ``{column: scoring settings}``.
 METADATA_KEY = b"pope.scores"
@@ -44,6 +44,43 @@ def read_score_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
     meta = pq.read_schema(p).metadata or {}
     raw = meta.get(METADATA_KEY)
     return json.loads(raw) if raw else {}
+
+
+def read_log_frame(source: Any, columns: LogColumns, *, format: str | None = None,
+                   split: str | None = None) -> Any:
+    """A copy of a whole log as a ``pandas.DataFrame`` (a native file format or a public one,
+    see :func:`pope.readers.read_logs`), the caller's frame untouched."""
+    from pope.readers import read_logs
+
+    if format is None or is_format(format):
+        frame = read_table(source, format=format, split=split,
+                           text_columns=(columns.prompt_id, columns.prompt, columns.response))
+    else:
+        frame = read_logs(source, format, split=split)
+    return frame.copy()
+
+
+def pair_texts(frame: Any, columns: LogColumns) -> tuple[list[str], list[str]]:
+    """The prompt and response texts of every row.
+
+    Raises
+    ------
+    LogFormatError
+        A column is missing, or rows have no text there (their row numbers are listed).
+    """
+    texts = []
+    for field in (columns.prompt, columns.response):
+        if field not in frame.columns:
+            raise LogFormatError(f"no {field!r} column to score; the log's columns are "
+                                 f"{list(frame.columns)}")
+        s = frame[field]
+        missing = np.flatnonzero(s.isna().to_numpy() | ~s.map(lambda v: isinstance(v, str)))
+        if missing.size:
+            shown = ", ".join(str(int(i)) for i in missing[:10])
+            raise LogFormatError(f"{missing.size} row(s) have no {field!r} text to score: rows "
+                                 f"{shown}{' ...' if missing.size > 10 else ''}")
+        texts.append(s.tolist())
+    return texts[0], texts[1]
 
 
 def score_log(
@@ -95,33 +132,16 @@ def score_log(
     LogFormatError
         A row has no prompt or response text (its row numbers are listed).
     """
-    from pope.readers import read_logs
     from pope.scoring import load_causal_lm, score_responses
 
     cols = columns if isinstance(columns, LogColumns) else LogColumns.from_mapping(columns or {})
-    if format is None or is_format(format):
-        frame = read_table(source, format=format, split=split,
-                           text_columns=(cols.prompt_id, cols.prompt, cols.response))
-    else:
-        frame = read_logs(source, format, split=split)
-    frame = frame.copy()
+    frame = read_log_frame(source, cols, format=format, split=split)
     names = [column] + ([f"token_{column}"] if token_logprobs else [])
     present = [n for n in names if n in frame.columns]
     if present and not overwrite:
         raise ValueError(f"the log already has column(s) {present}; pass overwrite=True "
                          "(--overwrite) to replace them, or choose another column")
-    texts = []
-    for field in (cols.prompt, cols.response):
-        if field not in frame.columns:
-            raise LogFormatError(f"no {field!r} column to score; the log's columns are "
-                                 f"{list(frame.columns)}")
-        s = frame[field]
-        missing = np.flatnonzero(s.isna().to_numpy() | ~s.map(lambda v: isinstance(v, str)))
-        if missing.size:
-            shown = ", ".join(str(int(i)) for i in missing[:10])
-            raise LogFormatError(f"{missing.size} row(s) have no {field!r} text to score: rows "
-                                 f"{shown}{' ...' if missing.size > 10 else ''}")
-        texts.append(s.tolist())
+    texts = pair_texts(frame, cols)
     lm, tok = load_causal_lm(model, device=device, dtype=dtype)
     out = score_responses(lm, tok, texts[0], texts[1], batch_tokens=batch_tokens,
                           return_token_logprobs=token_logprobs, chat_template=chat_template,

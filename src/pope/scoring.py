@@ -31,6 +31,7 @@ __all__ = [
     "TokenizedPairs",
     "context_length",
     "load_causal_lm",
+    "pad_pairs",
     "score_responses",
     "tokenize_pairs",
 ]
@@ -238,6 +239,80 @@ def load_causal_lm(
     return model.to(dev).eval(), tok
 
 
+def _check_context(pairs: TokenizedPairs, model: Any, tokenizer: Any) -> None:
+    """Raise :class:`ContextLengthError` for the pairs longer than the model's context."""
+    limit = context_length(model, tokenizer)
+    lengths = pairs.lengths
+    if limit is not None and lengths.size:
+        too_long = np.flatnonzero(lengths > limit)
+        if too_long.size:
+            raise ContextLengthError(too_long, lengths[too_long], limit)
+
+
+def pad_pairs(
+    pairs: TokenizedPairs, idx: np.ndarray, pad_token_id: int | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded ``input_ids`` and ``attention_mask`` (CPU, int64) of the pairs ``idx``.
+
+    Parameters
+    ----------
+    pairs : TokenizedPairs
+    idx : (B,) int array
+        The pairs of the batch, in batch order.
+    pad_token_id : int or None
+        ``None``: pad with 0 (the padding is masked).
+    """
+    pad = 0 if pad_token_id is None else int(pad_token_id)
+    lmax = max((int(pairs.input_ids[i].shape[0]) for i in idx), default=0)
+    ids = torch.full((len(idx), lmax), pad, dtype=torch.long)
+    mask = torch.zeros((len(idx), lmax), dtype=torch.long)
+    for j, i in enumerate(idx):
+        a = pairs.input_ids[i]
+        ids[j, : a.shape[0]] = torch.from_numpy(a)
+        mask[j, : a.shape[0]] = 1
+    return ids, mask
+
+
+def _response_positions(
+    pairs: TokenizedPairs, idx: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(rows, cols, counts)``: the batch row and position of every logit that predicts a
+    response token (position ``t - 1`` for token ``t``), and the count per pair."""
+    rows, cols = [], []
+    for j, i in enumerate(idx):
+        p, n = int(pairs.prompt_lengths[i]), int(pairs.input_ids[i].shape[0])
+        cols.append(np.arange(p - 1, n - 1))
+        rows.append(np.full(n - p, j))
+    counts = np.array([c.shape[0] for c in cols], dtype=np.int64)
+    return np.concatenate(rows), np.concatenate(cols), counts
+
+
+def _score_batch(
+    model: Any,
+    ids: torch.Tensor,
+    mask: torch.Tensor,
+    rows: torch.Tensor,
+    cols: torch.Tensor,
+    b: int,
+    head: str,
+    want_tokens: bool,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Sequence (and, with ``want_tokens``, per-token) log-probs of one padded batch."""
+    targets = ids[rows, cols + 1]
+    if head == "hidden":
+        hidden = model.base_model(input_ids=ids, attention_mask=mask,
+                                  use_cache=False).last_hidden_state
+        weight = model.get_output_embeddings().weight
+        seq_lp = linear_sequence_logprob(hidden[rows, cols].to(weight.dtype), weight, targets,
+                                         rows, b)
+        if not want_tokens:
+            return seq_lp, None
+    logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
+    lp, tok_lp = sequence_logprob(logits[rows, cols], targets, rows, b,
+                                  return_token_logprobs=True)
+    return (lp if head == "logits" else seq_lp), tok_lp
+
+
 def score_responses(
     model: Any,
     tokenizer: Any,
@@ -303,67 +378,27 @@ def score_responses(
     pairs = tokenize_pairs(
         tokenizer, prompts, responses, chat_template=chat_template, add_eos=add_eos
     )
+    _check_context(pairs, model, tokenizer)
     n = len(pairs.input_ids)
-    lengths = pairs.lengths
-    limit = context_length(model, tokenizer)
-    if limit is not None and n:
-        too_long = np.flatnonzero(lengths > limit)
-        if too_long.size:
-            raise ContextLengthError(too_long, lengths[too_long], limit)
     seq_out = np.zeros(n, dtype=np.float64)
     tok_out: list[np.ndarray] = [np.zeros(0)] * n
-    pad = tokenizer.pad_token_id
-    pad = 0 if pad is None else int(pad)
     was_training = model.training
     model.eval()
     bar = tqdm(total=n, unit="resp", desc=desc, disable=not progress or n == 0)
     try:
         with torch.inference_mode():
-            for idx in _plan_batches(lengths, batch_tokens):
-                b = idx.shape[0]
-                lmax = int(lengths[idx].max())
-                ids = torch.full((b, lmax), pad, dtype=torch.long)
-                mask = torch.zeros((b, lmax), dtype=torch.long)
-                rows, cols, seqs = [], [], []
-                for j, i in enumerate(idx):
-                    a = pairs.input_ids[i]
-                    ids[j, : a.shape[0]] = torch.from_numpy(a)
-                    mask[j, : a.shape[0]] = 1
-                    p = int(pairs.prompt_lengths[i])
-                    pos = np.arange(p - 1, a.shape[0] - 1)  # logits that predict the response
-                    rows.append(np.full(pos.shape[0], j))
-                    cols.append(pos)
-                    seqs.append(np.full(pos.shape[0], j))
-                r = torch.from_numpy(np.concatenate(rows)).to(dev)
-                c = torch.from_numpy(np.concatenate(cols)).to(dev)
-                s = torch.from_numpy(np.concatenate(seqs)).to(dev)
-                ids, mask = ids.to(dev), mask.to(dev)
-                targets = ids[r, c + 1]
-                if head == "logits":
-                    logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
-                    seq_lp, tok_lp = sequence_logprob(
-                        logits[r, c], targets, s, b, return_token_logprobs=True
-                    )
-                else:
-                    hidden = model.base_model(
-                        input_ids=ids, attention_mask=mask, use_cache=False
-                    ).last_hidden_state
-                    weight = model.get_output_embeddings().weight
-                    h = hidden[r, c].to(weight.dtype)
-                    seq_lp = linear_sequence_logprob(h, weight, targets, s, b)
-                    tok_lp = None
+            for idx in _plan_batches(pairs.lengths, batch_tokens):
+                ids, mask = pad_pairs(pairs, idx, tokenizer.pad_token_id)
+                r, c, counts = _response_positions(pairs, idx)
+                seq_lp, tok_lp = _score_batch(
+                    model, ids.to(dev), mask.to(dev), torch.from_numpy(r).to(dev),
+                    torch.from_numpy(c).to(dev), idx.shape[0], head, return_token_logprobs)
                 seq_out[idx] = seq_lp.double().cpu().numpy()
                 if return_token_logprobs:
-                    if tok_lp is None:
-                        logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
-                        _, tok_lp = sequence_logprob(
-                            logits[r, c], targets, s, b, return_token_logprobs=True
-                        )
-                    t = tok_lp.double().cpu().numpy()
-                    bounds = np.concatenate([[0], np.cumsum([len(x) for x in cols])])
+                    t = np.split(tok_lp.double().cpu().numpy(), np.cumsum(counts)[:-1])
                     for j, i in enumerate(idx):
-                        tok_out[i] = t[bounds[j] : bounds[j + 1]]
-                bar.update(b)
+                        tok_out[i] = t[j]
+                bar.update(idx.shape[0])
     finally:
         bar.close()
         if was_training:

@@ -9,7 +9,9 @@ Three entry points, sharing one data path (:class:`PopeDataset` -> :class:`PopeC
   that resume bit-exactly, a tqdm bar and JSON-lines metrics;
 * :class:`PopeTrainerMixin` / :func:`make_compute_loss` — a ``compute_loss`` for
   ``transformers.Trainer`` (and TRL trainers built on it);
-* :func:`pope_forward` — one model forward + objective on a collated batch, for custom loops.
+* :func:`pope_forward` — one model forward + objective on a collated batch, for custom loops;
+* :func:`fit_logging_policy` — behaviour cloning of an unknown logging policy with
+  cross-fitting folds (``pope fit-logging``), for logs without logging log-probs.
 
 Tokenisation (:func:`pope.scoring.tokenize_pairs`): ``prompt_ids + response_ids`` (the prompt
 with the tokenizer's special tokens, or the chat template; the response without, plus EOS by
@@ -26,7 +28,8 @@ Modules: :mod:`~pope.train.config` (:class:`TrainConfig`), :mod:`~pope.train.dat
 (:class:`PopeDataset`, :func:`token_budget_batches`, :class:`PopeCollator`),
 :mod:`~pope.train.forward` (:func:`pope_forward`), :mod:`~pope.train.hf` (the
 ``transformers.Trainer`` integration), :mod:`~pope.train.trainer` (:class:`OffPolicyTrainer`),
-:mod:`~pope.train.outputs` (the files a run writes); checkpoints are written by
+:mod:`~pope.train.outputs` (the files a run writes), :mod:`~pope.train.behaviour_cloning`
+(:func:`fit_logging_policy`); checkpoints are written by
 :mod:`pope.checkpoint`, the importance weights watched by :mod:`pope.train_monitor`.
 """
 
@@ -35,6 +38,7 @@ from __future__ import annotations
 from typing import Any
 
 from pope.checkpoint import CheckpointError
+from pope.train.behaviour_cloning import BehaviourCloningResult, fit_logging_policy
 from pope.train.config import LMHead, TrainConfig
 from pope.train.dataset import PopeCollator, PopeDataset, TrainingExample, token_budget_batches
 from pope.train.forward import POPE_BATCH_KEYS, pope_forward
@@ -52,6 +56,7 @@ __all__ = [
     "CHECKPOINT_FILES",
     "POPE_BATCH_KEYS",
     "RUN_EXTRAS",
+    "BehaviourCloningResult",
     "CheckpointError",
     "CheckpointWarning",
     "LMHead",
@@ -63,6 +68,7 @@ __all__ = [
     "TrainConfig",
     "TrainResult",
     "TrainingExample",
+    "fit_logging_policy",
     "make_compute_loss",
     "pope_forward",
     "run_outputs",
