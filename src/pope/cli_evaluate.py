@@ -23,6 +23,15 @@ from pope.cli import (
     _unhashable_ids_are_bad_input,
     _write_text_atomic,
 )
+from pope.options import (
+    COVERAGES,
+    DIVERSITIES,
+    DIVERSITY_ESTIMATORS,
+    LM_HEADS,
+    RELEVANCES,
+    REWARD_NORMALIZATIONS,
+    WEIGHTINGS,
+)
 
 __all__ = ["EVALUATE_EXAMPLES", "add_parser"]
 
@@ -98,7 +107,7 @@ def _add_evaluate(sub: Any) -> None:
                    help="format prompts with the tokenizer's chat template")
     g.add_argument("--add-eos", action="store_true",
                    help="score an EOS token after each response")
-    g.add_argument("--head", choices=["logits", "hidden"], default="logits",
+    g.add_argument("--head", choices=LM_HEADS, default="logits",
                    help="'hidden' scores from hidden states and the LM head weight without "
                         "materialising all logits (plain linear heads only)")
 
@@ -106,22 +115,22 @@ def _add_evaluate(sub: Any) -> None:
     g.add_argument("--lambda", dest="lam", type=_nonneg_float, default=1.0, metavar="L",
                    help="weight of diversity in the total value")
     g.add_argument("--reward-normalization",
-                   choices=["max", "log1p", "rank", "global_max", "none"], default="max",
+                   choices=REWARD_NORMALIZATIONS, default="max",
                    help="how signals become rewards in [0, 1] (see docs/method.md)")
-    g.add_argument("--weighting", choices=["sequence", "token_mean"], default="sequence",
+    g.add_argument("--weighting", choices=WEIGHTINGS, default="sequence",
                    help="importance weight: exact sequence ratio or length-normalised "
                         "per-token mean (needs per-token logging log-probs)")
     g.add_argument("--clip", type=_positive_float, metavar="M",
                    help="truncate importance weights at M")
-    g.add_argument("--relevance", choices=["snips", "ips"], default="snips",
+    g.add_argument("--relevance", choices=RELEVANCES, default="snips",
                    help="self-normalised or plain IPS relevance")
-    g.add_argument("--coverage", choices=["self_normalized", "ips"],
+    g.add_argument("--coverage", choices=COVERAGES,
                    default="self_normalized", help="normaliser of the per-prompt coverage")
-    g.add_argument("--diversity", choices=["coverage", "gini_simpson", "response_entropy"],
+    g.add_argument("--diversity", choices=DIVERSITIES,
                    default="coverage",
                    help="Shannon coverage entropy, Gini-Simpson coverage (identified exactly "
                         "from 2 responses per prompt), or the per-response lower bound")
-    g.add_argument("--diversity-estimator", choices=["polynomial", "jackknife", "plugin"],
+    g.add_argument("--diversity-estimator", choices=DIVERSITY_ESTIMATORS,
                    default="polynomial",
                    help="Shannon coverage entropy: minimax polynomial with a bias-aware "
                         "interval (default), or jackknife / plug-in (biased; their "

@@ -107,7 +107,7 @@ def describe_propensity(
             "(unknown) process that wrote the logs. " + proxy
         )
     elif logging_model is None and behaviour_cloning is not None:
-        k, model = behaviour_cloning.get("folds"), behaviour_cloning.get("model")
+        k, model = behaviour_cloning.get("folds"), str(behaviour_cloning.get("model", "?"))
         source = f"behaviour cloning, {k} folds"
         meaning = (
             f"log pi0 is an estimate: logging propensities estimated by behaviour cloning, {k} "

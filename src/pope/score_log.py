@@ -25,7 +25,7 @@ import numpy as np
 
 from pope.io import LogColumns, LogFormatError, read_table
 from pope.io.formats import is_format
-from pope.options import LMHead
+from pope.options import LM_HEADS, LMHead
 
 __all__ = ["METADATA_KEY", "add_arguments", "pair_texts", "read_log_frame",
            "read_score_metadata", "run", "score_log", "write_scored"]
@@ -241,7 +241,7 @@ def add_arguments(p: argparse.ArgumentParser, column_arg: Any) -> None:
                    help="format prompts with the tokenizer's chat template")
     g.add_argument("--add-eos", action="store_true",
                    help="score an EOS token after each response")
-    g.add_argument("--head", choices=["logits", "hidden"], default="logits",
+    g.add_argument("--head", choices=LM_HEADS, default="logits",
                    help="'hidden': from hidden states and the LM head weight (no full logits)")
     g = p.add_argument_group("output")
     g.add_argument("--out", required=True, metavar="FILE.parquet",

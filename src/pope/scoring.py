@@ -19,12 +19,13 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 
 from pope.ops import linear_sequence_logprob, sequence_logprob
+from pope.options import LM_HEADS, LMHead, check_choice
 
 __all__ = [
     "ContextLengthError",
@@ -325,7 +326,7 @@ def score_responses(
     return_token_logprobs: bool = False,
     chat_template: bool = False,
     add_eos: bool = False,
-    head: Literal["logits", "hidden"] = "logits",
+    head: LMHead = "logits",
     progress: bool = True,
     desc: str = "scoring",
 ) -> np.ndarray | tuple[np.ndarray, list[np.ndarray]]:
@@ -368,8 +369,7 @@ def score_responses(
 
     if batch_tokens < 1:
         raise ValueError(f"batch_tokens must be >= 1, got {batch_tokens}")
-    if head not in ("logits", "hidden"):
-        raise ValueError(f"head must be 'logits' or 'hidden', got {head!r}")
+    check_choice(head, "head", LM_HEADS)
     if device is not None:
         model = model.to(device)
     if dtype is not None:
@@ -394,7 +394,7 @@ def score_responses(
                     model, ids.to(dev), mask.to(dev), torch.from_numpy(r).to(dev),
                     torch.from_numpy(c).to(dev), idx.shape[0], head, return_token_logprobs)
                 seq_out[idx] = seq_lp.double().cpu().numpy()
-                if return_token_logprobs:
+                if tok_lp is not None:  # return_token_logprobs
                     t = np.split(tok_lp.double().cpu().numpy(), np.cumsum(counts)[:-1])
                     for j, i in enumerate(idx):
                         tok_out[i] = t[j]

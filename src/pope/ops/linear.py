@@ -12,6 +12,8 @@ The three pieces of the op, side by side:
 
 from __future__ import annotations
 
+from typing import Literal, overload
+
 import torch
 
 from pope.kernels.chunking import default_chunk_size
@@ -67,6 +69,51 @@ class _LinearSequenceLogprobFunction(torch.autograd.Function):
             grad_tok=gt, need_hidden=need_h, need_weight=need_w,
         )  # fmt: skip
         return (grad_h, grad_w, *nones)
+
+
+@overload
+def linear_sequence_logprob(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    seq_index: torch.Tensor,
+    num_seqs: int,
+    *,
+    ignore_index: int = ...,
+    return_token_logprobs: Literal[False] = ...,
+    chunk_size: int | None = ...,
+    backend: str | None = ...,
+) -> torch.Tensor: ...
+
+
+@overload
+def linear_sequence_logprob(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    seq_index: torch.Tensor,
+    num_seqs: int,
+    *,
+    ignore_index: int = ...,
+    return_token_logprobs: Literal[True],
+    chunk_size: int | None = ...,
+    backend: str | None = ...,
+) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+@overload
+def linear_sequence_logprob(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    seq_index: torch.Tensor,
+    num_seqs: int,
+    *,
+    ignore_index: int = ...,
+    return_token_logprobs: bool,
+    chunk_size: int | None = ...,
+    backend: str | None = ...,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]: ...
 
 
 def linear_sequence_logprob(

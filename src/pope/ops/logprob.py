@@ -15,7 +15,7 @@ The three pieces of the op, side by side:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal, overload
 
 import torch
 
@@ -86,6 +86,48 @@ class _SequenceLogprobFunction(torch.autograd.Function):
         gs = None if grad_seq is None else grad_seq.float().contiguous()
         gt = None if grad_tok is None else grad_tok.float().contiguous()
         return logits_backward(ctx, gs, gt), None, None, None, None, None
+
+
+@overload
+def sequence_logprob(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    seq_index: torch.Tensor,
+    num_seqs: int,
+    *,
+    ignore_index: int = ...,
+    return_token_logprobs: Literal[False] = ...,
+    inplace_backward: bool = ...,
+    backend: str | None = ...,
+) -> torch.Tensor: ...
+
+
+@overload
+def sequence_logprob(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    seq_index: torch.Tensor,
+    num_seqs: int,
+    *,
+    ignore_index: int = ...,
+    return_token_logprobs: Literal[True],
+    inplace_backward: bool = ...,
+    backend: str | None = ...,
+) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+@overload
+def sequence_logprob(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    seq_index: torch.Tensor,
+    num_seqs: int,
+    *,
+    ignore_index: int = ...,
+    return_token_logprobs: bool,
+    inplace_backward: bool = ...,
+    backend: str | None = ...,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]: ...
 
 
 def sequence_logprob(

@@ -64,6 +64,9 @@ __all__ = [
     "fit_logging_policy",
 ]
 
+#: one padded training batch: ``(input_ids, attention_mask, labels)``
+Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
 #: The ``method`` recorded in the scoring metadata of a behaviour-cloned column.
 METHOD = "behaviour_cloning"
 #: Default name of the per-row fold column.
@@ -215,7 +218,7 @@ def _load(base_model: Any, device: str | None, dtype: Any) -> tuple[Any, Any, st
 
 
 def _training_batches(pairs: TokenizedPairs, rows: np.ndarray, batch_tokens: int,
-                      pad_token_id: int | None) -> list[tuple[torch.Tensor, ...]]:
+                      pad_token_id: int | None) -> list[Batch]:
     """Padded ``(input_ids, attention_mask, labels)`` batches of ``rows`` (similar lengths
     together); ``labels`` are ``-100`` on the prompt and the padding (Hugging Face)."""
     out = []
@@ -230,7 +233,7 @@ def _training_batches(pairs: TokenizedPairs, rows: np.ndarray, batch_tokens: int
     return out
 
 
-def _fit_fold(model: Any, batches: list[tuple[torch.Tensor, ...]], opt: _Options, *,
+def _fit_fold(model: Any, batches: list[Batch], opt: _Options, *,
               rng: np.random.Generator, bar: Any) -> list[float]:
     """Maximum likelihood on the response tokens: AdamW, linear warmup then linear decay
     (``transformers.get_scheduler("linear")``, as ``TrainingArguments`` defaults to), batch
@@ -495,10 +498,12 @@ def _cross_fit(model: Any, tok: Any, pairs: TokenizedPairs,
                 res = score_responses(model, tok, [prompts[i] for i in held],
                                       [responses[i] for i in held], **opt.score_kw,
                                       return_token_logprobs=token_logprobs)
-                seq, tok_lp = res if token_logprobs else (res, None)
-                out[held] = seq
-                for j, i in enumerate(held if tok_lp is not None else ()):
-                    tokens[i] = tok_lp[j]
+                if isinstance(res, tuple):  # return_token_logprobs=True
+                    out[held] = res[0]
+                    for j, i in enumerate(held):
+                        tokens[i] = res[1][j]
+                else:
+                    out[held] = res
                 if save_dir is not None:
                     _save_fold(model, tok, save_dir / f"fold-{k}")
     finally:
