@@ -44,7 +44,7 @@ from pope._validation import (
 )
 from pope.backends import get_backend
 from pope.data import LoggedFeedback
-from pope.options import Coverage, DiversityEstimator
+from pope.options import COVERAGES, Coverage, DiversityEstimator, check_choice
 
 __all__ = [
     "CoverageMode",
@@ -120,8 +120,7 @@ def _check_n_aspects(c: Any) -> int:
 
 def check_log_weight(log_weight: Any, n: int, mode: str) -> np.ndarray:
     """Validated log weights (``-inf`` allowed; NaN and ``+inf`` not); zeros for ``None``."""
-    if mode not in ("self_normalized", "ips"):
-        raise ValueError(f"mode must be 'self_normalized' or 'ips', got {mode!r}")
+    check_choice(mode, "mode", COVERAGES)
     if log_weight is None:
         return np.zeros(n)
     lw = as_float_array(log_weight, "log_weight", allow_neginf=True)
