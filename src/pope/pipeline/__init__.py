@@ -29,7 +29,7 @@ Statistics that are not sums (bootstrap intervals, per-response contributions) e
 in-memory results.
 
 Modules: :mod:`~pope.pipeline.spec` (:class:`EvalSpec`, the run's options),
-:mod:`~pope.pipeline.models` (the model cache and scoring), :mod:`~pope.pipeline.prepare`
+:mod:`~pope.pipeline.models` (the model cache and scoring), :mod:`~pope.pipeline.prepared`
 (validate, assign aspects and score one chunk), :mod:`~pope.pipeline.stats` (the estimates and
 the mergeable :class:`EvalStats`), :mod:`~pope.pipeline.result` (:class:`EvalResult`, table
 and JSON), :mod:`~pope.pipeline.chunks` (chunks of whole prompts),
@@ -44,7 +44,7 @@ from typing import Any
 from pope.io import iter_raw_chunks
 from pope.pipeline.chunks import iter_prompt_chunks
 from pope.pipeline.models import clear_model_cache
-from pope.pipeline.prepare import Prepared, prepare
+from pope.pipeline.prepared import Prepared, prepare
 from pope.pipeline.prepass import prepare_spec
 from pope.pipeline.result import EvalResult
 from pope.pipeline.run import bucket_of, evaluate_logs, evaluate_stream, map_partition

@@ -16,7 +16,7 @@ import numpy as np
 
 from pope.io import LogFormatError, drop_bad_rows, iter_raw_chunks
 from pope.pipeline.chunks import iter_prompt_chunks
-from pope.pipeline.prepare import chunk_embeddings, validate_chunk
+from pope.pipeline.prepared import chunk_embeddings, validate_chunk
 from pope.pipeline.spec import EvalSpec
 
 __all__ = ["complete_spec", "fit_centers", "needs_prepass", "prepare_spec"]

@@ -12,7 +12,7 @@ from pope.io import ValidationReport
 from pope.pipeline.spec import EvalSpec
 
 if TYPE_CHECKING:
-    from pope.pipeline.prepare import Prepared
+    from pope.pipeline.prepared import Prepared
 
 __all__ = ["EvalResult"]
 

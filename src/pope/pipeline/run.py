@@ -19,7 +19,7 @@ from pope.io import (
 )
 from pope.pipeline.chunks import iter_prompt_chunks, prompt_key
 from pope.pipeline.models import clear_model_cache
-from pope.pipeline.prepare import chunk_embeddings, prepare, validate_chunk
+from pope.pipeline.prepared import chunk_embeddings, prepare, validate_chunk
 from pope.pipeline.prepass import complete_spec, fit_centers, needs_prepass
 from pope.pipeline.result import EvalResult
 from pope.pipeline.spec import EvalSpec

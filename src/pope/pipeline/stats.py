@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from pope.io import LogFormatError, ValidationReport
-from pope.pipeline.prepare import Prepared
+from pope.pipeline.prepared import Prepared
 from pope.pipeline.result import EvalResult
 from pope.pipeline.spec import EvalSpec, pope_kwargs
 

@@ -1,4 +1,4 @@
-r"""One set of whole prompts made ready for the estimators: validate, assign aspects, score.
+r"""A chunk of whole prompts made ready for the estimators: validate, assign aspects, score.
 
 :func:`prepare` turns a frame of rows (a whole log, a streamed chunk or a Ray/Spark bucket)
 into a :class:`Prepared`: the valid rows (bad ones fail or are skipped and reported), their
