@@ -3,9 +3,9 @@
 A synthetic Parquet log with precomputed log-prob columns (``log_logging``, ``log_target``;
 no model) of N rows, K ~ U{1..7} responses per prompt, 4 aspect labels, is evaluated by
 
-- ``local-memory``: :func:`pope.streaming.evaluate_logs`, the whole log in one process (the
+- ``local-memory``: :func:`pope.pipeline.evaluate_logs`, the whole log in one process (the
   baseline: ``pope evaluate`` without options);
-- ``local-stream``: :func:`pope.streaming.evaluate_stream` in one process (bounded memory);
+- ``local-stream``: :func:`pope.pipeline.evaluate_stream` in one process (bounded memory);
 - ``ray``: :func:`pope.engines.evaluate_ray` on a local Ray cluster with W CPUs;
 - ``spark``: :func:`pope.engines.evaluate_spark` on ``local[W]``.
 
@@ -134,7 +134,7 @@ def child(engine: str, logs: str, workers: int, buckets: int) -> dict[str, objec
     import warnings
 
     from pope.engines import evaluate_ray, evaluate_spark
-    from pope.streaming import EvalSpec, evaluate_logs, evaluate_stream
+    from pope.pipeline import EvalSpec, evaluate_logs, evaluate_stream
 
     warnings.simplefilter("ignore")
     spec = EvalSpec(n_aspects=4, estimators=("snips", "clipped_ips"), progress=False)

@@ -22,7 +22,7 @@ from test_streaming import make_log
 
 from pope.engines import check_engine_options, evaluate_with_engine, parquet_files
 from pope.io import LogFormatError
-from pope.streaming import EvalSpec, evaluate_logs, map_partition, merge
+from pope.pipeline import EvalSpec, evaluate_logs, map_partition, merge
 
 TOL = 1e-12
 ASPECTS = ("a", "b", "c", "d")

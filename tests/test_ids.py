@@ -15,7 +15,7 @@ import pytest
 
 from pope import LoggedFeedback
 from pope.io import LogFormatError, validate_logs
-from pope.streaming import iter_prompt_chunks
+from pope.pipeline import iter_prompt_chunks
 
 VALID = [
     ([1, 1, 2], [1, 2]),

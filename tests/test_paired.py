@@ -10,7 +10,7 @@ from test_cli import load_causal_lm, make_model, naive_logprob, random_log
 
 import pope
 from pope.paired import evaluate_policies
-from pope.streaming import EvalSpec
+from pope.pipeline import EvalSpec
 
 pytestmark = pytest.mark.filterwarnings("ignore::pope.estimate.InsufficientDataWarning")
 

@@ -9,10 +9,10 @@ import pandas as pd
 import pytest
 
 import pope
-from pope import streaming
+from pope import pipeline, streaming
 from pope.data import LoggedFeedback
 from pope.io import LogFormatError, write_logs
-from pope.streaming import (
+from pope.pipeline import (
     EvalSpec,
     bucket_of,
     evaluate_logs,
@@ -181,13 +181,13 @@ def test_stream_memory_is_bounded(tmp_path, rng, monkeypatch):
     df = make_log(rng, n_prompts=60, big_prompt=13)
     path = write_logs(df, tmp_path / "l.parquet")
     sizes = []
-    real = streaming.prepare
+    real = pipeline.prepare
 
     def spy(frame, spec, **kw):
         sizes.append(len(frame))
         return real(frame, spec, **kw)
 
-    monkeypatch.setattr(streaming, "prepare", spy)
+    monkeypatch.setattr(pipeline.run, "prepare", spy)
     evaluate_stream(path, EvalSpec(), chunk_rows=10)
     assert sum(sizes) == len(df)
     assert max(sizes) <= 10 + 13 and len(sizes) > 5
@@ -234,7 +234,7 @@ def test_distributed_needs_a_complete_spec(rng):
     df = make_log(rng, n_prompts=5)
     spec = EvalSpec(reward_normalization="global_max")
     with pytest.raises(ValueError, match="prepare_spec"):
-        streaming.evaluate_ray(df, spec, init=False)
+        pipeline.evaluate_ray(df, spec, init=False)
     done = prepare_spec(df, spec)
     assert done.signal_scale == pytest.approx(df["signal"].max())
 
@@ -250,8 +250,98 @@ def test_ray_local_equals_in_memory(rng):
     spec = prepare_spec(df, EvalSpec(on_error="skip", estimators=("snips", "clipped_ips")))
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
-        got = streaming.evaluate_ray(df, spec, num_buckets=3)
+        got = pipeline.evaluate_ray(df, spec, num_buckets=3)
     finally:
         ray.shutdown()
     assert_same(got, evaluate_logs(df, spec))
     assert list(got.report.bad_rows) == [9]
+
+
+# ----------------------------------------------------------------------------- package
+def test_streaming_module_re_exports_the_pipeline():
+    import pope.io
+
+    for name in streaming.__all__:
+        assert getattr(streaming, name) is getattr(pipeline, name), name
+    assert streaming.iter_raw_chunks is pope.io.iter_raw_chunks
+    assert streaming.evaluate_ray is pipeline.evaluate_ray
+
+
+# ----------------------------------------------------------------------------- model cache
+class _FakeModel:
+    """Stands for a causal LM (weak-referenceable, so a test can see it freed)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+
+@pytest.fixture
+def fake_scoring(monkeypatch):
+    """A stand-in ``pope.scoring`` (no torch): counts loads; scores -len(response) / 10."""
+    import sys
+    import types
+
+    from pope.pipeline import models
+
+    loads: list[str] = []
+    fake = types.ModuleType("pope.scoring")
+
+    def load_causal_lm(path, device=None, dtype="auto"):
+        loads.append(path)
+        return _FakeModel(path), object()
+
+    def score_responses(model, tok, prompts, responses, **kw):
+        assert isinstance(model, _FakeModel)
+        return -np.array([len(r) for r in responses], dtype=np.float64) / 10
+
+    fake.load_causal_lm = load_causal_lm
+    fake.score_responses = score_responses
+    monkeypatch.setitem(sys.modules, "pope.scoring", fake)
+    models.clear_model_cache()
+    yield loads
+    models.clear_model_cache()
+
+
+def test_model_cache_is_bounded_and_clearable(fake_scoring):
+    import gc
+    import weakref
+
+    from pope.pipeline import models
+
+    spec = EvalSpec()
+    first = models.load_model("a", spec)[0]
+    assert models.load_model("a", spec)[0] is first  # loaded once
+    models.load_model("b", spec)
+    models.load_model("c", spec)  # over MODEL_CACHE_SIZE = 2: "a", the oldest, is dropped
+    assert models.model_cache_info().currsize == models.MODEL_CACHE_SIZE == 2
+    assert fake_scoring == ["a", "b", "c"]
+    ref = weakref.ref(first)
+    del first
+    gc.collect()
+    assert ref() is None  # the evicted model is not kept alive by the cache
+    held = weakref.ref(models.load_model("c", spec)[0])
+    models.clear_model_cache()
+    gc.collect()
+    assert models.model_cache_info().currsize == 0 and held() is None
+    models.load_model("c", spec)
+    assert fake_scoring == ["a", "b", "c", "c"]  # loaded again after the clear
+
+
+def test_runs_load_a_model_once_and_drop_it_at_the_end(fake_scoring, rng):
+    from pope.pipeline import models
+
+    df = make_log(rng, n_prompts=12)
+    df["prompt"] = [f"q {p}" for p in df["prompt_id"]]
+    df["response"] = [" ".join(["w"] * int(k)) for k in rng.integers(1, 9, len(df))]
+    df = df.drop(columns=["log_target"])
+    spec = EvalSpec(policy="target-dir", estimators=("snips",))
+    st = evaluate_stream(df, spec, chunk_rows=5)
+    assert fake_scoring == ["target-dir"]  # every chunk scored with the one loaded model
+    assert models.model_cache_info().currsize == 0  # dropped when the run ended
+    mem = evaluate_logs(df, spec)
+    assert fake_scoring == ["target-dir", "target-dir"]
+    assert models.model_cache_info().currsize == 0
+    assert_same(st, mem)
+    # the scores are the fake model's: the same as a precomputed log_target column
+    pre = df.assign(log_target=-df["response"].str.len() / 10)
+    assert_same(evaluate_logs(pre, EvalSpec(estimators=("snips",))), mem)

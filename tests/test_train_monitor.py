@@ -17,8 +17,8 @@ import torch
 from test_train import WORDS, cfg, make_records, make_tokenizer, tiny_gpt2
 
 from pope.heldout import HeldOutEvaluator
+from pope.pipeline import EvalSpec, evaluate_logs
 from pope.scoring import score_responses
-from pope.streaming import EvalSpec, evaluate_logs
 from pope.train import OffPolicyTrainer, PopeDataset, TrainConfig, token_budget_batches
 from pope.train_monitor import WeightCollapseWarning, WeightMonitor
 

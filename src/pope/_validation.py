@@ -24,7 +24,7 @@ __all__ = [
 
 
 #: The prompt-id rule, shared by the in-memory constructors (:mod:`pope.data`), the log
-#: reader (:mod:`pope.io`) and streaming (:mod:`pope.streaming`):
+#: reader (:mod:`pope.io`) and streaming (:mod:`pope.pipeline`):
 ID_RULE = (
     "prompt ids must be str or int (numpy ints, and floats with an integral value such as "
     "3.0, count as int; bool, NaN/None, dicts, lists and other objects are rejected), and "

@@ -170,7 +170,7 @@ def _add_evaluate(sub: Any) -> None:
 
 def _spec_from_args(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
     from pope.io import LogColumns
-    from pope.streaming import BASELINES, EvalSpec
+    from pope.pipeline import BASELINES, EvalSpec
 
     try:
         columns = LogColumns.from_mapping(dict(args.column))

@@ -2,13 +2,13 @@ r"""Evaluate logs on an engine: one process (local), a Ray cluster or a Spark cl
 
 :func:`evaluate_with_engine` is the one entry point; ``engine`` names where it runs:
 
-- ``"local"``: this process, in memory (:func:`pope.streaming.evaluate_logs`) or streamed in
-  chunks (:func:`pope.streaming.evaluate_stream`);
+- ``"local"``: this process, in memory (:func:`pope.pipeline.evaluate_logs`) or streamed in
+  chunks (:func:`pope.pipeline.evaluate_stream`);
 - ``"ray"`` (:func:`evaluate_ray`) and ``"spark"`` (:func:`evaluate_spark`): rows are assigned to
-  ``num_buckets`` buckets by a stable hash of ``prompt_id`` (:func:`pope.streaming.bucket_of`),
+  ``num_buckets`` buckets by a stable hash of ``prompt_id`` (:func:`pope.pipeline.bucket_of`),
   so every prompt lies whole in one bucket; each bucket is mapped to mergeable statistics
-  (:func:`pope.streaming.map_partition`) on a worker, and the driver adds them
-  (:func:`pope.streaming.merge`).
+  (:func:`pope.pipeline.map_partition`) on a worker, and the driver adds them
+  (:func:`pope.pipeline.merge`).
 
 The statistics are sums over prompts (:class:`pope.estimators.prompt_moments.PromptMoments`
 merges means and centred cross-products exactly), so for any assignment of prompts to buckets
@@ -45,11 +45,10 @@ import numpy as np
 
 from pope.estimate import InsufficientDataWarning
 from pope.io import Format, LogFormatError, detect_format
-from pope.streaming import (
+from pope.pipeline import (
     EvalResult,
     EvalSpec,
     EvalStats,
-    _needs_prepass,
     bucket_of,
     evaluate_logs,
     evaluate_stream,
@@ -57,6 +56,7 @@ from pope.streaming import (
     merge,
     prepare_spec,
 )
+from pope.pipeline.prepass import needs_prepass
 
 __all__ = [
     "ENGINES",
@@ -97,7 +97,7 @@ def evaluate_with_engine(
         take a frame / a dataset of their own engine.
     spec : EvalSpec
         A pre-pass (global maximum, aspect vocabulary, k-means centers) runs locally first
-        when the spec needs one (:func:`pope.streaming.prepare_spec`); the result reports the
+        when the spec needs one (:func:`pope.pipeline.prepare_spec`); the result reports the
         settings as given.
     engine : {"local", "ray", "spark"}
     address : str, optional
@@ -127,7 +127,7 @@ def evaluate_with_engine(
             return evaluate_stream(source, spec, chunk_rows=chunk_rows, format=format,
                                    split=split)
         return evaluate_logs(source, spec, format=format, split=split)
-    full = prepare_spec(source, spec) if _needs_prepass(spec) else spec
+    full = prepare_spec(source, spec) if needs_prepass(spec) else spec
     if engine == "ray":
         res = evaluate_ray(source, full, num_buckets=num_buckets, address=address)
     else:
@@ -177,7 +177,7 @@ def parquet_files(source: str | os.PathLike[str]) -> list[ParquetFile]:
     """The Parquet files of a log in sorted path order, with global row offsets.
 
     ``source`` is a file or a directory (searched recursively for ``*.parquet``, as
-    :func:`pope.streaming.iter_raw_chunks` does); a URI (``s3://``, ``hdfs://``...) is listed
+    :func:`pope.pipeline.iter_raw_chunks` does); a URI (``s3://``, ``hdfs://``...) is listed
     with :mod:`pyarrow.fs`. Only the metadata is read.
     """
     import pyarrow.fs as pafs
@@ -300,7 +300,7 @@ def _collect(rows: list[tuple[int, Any, Any]], spec: EvalSpec) -> EvalResult:
 
 
 def _need_complete(spec: EvalSpec) -> None:
-    if _needs_prepass(spec):
+    if needs_prepass(spec):
         raise ValueError(
             "spec needs a pre-pass (global_max, aspect vocabulary or k-means centers): "
             "complete it with prepare_spec(source, spec) first"
@@ -350,7 +350,7 @@ def evaluate_ray(
         the Parquet metadata; a frame gets its positions as row numbers; a Ray dataset keeps
         a ``__row__`` column if it has one.
     spec : EvalSpec
-        Complete (see :func:`pope.streaming.prepare_spec`).
+        Complete (see :func:`pope.pipeline.prepare_spec`).
     num_buckets : int
     init : bool
         Call ``ray.init(address)`` if Ray is not initialised.
@@ -446,7 +446,7 @@ def evaluate_spark(
     """Evaluate a log on Spark (``pyspark``): bucket by prompt, map buckets, merge.
 
     The bucket of a row is ``pmod(xxhash64(string(prompt_id)), num_buckets)``, computed in
-    Spark SQL; each bucket of whole prompts goes through :func:`pope.streaming.map_partition` in
+    Spark SQL; each bucket of whole prompts goes through :func:`pope.pipeline.map_partition` in
     ``groupBy(bucket).applyInPandas`` on the Python workers; the pickled statistics are merged
     on the driver.
 
@@ -457,7 +457,7 @@ def evaluate_spark(
         (``_metadata.row_index`` plus the file's offset); a frame gets its positions; a Spark
         DataFrame keeps a ``__row__`` column if it has one.
     spec : EvalSpec
-        Complete (see :func:`pope.streaming.prepare_spec`).
+        Complete (see :func:`pope.pipeline.prepare_spec`).
     num_buckets : int
     master : str, optional
         Master URL of a new session (default: the active session, else the builder's default).

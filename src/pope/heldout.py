@@ -2,10 +2,10 @@ r"""Held-out evaluation of a policy while it trains, through the ``pope evaluate
 
 :class:`HeldOutEvaluator` reads a held-out log once (and scores its logging log-probs once
 when a logging model is given), then at every call scores the responses with the *current*
-in-memory policy and runs :func:`pope.streaming.evaluate_logs` on the log with those
-log-probs in its ``log_target`` column. The result is an :class:`pope.streaming.EvalResult`:
+in-memory policy and runs :func:`pope.pipeline.evaluate_logs` on the log with those
+log-probs in its ``log_target`` column. The result is an :class:`pope.pipeline.EvalResult`:
 the same estimates, intervals, weight diagnostics and warnings as ``pope evaluate`` with the
-same :class:`~pope.streaming.EvalSpec` (same lambda, reward normalisation, weighting, clip,
+same :class:`~pope.pipeline.EvalSpec` (same lambda, reward normalisation, weighting, clip,
 aspects, tokenisation).
 
 Aspects of the held-out log must come from the same aspect model as the training set: the
@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from pope.io import LogColumns, LogFormatError, read_table, validate_logs
-from pope.streaming import EvalResult, EvalSpec, evaluate_logs
+from pope.pipeline import EvalResult, EvalSpec, evaluate_logs
 
 __all__ = ["HeldOutEvaluator"]
 
@@ -138,7 +138,7 @@ class HeldOutEvaluator:
         """Estimates of ``model`` (the target policy) on the held-out log.
 
         The responses are scored with ``model`` (eval mode, no gradient; its train/eval mode
-        is restored) and :func:`pope.streaming.evaluate_logs` runs on the log with those
+        is restored) and :func:`pope.pipeline.evaluate_logs` runs on the log with those
         log-probs, so the result is what ``pope evaluate`` reports for this model.
         """
         lt = np.full(len(self.frame), np.nan)

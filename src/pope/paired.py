@@ -16,14 +16,17 @@ from typing import Any
 import numpy as np
 
 from pope.io import LogFormatError, read_table
-from pope.streaming import EvalResult, EvalSpec, _pope_kwargs, _score, prepare
+from pope.pipeline import EvalResult, EvalSpec, prepare
+from pope.pipeline.models import clear_model_cache, score_with_model
+from pope.pipeline.spec import pope_kwargs
+from pope.pipeline.stats import estimates
 
 __all__ = ["PairedResult", "evaluate_policies"]
 
 
 @dataclass
 class PairedResult:
-    """Per-policy :class:`~pope.streaming.EvalResult` and the comparisons with the first."""
+    """Per-policy :class:`~pope.pipeline.EvalResult` and the comparisons with the first."""
 
     policies: list[str]
     results: list[EvalResult]
@@ -69,14 +72,13 @@ def evaluate_policies(source: Any, spec: EvalSpec, policies: list[str], *,
     Parameters
     ----------
     source : path, DataFrame, Table or Dataset
-        The log (as :func:`pope.streaming.evaluate_logs`).
+        The log (as :func:`pope.pipeline.evaluate_logs`).
     spec : EvalSpec
         Options; ``spec.policy`` is ignored (``policies`` give the targets).
     policies : list of str
         At least two local model directories.
     """
     import pope
-    from pope.streaming import _estimates
 
     if len(policies) < 2:
         raise ValueError("evaluate_policies needs at least two policies")
@@ -90,26 +92,27 @@ def evaluate_policies(source: Any, spec: EvalSpec, policies: list[str], *,
     frame = read_table(source, format=format, split=split,
                        text_columns=(cols.prompt_id, cols.prompt, cols.response))
     first = replace(spec, policy=policies[0])
-    prep = prepare(frame, first, n_raw_rows=len(frame))
-    if prep.feedback.n_responses == 0:
-        raise LogFormatError(f"no valid rows to evaluate ({prep.report.summary()})",
-                             prep.report)
-    order = prep.feedback.row_index
-    results, targets = [], []
-    for i, path in enumerate(policies):
-        if i == 0:
-            lt = prep.log_target
-        else:
-            seq, _ = _score(path, prep.data, spec, False, f"target {i + 1}")
-            lt = np.asarray(seq, dtype=np.float64)[order]
-        targets.append(lt)
+    try:  # the models are dropped from the cache once every policy has scored the log
+        prep = prepare(frame, first, n_raw_rows=len(frame))
+        if prep.feedback.n_responses == 0:
+            raise LogFormatError(f"no valid rows to evaluate ({prep.report.summary()})",
+                                 prep.report)
+        order = prep.feedback.row_index
+        targets = [prep.log_target]
+        for i, path in enumerate(policies[1:], start=1):
+            seq, _ = score_with_model(path, prep.data, spec, False, f"target {i + 1}")
+            targets.append(np.asarray(seq, dtype=np.float64)[order])
+    finally:
+        clear_model_cache()
+    results = []
+    for path, lt in zip(policies, targets, strict=True):
         p_i = replace(prep, log_target=lt)
-        res, base = _estimates(p_i, replace(spec, policy=path))
+        res, base = estimates(p_i, replace(spec, policy=path))
         results.append(EvalResult(pope=res, baselines=base, report=prep.report,
                                   n_prompts=prep.feedback.n_prompts,
                                   n_responses=prep.feedback.n_responses,
                                   spec=replace(spec, policy=path)))
-    kw = _pope_kwargs(spec)
+    kw = pope_kwargs(spec)
     alpha = kw.pop("alpha")
     kw.pop("weighting")
     comparisons = [pope.compare(prep.feedback, lt, targets[0], alpha=alpha, **kw)

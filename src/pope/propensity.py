@@ -42,7 +42,7 @@ def weights_identically_one(result: Any, tol: float = ONE_TOLERANCE) -> bool:
 
     Parameters
     ----------
-    result : pope.streaming.EvalResult
+    result : pope.pipeline.EvalResult
     tol : float
     """
     d = result.pope.relevance.diagnostics
@@ -66,7 +66,7 @@ def describe_propensity(
 
     Parameters
     ----------
-    result : pope.streaming.EvalResult
+    result : pope.pipeline.EvalResult
     logging_model : str, optional
         The model declared to be the logging policy (``--logging-model``).
     reference_model : str, optional

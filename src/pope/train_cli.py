@@ -285,8 +285,8 @@ def _held_out(args: argparse.Namespace, data: Any, aspect_model: Any, columns: d
     from pope.cli import UsageError
     from pope.heldout import HeldOutEvaluator
     from pope.io import LogColumns
+    from pope.pipeline import EvalSpec
     from pope.readers import resolve_logs
-    from pope.streaming import EvalSpec
 
     if not Path(args.eval_logs).exists():
         raise UsageError(f"--eval-logs: file not found: {args.eval_logs}")

@@ -50,7 +50,7 @@ from pope.io.formats import (
 from pope.io.logdata import LogData
 from pope.io.report import ValidationReport
 from pope.io.schema import LIST_COLUMNS, LogColumns
-from pope.io.validation import OnError, load_logs, validate_logs
+from pope.io.validation import OnError, drop_bad_rows, load_logs, validate_logs
 
 if TYPE_CHECKING:  # defined in pope.readers, imported on first use (see __getattr__)
     from pope.readers import read_logs, read_oasst, read_pairwise, read_ratings, read_trl
@@ -66,6 +66,7 @@ __all__ = [
     "OnError",
     "ValidationReport",
     "detect_format",
+    "drop_bad_rows",
     "is_missing",
     "iter_jsonl_frames",
     "iter_raw_chunks",

@@ -24,6 +24,7 @@ __all__ = [
     "null_mask",
     "numeric_column",
     "parse_list",
+    "prompt_id_column",
     "text_column",
 ]
 
@@ -99,6 +100,21 @@ def normalise_prompt_ids(values: np.ndarray, rows: np.ndarray, col: str) -> np.n
         return normalize_ids(values, f"prompt_id ({col!r})", rows=rows)
     except (TypeError, ValueError) as e:
         raise LogFormatError(str(e)) from None
+
+
+def prompt_id_column(s: Any, rows: np.ndarray, col: str) -> tuple[np.ndarray, np.ndarray]:
+    """(prompt ids, missing mask) of a ``prompt_id`` column under the one id rule.
+
+    Present ids go through :func:`normalise_prompt_ids` (int64, or an object array of str); a
+    missing id is stored as -1 (int ids) or "" (str ids). ``rows`` are the row numbers that
+    errors name.
+    """
+    missing = null_mask(s)
+    present = normalise_prompt_ids(s.to_numpy(dtype=object)[~missing], rows[~missing], col)
+    ids = np.empty(len(s), dtype=present.dtype)
+    ids[~missing] = present
+    ids[missing] = -1 if present.dtype != object else ""
+    return ids, missing
 
 
 def encode_aspects(

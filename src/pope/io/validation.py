@@ -20,9 +20,8 @@ import numpy as np
 from pope.io.columns import (
     encode_aspects,
     list_column,
-    normalise_prompt_ids,
-    null_mask,
     numeric_column,
+    prompt_id_column,
     text_column,
 )
 from pope.io.errors import LogFormatError
@@ -31,7 +30,7 @@ from pope.io.logdata import LogData
 from pope.io.report import ValidationReport
 from pope.io.schema import LogColumns
 
-__all__ = ["OnError", "load_logs", "validate_logs"]
+__all__ = ["OnError", "drop_bad_rows", "load_logs", "validate_logs"]
 
 OnError = Literal["fail", "skip"]
 
@@ -187,13 +186,8 @@ def _check_prompt_ids(
     s: Any, rows: np.ndarray, report: ValidationReport, col: str
 ) -> tuple[np.ndarray, np.ndarray]:
     """(prompt ids, missing mask); a missing id is stored as -1 (int ids) or "" (str ids)."""
-    pid_missing = null_mask(s)
+    prompt_id, pid_missing = prompt_id_column(s, rows, col)
     report.add("missing prompt_id", rows[pid_missing])
-    pid_obj = s.to_numpy(dtype=object)
-    pid_norm = normalise_prompt_ids(pid_obj[~pid_missing], rows[~pid_missing], col)
-    prompt_id = np.empty(len(s), dtype=pid_norm.dtype)
-    prompt_id[~pid_missing] = pid_norm
-    prompt_id[pid_missing] = -1 if pid_norm.dtype != object else ""
     return prompt_id, pid_missing
 
 
@@ -348,13 +342,19 @@ def _check_embedding(
     return embedding
 
 
-def _drop_bad(data: LogData, on_error: OnError, source: str) -> LogData:
+def drop_bad_rows(data: LogData, on_error: OnError, source: str | None = None) -> LogData:
+    """The rows of ``data`` without a problem in ``data.report`` (``on_error="skip"``).
+
+    With ``on_error="fail"`` a bad row raises :class:`LogFormatError` with the report (its
+    message starts with ``source``, when given); the report is kept either way.
+    """
     rep = data.report
     if rep.ok:
         return data
     if on_error == "fail":
+        where = f"{source}: " if source else ""
         raise LogFormatError(
-            f"{source}: {rep.summary()}\n(use --on-error skip / on_error='skip' to drop the bad "
+            f"{where}{rep.summary()}\n(use --on-error skip / on_error='skip' to drop the bad "
             "rows and go on)",
             rep,
         )
@@ -407,5 +407,5 @@ def load_logs(
         use_aspects=use_aspects,
     )
     name = Path(source).name if isinstance(source, (str, os.PathLike)) else "log"
-    return _drop_bad(data, on_error, name)
+    return drop_bad_rows(data, on_error, name)
 

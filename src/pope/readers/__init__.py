@@ -151,7 +151,7 @@ def read_logs(source: Any, format: str = "auto", *, split: str | None = None,
 
 
 def resolve_logs(path: Any, format: str | None, split: str | None = None) -> tuple[Any, Any]:
-    """``(source, file_format)`` for :func:`pope.streaming.evaluate_logs` from CLI options.
+    """``(source, file_format)`` for :func:`pope.pipeline.evaluate_logs` from CLI options.
 
     A native log keeps its path (so ``--chunk-rows`` streams it); a public format (or one
     that ``"auto"`` recognises) is read into the log table first. The table's
