@@ -54,12 +54,19 @@ def iter_raw_chunks(
     fmt = format or detect_format(p)
     with read_errors(p, fmt):
         if fmt == "parquet":
+            import pyarrow as pa
             import pyarrow.parquet as pq
 
             files = sorted(p.rglob("*.parquet")) if p.is_dir() else [p]
+            pool = pa.default_memory_pool()
             for f in files:
-                for batch in pq.ParquetFile(f).iter_batches(batch_size=chunk_rows):
-                    yield batch.to_pandas()
+                # pages read as decoded (no pre-buffered column chunks), on this thread; the
+                # pool's freed blocks go back to the system between chunks
+                batches = pq.ParquetFile(f, pre_buffer=False).iter_batches(
+                    batch_size=chunk_rows, use_threads=False)
+                for batch in batches:
+                    yield batch.to_pandas(split_blocks=True)
+                    pool.release_unused()
         elif fmt == "jsonl":
             yield from iter_jsonl_frames(p, chunk_rows)
         elif fmt in ("csv", "tsv"):

@@ -62,6 +62,7 @@ def evaluate_logs(
         prep = prepare(frame, spec, n_raw_rows=n_raw)
     finally:
         clear_model_cache()
+    del frame  # its rows are typed in prep: free the table before the estimators run
     if prep.feedback.n_responses == 0:
         raise LogFormatError(f"no valid rows to evaluate ({prep.report.summary()})", prep.report)
     res, base = estimates(prep, spec)
