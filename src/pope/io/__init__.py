@@ -27,7 +27,8 @@ Modules: :mod:`pope.io.formats` (file formats, the NA rule, whole-file reading a
 :mod:`pope.io.chunks` (chunked reading for streaming), :mod:`pope.io.jsonl` (JSON Lines:
 the Arrow reader and the Python fallback), :mod:`pope.io.schema` (column names),
 :mod:`pope.io.columns` (typed column parsers), :mod:`pope.io.validation` (row checks,
-:func:`load_logs`), :mod:`pope.io.report`, :mod:`pope.io.logdata`, :mod:`pope.io.errors`.
+:func:`load_logs`), :mod:`pope.io.report`, :mod:`pope.io.logdata`, :mod:`pope.io.errors`,
+:mod:`pope.io.memory` (the Arrow pool between reads).
 The readers of public formats live in :mod:`pope.readers` and are re-exported here.
 """
 

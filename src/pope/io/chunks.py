@@ -15,6 +15,7 @@ from pope.io.formats import (
     read_errors,
     read_table,
 )
+from pope.io.memory import release_arrow_memory
 
 __all__ = ["iter_raw_chunks"]
 
@@ -54,11 +55,9 @@ def iter_raw_chunks(
     fmt = format or detect_format(p)
     with read_errors(p, fmt):
         if fmt == "parquet":
-            import pyarrow as pa
             import pyarrow.parquet as pq
 
             files = sorted(p.rglob("*.parquet")) if p.is_dir() else [p]
-            pool = pa.default_memory_pool()
             for f in files:
                 # pages read as decoded (no pre-buffered column chunks), on this thread; the
                 # pool's freed blocks go back to the system between chunks
@@ -66,7 +65,7 @@ def iter_raw_chunks(
                     batch_size=chunk_rows, use_threads=False)
                 for batch in batches:
                     yield batch.to_pandas(split_blocks=True)
-                    pool.release_unused()
+                    release_arrow_memory()
         elif fmt == "jsonl":
             yield from iter_jsonl_frames(p, chunk_rows)
         elif fmt in ("csv", "tsv"):

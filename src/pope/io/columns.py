@@ -15,6 +15,7 @@ import numpy as np
 from pope._validation import check_n_aspects_size, normalize_ids
 from pope.io.errors import LogFormatError
 from pope.io.formats import is_missing
+from pope.io.memory import release_arrow_memory
 from pope.io.report import ValidationReport
 
 __all__ = [
@@ -130,17 +131,8 @@ def factorize_column(s: Any) -> tuple[np.ndarray, np.ndarray] | None:
     codes, uniques = pd.factorize(s, use_na_sentinel=True)
     out = np.asarray(codes, dtype=np.int64), np.asarray(uniques, dtype=object)
     if not isinstance(dt, np.dtype):  # Arrow-backed: its hash table goes back to the system
-        _release_arrow_memory()
+        release_arrow_memory()
     return out
-
-
-def _release_arrow_memory() -> None:
-    """Return the blocks the Arrow memory pool keeps cached (NumPy allocates elsewhere)."""
-    import sys
-
-    pa = sys.modules.get("pyarrow")
-    if pa is not None:
-        pa.default_memory_pool().release_unused()
 
 
 def prompt_id_column(s: Any, rows: np.ndarray, col: str) -> tuple[np.ndarray, np.ndarray]:

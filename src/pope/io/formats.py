@@ -22,6 +22,7 @@ import numpy as np
 
 from pope.io.errors import LogFormatError
 from pope.io.jsonl import iter_jsonl_frames, read_jsonl
+from pope.io.memory import release_arrow_memory
 
 __all__ = [
     "CSV_NA",
@@ -226,14 +227,13 @@ def read_table(
         raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
     with read_errors(p, fmt):
         if fmt == "parquet":
-            import pyarrow as pa
             import pyarrow.parquet as pq
 
             # one column at a time, each freed once converted (no 2-D block of all floats);
             # then the pool's freed blocks go back to the system (numpy allocates elsewhere)
             frame = pq.read_table(p, pre_buffer=False).to_pandas(split_blocks=True,
                                                                  self_destruct=True)
-            pa.default_memory_pool().release_unused()
+            release_arrow_memory()
             return frame
         if fmt == "jsonl":
             return read_jsonl(p)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from pope.io.errors import LogFormatError
+from pope.io.memory import release_arrow_memory
 
 __all__ = ["iter_jsonl_frames", "read_jsonl"]
 
@@ -84,7 +85,6 @@ def _arrow_frames(path: Path, chunk_rows: int) -> Iterator[Any]:
     """Frames of exactly ``chunk_rows`` rows (the last one shorter) read by Arrow."""
     import pyarrow as pa
 
-    pool = pa.default_memory_pool()
     pending: list[Any] = []
     n_pending = 0
     for batch in _arrow_batches(path):
@@ -97,7 +97,7 @@ def _arrow_frames(path: Path, chunk_rows: int) -> Iterator[Any]:
             pending, n_pending = rest.to_batches(), rest.num_rows
             del table
             yield frame
-            pool.release_unused()
+            release_arrow_memory()
     if n_pending:
         yield pa.Table.from_batches(pending).to_pandas(split_blocks=True)
 
@@ -177,7 +177,7 @@ def read_jsonl(path: str | os.PathLike[str]) -> Any:
         if table is not None:
             frame = table.to_pandas(split_blocks=True, self_destruct=True)
             del table
-            pa.default_memory_pool().release_unused()
+            release_arrow_memory()
             return frame
     frames = list(_python_frames(p, 1 << 16, None))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
