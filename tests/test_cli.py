@@ -649,3 +649,16 @@ def test_train_resume_skips_a_broken_checkpoint_or_exits_2(tmp_path, models, sco
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
     code, _, err = run(_train_argv(logs, models, out, "--resume", out / "checkpoint-2"), capsys)
     assert code == 2 and "rng.json" in err and "Traceback" not in err
+
+
+def test_evaluate_without_models_does_not_load_transformers(tmp_path):
+    """Logged log-probs, labels: nothing is scored, so transformers is not imported (about
+    2 s and 20 MB of a run; it used to be imported only to silence its loading bars)."""
+    logs = _target_log(tmp_path)
+    code = ("import sys; from pope.cli import main; "
+            f"rc = main(['evaluate', '--logs', {logs!r}, '-q', '--no-progress']); "
+            "print('transformers' in sys.modules); sys.exit(rc)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "False"

@@ -391,3 +391,142 @@ def test_sentence_transformers_directory_matches_the_plain_encoder_path(tmp_path
     np.testing.assert_allclose(via_auto, via_st, rtol=1e-5, atol=1e-6)
     # distinct texts, distinct embeddings (the model is not degenerate)
     assert np.abs(via_st[0] - via_st[1]).max() > 1e-3
+
+
+# ------------------------------------------------------------------------- JSON Lines readers
+def _same_data(a, b) -> None:
+    """Two validated logs are equal field by field (arrays, lists of arrays, report)."""
+    for name in ("rows", "prompt_id", "signal", "log_logging", "aspect", "aspect_probs",
+                 "position", "embedding", "log_target"):
+        x, y = getattr(a, name), getattr(b, name)
+        assert (x is None) == (y is None), name
+        if x is not None:
+            np.testing.assert_array_equal(x, y, err_msg=name)
+    assert a.prompt == b.prompt and a.response == b.response
+    assert (a.aspect_names, a.n_aspects) == (b.aspect_names, b.n_aspects)
+    assert (a.token_log_logging is None) == (b.token_log_logging is None)
+    for x, y in zip(a.token_log_logging or [], b.token_log_logging or [], strict=True):
+        np.testing.assert_array_equal(x, y)
+    assert {k: list(v) for k, v in a.report.issues.items()} == {
+        k: list(v) for k, v in b.report.issues.items()}
+
+
+def _python_reader(path, chunk_rows):
+    from pope.io.jsonl import _python_frames
+
+    return list(_python_frames(path, chunk_rows, None))
+
+
+def _messy_frame(rng, n_prompts=30, string_ids=True):
+    """make_frame plus missing cells, bad rows, a list column with nulls and mixed ints."""
+    df = make_frame(rng, n_prompts=n_prompts, string_ids=string_ids)
+    df.loc[3, "signal"] = None
+    df.loc[5, "log_logging"] = 0.5  # a bad row
+    df.loc[7, "aspect"] = None
+    df["log_target"] = np.minimum(df["log_logging"] + 0.1, 0.0)
+    df.loc[2, "log_target"] = None
+    df["count"] = pd.Series(np.arange(len(df)), dtype=object)  # ints
+    df.loc[9, "count"] = 2.5  # ... then a float in the same column
+    return df
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".jsonl.gz"])
+@pytest.mark.parametrize("string_ids", [True, False])
+def test_jsonl_arrow_reader_equals_the_python_reader(tmp_path, rng, suffix, string_ids):
+    """The Arrow fast path gives the rows, values and report of the ``json.loads`` reader."""
+    import gzip
+
+    df = _messy_frame(rng, string_ids=string_ids)
+    text = "".join(json.dumps(r) + "\n" + ("\n" if i == 4 else "")  # a blank line too
+                   for i, r in enumerate(json.loads(df.to_json(orient="records"))))
+    path = tmp_path / f"l{suffix}"
+    if suffix.endswith(".gz"):
+        path.write_bytes(gzip.compress(text.encode()))
+    else:
+        path.write_text(text)
+    from pope.io import jsonl
+
+    assert sum(len(f) for f in jsonl._arrow_frames(path, 7)) == len(df)  # no fallback here
+    ref = pd.concat(_python_reader(path, 1 << 16), ignore_index=True)
+    want = validate_logs(ref, aspect_names=["birds", "cats", "dogs"])
+    assert not want.report.ok  # the bad rows are there to be reported
+    got = validate_logs(read_table(path), aspect_names=["birds", "cats", "dogs"])
+    _same_data(got, want)
+    chunks = list(iter_jsonl_frames(path, 7))
+    assert [len(c) for c in chunks[:-1]] == [7] * (len(chunks) - 1)
+    _same_data(validate_logs(pd.concat(chunks, ignore_index=True),
+                             aspect_names=["birds", "cats", "dogs"]), want)
+
+
+def test_jsonl_falls_back_to_the_python_reader(tmp_path, rng, monkeypatch):
+    """A column that changes type after the first Arrow block, date-like ids (Arrow would
+    make timestamps of them) and a bad line late in the file: the chunks are the Python
+    reader's, the ids stay str, and the bad line is named."""
+    from pope.io import jsonl
+
+    monkeypatch.setattr(jsonl, "BLOCK_BYTES", 512)  # blocks of a few rows
+    rows = [{"prompt_id": f"p{i // 3}", "signal": 1.0, "log_logging": -1.0,
+             "log_target": None if i < 40 else -0.5} for i in range(90)]
+    path = tmp_path / "l.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    got = list(iter_jsonl_frames(path, 8))
+    assert [len(c) for c in got] == [8] * 11 + [2]
+    want = pd.concat(_python_reader(path, 8), ignore_index=True)
+    _same_data(validate_logs(pd.concat(got, ignore_index=True), require_text=False),
+               validate_logs(want, require_text=False))
+    assert validate_logs(read_table(path), require_text=False).log_target is not None
+
+    dates = tmp_path / "d.jsonl"
+    dates.write_text("".join(json.dumps({"prompt_id": f"2024-01-{1 + i // 2:02d}",
+                                         "signal": 1, "log_logging": -1}) + "\n"
+                             for i in range(6)))
+    ids = validate_logs(read_table(dates), require_text=False).prompt_id
+    assert ids.tolist() == ["2024-01-01", "2024-01-01", "2024-01-02", "2024-01-02",
+                            "2024-01-03", "2024-01-03"]
+
+    bad = tmp_path / "b.jsonl"
+    bad.write_text(path.read_text() + "{not json\n")
+    with pytest.raises(LogFormatError, match="line 91 is not valid JSON"):
+        list(iter_jsonl_frames(bad, 8))
+    with pytest.raises(LogFormatError, match="line 91 is not valid JSON"):
+        read_table(bad)
+
+
+# ------------------------------------------------------------------------- labels and ids
+@pytest.mark.parametrize("dtype", ["str", "object", "float64", "int64"])
+@pytest.mark.parametrize("with_names", [True, False])
+def test_aspect_codes_per_label_equal_cell_by_cell(rng, dtype, with_names):
+    """encode_aspects encodes each distinct label once and spreads it to the rows; the cell by
+    cell encoder is the reference (codes, vocabulary, C and every reported row)."""
+    from pope.io.columns import _encode_aspect_cells, encode_aspects
+    from pope.io.report import ValidationReport
+
+    n = 400
+    if dtype in ("str", "object"):
+        vals = np.array(["a", "b", "c", "zz", None], dtype=object)[rng.integers(0, 5, n)]
+        names = ["a", "b", "c"]
+    else:
+        vals = np.array([0.0, 1.0, 2.0, 7.0, 1.5, -1.0, np.nan])[rng.integers(0, 7, n)]
+        if dtype == "int64":
+            vals = rng.integers(0, 6, n)
+        names = [0, 1, 2]
+    s = pd.Series(vals, dtype=dtype)
+    rows = np.arange(n) + 1000
+    aspect_names = names if with_names else None
+    fast, ref = ValidationReport(n), ValidationReport(n)
+    got = encode_aspects(s, fast, rows, aspect_names, None, "aspect")
+    want = _encode_aspect_cells(s, ref, rows, aspect_names, None, "aspect")
+    np.testing.assert_array_equal(got[0], want[0])
+    assert got[1:] == want[1:]
+    assert {k: list(v) for k, v in fast.issues.items()} == {
+        k: list(v) for k, v in ref.issues.items()}
+
+
+def test_str_prompt_ids_hold_one_object_per_prompt(tmp_path, rng):
+    """A column of str ids becomes one Python str per prompt, shared by its rows (not one
+    per row): N rows of G prompts hold G strings."""
+    df = make_frame(rng, n_prompts=25)
+    for path in (write_logs(df, tmp_path / "l.parquet"), write_logs(df, tmp_path / "l.jsonl")):
+        data = validate_logs(read_table(path))
+        assert data.prompt_id.tolist() == df["prompt_id"].tolist()
+        assert len({id(v) for v in data.prompt_id}) == df["prompt_id"].nunique() < len(df)

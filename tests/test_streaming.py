@@ -193,6 +193,28 @@ def test_stream_memory_is_bounded(tmp_path, rng, monkeypatch):
     assert max(sizes) <= 10 + 13 and len(sizes) > 5
 
 
+@pytest.mark.parametrize("fmt", ["parquet", "jsonl"])
+def test_a_streamed_chunk_holds_one_id_object_per_prompt(tmp_path, rng, monkeypatch, fmt):
+    """No Python object per row for the ids: a chunk of R rows and G prompts holds G id
+    strings (shared by the rows of each prompt), and at most chunk_rows + the largest prompt
+    rows are prepared at once."""
+    df = make_log(rng, n_prompts=60, big_prompt=13)
+    path = write_logs(df, tmp_path / f"l{SUFFIX[fmt]}")
+    seen = []
+    real = pipeline.prepare
+
+    def spy(frame, spec, **kw):
+        prep = real(frame, spec, **kw)
+        objects = len({id(v) for v in prep.data.prompt_id})
+        seen.append((len(frame), prep.feedback.n_prompts, objects))
+        return prep
+
+    monkeypatch.setattr(pipeline.run, "prepare", spy)
+    evaluate_stream(path, EvalSpec(), chunk_rows=10)
+    assert sum(r for r, _, _ in seen) == len(df) and max(r for r, _, _ in seen) <= 10 + 13
+    assert all(objects == prompts < rows or rows == prompts for rows, prompts, objects in seen)
+
+
 # ----------------------------------------------------------------------------- partitions
 def _partition_stats(args):
     frame, spec = args

@@ -136,6 +136,8 @@ def normalize_ids(values: Any, name: str = "prompt_id", rows: Any = None) -> np.
             i = int(np.flatnonzero(bad)[0])
             raise TypeError(f"{name} at row {row(i)} is the float {arr[i]!r}; {ID_RULE}")
         return arr.astype(np.int64)
+    if arr.size and set(map(type, arr)) == {str}:  # all str (a C-level pass): nothing to convert
+        return arr.copy()
     out = [normalize_id(v, name, row(i)) for i, v in enumerate(arr)]
     is_str = np.fromiter((isinstance(v, str) for v in out), dtype=bool, count=len(out))
     if is_str.all() and len(out):

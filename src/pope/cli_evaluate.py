@@ -349,7 +349,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if args.save_aspect_model:
         _check_out_file(args.save_aspect_model, args.logs,
                         [i for i in (args.out, args.aspect_model) if i], overwrite=args.overwrite)
-    _quiet_libraries()
+    if args.policy or spec.logging_model or spec.aspects == "model":
+        _quiet_libraries()  # only where a model is loaded: importing transformers costs ~2 s
     logs, fmt = resolve_logs(args.logs, args.format, args.split)
     if args.policy and len(args.policy) > 1:
         return _evaluate_paired(args, spec, opts, logs, fmt)

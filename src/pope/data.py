@@ -75,10 +75,9 @@ def group_rows(ids: Sequence[Hashable] | np.ndarray) -> RowGroups:
         first = np.sort(first).astype(np.int64)
     else:
         keys = ids.tolist() if isinstance(ids, np.ndarray) else list(ids)
-        index: dict[Hashable, int] = {}
-        group = np.fromiter(
-            (index.setdefault(k, len(index)) for k in keys), dtype=np.int64, count=len(keys)
-        )
+        # distinct ids in order of first appearance, numbered; then one C-level lookup a row
+        index: dict[Hashable, int] = {k: i for i, k in enumerate(dict.fromkeys(keys))}
+        group = np.fromiter(map(index.__getitem__, keys), dtype=np.int64, count=len(keys))
         # prompts are numbered by first appearance: a row opens one when it exceeds all before
         seen = np.maximum.accumulate(np.concatenate([[-1], group]))[:-1]
         first = np.flatnonzero(group > seen).astype(np.int64)

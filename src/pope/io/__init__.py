@@ -24,9 +24,11 @@ the reason; ``on_error="fail"`` raises :class:`LogFormatError`, ``on_error="skip
 rows and keeps the report, so that nothing is dropped silently.
 
 Modules: :mod:`pope.io.formats` (file formats, the NA rule, whole-file reading and writing),
-:mod:`pope.io.chunks` (chunked reading for streaming), :mod:`pope.io.schema` (column names),
+:mod:`pope.io.chunks` (chunked reading for streaming), :mod:`pope.io.jsonl` (JSON Lines:
+the Arrow reader and the Python fallback), :mod:`pope.io.schema` (column names),
 :mod:`pope.io.columns` (typed column parsers), :mod:`pope.io.validation` (row checks,
-:func:`load_logs`), :mod:`pope.io.report`, :mod:`pope.io.logdata`, :mod:`pope.io.errors`.
+:func:`load_logs`), :mod:`pope.io.report`, :mod:`pope.io.logdata`, :mod:`pope.io.errors`,
+:mod:`pope.io.memory` (the Arrow pool between reads).
 The readers of public formats live in :mod:`pope.readers` and are re-exported here.
 """
 

@@ -15,6 +15,7 @@ from pope.io.formats import (
     read_errors,
     read_table,
 )
+from pope.io.memory import release_arrow_memory
 
 __all__ = ["iter_raw_chunks"]
 
@@ -58,8 +59,13 @@ def iter_raw_chunks(
 
             files = sorted(p.rglob("*.parquet")) if p.is_dir() else [p]
             for f in files:
-                for batch in pq.ParquetFile(f).iter_batches(batch_size=chunk_rows):
-                    yield batch.to_pandas()
+                # pages read as decoded (no pre-buffered column chunks), on this thread; the
+                # pool's freed blocks go back to the system between chunks
+                batches = pq.ParquetFile(f, pre_buffer=False).iter_batches(
+                    batch_size=chunk_rows, use_threads=False)
+                for batch in batches:
+                    yield batch.to_pandas(split_blocks=True)
+                    release_arrow_memory()
         elif fmt == "jsonl":
             yield from iter_jsonl_frames(p, chunk_rows)
         elif fmt in ("csv", "tsv"):

@@ -15,10 +15,12 @@ import numpy as np
 from pope._validation import check_n_aspects_size, normalize_ids
 from pope.io.errors import LogFormatError
 from pope.io.formats import is_missing
+from pope.io.memory import release_arrow_memory
 from pope.io.report import ValidationReport
 
 __all__ = [
     "encode_aspects",
+    "factorize_column",
     "list_column",
     "normalise_prompt_ids",
     "null_mask",
@@ -102,13 +104,52 @@ def normalise_prompt_ids(values: np.ndarray, rows: np.ndarray, col: str) -> np.n
         raise LogFormatError(str(e)) from None
 
 
+def _is_object(dt: Any) -> bool:
+    """Whether ``dt`` is NumPy's object dtype (pandas' string dtypes are not)."""
+    return isinstance(dt, np.dtype) and dt.kind == "O"
+
+
+def factorize_column(s: Any) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(codes, uniques)`` of a column of str or of numbers: ``uniques[codes]`` is the column.
+
+    ``codes`` are int64, -1 where a cell is missing (:func:`null_mask`), and number the
+    distinct values in order of first appearance; ``uniques`` is an object array. Computed in
+    C (``pandas.factorize``: Arrow for Arrow-backed strings), so a column of ``N`` rows and
+    ``G`` distinct values costs ``N`` codes and ``G`` Python objects. Other columns (bool,
+    objects of mixed types, lists) give None: their cells are checked one by one.
+    """
+    import pandas as pd
+
+    dt = s.dtype
+    if _is_object(dt):
+        vals = s.to_numpy(dtype=object)
+        present = vals[~null_mask(s)]
+        if not set(map(type, present)) <= {str}:
+            return None
+    elif not (dt.kind in "iuf" or pd.api.types.is_string_dtype(dt)):
+        return None
+    codes, uniques = pd.factorize(s, use_na_sentinel=True)
+    out = np.asarray(codes, dtype=np.int64), np.asarray(uniques, dtype=object)
+    if not isinstance(dt, np.dtype):  # Arrow-backed: its hash table goes back to the system
+        release_arrow_memory()
+    return out
+
+
 def prompt_id_column(s: Any, rows: np.ndarray, col: str) -> tuple[np.ndarray, np.ndarray]:
     """(prompt ids, missing mask) of a ``prompt_id`` column under the one id rule.
 
     Present ids go through :func:`normalise_prompt_ids` (int64, or an object array of str); a
     missing id is stored as -1 (int ids) or "" (str ids). ``rows`` are the row numbers that
-    errors name.
+    errors name. A column of str is factorised (:func:`factorize_column`): the rows of one
+    prompt share one str object, so ``N`` rows of ``G`` prompts hold ``G`` strings.
     """
+    dt = s.dtype
+    f = factorize_column(s) if _is_object(dt) or dt.kind not in "iuf" else None
+    if f is not None:
+        codes, uniques = f
+        missing = codes < 0
+        if uniques.size == 0 or isinstance(uniques[0], str):
+            return np.append(uniques, "")[codes], missing  # code -1 (missing) picks ""
     missing = null_mask(s)
     present = normalise_prompt_ids(s.to_numpy(dtype=object)[~missing], rows[~missing], col)
     ids = np.empty(len(s), dtype=present.dtype)
@@ -125,7 +166,39 @@ def encode_aspects(
     n_aspects: int | None,
     col: str,
 ) -> tuple[np.ndarray, list[Any] | None, int]:
-    """Aspect codes (-1 where bad), the label vocabulary, and ``C``."""
+    """Aspect codes (-1 where bad), the label vocabulary, and ``C``.
+
+    A column of str or of numbers is encoded once per distinct label (:func:`factorize_column`)
+    and the codes and problems are spread to its rows; other columns cell by cell.
+    """
+    import pandas as pd
+
+    f = factorize_column(s)
+    if f is None:
+        return _encode_aspect_cells(s, report, rows, aspect_names, n_aspects, col)
+    inv, uniques = f
+    missing = inv < 0
+    report.add(f"missing aspect ({col!r})", rows[missing])
+    per_label = ValidationReport(uniques.size)
+    codes_u, names, c = _encode_aspect_cells(
+        pd.Series(uniques, dtype=object), per_label, np.arange(uniques.size), aspect_names,
+        n_aspects, col,
+    )
+    for reason, labels in per_label.issues.items():
+        report.add(reason, rows[np.isin(inv, labels)])
+    codes = np.append(codes_u, -1)[inv]  # code -1 (missing) picks -1
+    return codes.astype(np.int64), names, c
+
+
+def _encode_aspect_cells(
+    s: Any,
+    report: ValidationReport,
+    rows: np.ndarray,
+    aspect_names: Sequence[Any] | None,
+    n_aspects: int | None,
+    col: str,
+) -> tuple[np.ndarray, list[Any] | None, int]:
+    """:func:`encode_aspects` cell by cell."""
     missing = null_mask(s)
     report.add(f"missing aspect ({col!r})", rows[missing])
     codes = np.full(len(s), -1, dtype=np.int64)

@@ -10,7 +10,6 @@ column), and :func:`is_missing` is the missing test of one cell (None, NaN, ``pd
 
 from __future__ import annotations
 
-import gzip
 import json
 import math
 import os
@@ -22,6 +21,8 @@ from typing import Any, Literal, TypeGuard
 import numpy as np
 
 from pope.io.errors import LogFormatError
+from pope.io.jsonl import iter_jsonl_frames, read_jsonl
+from pope.io.memory import release_arrow_memory
 
 __all__ = [
     "CSV_NA",
@@ -110,48 +111,6 @@ def detect_format(path: str | os.PathLike[str]) -> Format:
             f"({', '.join(FORMATS)})"
         )
     return table[ext]
-
-
-def _open_text(path: Path) -> Any:
-    if path.suffix.lower() == ".gz":
-        return gzip.open(path, "rt", encoding="utf-8")
-    return open(path, encoding="utf-8")
-
-
-def iter_jsonl_frames(
-    path: str | os.PathLike[str], chunk_rows: int, columns: Sequence[str] | None = None
-) -> Iterator[Any]:
-    """Read a JSON Lines file as ``pandas.DataFrame`` chunks of at most ``chunk_rows`` rows.
-
-    Blank lines are skipped; a line that is not a JSON object raises :class:`LogFormatError`
-    naming its line number.
-    """
-    import pandas as pd
-
-    if chunk_rows < 1:
-        raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
-    p = Path(path)
-    buf: list[dict[str, Any]] = []
-    with _open_text(p) as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise LogFormatError(f"{p.name}: line {lineno} is not valid JSON ({e.msg})") from e
-            if not isinstance(rec, dict):
-                raise LogFormatError(
-                    f"{p.name}: line {lineno} is a JSON {type(rec).__name__}, expected an object"
-                )
-            if columns is not None:
-                rec = {k: rec.get(k) for k in columns}
-            buf.append(rec)
-            if len(buf) >= chunk_rows:
-                yield pd.DataFrame.from_records(buf)
-                buf = []
-    if buf:
-        yield pd.DataFrame.from_records(buf)
 
 
 def csv_read_options(path: Path, sep: str, text_columns: Sequence[str]) -> dict[str, Any]:
@@ -257,8 +216,8 @@ def read_table(
     if isinstance(source, pd.DataFrame):
         return source.reset_index(drop=True)
     mod = type(source).__module__
-    if mod.startswith("pyarrow"):
-        return source.to_pandas()
+    if mod.startswith("pyarrow"):  # float columns without nulls stay zero-copy views
+        return source.to_pandas(split_blocks=True)
     if mod.startswith("datasets"):
         return source.to_pandas()
     if not isinstance(source, (str, os.PathLike)):
@@ -276,10 +235,14 @@ def read_table(
         if fmt == "parquet":
             import pyarrow.parquet as pq
 
-            return pq.read_table(p).to_pandas()
+            # one column at a time, each freed once converted (no 2-D block of all floats);
+            # then the pool's freed blocks go back to the system (numpy allocates elsewhere)
+            frame = pq.read_table(p, pre_buffer=False).to_pandas(split_blocks=True,
+                                                                 self_destruct=True)
+            release_arrow_memory()
+            return frame
         if fmt == "jsonl":
-            frames = list(iter_jsonl_frames(p, 1 << 16))
-            return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+            return read_jsonl(p)
         if fmt in ("csv", "tsv"):
             return _read_csv(p, "\t" if fmt == "tsv" else ",", text_columns)
         return _read_hf(p, split)

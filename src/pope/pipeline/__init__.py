@@ -17,7 +17,7 @@ statistics of the union of two disjoint sets of prompts), so the same pipeline r
   batches, JSON Lines line chunks, CSV chunks); the rows of the prompt at the end of a chunk
   are carried over to the next chunk, so no prompt is split and the merged result equals the
   in-memory one (up to float rounding); memory is bounded by the chunk size plus the largest
-  prompt;
+  prompt, plus one id per prompt seen (the contiguity check below);
 - on many machines: :func:`map_partition` turns a partition of *whole prompts* into statistics
   and :func:`merge` adds them. :mod:`pope.engines` (``evaluate_ray``, ``evaluate_spark``,
   ``evaluate_with_engine``) assigns prompts to buckets by a stable hash of ``prompt_id``

@@ -17,6 +17,7 @@ from pope.io import (
     iter_raw_chunks,
     read_table,
 )
+from pope.io.memory import release_arrow_memory
 from pope.pipeline.chunks import iter_prompt_chunks, prompt_key
 from pope.pipeline.models import clear_model_cache
 from pope.pipeline.prepared import chunk_embeddings, prepare, validate_chunk
@@ -62,6 +63,8 @@ def evaluate_logs(
         prep = prepare(frame, spec, n_raw_rows=n_raw)
     finally:
         clear_model_cache()
+    del frame  # its rows are typed in prep: free the table before the estimators run
+    release_arrow_memory()
     if prep.feedback.n_responses == 0:
         raise LogFormatError(f"no valid rows to evaluate ({prep.report.summary()})", prep.report)
     res, base = estimates(prep, spec)
