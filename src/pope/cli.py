@@ -15,6 +15,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from pope.readers import LOG_FORMATS
+
 __all__ = ["UsageError", "build_parser", "main"]
 
 PROG = "pope"
@@ -168,8 +170,7 @@ def _add_input_args(g: Any) -> None:
     g.add_argument("--logs", required=True, metavar="PATH",
                    help="log file or directory: .parquet (or a directory of them), .jsonl, "
                         ".csv/.tsv, or a Hugging Face datasets directory (save_to_disk)")
-    g.add_argument("--format", choices=["parquet", "jsonl", "csv", "tsv", "hf", "oasst",
-                                        "ratings", "pairwise", "trl", "auto"],
+    g.add_argument("--format", choices=LOG_FORMATS,
                    help="override the format detected from the file name; oasst, ratings, "
                         "pairwise, trl read public feedback formats, auto tells them apart "
                         "(docs/data-format.md, Public formats)")

@@ -72,7 +72,16 @@ def _add_evaluate(sub: Any) -> None:
         epilog=EVALUATE_EXAMPLES,
         formatter_class=_Formatter,
     )
-    g = p.add_argument_group("input")
+    _add_run_args(p.add_argument_group("input"))
+    _add_policy_args(p.add_argument_group("policies"))
+    _add_estimation_args(p.add_argument_group("estimation"))
+    _add_aspect_args(p.add_argument_group("aspects"))
+    _add_output_args(p.add_argument_group("output"))
+    p.set_defaults(func=_cmd_evaluate)
+
+
+def _add_run_args(g: Any) -> None:
+    """The log and where it is evaluated (in memory, chunks, Ray / Spark)."""
     _add_input_args(g)
     g.add_argument("--chunk-rows", type=_positive_int, metavar="N",
                    help="stream the log in chunks of N rows (logs larger than memory)")
@@ -85,7 +94,9 @@ def _add_evaluate(sub: Any) -> None:
     g.add_argument("--num-buckets", type=_positive_int, default=64, metavar="N",
                    help="ray/spark: prompts are hashed into N buckets, each mapped on a worker")
 
-    g = p.add_argument_group("policies")
+
+def _add_policy_args(g: Any) -> None:
+    """The target, logging and reference models and how they score the responses."""
     g.add_argument("--policy", metavar="MODEL_DIR", action="append",
                    help="target policy: a local Hugging Face causal LM directory; without it "
                         "the log needs a log_target column. Give it several times to evaluate "
@@ -111,7 +122,9 @@ def _add_evaluate(sub: Any) -> None:
                    help="'hidden' scores from hidden states and the LM head weight without "
                         "materialising all logits (plain linear heads only)")
 
-    g = p.add_argument_group("estimation")
+
+def _add_estimation_args(g: Any) -> None:
+    """The estimators, their options and the intervals."""
     g.add_argument("--lambda", dest="lam", type=_nonneg_float, default=1.0, metavar="L",
                    help="weight of diversity in the total value")
     g.add_argument("--reward-normalization",
@@ -150,9 +163,9 @@ def _add_evaluate(sub: Any) -> None:
     g.add_argument("--ess-warning", type=float, default=0.1, metavar="FRACTION",
                    help="warn when the effective sample size is below FRACTION * n")
 
-    _add_aspect_args(p.add_argument_group("aspects"))
 
-    g = p.add_argument_group("output")
+def _add_output_args(g: Any) -> None:
+    """Where the results and the aspect model go."""
     g.add_argument("--out", metavar="FILE",
                    help="write the results as JSON (an existing file only with --overwrite; "
                         "never one of the inputs)")
@@ -164,7 +177,6 @@ def _add_evaluate(sub: Any) -> None:
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
     g.add_argument("-q", "--quiet", action="store_true",
                    help="print only the table and warnings")
-    p.set_defaults(func=_cmd_evaluate)
 
 
 

@@ -18,6 +18,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from pope.readers import LOG_FORMATS
+
 __all__ = ["DESCRIPTION", "FIT_LOGGING_EXAMPLES", "add_arguments", "run"]
 
 DESCRIPTION = """\
@@ -49,18 +51,29 @@ fitted propensities.
 
 def add_arguments(p: argparse.ArgumentParser, cli: Any) -> None:
     """The ``pope fit-logging`` options (``cli``: :mod:`pope.cli`, for the shared types)."""
-    pint, pfloat, nnf = cli._positive_int, cli._positive_float, cli._nonneg_float
-    g = p.add_argument_group("input")
+    _add_input_args(p.add_argument_group("input"), cli)
+    _add_model_args(p.add_argument_group("model"), cli)
+    _add_cross_fitting_args(p.add_argument_group("cross-fitting"), cli)
+    title = "optimisation (names as in transformers.TrainingArguments)"
+    _add_optimisation_args(p.add_argument_group(title), cli)
+    _add_output_args(p.add_argument_group("output"), cli)
+    p.set_defaults(func=run)
+
+
+def _add_input_args(g: Any, cli: Any) -> None:
+    """The input options."""
     g.add_argument("--logs", required=True, metavar="PATH",
                    help="log file or directory (any format pope evaluate reads)")
-    g.add_argument("--format", choices=["parquet", "jsonl", "csv", "tsv", "hf", "oasst",
-                                        "ratings", "pairwise", "trl", "auto"],
+    g.add_argument("--format", choices=LOG_FORMATS,
                    help="override the format detected from the file name")
     g.add_argument("--split", help="split of a Hugging Face DatasetDict directory")
     g.add_argument("--column", action="append", type=cli._column_arg, default=[],
                    metavar="FIELD=NAME", help="where the prompt/response/prompt_id are, e.g. "
                    "prompt=question")
-    g = p.add_argument_group("model")
+
+
+def _add_model_args(g: Any, cli: Any) -> None:
+    """The model options."""
     g.add_argument("--model", required=True, metavar="MODEL_DIR",
                    help="local causal LM directory (model and tokenizer) fine-tuned per fold; "
                         "it is not modified")
@@ -73,13 +86,21 @@ def add_arguments(p: argparse.ArgumentParser, cli: Any) -> None:
     g.add_argument("--add-eos", action="store_true",
                    help="learn and score an EOS token after each response (as pope evaluate "
                         "--add-eos will)")
-    g = p.add_argument_group("cross-fitting")
+
+
+def _add_cross_fitting_args(g: Any, cli: Any) -> None:
+    """The cross-fitting options."""
+    pint = cli._positive_int
     g.add_argument("--folds", type=pint, default=5, metavar="K",
                    help="folds of prompts (>= 2, at most the number of prompts); each fold's "
                         "responses are scored by a model fine-tuned on the other folds")
     g.add_argument("--seed", type=int, default=0,
                    help="fold assignment, batch order and torch seed (default: 0)")
-    g = p.add_argument_group("optimisation (names as in transformers.TrainingArguments)")
+
+
+def _add_optimisation_args(g: Any, cli: Any) -> None:
+    """The optimisation options."""
+    pint, pfloat, nnf = cli._positive_int, cli._positive_float, cli._nonneg_float
     g.add_argument("--learning-rate", type=pfloat, default=5e-5, metavar="LR",
                    help="peak AdamW learning rate, linear decay to 0")
     g.add_argument("--num-train-epochs", type=pfloat, default=3.0, metavar="E",
@@ -91,7 +112,10 @@ def add_arguments(p: argparse.ArgumentParser, cli: Any) -> None:
     g.add_argument("--warmup-steps", type=int, default=0, metavar="N",
                    help="linear warmup steps (default: 0)")
     g.add_argument("--max-grad-norm", type=pfloat, default=1.0, help="gradient clipping norm")
-    g = p.add_argument_group("output")
+
+
+def _add_output_args(g: Any, cli: Any) -> None:
+    """The output options."""
     g.add_argument("--out", required=True, metavar="FILE.parquet",
                    help="the log with the estimated log-probs and the folds, as Parquet")
     g.add_argument("--into", default="log_logging", metavar="COLUMN",
@@ -107,7 +131,6 @@ def add_arguments(p: argparse.ArgumentParser, cli: Any) -> None:
                    help="replace an existing --out file (also the input itself), the columns, "
                         "or an earlier fit in --save-models")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=run)
 
 
 def _check_paths(args: argparse.Namespace) -> None:

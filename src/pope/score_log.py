@@ -26,6 +26,7 @@ import numpy as np
 from pope.io import LogColumns, LogFormatError, read_table
 from pope.io.formats import is_format
 from pope.options import LM_HEADS, LMHead
+from pope.readers import LOG_FORMATS
 
 __all__ = ["METADATA_KEY", "add_arguments", "pair_texts", "read_log_frame",
            "read_score_metadata", "run", "score_log", "write_scored"]
@@ -217,8 +218,7 @@ def add_arguments(p: argparse.ArgumentParser, column_arg: Any) -> None:
     g = p.add_argument_group("input")
     g.add_argument("--logs", required=True, metavar="PATH",
                    help="log file or directory (any format pope evaluate reads)")
-    g.add_argument("--format", choices=["parquet", "jsonl", "csv", "tsv", "hf", "oasst",
-                                        "ratings", "pairwise", "trl", "auto"],
+    g.add_argument("--format", choices=LOG_FORMATS,
                    help="override the format detected from the file name")
     g.add_argument("--split", help="split of a Hugging Face DatasetDict directory")
     g.add_argument("--column", action="append", type=column_arg, default=[],

@@ -76,9 +76,19 @@ def _fraction(text: str) -> float:
 
 def add_arguments(p: argparse.ArgumentParser, cli: Any) -> None:
     """The ``pope train`` options (``cli``: :mod:`pope.cli`, for the shared argument types)."""
-    pint, pfloat, nnf = cli._positive_int, cli._positive_float, cli._nonneg_float
     cli._add_input_args(p.add_argument_group("input"))
-    g = p.add_argument_group("models")
+    _add_models_args(p.add_argument_group("models"), cli)
+    _add_objective_args(p.add_argument_group("objective"), cli)
+    title = "optimisation (names as in transformers.TrainingArguments)"
+    _add_optimisation_args(p.add_argument_group(title), cli)
+    _add_monitoring_args(p.add_argument_group("monitoring"), cli)
+    ga = p.add_argument_group("aspects")
+    cli._add_aspect_args(ga)
+    p.set_defaults(func=run)
+
+
+def _add_models_args(g: Any, cli: Any) -> None:
+    """The models options."""
     g.add_argument("--policy", required=True, metavar="MODEL_DIR",
                    help="initial policy (local causal LM directory), trained in place")
     g.add_argument("--logging-model", metavar="MODEL_DIR",
@@ -102,7 +112,11 @@ def add_arguments(p: argparse.ArgumentParser, cli: Any) -> None:
                    help="score an EOS token after each response (off by default, as in pope "
                         "evaluate and pope score; must match how the logged log-probs were "
                         "computed)")
-    g = p.add_argument_group("objective")
+
+
+def _add_objective_args(g: Any, cli: Any) -> None:
+    """The objective options."""
+    pfloat, nnf = cli._positive_float, cli._nonneg_float
     g.add_argument("--lambda", dest="lam", type=nnf, default=1.0, metavar="L",
                    help="weight of diversity in the total value")
     g.add_argument("--reward-normalization",
@@ -114,7 +128,11 @@ def add_arguments(p: argparse.ArgumentParser, cli: Any) -> None:
     g.add_argument("--ppo-eps", type=pfloat, metavar="EPS",
                    help="PPO-style ratio clipping to [1-EPS, 1+EPS]")
     g.add_argument("--beta", type=nnf, default=0.0, help="KL penalty to the initial policy")
-    g = p.add_argument_group("optimisation (names as in transformers.TrainingArguments)")
+
+
+def _add_optimisation_args(g: Any, cli: Any) -> None:
+    """The optimisation options."""
+    pint, pfloat, nnf = cli._positive_int, cli._positive_float, cli._nonneg_float
     g.add_argument("--learning-rate", type=pfloat, default=1e-5, metavar="LR",
                    help="peak AdamW learning rate (formerly --lr)")
     g.add_argument("--num-train-epochs", type=pfloat, default=1.0, metavar="E",
@@ -140,7 +158,11 @@ def add_arguments(p: argparse.ArgumentParser, cli: Any) -> None:
                                "gradient_accumulation_steps", pint),
                               ("--save-every", "--save-steps", "save_steps", pint)):
         _alias(g, old, new, dest, t)
-    g = p.add_argument_group("monitoring")
+
+
+def _add_monitoring_args(g: Any, cli: Any) -> None:
+    """The monitoring options."""
+    pint = cli._positive_int
     g.add_argument("--ess-warning", type=_fraction, default=0.1, metavar="FRACTION",
                    help="warn when a step's ESS is below FRACTION of its sequences (or its "
                         "mean weight leaves [0.1, 10])")
@@ -157,9 +179,6 @@ def add_arguments(p: argparse.ArgumentParser, cli: Any) -> None:
     g.add_argument("--report-to", choices=["none", "tensorboard", "wandb"], default="none",
                    help="also send the metrics to TensorBoard (OUTPUT_DIR/runs) or wandb "
                         "(set WANDB_MODE=offline to stay off the network)")
-    ga = p.add_argument_group("aspects")
-    cli._add_aspect_args(ga)
-    p.set_defaults(func=run)
 
 
 def _train_aspects(data: Any, args: argparse.Namespace) -> tuple[dict[str, Any], Any]:

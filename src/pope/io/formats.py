@@ -16,7 +16,7 @@ import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Literal, TypeGuard
+from typing import Any, Literal, TypeGuard, get_args
 
 import numpy as np
 
@@ -42,7 +42,7 @@ __all__ = [
 Format = Literal["parquet", "jsonl", "csv", "tsv", "hf"]
 
 #: The formats :func:`read_table` and :func:`write_logs` know.
-FORMATS = ("parquet", "jsonl", "csv", "tsv", "hf")
+FORMATS: tuple[Format, ...] = get_args(Format)
 
 
 def is_format(value: object) -> TypeGuard[Format]:

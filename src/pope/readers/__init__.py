@@ -43,11 +43,12 @@ from pathlib import Path
 from typing import Any
 
 from pope.io import read_table
-from pope.io.formats import Format, is_format
+from pope.io.formats import FORMATS, Format, is_format
 from pope.readers.oasst import read_oasst
 from pope.readers.preferences import read_pairwise, read_ratings, read_trl
 
 __all__ = [
+    "LOG_FORMATS",
     "PUBLIC_FORMATS",
     "detect_public_format",
     "read_logs",
@@ -62,7 +63,9 @@ __all__ = [
 #: Formats read by this package (``"auto"`` tells them apart by their columns).
 PUBLIC_FORMATS = ("oasst", "ratings", "pairwise", "trl")
 
-_FILE_FORMATS = ("parquet", "jsonl", "csv", "tsv", "hf")
+#: Every ``format=`` / ``--format`` value: the file formats of :mod:`pope.io`, the public ones,
+#: and ``"auto"``.
+LOG_FORMATS = (*FORMATS, *PUBLIC_FORMATS, "auto")
 
 
 # ----------------------------------------------------------------------------- dispatch
@@ -126,7 +129,7 @@ def read_logs(source: Any, format: str = "auto", *, split: str | None = None,
         native schema, :func:`pope.io.read_table`), or ``"auto"``
         (:func:`detect_public_format` on the field names).
     """
-    if is_format(format):  # one of _FILE_FORMATS
+    if is_format(format):  # one of FORMATS
         return read_table(source, format=format, split=split)
     if format == "auto":
         if isinstance(source, list):
@@ -145,7 +148,7 @@ def read_logs(source: Any, format: str = "auto", *, split: str | None = None,
     if format not in _READERS:
         raise ValueError(
             f"format must be 'auto', 'log', one of {PUBLIC_FORMATS} or a file format "
-            f"{_FILE_FORMATS}, got {format!r}"
+            f"{FORMATS}, got {format!r}"
         )
     return _READERS[format](source, split=split, **options)
 
@@ -157,7 +160,7 @@ def resolve_logs(path: Any, format: str | None, split: str | None = None) -> tup
     that ``"auto"`` recognises) is read into the log table first. The table's
     ``attrs["reader"]`` says what the reader dropped.
     """
-    if format is None or format in _FILE_FORMATS:
+    if format is None or format in FORMATS:
         return path, format
     if format == "auto":
         from pope.io import detect_format
