@@ -380,9 +380,10 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
     from pope.checkpoint import CheckpointError
     from pope.estimate import WeightOverflowError
     from pope.io import LogFormatError
-    from pope.scoring import ContextLengthError
 
-    return (UsageError, LogFormatError, ContextLengthError, CheckpointError,
+    # pope.scoring.ContextLengthError is a ValueError; importing it here would import torch
+    # (about 180 MiB and seconds) in every command, also those that score nothing.
+    return (UsageError, LogFormatError, CheckpointError,
             WeightOverflowError, FileNotFoundError, OSError, ValueError, ImportError)
 
 
