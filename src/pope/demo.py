@@ -232,6 +232,23 @@ def evaluation_suite(
         _row("POPE total", "pope", "V", pe.total, v),
         _row("POPE total (IPS rel.)", "pope", "V", pe_ips.total, v),
     ]
+    rows += _joint_rows(log, target, lam=lam, clip=clip, truth=v, rhat=rhat,
+                        vhat_prompt=vhat_prompt, list_diversity_prompt=list_diversity_prompt)
+    dr_resp = np.asarray(pe.diversity_reward)
+    rows.append(_row("IPS r+lam*d", "joint", "V",
+                     E.ips(reward=r + lam * dr_resp, log_target=lt, log_logging=ll), v))
+    return rows
+
+
+def _joint_rows(log: SyntheticLog, target: SoftmaxPolicy, *, lam: float, clip: float,
+                truth: float, rhat: np.ndarray, vhat_prompt: np.ndarray,
+                list_diversity_prompt: np.ndarray | None) -> list[dict[str, Any]]:
+    """The ``"joint"`` rows of :func:`evaluation_suite` (estimators of :math:`V` on the joint
+    list reward)."""
+    from pope import estimators as E
+
+    env, fb, v = log.env, log.feedback, truth
+    r, counts = fb.rewards("none"), fb.counts
     big_r = joint_list_reward(log, lam)
     lt_list, ll_list = log.list_log_prob(target), log.list_log_prob(log.logging_policy)
     jb: dict[str, Any] = {"reward": big_r, "log_target": lt_list, "log_logging": ll_list}
@@ -250,11 +267,7 @@ def evaluation_suite(
         ("joint DM", E.dm(value_hat=jv, **jb, reward_hat=jr_hat)),
         ("joint DR", E.dr(**jb, **jm)),
     ]
-    rows += [_row(n, "joint", "V", e, v) for n, e in joint]
-    dr_resp = np.asarray(pe.diversity_reward)
-    rows.append(_row("IPS r+lam*d", "joint", "V",
-                     E.ips(reward=r + lam * dr_resp, log_target=lt, log_logging=ll), v))
-    return rows
+    return [_row(n, "joint", "V", e, v) for n, e in joint]
 
 
 def target_policies(env: CandidateEnv, lam: float) -> list[SoftmaxPolicy]:

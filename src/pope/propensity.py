@@ -52,47 +52,11 @@ def weights_identically_one(result: Any, tol: float = ONE_TOLERANCE) -> bool:
     return mx <= 1 + tol and mean >= 1 - tol
 
 
-def describe_propensity(
-    result: Any,
-    *,
-    logging_model: str | None = None,
-    reference_model: str | None = None,
-    scored_by: str | None = None,
-    behaviour_cloning: dict[str, Any] | None = None,
-    rank_signal: bool = False,
-    tol: float = ONE_TOLERANCE,
-) -> dict[str, Any]:
-    """Where :math:`\\log\\pi_0` came from, what the value then means, and warnings.
-
-    Parameters
-    ----------
-    result : pope.pipeline.EvalResult
-    logging_model : str, optional
-        The model declared to be the logging policy (``--logging-model``).
-    reference_model : str, optional
-        The model declared as a *proxy* of an unknown logging process (``--reference-model``).
-    scored_by : str, optional
-        The model that ``pope score`` wrote the log's logging column with (from the Parquet
-        metadata, :func:`pope.score_log.read_score_metadata`).
-    behaviour_cloning : dict, optional
-        The metadata of a logging column written by ``pope fit-logging`` (``method ==
-        "behaviour_cloning"``, ``folds``, ``model``): :math:`\\log\\pi_0` is an estimate.
-    rank_signal : bool
-        The signals are within-prompt ranks (``--reward-normalization rank`` or the oasst rank
-        rule): their plain average is 0.5 by construction.
-
-    Returns
-    -------
-    dict
-        ``source`` ("logged column", "logged column scored by pope score", "logging model",
-        "reference model (proxy)" or "behaviour cloning, K folds"), ``model``,
-        ``weights_identically_one``, ``meaning`` (a sentence for the output) and ``warnings``;
-        with ``behaviour_cloning`` also ``folds``.
-    """
-    if logging_model is not None and reference_model is not None:
-        raise ValueError("give a logging model or a reference model, not both")
-    ones = weights_identically_one(result, tol)
-    warnings = []
+def _source_and_meaning(logging_model: str | None, reference_model: str | None,
+                        scored_by: str | None, behaviour_cloning: dict[str, Any] | None
+                        ) -> tuple[str, str | None, str]:
+    """``(source, model, meaning)`` of :func:`describe_propensity` before looking at the
+    weights."""
     proxy = (
         "The estimates reweight the logged responses by pi_target/pi_reference: they are the "
         "target's value only if the logged responses are distributed like samples of the "
@@ -137,6 +101,52 @@ def describe_propensity(
             "log pi0 is the log's logging log-probability column; the estimates are off-policy "
             "estimates of the target's value (given support of the target by the logging policy)."
         )
+    return source, model, meaning
+
+
+def describe_propensity(
+    result: Any,
+    *,
+    logging_model: str | None = None,
+    reference_model: str | None = None,
+    scored_by: str | None = None,
+    behaviour_cloning: dict[str, Any] | None = None,
+    rank_signal: bool = False,
+    tol: float = ONE_TOLERANCE,
+) -> dict[str, Any]:
+    """Where :math:`\\log\\pi_0` came from, what the value then means, and warnings.
+
+    Parameters
+    ----------
+    result : pope.pipeline.EvalResult
+    logging_model : str, optional
+        The model declared to be the logging policy (``--logging-model``).
+    reference_model : str, optional
+        The model declared as a *proxy* of an unknown logging process (``--reference-model``).
+    scored_by : str, optional
+        The model that ``pope score`` wrote the log's logging column with (from the Parquet
+        metadata, :func:`pope.score_log.read_score_metadata`).
+    behaviour_cloning : dict, optional
+        The metadata of a logging column written by ``pope fit-logging`` (``method ==
+        "behaviour_cloning"``, ``folds``, ``model``): :math:`\\log\\pi_0` is an estimate.
+    rank_signal : bool
+        The signals are within-prompt ranks (``--reward-normalization rank`` or the oasst rank
+        rule): their plain average is 0.5 by construction.
+
+    Returns
+    -------
+    dict
+        ``source`` ("logged column", "logged column scored by pope score", "logging model",
+        "reference model (proxy)" or "behaviour cloning, K folds"), ``model``,
+        ``weights_identically_one``, ``meaning`` (a sentence for the output) and ``warnings``;
+        with ``behaviour_cloning`` also ``folds``.
+    """
+    if logging_model is not None and reference_model is not None:
+        raise ValueError("give a logging model or a reference model, not both")
+    ones = weights_identically_one(result, tol)
+    warnings = []
+    source, model, meaning = _source_and_meaning(logging_model, reference_model, scored_by,
+                                                 behaviour_cloning)
     is_proxy = reference_model is not None or (logging_model is None and (
         scored_by is not None or behaviour_cloning is not None))
     if ones:

@@ -416,13 +416,9 @@ def fit_logging_policy(
                    bool(chat_template), seed)
     opt.check()
     cols = columns if isinstance(columns, LogColumns) else LogColumns.from_mapping(columns or {})
-    frame = read_log_frame(logs, cols, format=format, split=split)
     token_column = f"token_{column}"
-    present = [c for c in (column, fold_column, token_column) if c in frame.columns]
-    if present and not overwrite:
-        raise ValueError(f"the log already has column(s) {present}; pass overwrite=True "
-                         "(--overwrite) to replace them")
-    frame = frame.drop(columns=present)
+    frame = _input_frame(read_log_frame(logs, cols, format=format, split=split),
+                         (column, fold_column, token_column), overwrite)
     prompts, responses = pair_texts(frame, cols)
     fold = assign_folds(_prompt_keys(frame, cols, prompts), folds, seed=seed)
     model, tok, name = _load(base_model, device, dtype)
@@ -446,6 +442,16 @@ def fit_logging_policy(
         fold=fold, n_folds=int(folds), train_rows=train_rows, train_loss=losses,
         response_tokens=pairs.response_lengths, settings=settings, column=column,
         fold_column=fold_column)
+
+
+def _input_frame(frame: Any, written: tuple[str, ...], overwrite: bool) -> Any:
+    """``frame`` without the columns this fit writes; a ``ValueError`` if it has them and
+    ``overwrite`` is false."""
+    present = [c for c in written if c in frame.columns]
+    if present and not overwrite:
+        raise ValueError(f"the log already has column(s) {present}; pass overwrite=True "
+                         "(--overwrite) to replace them")
+    return frame.drop(columns=present)
 
 
 def _settings(opt: _Options, folds: int, fold_column: str, name: str, model: Any, tok: Any,
