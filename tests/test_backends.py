@@ -240,6 +240,31 @@ def test_ips_moments_checked_first_bad(be, rng, arg) -> None:
             _check_checked(be, *a, 1.0)
 
 
+def test_ips_moments_checked_rewards_outside_some_blocks(be, rng) -> None:
+    """Rewards in [0, 1] except a few, in some blocks only (the compiled passes count a block
+    element by element only when its min or max is out of range): exact count, as the
+    reference; 0 and 1 themselves are inside."""
+    n = 3 * (1 << 16) + 5
+    lt, ll, _ = (np.minimum(a, 0.0) for a in _ips_case(rng, n))
+    r = rng.random(n)
+    r[[0, 1, 511, 512, 70_000, n - 1]] = [-0.5, 1.5, -1e-300, 1.0 + 2**-52, 7.0, -3.0]
+    r[[2, 3, 600]] = [0.0, 1.0, -0.0]
+    _check_checked(be, lt, ll, r, np.inf)
+    got, _ = be.ips_moments_checked(lt, ll, r, np.inf)
+    assert got[9] == 6
+
+
+def test_ips_moments_checked_subnormal_weights(be, rng) -> None:
+    """Log-ratios spread over [-740, 0]: scaled weights below e^-708 are subnormal in NumPy and
+    may count 0 in a compiled pass; each sum holds a weight of 1, so the difference is below
+    1e-307 of it, far inside RTOL."""
+    n = 70_001
+    lt = -rng.random(n) * 740.0
+    ll = np.zeros(n)
+    lt[12_345] = 0.0
+    _check_checked(be, lt, ll, rng.random(n), np.inf)
+
+
 def test_ips_moments_checked_read_only(be, rng) -> None:
     lt, ll, r = (np.minimum(a, 0.0) for a in _ips_case(rng, 70_001))
     for a in (lt, ll, r):
