@@ -51,14 +51,6 @@ void scan_bad(const double* a, const double* b, const double* c, std::size_t len
     }
 }
 
-POPE_INLINE double hmax4(v4d v) {
-    const double a = v[0] > v[1] ? v[0] : v[1];
-    const double b = v[2] > v[3] ? v[2] : v[3];
-    return a > b ? a : b;
-}
-
-POPE_INLINE double hsum4(v4d v) { return (v[0] + v[1]) + (v[2] + v[3]); }
-
 }  // namespace ips_detail
 
 using namespace ips_detail;

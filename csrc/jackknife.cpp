@@ -42,18 +42,6 @@ struct Scratch {
     }
 };
 
-// y[k] = x[k] > 0 ? log(x[k]) : 0 for k < n, 4 lanes at a time.
-POPE_INLINE void log_pos_array(const double* x, std::size_t n, double* y) {
-    const v4d zero{}, one = splat4(1.0);
-    std::size_t k = 0;
-    for (; k + 4 <= n; k += 4) {
-        const v4d v = load4(x + k);
-        const auto pos = v > zero;
-        store4(y + k, pos ? log_core<v4d, v4u>(pos ? v : one) : zero);
-    }
-    for (; k < n; ++k) y[k] = x[k] > 0.0 ? log_scalar(x[k]) : 0.0;
-}
-
 // y[k] = exp(x[k] - shift) for k < n, 4 lanes at a time.
 POPE_INLINE void exp_shift_array(const double* x, double shift, std::size_t n, double* y) {
     const v4d sv = splat4(shift);

@@ -125,6 +125,62 @@ POPE_INLINE void store4(double* p, v4d v) { std::memcpy(p, &v, sizeof(v)); }
 
 POPE_INLINE v4d splat4(double x) { return v4d{x, x, x, x}; }
 
+POPE_INLINE double hmax4(v4d v) {
+    const double a = v[0] > v[1] ? v[0] : v[1];
+    const double b = v[2] > v[3] ? v[2] : v[3];
+    return a > b ? a : b;
+}
+
+POPE_INLINE double hsum4(v4d v) { return (v[0] + v[1]) + (v[2] + v[3]); }
+
+POPE_INLINE v4d vmax4(v4d a, v4d b) { return a > b ? a : b; }
+
+// Short segments without a data-dependent loop: for 4 <= K <= 16 the segment [x, x + K) is
+// covered by 2 or 4 overlapping 4-lane loads (the first and last 4 or 8 elements), so a
+// prompt of a few responses costs a fixed number of vector operations and no loop exit to
+// predict. Longer and shorter segments take the scalar loop.
+
+// max_k x[k] (-inf when K == 0).
+POPE_INLINE double seg_max(const double* x, std::size_t K) {
+    if (K >= 4 && K <= 8) return hmax4(vmax4(load4(x), load4(x + K - 4)));
+    if (K > 8 && K <= 16)
+        return hmax4(vmax4(vmax4(load4(x), load4(x + 4)), vmax4(load4(x + K - 8), load4(x + K - 4))));
+    double m = -kInf;
+    for (std::size_t k = 0; k < K; ++k) m = x[k] > m ? x[k] : m;
+    return m;
+}
+
+// y[k] = x[k] - shift for k < K (overlapping stores write equal values).
+POPE_INLINE void seg_sub(const double* x, std::size_t K, double shift, double* y) {
+    const v4d sv = splat4(shift);
+    if (K >= 4 && K <= 8) {
+        const v4d a = load4(x) - sv, b = load4(x + K - 4) - sv;
+        store4(y, a);
+        store4(y + K - 4, b);
+        return;
+    }
+    if (K > 8 && K <= 16) {
+        const v4d a = load4(x) - sv, b = load4(x + 4) - sv;
+        const v4d c = load4(x + K - 8) - sv, d = load4(x + K - 4) - sv;
+        store4(y, a);
+        store4(y + 4, b);
+        store4(y + K - 8, c);
+        store4(y + K - 4, d);
+        return;
+    }
+    for (std::size_t k = 0; k < K; ++k) y[k] = x[k] - shift;
+}
+
+// sum_c x[c] over a row of C cells (4 lane sums, then the tail).
+POPE_INLINE double row_sum(const double* x, std::size_t C) {
+    v4d acc{};
+    std::size_t c = 0;
+    for (; c + 4 <= C; c += 4) acc += load4(x + c);
+    double s = hsum4(acc);
+    for (; c < C; ++c) s += x[c];
+    return s;
+}
+
 // ---------------------------------------------------------------------------------------------
 // SplitMix64 (see the reference module docstring)
 // ---------------------------------------------------------------------------------------------
@@ -298,6 +354,30 @@ POPE_INLINE V log_core(V x) {
 // Scalar version of exp_core (same arithmetic, so the same bits as each vector lane).
 inline double exp_scalar(double x) { return exp_core<double, std::uint64_t>(x); }
 inline double log_scalar(double x) { return log_core<double, std::uint64_t>(x); }
+
+// y[k] = x[k] > 0 ? log(x[k]) : 0 for k < n, 4 lanes at a time (in place allowed).
+POPE_INLINE void log_pos_array(const double* x, std::size_t n, double* y) {
+    const v4d zero{}, one = splat4(1.0);
+    std::size_t k = 0;
+    for (; k + 4 <= n; k += 4) {
+        const v4d v = load4(x + k);
+        const auto pos = v > zero;
+        store4(y + k, pos ? log_core<v4d, v4u>(pos ? v : one) : zero);
+    }
+    for (; k < n; ++k) y[k] = x[k] > 0.0 ? log_scalar(x[k]) : 0.0;
+}
+
+// y[k] = x[k] log x[k] for x[k] > 0, else 0 (in place allowed).
+POPE_INLINE void xlogx_array(const double* x, std::size_t n, double* y) {
+    const v4d zero{}, one = splat4(1.0);
+    std::size_t k = 0;
+    for (; k + 4 <= n; k += 4) {
+        const v4d v = load4(x + k);
+        const auto pos = v > zero;
+        store4(y + k, pos ? v * log_core<v4d, v4u>(pos ? v : one) : zero);
+    }
+    for (; k < n; ++k) y[k] = x[k] > 0.0 ? x[k] * log_scalar(x[k]) : 0.0;
+}
 
 // ---------------------------------------------------------------------------------------------
 // Validation helpers (throw std::invalid_argument, which pybind11 maps to ValueError)
