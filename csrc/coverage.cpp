@@ -15,13 +15,6 @@ constexpr std::size_t kBatchResp = 2048;                     // responses per ba
 constexpr std::size_t kBatchCells = 4096;                    // histogram cells per batch
 constexpr std::size_t kGrainPrompts = 1024;                  // prompts per scheduling block
 
-// y[k] = exp(x[k]) for k < n.
-POPE_INLINE void exp_array(const double* x, std::size_t n, double* y) {
-    std::size_t k = 0;
-    for (; k + 4 <= n; k += 4) store4(y + k, exp_core<v4d, v4u>(load4(x + k)));
-    for (; k < n; ++k) y[k] = exp_core<double, std::uint64_t>(x[k]);
-}
-
 // Scratch buffers of one thread.
 struct Scratch {
     std::vector<double> x, w, norm, cell_norm, t, pv;

@@ -351,9 +351,73 @@ POPE_INLINE V log_core(V x) {
     return e * expc::kLn2Hi + (lm + e * expc::kLn2Lo);
 }
 
+namespace logc {
+// log m = 2s + 2s z R(z), s = (m - 1)/(m + 1), z = s^2 <= 0.0295 (m in [sqrt(1/2), sqrt(2))):
+// R(z) = (atanh(s)/s - 1)/z = 1/3 + z/5 + ..., here its degree-6 fit on [0, 0.0295]
+// (Lawson-weighted least squares; log m to 3.1e-16 relative in double arithmetic).
+constexpr double kR[7] = {0.3333333333333335,  0.19999999999949253, 0.14285714313185327,
+                          0.11111105538743236, 0.09091446440726343, 0.07665804069395878,
+                          0.07308867419577511};
+}  // namespace logc
+
+// log for positive normal x (vectors only): as log_core, with the exponent and the mantissa
+// in [sqrt(1/2), sqrt(2)) taken by integer operations (musl's offset trick): t = bits(x) -
+// bits(sqrt(1/2)), e = t >> 52 (a signed 12-bit field, converted through 2^52 + 2048), and
+// m = x 2^-e; no compare, blend or multiply before the polynomial (logc::kR).
+// Subnormal, zero, negative and non-finite lanes are the caller's (log_pos_array).
+template <class V, class U>
+POPE_INLINE V log_norm_core(V x) {
+    constexpr double kTwo52 = 4503599627370496.0;
+    U ix;
+    std::memcpy(&ix, &x, sizeof(V));
+    const U t = ix - 0x3FE6A09E667F3BCDULL;
+    const U kb = ((t >> 52) ^ 0x800) | 0x4330000000000000ULL;  // 2^52 + 2048 + e
+    const U iz = ix - (t & 0xFFF0000000000000ULL);
+    V ef, m;
+    std::memcpy(&ef, &kb, sizeof(V));
+    std::memcpy(&m, &iz, sizeof(V));
+    const V e = ef - (kTwo52 + 2048.0);
+    const V f = m - 1.0;
+    const V s = f / (f + 2.0);
+    const V z = s * s;
+    const V z2 = z * z;
+    const V z4 = z2 * z2;
+    using logc::kR;
+    const V a0 = (z * kR[1] + kR[0]) + (z * kR[3] + kR[2]) * z2;
+    const V a1 = (z * kR[5] + kR[4]) + z2 * kR[6];
+    const V r = (a0 + a1 * z4) * z;
+    const V s2 = s + s;
+    const V lm = s2 + s2 * r;
+    return e * expc::kLn2Hi + (lm + e * expc::kLn2Lo);
+}
+
 // Scalar version of exp_core (same arithmetic, so the same bits as each vector lane).
 inline double exp_scalar(double x) { return exp_core<double, std::uint64_t>(x); }
 inline double log_scalar(double x) { return log_core<double, std::uint64_t>(x); }
+
+// y[k] = exp(x[k]) for k < n (in place allowed).
+POPE_INLINE void exp_array(const double* x, std::size_t n, double* y) {
+    std::size_t k = 0;
+    for (; k + 4 <= n; k += 4) store4(y + k, exp_core<v4d, v4u>(load4(x + k)));
+    for (; k < n; ++k) y[k] = exp_core<double, std::uint64_t>(x[k]);
+}
+
+// log of 4 positive lanes: log_norm_core, log_core for subnormal lanes.
+POPE_INLINE v4d log_pos4(v4d v) {
+    v4i bits;
+    std::memcpy(&bits, &v, sizeof(v));
+    const v4i tiny = bits < static_cast<std::int64_t>(0x0010000000000000LL);
+    const v4d ln = log_norm_core<v4d, v4u>(v);
+    if ((tiny[0] | tiny[1] | tiny[2] | tiny[3]) == 0) return ln;
+    return tiny ? log_core<v4d, v4u>(v) : ln;  // per lane, as log_pos1
+}
+
+// The same for one positive value (bit-identical to a lane of log_pos4, so that results do
+// not depend on where a batch's vector loop ends).
+POPE_INLINE double log_pos1(double v) {
+    if (v < 2.2250738585072014e-308) return log_scalar(v);
+    return log_norm_core<double, std::uint64_t>(v);
+}
 
 // y[k] = x[k] > 0 ? log(x[k]) : 0 for k < n, 4 lanes at a time (in place allowed).
 POPE_INLINE void log_pos_array(const double* x, std::size_t n, double* y) {
@@ -362,9 +426,9 @@ POPE_INLINE void log_pos_array(const double* x, std::size_t n, double* y) {
     for (; k + 4 <= n; k += 4) {
         const v4d v = load4(x + k);
         const auto pos = v > zero;
-        store4(y + k, pos ? log_core<v4d, v4u>(pos ? v : one) : zero);
+        store4(y + k, pos ? log_pos4(pos ? v : one) : zero);
     }
-    for (; k < n; ++k) y[k] = x[k] > 0.0 ? log_scalar(x[k]) : 0.0;
+    for (; k < n; ++k) y[k] = x[k] > 0.0 ? log_pos1(x[k]) : 0.0;
 }
 
 // y[k] = x[k] log x[k] for x[k] > 0, else 0 (in place allowed).
@@ -374,9 +438,9 @@ POPE_INLINE void xlogx_array(const double* x, std::size_t n, double* y) {
     for (; k + 4 <= n; k += 4) {
         const v4d v = load4(x + k);
         const auto pos = v > zero;
-        store4(y + k, pos ? v * log_core<v4d, v4u>(pos ? v : one) : zero);
+        store4(y + k, pos ? v * log_pos4(pos ? v : one) : zero);
     }
-    for (; k < n; ++k) y[k] = x[k] > 0.0 ? x[k] * log_scalar(x[k]) : 0.0;
+    for (; k < n; ++k) y[k] = x[k] > 0.0 ? x[k] * log_pos1(x[k]) : 0.0;
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -448,6 +448,21 @@ def test_jackknife_degenerate_prompts(be, rng, self_normalize) -> None:
                                              self_normalize).shape == (0,)
 
 
+@pytest.mark.parametrize("self_normalize", [True, False])
+def test_jackknife_tiny_weights(be, rng, self_normalize) -> None:
+    """Prompts whose other weights are e^-690..e^-707 below the largest (near the smallest
+    normal number; deeper, the weights are subnormal with a few significant bits and the
+    leave-one-out entropy of what is left is not defined to 1e-12 by any exp): the largest
+    row's deletion leaves only such weights, summed afresh, not by cancellation."""
+    ptr = _ragged(rng, 2000, 9, p_empty=0.05)
+    n = int(ptr[-1])
+    lw = -rng.uniform(690.0, 707.0, n)
+    starts = ptr[:-1][np.diff(ptr) > 0]
+    lw[starts] = 0.0  # one large weight per prompt
+    labels = rng.integers(0, 4, n)
+    _check_jackknife(be, ptr, lw, labels, _soft(rng, n, 4), 4, self_normalize)
+
+
 def test_jackknife_thread_count_invariant_and_errors(be, rng, monkeypatch) -> None:
     ptr = _ragged(rng, 20_000, 12)
     n = int(ptr[-1])
