@@ -87,8 +87,8 @@ struct HardBatch {
 };
 
 constexpr std::uint32_t kNone = 0xFFFFFFFFu;
-constexpr std::size_t kBatchResp = 1024;   // responses per batch
-constexpr std::size_t kBatchCells = 2048;  // histogram cells per batch
+constexpr std::size_t kBatchResp = 512;   // responses per batch
+constexpr std::size_t kBatchCells = 1024;  // histogram cells per batch
 
 inline std::size_t jk_batch_end(const std::int64_t* ptr, std::size_t i, std::size_t i1,
                                 std::size_t C) {
