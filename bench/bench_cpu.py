@@ -5,11 +5,12 @@ Usage::
     python bench/bench_cpu.py [--n 1e7] [--repeats 25] [--runs 3] [--out bench/cpu_results.json]
 
 Timing: within a group, the baseline and the timed functions are called in turn, repeat after
-repeat (interleaved), after one warm-up call each (Numba's compile excluded), so load from
-other processes hits them alike. Each function's best and median time over the repeats are
-kept; a ratio is formed from the best times (the run's estimate of the uncontended time) and,
-for comparison, from the medians. With ``--runs R`` the whole benchmark runs R times and the
-summary gives the median over the runs of each ratio (the per-run tables are in the JSON).
+repeat (interleaved, in an order shuffled at each repeat), after one warm-up call each
+(Numba's compile excluded), so load from other processes hits them alike. Each function's best
+and median time over the repeats are kept; a ratio is formed from the best times (the run's
+estimate of the uncontended time) and, for comparison, from the medians. With ``--runs R``
+the whole benchmark runs R times and the summary gives the median over the runs of each
+ratio (the per-run tables are in the JSON).
 
 Figures:
 
@@ -54,12 +55,18 @@ Timing = dict[str, float]
 
 
 def _interleaved(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, Timing]:
-    """Best and median wall time of each function, calls interleaved over the repeats."""
+    """Best and median wall time of each function, calls interleaved over the repeats in an
+    order shuffled at each repeat (fixed seed): a call's time depends on what ran before it
+    (a large temporary freed by the previous call is mapped again, with fresh pages to fault),
+    so no function always follows the same one."""
     for fn in fns.values():
         fn()  # warm-up
     times: dict[str, list[float]] = {k: [] for k in fns}
+    order = np.random.default_rng(12345)
+    names = list(fns)
     for _ in range(repeats):
-        for name, fn in fns.items():
+        for name in order.permutation(names):
+            fn = fns[name]
             t0 = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - t0)

@@ -268,6 +268,13 @@ int coverage_threads(std::size_t n_prompts, std::size_t n_resp, std::size_t C) {
     return num_threads(n_resp * C + n_prompts * C, kMinPerThread, n_prompts);
 }
 
+// Prompts per scheduling block: about 4 blocks per thread, so that each thread writes long
+// contiguous runs of the fresh output (threads interleaving small blocks fault in the same
+// huge pages and wait for each other), and at least kGrainPrompts.
+std::size_t coverage_grain(std::size_t n_prompts, int nt) {
+    return std::max(kGrainPrompts, n_prompts / (4 * static_cast<std::size_t>(std::max(nt, 1))));
+}
+
 }  // namespace
 
 std::tuple<DArray, DArray> segment_coverage_hard(const IArray& prompt_ptr,
@@ -290,7 +297,7 @@ std::tuple<DArray, DArray> segment_coverage_hard(const IArray& prompt_ptr,
     std::vector<char> bad(static_cast<std::size_t>(nt), 0);
     {
         py::gil_scoped_release release;
-        parallel_for(nt, P, kGrainPrompts, [&](int tid, std::size_t b, std::size_t e) {
+        parallel_for(nt, P, coverage_grain(P, nt), [&](int tid, std::size_t b, std::size_t e) {
             bool flag = false;
             coverage_hard_kernel(ptr, lw, lab, C, self_normalize, b, e, pp, hh, &flag);
             if (flag) bad[static_cast<std::size_t>(tid)] = 1;
@@ -319,7 +326,7 @@ std::tuple<DArray, DArray> segment_coverage_soft(const IArray& prompt_ptr,
     const int nt = coverage_threads(P, static_cast<std::size_t>(log_weight.shape(0)), C);
     {
         py::gil_scoped_release release;
-        parallel_for(nt, P, kGrainPrompts, [&](int, std::size_t b, std::size_t e) {
+        parallel_for(nt, P, coverage_grain(P, nt), [&](int, std::size_t b, std::size_t e) {
             coverage_soft_kernel(ptr, lw, q, C, self_normalize, b, e, pp, hh);
         });
     }
@@ -343,7 +350,7 @@ DArray diversity_reward_hard(const IArray& prompt_ptr, const DArray& p, const IA
     std::vector<char> bad(static_cast<std::size_t>(nt), 0);
     {
         py::gil_scoped_release release;
-        parallel_for(nt, P, kGrainPrompts, [&](int tid, std::size_t b, std::size_t e) {
+        parallel_for(nt, P, coverage_grain(P, nt), [&](int tid, std::size_t b, std::size_t e) {
             bool flag = false;
             diversity_hard_kernel(ptr, pp, lab, C, b, e, dd, &flag);
             if (flag) bad[static_cast<std::size_t>(tid)] = 1;
@@ -370,7 +377,7 @@ DArray diversity_reward_soft(const IArray& prompt_ptr, const DArray& p, const DA
     const int nt = num_threads(N * C + P * C, kMinPerThread, P);
     {
         py::gil_scoped_release release;
-        parallel_for(nt, P, kGrainPrompts, [&](int, std::size_t b, std::size_t e) {
+        parallel_for(nt, P, coverage_grain(P, nt), [&](int, std::size_t b, std::size_t e) {
             diversity_soft_kernel(ptr, pp, q, C, b, e, dd);
         });
     }
