@@ -1,16 +1,18 @@
-// Column sums of with-replacement resamples. Indices come from 8 xoshiro128++ streams per
-// resample, keyed by (seed, resample, lane), so every backend produces the same resamples
-// whatever the number of threads (definition: the docstring of src/pope/backends/reference.py):
+// Column sums of Poisson-bootstrap resamples (definition: the docstring of
+// src/pope/backends/reference.py). Row i of resample b is drawn c_bi times, c_bi from a 16-bit
+// uniform u_bi and the table POISSON_TAILS (mean and variance exactly 1):
 //
-//   u_k      = splitmix64(splitmix64(seed) + (16 b + 2 l + k + 1) * G),  k = 0, 1
-//   state    = (lo32 u_0, hi32 u_0, lo32 u_1, hi32 u_1)   (0 -> s0 = 1)
-//   idx(b,i) = (x_{i / 8}(b, i mod 8) * n) >> 32           (Lemire's multiply-shift, n < 2^32)
+//   c_bi   = #{k : u_bi >= 65536 - T_k}
+//   u_bi   = 16-bit half (i mod 2) of x_{i / 16}(b, (i / 2) mod 8)
+//   out[b] = (n / N_b) sum_i c_bi v_i,  N_b = sum_i c_bi   (redrawn with the next key if 0)
 //
-// where x_t(b, l) is the t-th 32-bit output of lane l's stream. One 32-bit draw per index, no
-// 64-bit multiply: an AVX2 step advances the 8 lanes with adds, shifts and xors, and two
-// 32x32->64 multiplies map 8 outputs to indices. Each resample is processed in blocks of
-// kBlock draws: the indices of the block go to a small buffer (integer work), then the rows are
-// gathered and added (many independent loads in flight). Threads split the resamples.
+// where x_t(b, l) is the t-th 32-bit output of lane l of the 8 xoshiro128++ streams of resample
+// b, keyed by (seed, attempt, b, l). One step of the 8 streams gives the counts of 16
+// consecutive rows: 8 16-bit compares per 16 rows in an AVX2 register, the counts converted to
+// doubles and multiplied into 16 partial sums per column. No gather: the rows are read in
+// order, a block of 2048 rows at a time for a group of resamples (their streams and partial
+// sums stay in L1), so the values are read from L1/L2. Threads take groups of resamples; each
+// resample's arithmetic is the same whatever the thread count.
 #include "pope_common.hpp"
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
@@ -24,14 +26,26 @@ namespace pope {
 
 namespace boot_detail {
 
-constexpr std::size_t kMinPerThread = std::size_t{1} << 18;  // index draws per thread
-constexpr std::size_t kLanes = 8;                            // streams per resample
-constexpr std::size_t kBlock = 512;                          // draws per index buffer
+constexpr std::size_t kLanes = 8;           // streams per resample
+constexpr std::size_t kRowsPerStep = 16;    // 16-bit uniforms per step of the 8 streams
+constexpr std::size_t kBlockSteps = 128;    // steps per block of rows (2048 rows)
+constexpr std::size_t kBlockRows = kBlockSteps * kRowsPerStep;
+constexpr std::size_t kGroup = 16;          // resamples per group
+constexpr int kNumTails = 8;
+// u >= kThresh[k] <=> c > k: 65536 - POISSON_TAILS of reference.py
+constexpr std::uint32_t kThresh[kNumTails] = {24110, 48218, 60273, 64292,
+                                              65296, 65497, 65531, 65535};
+constexpr std::size_t kMinPerThread = std::size_t{1} << 20;  // row draws per thread
 
 // The 8 xoshiro128++ states of one resample, lane-major per state word (SoA).
 struct Streams {
     alignas(32) std::uint32_t s[4][kLanes];
 };
+
+// The key of attempt a (a >= 1 when a resample drew no row).
+inline std::uint64_t attempt_key(std::uint64_t key0, std::uint64_t a) {
+    return a == 0 ? key0 : splitmix64(key0 + a * kGolden);
+}
 
 inline Streams seed_streams(std::uint64_t key, std::uint64_t b) {
     Streams st;
@@ -50,9 +64,16 @@ inline Streams seed_streams(std::uint64_t key, std::uint64_t b) {
 
 inline std::uint32_t rotl32(std::uint32_t x, int k) { return (x << k) | (x >> (32 - k)); }
 
-// ib[8t + l] = idx of step t, lane l, for t < steps (portable version).
-void fill_generic(Streams& st, std::uint64_t n, std::size_t steps, std::uint32_t* ib) {
-    for (std::size_t t = 0; t < steps; ++t) {
+// One resample over `rows` rows of a block (rows <= kBlockRows): values column-major
+// vb[col * ld + r], partial sums acc[col * 16 + lane], lane = row mod 16; returns sum of counts.
+using BlockFn = std::uint64_t (*)(Streams&, const double*, std::size_t, std::size_t,
+                                  std::size_t, double*);
+
+std::uint64_t block_generic(Streams& st, const double* vb, std::size_t ld, std::size_t m,
+                            std::size_t rows, double* acc) {
+    std::uint64_t ntot = 0;
+    for (std::size_t r0 = 0; r0 < rows; r0 += kRowsPerStep) {
+        std::uint32_t c[kRowsPerStep];
         for (std::size_t l = 0; l < kLanes; ++l) {
             std::uint32_t& s0 = st.s[0][l];
             std::uint32_t& s1 = st.s[1][l];
@@ -66,9 +87,22 @@ void fill_generic(Streams& st, std::uint64_t n, std::size_t steps, std::uint32_t
             s0 ^= s3;
             s2 ^= u;
             s3 = rotl32(s3, 11);
-            ib[t * kLanes + l] = static_cast<std::uint32_t>((std::uint64_t{x} * n) >> 32);
+            for (int h = 0; h < 2; ++h) {
+                const std::uint32_t v16 = (x >> (16 * h)) & 0xFFFFu;
+                std::uint32_t k = 0;
+                for (int t = 0; t < kNumTails; ++t) k += v16 >= kThresh[t];
+                c[2 * l + h] = k;
+            }
+        }
+        const std::size_t len = std::min(kRowsPerStep, rows - r0);
+        for (std::size_t j = 0; j < len; ++j) {
+            ntot += c[j];
+            const double cj = static_cast<double>(c[j]);
+            for (std::size_t col = 0; col < m; ++col)
+                acc[col * kRowsPerStep + j] += cj * vb[col * ld + r0 + j];
         }
     }
+    return ntot;
 }
 
 #if POPE_HAVE_AVX2_PATH
@@ -76,15 +110,32 @@ __attribute__((target("avx2"))) inline __m256i rotl_avx2(__m256i x, int k) {
     return _mm256_or_si256(_mm256_slli_epi32(x, k), _mm256_srli_epi32(x, 32 - k));
 }
 
-// Same as fill_generic, the 8 lanes in one register (bit-identical: integer arithmetic only).
-__attribute__((target("avx2"))) void fill_avx2(Streams& st, std::uint64_t n, std::size_t steps,
-                                                 std::uint32_t* ib) {
+// Same counts as block_generic (integer arithmetic only); the partial sums use FMA.
+__attribute__((target("avx2,fma"))) std::uint64_t block_avx2(Streams& st, const double* vb,
+                                                             std::size_t ld, std::size_t m,
+                                                             std::size_t rows, double* acc) {
     __m256i s0 = _mm256_load_si256(reinterpret_cast<const __m256i*>(st.s[0]));
     __m256i s1 = _mm256_load_si256(reinterpret_cast<const __m256i*>(st.s[1]));
     __m256i s2 = _mm256_load_si256(reinterpret_cast<const __m256i*>(st.s[2]));
     __m256i s3 = _mm256_load_si256(reinterpret_cast<const __m256i*>(st.s[3]));
-    const __m256i nv = _mm256_set1_epi64x(static_cast<long long>(n));  // n < 2^32
-    const __m256i hi_mask = _mm256_set1_epi64x(static_cast<long long>(0xFFFFFFFF00000000ULL));
+    const __m256i flip = _mm256_set1_epi16(static_cast<short>(0x8000));
+    __m256i th[kNumTails];  // (t - 1) ^ 0x8000: signed u' > th <=> u >= t
+    for (int t = 0; t < kNumTails; ++t)
+        th[t] = _mm256_set1_epi16(static_cast<short>((kThresh[t] - 1) ^ 0x8000u));
+    __m256i ncount = _mm256_setzero_si256();  // 16-bit lanes: <= 8 * kBlockSteps each
+    const std::size_t full = rows / kRowsPerStep;
+    const std::size_t steps = (rows + kRowsPerStep - 1) / kRowsPerStep;
+    alignas(32) std::uint16_t keep[kRowsPerStep];
+    for (std::size_t j = 0; j < kRowsPerStep; ++j)
+        keep[j] = j < rows - full * kRowsPerStep ? 0xFFFF : 0;
+    const __m256i tail_mask = _mm256_load_si256(reinterpret_cast<const __m256i*>(keep));
+    __m256d a0 = _mm256_setzero_pd(), a1 = a0, a2 = a0, a3 = a0;
+    if (m == 1) {
+        a0 = _mm256_loadu_pd(acc);
+        a1 = _mm256_loadu_pd(acc + 4);
+        a2 = _mm256_loadu_pd(acc + 8);
+        a3 = _mm256_loadu_pd(acc + 12);
+    }
     for (std::size_t t = 0; t < steps; ++t) {
         const __m256i x = _mm256_add_epi32(rotl_avx2(_mm256_add_epi32(s0, s3), 7), s0);
         const __m256i u = _mm256_slli_epi32(s1, 9);
@@ -94,65 +145,129 @@ __attribute__((target("avx2"))) void fill_avx2(Streams& st, std::uint64_t n, std
         s0 = _mm256_xor_si256(s0, s3);
         s2 = _mm256_xor_si256(s2, u);
         s3 = rotl_avx2(s3, 11);
-        // (x * n) >> 32 per 32-bit lane: even lanes from the low dwords, odd from the high
-        const __m256i even = _mm256_srli_epi64(_mm256_mul_epu32(x, nv), 32);
-        const __m256i odd = _mm256_and_si256(_mm256_mul_epu32(_mm256_srli_epi64(x, 32), nv),
-                                             hi_mask);
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(ib + t * kLanes),
-                            _mm256_or_si256(even, odd));
+        // 16 rows: the 16-bit halves of the 8 outputs, in row order (little endian)
+        const __m256i us = _mm256_xor_si256(x, flip);
+        __m256i cnt = _mm256_setzero_si256();
+        for (int k = 0; k < kNumTails; ++k) cnt = _mm256_sub_epi16(cnt, _mm256_cmpgt_epi16(us, th[k]));
+        if (t == full) cnt = _mm256_and_si256(cnt, tail_mask);  // rows past the block's end
+        ncount = _mm256_add_epi16(ncount, cnt);
+        const __m256i c03 = _mm256_cvtepu16_epi32(_mm256_castsi256_si128(cnt));
+        const __m256i c47 = _mm256_cvtepu16_epi32(_mm256_extracti128_si256(cnt, 1));
+        const __m256d d0 = _mm256_cvtepi32_pd(_mm256_castsi256_si128(c03));
+        const __m256d d1 = _mm256_cvtepi32_pd(_mm256_extracti128_si256(c03, 1));
+        const __m256d d2 = _mm256_cvtepi32_pd(_mm256_castsi256_si128(c47));
+        const __m256d d3 = _mm256_cvtepi32_pd(_mm256_extracti128_si256(c47, 1));
+        const std::size_t r0 = t * kRowsPerStep;
+        if (m == 1) {
+            if (t < full) {
+                a0 = _mm256_fmadd_pd(d0, _mm256_loadu_pd(vb + r0), a0);
+                a1 = _mm256_fmadd_pd(d1, _mm256_loadu_pd(vb + r0 + 4), a1);
+                a2 = _mm256_fmadd_pd(d2, _mm256_loadu_pd(vb + r0 + 8), a2);
+                a3 = _mm256_fmadd_pd(d3, _mm256_loadu_pd(vb + r0 + 12), a3);
+            } else {  // the last, partial step: padded with zeros
+                alignas(32) double pad[kRowsPerStep];
+                for (std::size_t j = 0; j < kRowsPerStep; ++j)
+                    pad[j] = r0 + j < rows ? vb[r0 + j] : 0.0;
+                a0 = _mm256_fmadd_pd(d0, _mm256_load_pd(pad), a0);
+                a1 = _mm256_fmadd_pd(d1, _mm256_load_pd(pad + 4), a1);
+                a2 = _mm256_fmadd_pd(d2, _mm256_load_pd(pad + 8), a2);
+                a3 = _mm256_fmadd_pd(d3, _mm256_load_pd(pad + 12), a3);
+            }
+        } else {
+            for (std::size_t col = 0; col < m; ++col) {
+                const double* v = vb + col * ld + r0;
+                double* ac = acc + col * kRowsPerStep;
+                alignas(32) double pad[kRowsPerStep];
+                if (t == full) {  // the last, partial step
+                    for (std::size_t j = 0; j < kRowsPerStep; ++j)
+                        pad[j] = r0 + j < rows ? v[j] : 0.0;
+                    v = pad;
+                }
+                _mm256_storeu_pd(ac, _mm256_fmadd_pd(d0, _mm256_loadu_pd(v), _mm256_loadu_pd(ac)));
+                _mm256_storeu_pd(ac + 4, _mm256_fmadd_pd(d1, _mm256_loadu_pd(v + 4),
+                                                         _mm256_loadu_pd(ac + 4)));
+                _mm256_storeu_pd(ac + 8, _mm256_fmadd_pd(d2, _mm256_loadu_pd(v + 8),
+                                                         _mm256_loadu_pd(ac + 8)));
+                _mm256_storeu_pd(ac + 12, _mm256_fmadd_pd(d3, _mm256_loadu_pd(v + 12),
+                                                          _mm256_loadu_pd(ac + 12)));
+            }
+        }
+    }
+    if (m == 1) {
+        _mm256_storeu_pd(acc, a0);
+        _mm256_storeu_pd(acc + 4, a1);
+        _mm256_storeu_pd(acc + 8, a2);
+        _mm256_storeu_pd(acc + 12, a3);
     }
     _mm256_store_si256(reinterpret_cast<__m256i*>(st.s[0]), s0);
     _mm256_store_si256(reinterpret_cast<__m256i*>(st.s[1]), s1);
     _mm256_store_si256(reinterpret_cast<__m256i*>(st.s[2]), s2);
     _mm256_store_si256(reinterpret_cast<__m256i*>(st.s[3]), s3);
+    // horizontal sum of the 16 count lanes
+    const __m256i pairs = _mm256_madd_epi16(ncount, _mm256_set1_epi16(1));
+    alignas(32) std::int32_t p8[8];
+    _mm256_store_si256(reinterpret_cast<__m256i*>(p8), pairs);
+    std::uint64_t ntot = 0;
+    for (int j = 0; j < 8; ++j) ntot += static_cast<std::uint64_t>(p8[j]);
+    return ntot;
 }
 #endif
 
-using FillFn = void (*)(Streams&, std::uint64_t, std::size_t, std::uint32_t*);
-
-FillFn pick_fill() {
+BlockFn pick_block() {
 #if POPE_HAVE_AVX2_PATH
     __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx2")) return &fill_avx2;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return &block_avx2;
 #endif
-    return &fill_generic;
+    return &block_generic;
 }
 
-// Resamples [b0, b1) of a single column, 8 partial sums.
-void boot_m1(FillFn fill, const double* v, std::uint64_t n, std::uint64_t key, std::size_t b0,
-             std::size_t b1, double* out) {
-    alignas(32) std::uint32_t ib[kBlock];
-    for (std::size_t b = b0; b < b1; ++b) {
-        Streams st = seed_streams(key, b);
-        double a[kLanes] = {};
-        for (std::uint64_t s = 0; s < n; s += kBlock) {
-            const std::size_t len = static_cast<std::size_t>(std::min<std::uint64_t>(kBlock, n - s));
-            fill(st, n, (len + kLanes - 1) / kLanes, ib);
-            std::size_t j = 0;
-            for (; j + kLanes <= len; j += kLanes)
-                for (std::size_t l = 0; l < kLanes; ++l) a[l] += v[ib[j + l]];
-            for (; j < len; ++j) a[0] += v[ib[j]];
-        }
-        out[b] = ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
+// The 16 partial sums of a column in a fixed order.
+inline double sum16(const double* a) {
+    double s[4];
+    for (int j = 0; j < 4; ++j) s[j] = (a[j] + a[j + 4]) + (a[j + 8] + a[j + 12]);
+    return (s[0] + s[1]) + (s[2] + s[3]);
+}
+
+// Block [r, r + rows) of the (n, m) row-major values, column-major into vb (ld = kBlockRows);
+// with m == 1 the values are used in place.
+inline const double* block_values(const double* v, std::size_t m, std::size_t r,
+                                  std::size_t rows, double* vb) {
+    if (m == 1) return v + r;
+    for (std::size_t i = 0; i < rows; ++i)
+        for (std::size_t col = 0; col < m; ++col) vb[col * kBlockRows + i] = v[(r + i) * m + col];
+    return vb;
+}
+
+// Resamples [b0, b1) into out (rows b, m columns).
+void boot_group(BlockFn block, const double* v, std::size_t n, std::size_t m,
+                std::uint64_t key0, std::size_t b0, std::size_t b1, double* out) {
+    const std::size_t G = b1 - b0;
+    std::vector<Streams> st(G);
+    std::vector<double> acc(G * m * kRowsPerStep, 0.0);
+    std::vector<std::uint64_t> ntot(G, 0);
+    std::vector<double> vb(m > 1 ? m * kBlockRows : 0);
+    const std::size_t ld = m > 1 ? kBlockRows : n;
+    for (std::size_t g = 0; g < G; ++g) st[g] = seed_streams(key0, b0 + g);
+    for (std::size_t r = 0; r < n; r += kBlockRows) {
+        const std::size_t rows = std::min(kBlockRows, n - r);
+        const double* blk = block_values(v, m, r, rows, vb.data());
+        for (std::size_t g = 0; g < G; ++g)
+            ntot[g] += block(st[g], blk, ld, m, rows, acc.data() + g * m * kRowsPerStep);
     }
-}
-
-// Resamples [b0, b1) of m >= 2 columns: rows are added in draw order (as NumPy's axis-0 sum).
-void boot_rows(FillFn fill, const double* v, std::uint64_t n, std::size_t m, std::uint64_t key,
-               std::size_t b0, std::size_t b1, double* out) {
-    alignas(32) std::uint32_t ib[kBlock];
-    for (std::size_t b = b0; b < b1; ++b) {
-        Streams st = seed_streams(key, b);
-        double* acc = out + b * m;
-        std::fill(acc, acc + m, 0.0);
-        for (std::uint64_t s = 0; s < n; s += kBlock) {
-            const std::size_t len = static_cast<std::size_t>(std::min<std::uint64_t>(kBlock, n - s));
-            fill(st, n, (len + kLanes - 1) / kLanes, ib);
-            for (std::size_t j = 0; j < len; ++j) {
-                const double* row = v + static_cast<std::size_t>(ib[j]) * m;
-                for (std::size_t c = 0; c < m; ++c) acc[c] += row[c];
+    for (std::size_t g = 0; g < G; ++g) {
+        double* a = acc.data() + g * m * kRowsPerStep;
+        for (std::uint64_t att = 1; ntot[g] == 0; ++att) {  // no row drawn: the next key
+            std::fill(a, a + m * kRowsPerStep, 0.0);
+            Streams s = seed_streams(attempt_key(key0, att), b0 + g);
+            for (std::size_t r = 0; r < n; r += kBlockRows) {
+                const std::size_t rows = std::min(kBlockRows, n - r);
+                const double* blk = block_values(v, m, r, rows, vb.data());
+                ntot[g] += block(s, blk, ld, m, rows, a);
             }
         }
+        const double scale = static_cast<double>(n) / static_cast<double>(ntot[g]);
+        for (std::size_t col = 0; col < m; ++col)
+            out[(b0 + g) * m + col] = sum16(a + col * kRowsPerStep) * scale;
     }
 }
 
@@ -175,17 +290,13 @@ DArray bootstrap_sums(const DArray& values, std::int64_t n_boot, std::uint64_t s
     const double* v = values.data();
     double* o = out.mutable_data();
     const std::uint64_t key = splitmix64(seed);
-    static const FillFn fill = pick_fill();
+    static const BlockFn block = pick_block();
     {
         py::gil_scoped_release release;
-        const int nt = num_threads(B * static_cast<std::size_t>(n), kMinPerThread, B);
-        // blocks of about 2^20 draws
-        const std::size_t grain = std::max<std::size_t>(1, (std::size_t{1} << 20) / n);
-        parallel_for(nt, B, grain, [&](int, std::size_t b0, std::size_t b1) {
-            if (m == 1)
-                boot_m1(fill, v, n, key, b0, b1, o);
-            else
-                boot_rows(fill, v, n, m, key, b0, b1, o);
+        const std::size_t work = B * static_cast<std::size_t>(n) * std::max<std::size_t>(m, 1);
+        const int nt = num_threads(work, kMinPerThread, (B + kGroup - 1) / kGroup);
+        parallel_for(nt, B, kGroup, [&](int, std::size_t b0, std::size_t b1) {
+            boot_group(block, v, static_cast<std::size_t>(n), m, key, b0, b1, o);
         });
     }
     return out;

@@ -15,19 +15,15 @@ constexpr std::size_t kBatchResp = 2048;                     // responses per ba
 constexpr std::size_t kBatchCells = 4096;                    // histogram cells per batch
 constexpr std::size_t kGrainPrompts = 1024;                  // prompts per scheduling block
 
-// y[k] = exp(x[k]) for k < n.
-POPE_INLINE void exp_array(const double* x, std::size_t n, double* y) {
-    std::size_t k = 0;
-    for (; k + 4 <= n; k += 4) store4(y + k, exp_core<v4d, v4u>(load4(x + k)));
-    for (; k < n; ++k) y[k] = exp_core<double, std::uint64_t>(x[k]);
-}
-
 // Scratch buffers of one thread.
 struct Scratch {
-    std::vector<double> x, w, norm, cell_norm, t;
+    std::vector<double> x, w, norm, cell_norm, t, pv;
+    std::vector<std::uint32_t> occ;
     void reserve(std::size_t resp, std::size_t prompts, std::size_t cells) {
         if (x.size() < resp) x.resize(resp);
         if (w.size() < resp) w.resize(resp);
+        if (pv.size() < resp + 4) pv.resize(resp + 4);
+        if (occ.size() < resp + 1) occ.resize(resp + 1);
         if (norm.size() < prompts) norm.resize(prompts);
         if (cell_norm.size() < cells + 4) cell_norm.resize(cells + 4);
         if (t.size() < cells + 4) t.resize(cells + 4);
@@ -56,11 +52,9 @@ POPE_INLINE void batch_weights(const std::int64_t* ptr, const double* lw, std::s
     }
     for (std::size_t q = i; q < j; ++q) {
         const std::size_t s = static_cast<std::size_t>(ptr[q]);
-        const std::size_t e = static_cast<std::size_t>(ptr[q + 1]);
-        double mx = -kInf;
-        for (std::size_t k = s; k < e; ++k) mx = lw[k] > mx ? lw[k] : mx;
-        const double shift = std::isfinite(mx) ? mx : 0.0;
-        for (std::size_t k = s; k < e; ++k) sc.x[k - r0] = lw[k] - shift;
+        const std::size_t K = static_cast<std::size_t>(ptr[q + 1]) - s;
+        const double mx = seg_max(lw + s, K);
+        seg_sub(lw + s, K, std::isfinite(mx) ? mx : 0.0, sc.x.data() + (s - r0));
     }
     exp_array(sc.x.data(), R, sc.w.data());
 }
@@ -106,6 +100,16 @@ POPE_INLINE void batch_normalise_entropy(double* p, double* H, std::size_t i, st
 
 using namespace cov_detail;
 
+// Hard labels. Per prompt: the histogram is built in its row of p, and the occupied cells are
+// listed as they first receive a positive weight (branch-free append), so that only they need
+// a log: H = -sum_{occupied c} p_c log p_c, the logs of a whole batch in one vector loop. The
+// row is scaled by 1 / Z (one division per prompt: p within an ulp of hist / Z).
+// Hard labels. Per prompt: the histogram is built in its row of p, Z is the row's sum and the
+// row is scaled by 1 / Z (one division per prompt: p within an ulp of hist / Z); the cells are
+// listed as they first receive a positive weight (branch-free append), so that only occupied
+// cells need a log: p log p over the batch's list in one vector loop, written back into a
+// zeroed dense buffer whose row sums give H = -sum_c p_c log p_c. Loops run over the C cells
+// (a trip count that does not change between prompts) except the one over the responses.
 POPE_TARGET_CLONES
 void coverage_hard_kernel(const std::int64_t* ptr, const double* lw, const std::int64_t* labels,
                           std::size_t C, bool self_normalize, std::size_t i0, std::size_t i1,
@@ -115,27 +119,44 @@ void coverage_hard_kernel(const std::int64_t* ptr, const double* lw, const std::
     for (std::size_t i = i0; i < i1;) {
         const std::size_t j = batch_end(ptr, i, i1, C);
         const std::size_t r0 = static_cast<std::size_t>(ptr[i]);
-        sc.reserve(static_cast<std::size_t>(ptr[j]) - r0, j - i, (j - i) * C);
+        const std::size_t ncell = (j - i) * C;
+        sc.reserve(static_cast<std::size_t>(ptr[j]) - r0, j - i, ncell);
         batch_weights(ptr, lw, i, j, self_normalize, sc);
         const double* w = sc.w.data();
-        for (std::size_t q = i; q < j; ++q) {
-            double* row = p + q * C;
-            std::fill(row, row + C, 0.0);
-            const std::size_t s = static_cast<std::size_t>(ptr[q]);
-            const std::size_t e = static_cast<std::size_t>(ptr[q + 1]);
-            double z = 0.0;
+        std::uint32_t* occ = sc.occ.data();
+        double* pb = p + i * C;  // the batch's rows
+        std::size_t nocc = 0;
+        for (std::size_t q = 0; q < j - i; ++q) {
+            double* row = pb + q * C;
+            for (std::size_t c = 0; c < C; ++c) row[c] = 0.0;
+            const std::size_t s = static_cast<std::size_t>(ptr[i + q]);
+            const std::size_t e = static_cast<std::size_t>(ptr[i + q + 1]);
+            const std::uint32_t cell0 = static_cast<std::uint32_t>(q * C);
             for (std::size_t k = s; k < e; ++k) {
                 const std::int64_t a = labels[k];
                 if (a < 0 || static_cast<std::uint64_t>(a) >= C) {
                     bad = true;
                     continue;
                 }
-                row[a] += w[k - r0];
-                z += w[k - r0];
+                const double wk = w[k - r0];
+                const double prev = row[a];
+                occ[nocc] = cell0 + static_cast<std::uint32_t>(a);
+                nocc += (prev == 0.0) & (wk > 0.0);
+                row[a] = prev + wk;
             }
-            sc.norm[q - i] = self_normalize ? z : static_cast<double>(e - s);
+            const double norm = self_normalize ? row_sum(row, C) : static_cast<double>(e - s);
+            if (norm > 0.0) {
+                const double inv = 1.0 / norm;
+                for (std::size_t c = 0; c < C; ++c) row[c] *= inv;
+            }
         }
-        batch_normalise_entropy(p, H, i, j, C, sc);
+        double* pv = sc.pv.data();
+        for (std::size_t o = 0; o < nocc; ++o) pv[o] = pb[occ[o]];
+        xlogx_array(pv, nocc, pv);  // p log p; p == 0 (an underflow) gives 0
+        double* t = sc.t.data();
+        std::fill(t, t + ncell, 0.0);
+        for (std::size_t o = 0; o < nocc; ++o) t[occ[o]] = pv[o];
+        for (std::size_t q = 0; q < j - i; ++q) H[i + q] = -row_sum(t + q * C, C);
         i = j;
     }
     *bad_label = bad;
@@ -247,6 +268,13 @@ int coverage_threads(std::size_t n_prompts, std::size_t n_resp, std::size_t C) {
     return num_threads(n_resp * C + n_prompts * C, kMinPerThread, n_prompts);
 }
 
+// Prompts per scheduling block: about 4 blocks per thread, so that each thread writes long
+// contiguous runs of the fresh output (threads interleaving small blocks fault in the same
+// huge pages and wait for each other), and at least kGrainPrompts.
+std::size_t coverage_grain(std::size_t n_prompts, int nt) {
+    return std::max(kGrainPrompts, n_prompts / (4 * static_cast<std::size_t>(std::max(nt, 1))));
+}
+
 }  // namespace
 
 std::tuple<DArray, DArray> segment_coverage_hard(const IArray& prompt_ptr,
@@ -269,7 +297,7 @@ std::tuple<DArray, DArray> segment_coverage_hard(const IArray& prompt_ptr,
     std::vector<char> bad(static_cast<std::size_t>(nt), 0);
     {
         py::gil_scoped_release release;
-        parallel_for(nt, P, kGrainPrompts, [&](int tid, std::size_t b, std::size_t e) {
+        parallel_for(nt, P, coverage_grain(P, nt), [&](int tid, std::size_t b, std::size_t e) {
             bool flag = false;
             coverage_hard_kernel(ptr, lw, lab, C, self_normalize, b, e, pp, hh, &flag);
             if (flag) bad[static_cast<std::size_t>(tid)] = 1;
@@ -298,7 +326,7 @@ std::tuple<DArray, DArray> segment_coverage_soft(const IArray& prompt_ptr,
     const int nt = coverage_threads(P, static_cast<std::size_t>(log_weight.shape(0)), C);
     {
         py::gil_scoped_release release;
-        parallel_for(nt, P, kGrainPrompts, [&](int, std::size_t b, std::size_t e) {
+        parallel_for(nt, P, coverage_grain(P, nt), [&](int, std::size_t b, std::size_t e) {
             coverage_soft_kernel(ptr, lw, q, C, self_normalize, b, e, pp, hh);
         });
     }
@@ -322,7 +350,7 @@ DArray diversity_reward_hard(const IArray& prompt_ptr, const DArray& p, const IA
     std::vector<char> bad(static_cast<std::size_t>(nt), 0);
     {
         py::gil_scoped_release release;
-        parallel_for(nt, P, kGrainPrompts, [&](int tid, std::size_t b, std::size_t e) {
+        parallel_for(nt, P, coverage_grain(P, nt), [&](int tid, std::size_t b, std::size_t e) {
             bool flag = false;
             diversity_hard_kernel(ptr, pp, lab, C, b, e, dd, &flag);
             if (flag) bad[static_cast<std::size_t>(tid)] = 1;
@@ -349,7 +377,7 @@ DArray diversity_reward_soft(const IArray& prompt_ptr, const DArray& p, const DA
     const int nt = num_threads(N * C + P * C, kMinPerThread, P);
     {
         py::gil_scoped_release release;
-        parallel_for(nt, P, kGrainPrompts, [&](int, std::size_t b, std::size_t e) {
+        parallel_for(nt, P, coverage_grain(P, nt), [&](int, std::size_t b, std::size_t e) {
             diversity_soft_kernel(ptr, pp, q, C, b, e, dd);
         });
     }

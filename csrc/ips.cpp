@@ -9,10 +9,13 @@
 // kChunk elements are independent partials merged in order with the same rescaling, so the
 // result does not depend on the number of threads.
 //
-// The same pass validates the values (ips_moments_checked): pass 1 ORs a per-block "bad" mask
-// (log_target NaN or > 0; log_logging NaN, > 0 or -inf; reward NaN or +-inf) and counts the
-// rewards outside [0, 1]. Only a block whose mask is set is rescanned, element by element, to
-// find the first failing index of each check (IPS_CHECKS in reference.py).
+// The same pass validates the values (ips_moments_checked): pass 1 keeps per-block summaries
+// (log_target NaN or > 0; log_logging NaN, > 0 or -inf; reward NaN or +-inf; the min and max
+// of the rewards). Only a block whose summary flags a bad value is rescanned, element by
+// element, to find the first failing index of each check (IPS_CHECKS in reference.py), and
+// only a block with a reward outside [0, 1] is counted element by element. Weights use
+// exp_ftz_core (arguments l - M <= 0; a weight below e^-708 counts 0, which changes no sum:
+// each chunk's sum of weights contains exp(0) = 1).
 #include "pope_common.hpp"
 
 namespace pope {
@@ -48,20 +51,24 @@ void scan_bad(const double* a, const double* b, const double* c, std::size_t len
     }
 }
 
-POPE_INLINE double hmax4(v4d v) {
-    const double a = v[0] > v[1] ? v[0] : v[1];
-    const double b = v[2] > v[3] ? v[2] : v[3];
-    return a > b ? a : b;
-}
-
-POPE_INLINE double hsum4(v4d v) { return (v[0] + v[1]) + (v[2] + v[3]); }
-
 }  // namespace ips_detail
 
 using namespace ips_detail;
 
+// Rewards of a block outside [0, 1] (rescan of a block whose min or max is out of range).
+std::int64_t count_outside(const double* c, std::size_t len) {
+    std::int64_t k = 0;
+    for (std::size_t j = 0; j < len; ++j) k += (c[j] < 0.0) | (c[j] > 1.0);
+    return k;
+}
+
 // One chunk [0, n) of the three arrays into `out`. Has external linkage because GCC's
 // target_clones wants it.
+//
+// Pass 1 keeps the checks cheap and branch-free: per block, "t <= 0" fails for NaN, > 0 and
+// +inf (one compare); l * 0 and r * 0 are +-0 for finite values and NaN otherwise, summed into
+// one accumulator each (NaN, +-inf); max(l) > 0 catches l > 0; min and max of r tell whether a
+// reward is outside [0, 1] (the block is then counted element by element).
 POPE_TARGET_CLONES
 void ips_chunk_kernel(const double* lt, const double* ll, const double* rw, std::size_t n,
                       double clip, std::int64_t base, Partial* out) {
@@ -72,8 +79,8 @@ void ips_chunk_kernel(const double* lt, const double* ll, const double* rw, std:
     v4d acc_w{}, acc_w2{}, acc_wr{}, acc_wr2{}, acc_w2r{};
     v4d lrmax = ninf;
     v4i cnt{};
-    v4i outside{};
-    const v4d zero{}, one = splat4(1.0);
+    std::int64_t n_outside = 0;
+    const v4d zero{};
     double m_run = -kInf;
 
     for (std::size_t s = 0; s < n; s += kBlock) {
@@ -93,22 +100,28 @@ void ips_chunk_kernel(const double* lt, const double* ll, const double* rw, std:
             b = pad_l;
             c = pad_r;
         }
-        // Pass 1: clipped log-ratio, block max, clip count, unclipped max.
+        // Pass 1: clipped log-ratio, block max, clip count, unclipped max, checks.
         v4d blr = ninf;
-        v4i bad{};
+        v4i tbad{};
+        v4d lmax = splat4(-kInf), lfin{}, rfin{}, rmin{}, rmax{};
         for (std::size_t j = 0; j < kBlock; j += 4) {
             const v4d t = load4(a + j), l = load4(b + j), r = load4(c + j);
             const v4d lr = t - l;
             store4(buf + j, lr < clipv ? lr : clipv);
             blr = lr > blr ? lr : blr;
             cnt -= (lr > clipv);
-            // NaN fails every comparison: !(x <= 0) catches NaN, > 0 and +inf; r - r is 0
-            // exactly for finite r and NaN for NaN / +-inf.
-            bad |= ~(t <= zero) | ~(l <= zero) | (l == ninf) | ~((r - r) == zero);
-            outside -= (r < zero) | (r > one);
+            tbad |= ~(t <= zero);
+            lmax = l > lmax ? l : lmax;
+            lfin = l * zero + lfin;
+            rfin = r * zero + rfin;
+            rmin = r < rmin ? r : rmin;
+            rmax = r > rmax ? r : rmax;
         }
-        if ((bad[0] | bad[1] | bad[2] | bad[3]) != 0)
+        const v4i lrbad = ~(lfin == zero) | ~(rfin == zero) | (lmax > zero) | tbad;
+        if ((lrbad[0] | lrbad[1] | lrbad[2] | lrbad[3]) != 0)
             scan_bad(a, b, c, len, base + static_cast<std::int64_t>(s), out->first_bad);
+        const v4i oob = (rmin < zero) | (rmax > splat4(1.0));
+        if ((oob[0] | oob[1] | oob[2] | oob[3]) != 0) n_outside += count_outside(c, len);
         lrmax = blr > lrmax ? blr : lrmax;
         const double blr_max = hmax4(blr);
         const double bm = blr_max < clip ? blr_max : clip;  // = max_j min(lr_j, clip)
@@ -123,10 +136,13 @@ void ips_chunk_kernel(const double* lt, const double* ll, const double* rw, std:
             m_run = bm;
         }
         if (m_run == -kInf) continue;  // every weight so far is zero
-        // Pass 2: scaled weights and their products with the reward.
+        // Pass 2: scaled weights (arguments <= 0), in place; pass 3: their products with the
+        // reward. Apart, neither loop runs out of vector registers (no accumulator spills).
         const v4d mv = splat4(m_run);
+        for (std::size_t j = 0; j < kBlock; j += 4)
+            store4(buf + j, exp_ftz_core<v4d, v4u>(load4(buf + j) - mv));
         for (std::size_t j = 0; j < kBlock; j += 4) {
-            const v4d w = exp_core<v4d, v4u>(load4(buf + j) - mv);
+            const v4d w = load4(buf + j);
             const v4d wr = w * load4(c + j);
             acc_w += w;
             acc_w2 += w * w;
@@ -143,7 +159,7 @@ void ips_chunk_kernel(const double* lt, const double* ll, const double* rw, std:
     out->sw2r = hsum4(acc_w2r);
     out->n_clipped = cnt[0] + cnt[1] + cnt[2] + cnt[3];  // each true lane subtracted -1
     out->max_lr = hmax4(lrmax);
-    out->n_outside = outside[0] + outside[1] + outside[2] + outside[3];
+    out->n_outside = n_outside;
 }
 
 namespace {

@@ -42,18 +42,6 @@ struct Scratch {
     }
 };
 
-// y[k] = x[k] > 0 ? log(x[k]) : 0 for k < n, 4 lanes at a time.
-POPE_INLINE void log_pos_array(const double* x, std::size_t n, double* y) {
-    const v4d zero{}, one = splat4(1.0);
-    std::size_t k = 0;
-    for (; k + 4 <= n; k += 4) {
-        const v4d v = load4(x + k);
-        const auto pos = v > zero;
-        store4(y + k, pos ? log_core<v4d, v4u>(pos ? v : one) : zero);
-    }
-    for (; k < n; ++k) y[k] = x[k] > 0.0 ? log_scalar(x[k]) : 0.0;
-}
-
 // y[k] = exp(x[k] - shift) for k < n, 4 lanes at a time.
 POPE_INLINE void exp_shift_array(const double* x, double shift, std::size_t n, double* y) {
     const v4d sv = splat4(shift);
@@ -79,110 +67,223 @@ inline std::size_t prompt_weights(const double* lw, std::size_t s, std::size_t e
     return star;
 }
 
+// Buffers of one thread for a batch of prompts (hard labels).
+struct HardBatch {
+    std::vector<double> x, w, A, XA, na, inv, pz;
+    std::vector<std::uint32_t> cell, star;
+    void reserve(std::size_t rows, std::size_t prompts, std::size_t cells) {
+        if (x.size() < rows + 4) {
+            for (auto* v : {&x, &w, &inv}) v->resize(rows + 4);
+            na.resize(3 * rows + 12);  // a_k, numerators, denominators
+            XA.resize(3 * rows + 12);  // their logs
+            cell.resize(rows + 4);
+        }
+        if (A.size() < cells + 4) A.resize(cells + 4);
+        if (star.size() < prompts + 1) {
+            star.resize(prompts + 1);
+            pz.resize(6 * prompts + 4);
+        }
+    }
+};
+
+constexpr std::uint32_t kNone = 0xFFFFFFFFu;
+constexpr std::size_t kBatchResp = 512;   // responses per batch
+constexpr std::size_t kBatchCells = 1024;  // histogram cells per batch
+
+inline std::size_t jk_batch_end(const std::int64_t* ptr, std::size_t i, std::size_t i1,
+                                std::size_t C) {
+    std::size_t j = i + 1;
+    while (j < i1 && static_cast<std::size_t>(ptr[j + 1] - ptr[i]) <= kBatchResp &&
+           (j + 1 - i) * C <= kBatchCells)
+        ++j;
+    return j;
+}
+
+// sum_c x[c] over the C cells of a row but cell `skip` (C or more: none); lanes are masked,
+// so the loop's trip count does not depend on `skip`.
+POPE_INLINE double row_sum_except(const double* x, std::size_t C, std::size_t skip) {
+    const v4i sk = v4i{} + static_cast<std::int64_t>(skip);
+    v4i idx = {0, 1, 2, 3};
+    v4d acc{};
+    std::size_t c = 0;
+    for (; c + 4 <= C; c += 4) {
+        acc += idx != sk ? load4(x + c) : v4d{};
+        idx += 4;
+    }
+    double s = hsum4(acc);
+    for (; c < C; ++c) s += c != skip ? x[c] : 0.0;
+    return s;
+}
+
 }  // namespace jk_detail
 
 using namespace jk_detail;
 
-// Prompts [i0, i1), hard labels (already checked to lie in [0, C)).
+// Prompts [i0, i1), hard labels, in batches of prompts (a few thousand rows and cells).
+//
+// Per prompt, one loop over its rows builds the histogram (a dense batch buffer, zeroed over
+// its C cells), finds the (first) largest row (branch-free: l == max l for the first time) and
+// sums the other rows' weights, Z_ex (no cancellation); a second loop reads each row's cell
+// a_k = A[c_k] and forms the deletion's numerator a_k - w_k and denominator Z - t_k, and the
+// largest row's cell without it. Every log of the batch (log a_k, log(a_k - w_k),
+// log(Z - t_k), and per prompt log Z, log Z_ex, log a*_ex) and 1 / (Z - t_k) are vector loops.
+// A last loop per prompt needs no log: with sum_c a_c log a_c = sum_k w_k log a_k, and
+//
+//   H_{-k} = ((T - a_k + n_k) log d_k - (G - a_k log a_k + n_k log n_k)) / d_k
+//
+// (T = sum_c a_c, G = sum_c a_c log a_c, n_k = a_k - w_k, d_k = Z - t_k), the sum over the
+// deletions is T S1 - G S2 + S3 with S1 = sum_k log(d_k) / d_k, S2 = sum_k 1 / d_k and
+// S3 = sum_k ((n_k - a_k) log d_k + a_k log a_k - n_k log n_k) / d_k, accumulated in the same
+// loop as T and G. Deletions that leave no weight count H, the largest row's counts H_ex.
+// Labels outside [0, C) set *bad_label (the caller raises).
 POPE_TARGET_CLONES
 void jackknife_hard_kernel(const std::int64_t* ptr, const double* lw, const std::int64_t* lab,
                            std::size_t C, bool self_normalize, std::size_t i0, std::size_t i1,
-                           double* out) {
-    Scratch sc;
-    for (std::size_t i = i0; i < i1; ++i) {
-        const std::size_t s = static_cast<std::size_t>(ptr[i]);
-        const std::size_t e = static_cast<std::size_t>(ptr[i + 1]);
-        const std::size_t K = e - s;
-        if (K == 0) {
-            out[i] = 0.0;
-            continue;
+                           double* out, bool* bad_label) {
+    HardBatch bt;
+    bool bad = false;
+    for (std::size_t i = i0; i < i1;) {
+        const std::size_t j = jk_batch_end(ptr, i, i1, C);
+        const std::size_t nq = j - i;
+        const std::size_t r0 = static_cast<std::size_t>(ptr[i]);
+        const std::size_t R = static_cast<std::size_t>(ptr[j]) - r0;
+        bt.reserve(R, nq, nq * C);
+        double* w = bt.w.data();
+        // per prompt, in blocks of nq: Z, Z_ex, a*_ex, then (log space) max l
+        double* pz = bt.pz.data();
+        double* pmx = pz + 3 * nq;
+        // weights: exp(l - max l) (self-normalised) or exp(l)
+        for (std::size_t q = 0; q < nq; ++q) {
+            const std::size_t s = static_cast<std::size_t>(ptr[i + q]);
+            const std::size_t K = static_cast<std::size_t>(ptr[i + q + 1]) - s;
+            const double mx = seg_max(lw + s, K);
+            pmx[q] = mx;
+            seg_sub(lw + s, K, self_normalize && std::isfinite(mx) ? mx : 0.0,
+                    bt.x.data() + (s - r0));
         }
-        sc.reserve(K, C);
-        const std::size_t star = prompt_weights(lw, s, e, self_normalize, sc);
-        const double* w = sc.w.data();
-        double* a = sc.a.data();
-        std::fill(a, a + C, 0.0);
-        double z_ex = 0.0;
-        for (std::size_t k = s; k < e; ++k) {  // sums without the largest-weight row
-            if (k == star) continue;
-            a[lab[k]] += w[k - s];
-            z_ex += w[k - s];
+        exp_array(bt.x.data(), R, w);
+        double* A = bt.A.data();
+        std::uint32_t* cell = bt.cell.data();
+        for (std::size_t q = 0; q < nq; ++q) {
+            double* row = A + q * C;
+            for (std::size_t c = 0; c < C; ++c) row[c] = 0.0;
+            const std::size_t s = static_cast<std::size_t>(ptr[i + q]) - r0;
+            const std::size_t e = static_cast<std::size_t>(ptr[i + q + 1]) - r0;
+            // the shifted log weight of the largest row is exactly 0 (or max l itself)
+            const double xm = self_normalize && std::isfinite(pmx[q]) ? 0.0 : pmx[q];
+            const double* x = bt.x.data();
+            const std::uint32_t cell0 = static_cast<std::uint32_t>(q * C);
+            std::uint32_t st = kNone;
+            double z_ex = 0.0;
+            for (std::size_t k = s; k < e; ++k) {
+                std::int64_t a = lab[r0 + k];
+                if (a < 0 || static_cast<std::uint64_t>(a) >= C) {
+                    bad = true;
+                    a = 0;
+                }
+                const double wk = w[k];
+                cell[k] = cell0 + static_cast<std::uint32_t>(a);
+                row[a] += wk;
+                const bool is_star = (st == kNone) & (x[k] == xm);
+                st = is_star ? static_cast<std::uint32_t>(k) : st;
+                z_ex += wk * static_cast<double>(!is_star);
+            }
+            if (!std::isfinite(pmx[q])) st = kNone;
+            bt.star[q] = st;
+            const double K = static_cast<double>(e - s);
+            double z = st != kNone ? z_ex + w[st] : z_ex;
+            if (!self_normalize) {
+                z = K;
+                z_ex = K - 1.0;
+            }
+            pz[q] = z;
+            pz[nq + q] = z_ex;
         }
-        double a_star_ex = 0.0, w_star = 0.0;
-        std::size_t c_star = 0;
-        if (star != SIZE_MAX) {
-            c_star = static_cast<std::size_t>(lab[star]);
-            w_star = w[star - s];
-            a_star_ex = a[c_star];
-            a[c_star] += w_star;
+        // a_k, the numerators and the denominators, in one buffer so that one vector loop
+        // takes all their logs
+        const std::size_t R4 = (R + 3) & ~std::size_t{3};
+        double* ac = bt.na.data();
+        double* na = ac + R4;
+        double* den = na + R4;
+        for (std::size_t q = 0; q < nq; ++q) {
+            const std::size_t s = static_cast<std::size_t>(ptr[i + q]) - r0;
+            const std::size_t e = static_cast<std::size_t>(ptr[i + q + 1]) - r0;
+            const double z = pz[q];
+            const std::uint32_t st = bt.star[q];
+            const std::uint32_t cs = st != kNone ? cell[st] : kNone;
+            double a_ex = 0.0;  // the largest row's cell without it
+            for (std::size_t k = s; k < e; ++k) {
+                const double wk = w[k];
+                const double a = A[cell[k]];
+                ac[k] = a;
+                na[k] = std::max(a - wk, 0.0);
+                den[k] = z - (self_normalize ? wk : 1.0);
+                a_ex += wk * static_cast<double>((cell[k] == cs) & (k != st));
+            }
+            pz[2 * nq + q] = a_ex;
         }
-        const double kf = static_cast<double>(K);
-        double z;
-        if (self_normalize) {
-            z = star != SIZE_MAX ? z_ex + w_star : z_ex;
-        } else {
-            z = kf;
-            z_ex = kf - 1.0;
+        // the batch's logs and reciprocals
+        double* inv = bt.inv.data();
+        const v4d zero{}, one = splat4(1.0);
+        std::size_t k = 0;
+        for (; k + 4 <= R; k += 4) {
+            const v4d d = load4(den + k);
+            const auto pos = d > zero;
+            store4(inv + k, pos ? one / (pos ? d : one) : zero);
         }
-        // a log a per cell (vector logs); totals over the cells other than the largest-weight
-        // row's, then with that cell
-        double* xa = sc.xa.data();
-        log_pos_array(a, C, xa);
-        double tot_o = 0.0, g_o = 0.0;
-        for (std::size_t c = 0; c < C; ++c) {
-            xa[c] *= a[c];
-            if (star != SIZE_MAX && c == c_star) continue;
-            tot_o += a[c];
-            g_o += xa[c];
-        }
-        double tot = tot_o, g = g_o;
-        if (star != SIZE_MAX) {
-            tot += a[c_star];
-            g += xa[c_star];
-        }
-        const double h = hist_entropy(tot, g, z, 0.0);
-        if (K == 1) {
-            out[i] = h;
-            continue;
-        }
-        if (!(z > 0.0)) {
-            out[i] = 0.0;
-            continue;
-        }
-        double h_ex = h;
-        if (star != SIZE_MAX)  // summed afresh: no cancellation against the largest weight
-            h_ex = hist_entropy(tot_o + a_star_ex, g_o + xlogx(a_star_ex), z_ex, h);
-        // leave-one-out numerators a_k - w_k and denominators z - t_k, then their logs
-        double* na = sc.t0.data();
-        double* den = sc.t1.data();
-        for (std::size_t k = s; k < e; ++k) {
-            const double wk = w[k - s];
-            na[k - s] = std::max(a[lab[k]] - wk, 0.0);
-            den[k - s] = z - (self_normalize ? wk : 1.0);
-        }
-        log_pos_array(na, K, na);  // in place: na and den now hold the logs
-        log_pos_array(den, K, den);
-        const double* lna = na;
-        double s_del = 0.0;
-        for (std::size_t k = s; k < e; ++k) {
-            if (k == star) {
-                s_del += h_ex;
+        for (; k < R; ++k) inv[k] = den[k] > 0.0 ? 1.0 / den[k] : 0.0;
+        for (k = R; k < R4; ++k) ac[k] = na[k] = den[k] = 0.0;  // padding
+        // log a_k, log of the numerators (0 where 0), of the denominators (0 where <= 0)
+        log_pos_array(ac, 3 * R4, bt.XA.data());
+        const double* la = bt.XA.data();
+        const double* lna = la + R4;
+        const double* lden = lna + R4;
+        double* lz = pz + 3 * nq;
+        log_pos_array(pz, 3 * nq, lz);
+        for (std::size_t q = 0; q < nq; ++q) {
+            const std::size_t s = static_cast<std::size_t>(ptr[i + q]) - r0;
+            const std::size_t e = static_cast<std::size_t>(ptr[i + q + 1]) - r0;
+            const std::size_t Kn = e - s;
+            if (Kn == 0) {
+                out[i + q] = 0.0;
                 continue;
             }
-            const double wk = w[k - s];
-            const double d = z - (self_normalize ? wk : 1.0);
-            if (!(d > 0.0)) {
-                s_del += h;
+            const std::uint32_t st = bt.star[q];
+            const std::uint32_t cs = st != kNone ? cell[st] : kNone;
+            double t0 = 0.0, g0 = 0.0, s1 = 0.0, s2 = 0.0, s3 = 0.0, nf = 0.0;
+            for (std::size_t k = s; k < e; ++k) {
+                const double wk = w[k];
+                const double other = static_cast<double>(cell[k] != cs);  // outside c*
+                t0 += wk * other;
+                g0 += wk * la[k] * other;
+                const double a = ac[k];
+                const double nk = std::max(a - wk, 0.0);
+                const double iv = inv[k] * static_cast<double>(k != st);  // star: apart
+                s1 += lden[k] * iv;
+                s2 += iv;
+                s3 += ((nk - a) * lden[k] + a * la[k] - nk * lna[k]) * iv;
+                nf += static_cast<double>((k != st) & !(inv[k] > 0.0));
+            }
+            const double a_cs = st != kNone ? ac[st] : 0.0;
+            const double tot = t0 + a_cs;
+            const double g = st != kNone ? g0 + a_cs * la[st] : g0;
+            const double z = pz[q], z_ex = pz[nq + q], a_ex = pz[2 * nq + q];
+            const double h = z > 0.0 ? (tot * lz[q] - g) / z : 0.0;
+            if (Kn == 1 || !(z > 0.0)) {
+                out[i + q] = Kn == 1 ? h : 0.0;
                 continue;
             }
-            const double aa = a[lab[k]];
-            const double nk = std::max(aa - wk, 0.0);
-            const double sum_num = tot - aa + nk;
-            const double sum_g = g - xa[lab[k]] + nk * lna[k - s];
-            s_del += (sum_num * den[k - s] - sum_g) / d;
+            double h_ex = h;  // the largest row's deletion, from the sums without it
+            if (st != kNone && z_ex > 0.0)
+                h_ex = ((t0 + a_ex) * lz[nq + q] - (g0 + a_ex * lz[2 * nq + q])) / z_ex;
+            double acc = tot * s1 - g * s2 + s3 + nf * h;
+            if (st != kNone) acc += h_ex;
+            const double kf = static_cast<double>(Kn);
+            out[i + q] = kf * h - (kf - 1.0) / kf * acc;
         }
-        out[i] = kf * h - (kf - 1.0) / kf * s_del;
+        i = j;
     }
+    *bad_label = bad;
 }
 
 // Prompts [i0, i1), soft rows q (N, C).
@@ -286,22 +387,27 @@ DArray segment_jackknife_entropy_hard(const IArray& prompt_ptr, const DArray& lo
     DArray out(static_cast<py::ssize_t>(P));
     double* o = out.mutable_data();
     const std::int64_t* lab = labels.data();
-    for (std::size_t k = 0; k < N; ++k)
-        require(lab[k] >= 0 && static_cast<std::size_t>(lab[k]) < C,
-                "segment_jackknife_entropy_hard: labels must lie in [0, n_aspects)");
-    if (C == 1 || N == 0) {
+    if (N == 0 || C == 1) {
+        for (std::size_t k = 0; k < N; ++k)
+            require(lab[k] >= 0 && static_cast<std::size_t>(lab[k]) < C,
+                    "segment_jackknife_entropy_hard: labels must lie in [0, n_aspects)");
         std::fill(o, o + P, 0.0);
         return out;
     }
     const std::int64_t* ptr = prompt_ptr.data();
     const double* lw = log_weight.data();
+    const int nt = num_threads(N, kMinPerThread, P);
+    std::vector<char> bad(static_cast<std::size_t>(nt), 0);
     {
         py::gil_scoped_release release;
-        const int nt = num_threads(N, kMinPerThread, P);
-        parallel_for(nt, P, kGrainPrompts, [&](int, std::size_t b, std::size_t e) {
-            jackknife_hard_kernel(ptr, lw, lab, C, self_normalize, b, e, o);
+        parallel_for(nt, P, kGrainPrompts, [&](int tid, std::size_t b, std::size_t e) {
+            bool flag = false;
+            jackknife_hard_kernel(ptr, lw, lab, C, self_normalize, b, e, o, &flag);
+            if (flag) bad[static_cast<std::size_t>(tid)] = 1;
         });
     }
+    for (char f : bad)
+        require(!f, "segment_jackknife_entropy_hard: labels must lie in [0, n_aspects)");
     return out;
 }
 

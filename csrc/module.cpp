@@ -52,9 +52,10 @@ PYBIND11_MODULE(_ext, m) {
           "As segment_jackknife_entropy_hard with soft aspect rows (N, C).");
     m.def("bootstrap_sums", &pope::bootstrap_sums, py::arg("values"), py::arg("n_boot"),
           py::arg("seed"),
-          "Column sums (n_boot, m) of with-replacement resamples of the rows of values;\n"
-          "indices from 8 xoshiro128++ streams per resample keyed by (seed, b, lane)\n"
-          "(Lemire multiply-shift on 32-bit draws); see pope.backends.reference.");
+          "Column sums (n_boot, m) of Poisson-bootstrap resamples of the rows of values,\n"
+          "rescaled to n rows: out[b] = (n / N_b) sum_i c_bi v_i; counts from 16-bit\n"
+          "uniforms of 8 xoshiro128++ streams per resample keyed by (seed, b, lane);\n"
+          "see pope.backends.reference.");
     m.def("splitmix64", &pope::splitmix64, py::arg("z"), "SplitMix64 finaliser of one uint64.");
     m.def("elementary_sums_hard", &pope::elementary_sums_hard, py::arg("prompt_ptr"),
           py::arg("weight"), py::arg("labels"), py::arg("n_aspects"), py::arg("degree"),

@@ -240,6 +240,31 @@ def test_ips_moments_checked_first_bad(be, rng, arg) -> None:
             _check_checked(be, *a, 1.0)
 
 
+def test_ips_moments_checked_rewards_outside_some_blocks(be, rng) -> None:
+    """Rewards in [0, 1] except a few, in some blocks only (the compiled passes count a block
+    element by element only when its min or max is out of range): exact count, as the
+    reference; 0 and 1 themselves are inside."""
+    n = 3 * (1 << 16) + 5
+    lt, ll, _ = (np.minimum(a, 0.0) for a in _ips_case(rng, n))
+    r = rng.random(n)
+    r[[0, 1, 511, 512, 70_000, n - 1]] = [-0.5, 1.5, -1e-300, 1.0 + 2**-52, 7.0, -3.0]
+    r[[2, 3, 600]] = [0.0, 1.0, -0.0]
+    _check_checked(be, lt, ll, r, np.inf)
+    got, _ = be.ips_moments_checked(lt, ll, r, np.inf)
+    assert got[9] == 6
+
+
+def test_ips_moments_checked_subnormal_weights(be, rng) -> None:
+    """Log-ratios spread over [-740, 0]: scaled weights below e^-708 are subnormal in NumPy and
+    may count 0 in a compiled pass; each sum holds a weight of 1, so the difference is below
+    1e-307 of it, far inside RTOL."""
+    n = 70_001
+    lt = -rng.random(n) * 740.0
+    ll = np.zeros(n)
+    lt[12_345] = 0.0
+    _check_checked(be, lt, ll, rng.random(n), np.inf)
+
+
 def test_ips_moments_checked_read_only(be, rng) -> None:
     lt, ll, r = (np.minimum(a, 0.0) for a in _ips_case(rng, 70_001))
     for a in (lt, ll, r):
@@ -423,6 +448,21 @@ def test_jackknife_degenerate_prompts(be, rng, self_normalize) -> None:
                                              self_normalize).shape == (0,)
 
 
+@pytest.mark.parametrize("self_normalize", [True, False])
+def test_jackknife_tiny_weights(be, rng, self_normalize) -> None:
+    """Prompts whose other weights are e^-690..e^-707 below the largest (near the smallest
+    normal number; deeper, the weights are subnormal with a few significant bits and the
+    leave-one-out entropy of what is left is not defined to 1e-12 by any exp): the largest
+    row's deletion leaves only such weights, summed afresh, not by cancellation."""
+    ptr = _ragged(rng, 2000, 9, p_empty=0.05)
+    n = int(ptr[-1])
+    lw = -rng.uniform(690.0, 707.0, n)
+    starts = ptr[:-1][np.diff(ptr) > 0]
+    lw[starts] = 0.0  # one large weight per prompt
+    labels = rng.integers(0, 4, n)
+    _check_jackknife(be, ptr, lw, labels, _soft(rng, n, 4), 4, self_normalize)
+
+
 def test_jackknife_thread_count_invariant_and_errors(be, rng, monkeypatch) -> None:
     ptr = _ragged(rng, 20_000, 12)
     n = int(ptr[-1])
@@ -494,9 +534,11 @@ SEEDS = [0, 1, 12345, 2**63, 2**64 - 2, 2**64 - 1]
 
 
 @pytest.mark.parametrize("seed", SEEDS)
-@pytest.mark.parametrize("n", [1, 2, 3, 7, 513, 1031])
-def test_bootstrap_indices_bit_identical(be, rng, seed, n) -> None:
-    """Integer-valued columns: sums are exact in any order, so equality means equal indices."""
+@pytest.mark.parametrize("n", [1, 2, 3, 15, 16, 17, 513, 2047, 2049, 4111])
+def test_bootstrap_counts_bit_identical(be, rng, seed, n) -> None:
+    """Integer-valued columns: the sums are exact in any order and the rescaling n / N_b is
+    the same expression, so equality means equal counts (n = 1, 2 redraw often: N_b = 0 has
+    probability 0.37, 0.14)."""
     values = np.stack([np.arange(n, dtype=np.float64), np.arange(n, dtype=np.float64) ** 2], axis=1)
     values = np.concatenate([values, rng.integers(0, 1000, (n, 1)).astype(np.float64)], axis=1)
     for cols in ([0], [1], [0, 1, 2]):
@@ -506,10 +548,14 @@ def test_bootstrap_indices_bit_identical(be, rng, seed, n) -> None:
         )
 
 
-def _xoshiro_indices_scalar(n: int, b: int, seed: int) -> list[int]:
-    """idx(b, i), i < n, from the definition in the reference docstring, in plain Python ints
-    (an independent implementation of the stream, not NumPy's)."""
+_TAILS = (41426, 17318, 5263, 1244, 240, 39, 5, 1)  # the definition's table, restated
+
+
+def _poisson_counts_scalar(n: int, b: int, seed: int, attempt: int) -> list[int]:
+    """c_bi, i < n, from the definition in the reference docstring, in plain Python ints
+    (an independent implementation of the streams and the count table, not NumPy's)."""
     mask64, mask32 = (1 << 64) - 1, (1 << 32) - 1
+    golden = 0x9E3779B97F4A7C15
 
     def sm(z: int) -> int:
         z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask64
@@ -520,59 +566,90 @@ def _xoshiro_indices_scalar(n: int, b: int, seed: int) -> list[int]:
         return ((x << k) | (x >> (32 - k))) & mask32
 
     key = sm(seed)
+    if attempt:
+        key = sm((key + attempt * golden) & mask64)
     lanes = []
     for lane in range(8):
         c = 16 * b + 2 * lane
-        u0 = sm((key + (c + 1) * 0x9E3779B97F4A7C15) & mask64)
-        u1 = sm((key + (c + 2) * 0x9E3779B97F4A7C15) & mask64)
+        u0 = sm((key + (c + 1) * golden) & mask64)
+        u1 = sm((key + (c + 2) * golden) & mask64)
         st = [u0 & mask32, u0 >> 32, u1 & mask32, u1 >> 32]
         if not any(st):
             st[0] = 1
         lanes.append(st)
     out = []
-    for i in range(n):
-        s = lanes[i % 8]
-        x = (rotl((s[0] + s[3]) & mask32, 7) + s[0]) & mask32
-        u = (s[1] << 9) & mask32
-        s[2] ^= s[0]
-        s[3] ^= s[1]
-        s[1] ^= s[2]
-        s[0] ^= s[3]
-        s[2] ^= u
-        s[3] = rotl(s[3], 11)
-        out.append((x * n) >> 32)
-    return out
+    for _ in range(-(-n // 16)):
+        for s in lanes:
+            x = (rotl((s[0] + s[3]) & mask32, 7) + s[0]) & mask32
+            u = (s[1] << 9) & mask32
+            s[2] ^= s[0]
+            s[3] ^= s[1]
+            s[1] ^= s[2]
+            s[0] ^= s[3]
+            s[2] ^= u
+            s[3] = rotl(s[3], 11)
+            for half in (x & 0xFFFF, x >> 16):
+                out.append(sum(half >= 65536 - t for t in _TAILS))
+    return out[:n]
 
 
 @pytest.mark.parametrize("seed", [0, 12345, 2**64 - 1])
-def test_bootstrap_reference_indices_match_definition(seed) -> None:
+def test_bootstrap_reference_counts_match_definition(seed) -> None:
+    assert tuple(ref.POISSON_TAILS) == _TAILS
     for n, b in ((1, 0), (9, 3), (37, 0), (1000, 17)):
-        got = ref.bootstrap_indices(n, seed, b, b + 1)[0]
-        np.testing.assert_array_equal(got, _xoshiro_indices_scalar(n, b, seed))
+        for attempt in (0, 2):
+            u = ref.bootstrap_uniforms(n, seed, np.array([b]), attempt)[0]
+            got = (u[:, None] >= 65536 - np.array(_TAILS)).sum(axis=1)
+            np.testing.assert_array_equal(got, _poisson_counts_scalar(n, b, seed, attempt))
+    # a resample without rows is drawn again with the next attempt
+    c = ref.bootstrap_counts(1, 5, 0, 300)
+    assert (c >= 1).all()
+    redrawn = [b for b in range(300) if _poisson_counts_scalar(1, b, 5, 0) == [0]]
+    assert 60 < len(redrawn) < 160  # P(c = 0) = 0.368
+    for b in redrawn[:5]:
+        a = 1
+        while _poisson_counts_scalar(1, b, 5, a) == [0]:
+            a += 1
+        assert c[b, 0] == _poisson_counts_scalar(1, b, 5, a)[0]
 
 
-def test_bootstrap_indices_uniform() -> None:
-    """Counts of each index over 2000 resamples of n = 1000: chi-square within 5 sd of its
-    mean (df = n - 1); consecutive resamples are not correlated."""
-    idx = ref.bootstrap_indices(1000, 7, 0, 2000)
-    counts = np.bincount(idx.ravel(), minlength=1000)
-    chi2 = ((counts - 2000.0) ** 2 / 2000.0).sum()
-    assert abs(chi2 - 999) < 5 * math.sqrt(2 * 999)
-    c = np.array([np.bincount(row, minlength=1000) for row in idx[:200]], dtype=float)
-    r = np.corrcoef(c[:-1].ravel(), c[1:].ravel())[0, 1]
-    assert abs(r) < 5 / math.sqrt(c[1:].size)
+def test_bootstrap_count_distribution() -> None:
+    """Counts of 2000 resamples of n = 1000 rows: the frequencies of 0..8 match the table
+    (chi-square within 5 sd of its mean), mean and variance are 1 within 5 standard errors,
+    and neighbouring rows, lanes of a step and consecutive resamples are uncorrelated."""
+    c = ref.bootstrap_counts(1000, 7, 0, 2000)
+    tails = np.array((65536, *_TAILS, 0), dtype=float)
+    pmf = (tails[:-1] - tails[1:]) / 65536.0
+    np.testing.assert_allclose(pmf @ np.arange(9), 1.0, rtol=0, atol=1e-15)
+    np.testing.assert_allclose(pmf @ np.arange(9) ** 2 - 1.0, 1.0, rtol=0, atol=1e-15)
+    freq = np.bincount(c.ravel(), minlength=9)
+    assert freq.size == 9
+    expect = pmf * c.size
+    keep = expect > 20  # the chi-square approximation needs expected counts well above 5
+    chi2 = ((freq[keep] - expect[keep]) ** 2 / expect[keep]).sum()
+    df = keep.sum() - 1
+    assert abs(chi2 - df) < 5 * math.sqrt(2 * df)
+    x = c.ravel().astype(float)
+    se_mean = 1.0 / math.sqrt(x.size)  # sd of c is 1
+    assert abs(x.mean() - 1.0) < 5 * se_mean
+    se_var = math.sqrt((3.9991 - 1.0) / x.size)  # Var(c^2 - ...) ~ (mu4 - sigma^4) / N
+    assert abs(x.var() - 1.0) < 5 * se_var
+    for a, b in ((c[:, :-1], c[:, 1:]), (c[:-1], c[1:]), (c[:, :-16], c[:, 16:])):
+        r = np.corrcoef(a.ravel(), b.ravel())[0, 1]
+        assert abs(r) < 5 / math.sqrt(a.size)
 
 
 @pytest.mark.parametrize("seed", SEEDS)
-def test_bootstrap_index_multiset_exact(be, seed) -> None:
-    """Base-(n+1) digits: the single-column sum encodes the count of every index exactly."""
+def test_bootstrap_one_hot_columns(be, seed) -> None:
+    """One-hot rows: out[b, i] = c_bi n / N_b, so each replicate sums to n and its ratios to
+    the smallest positive entry are the counts."""
     n = 11
-    v = (float(n + 1) ** np.arange(n)).reshape(n, 1)
-    got = be.bootstrap_sums(v, 200, seed)
-    np.testing.assert_array_equal(got, ref.bootstrap_sums(v, 200, seed))
-    counts = be.bootstrap_sums(np.eye(n), 200, seed)  # m = n columns: per-index counts
-    np.testing.assert_array_equal(counts, ref.bootstrap_sums(np.eye(n), 200, seed))
-    np.testing.assert_array_equal(counts.sum(axis=1), n)
+    got = be.bootstrap_sums(np.eye(n), 200, seed)
+    np.testing.assert_array_equal(got, ref.bootstrap_sums(np.eye(n), 200, seed))
+    np.testing.assert_allclose(got.sum(axis=1), n, rtol=4 * n * np.finfo(float).eps)
+    counts = ref.bootstrap_counts(n, seed, 0, 200)
+    np.testing.assert_allclose(got * counts.sum(axis=1, keepdims=True) / n, counts,
+                               rtol=0, atol=1e-12)
 
 
 @pytest.mark.parametrize("m", [1, 4])
@@ -584,20 +661,40 @@ def test_bootstrap_float_values(be, rng, m) -> None:
     assert_close(be.bootstrap_sums(vs, 16, 7), ref.bootstrap_sums(vs, 16, 7), scale=scale)
 
 
+def test_bootstrap_replicates_mean_and_variance(be, rng) -> None:
+    """The replicate means out[b] / n of a skewed sample: their average is the sample mean and
+    their variance s^2 E[1/N_b] (s^2 with divisor n; N_b ~ Poisson(n) given N_b > 0, so
+    E[1/N_b] = (1 + 1/n + 2/n^2 + ...) / n), each within 5 standard errors of B replicates
+    (normal replicate means: sd(mean) = sd / sqrt(B), sd(var) = var sqrt(2 / (B - 1)))."""
+    n, B = 400, 20_000
+    x = rng.exponential(1.0, n) ** 2
+    reps = be.bootstrap_sums(x[:, None], B, 3)[:, 0] / n
+    s2 = x.var()
+    var_theory = s2 * (1.0 + 1.0 / n + 2.0 / n**2) / n
+    assert abs(reps.mean() - x.mean()) < 5 * math.sqrt(var_theory / B)
+    assert abs(reps.var(ddof=1) / var_theory - 1.0) < 5 * math.sqrt(2.0 / (B - 1)) + 0.02
+    # 0.02: the replicate means of a skewed sample are not exactly normal (sd(var) larger)
+    ratio = be.bootstrap_sums(np.column_stack([x, np.ones(n)]), 2000, 4)
+    np.testing.assert_allclose(ratio[:, 1], n, rtol=1e-14)  # the count column is n exactly
+
+
 def test_bootstrap_edge_cases(be, rng, monkeypatch) -> None:
     v = rng.random((10, 2))
     assert be.bootstrap_sums(v, 0, 3).shape == (0, 2)
-    np.testing.assert_array_equal(be.bootstrap_sums(v[:1], 5, 3), np.repeat(v[:1] * 1, 5, 0))
+    # one row: every resample has N_b = c_b1 >= 1 copies of it, rescaled to one row
+    assert_close(be.bootstrap_sums(v[:1], 50, 3), np.repeat(v[:1], 50, 0))
     for bad_seed in (-1, 2**64):
         with pytest.raises((ValueError, TypeError, OverflowError)):
             be.bootstrap_sums(v, 3, bad_seed)
     with pytest.raises(ValueError):
         be.bootstrap_sums(np.zeros((0, 1)), 3, 0)
-    v1 = np.arange(4000.0).reshape(-1, 1)
-    monkeypatch.setenv("POPE_NUM_THREADS", "1")
-    one = be.bootstrap_sums(v1, 33, 99)
-    monkeypatch.setenv("POPE_NUM_THREADS", "3")
-    np.testing.assert_array_equal(be.bootstrap_sums(v1, 33, 99), one)
+    for vals in (np.arange(4001.0).reshape(-1, 1), rng.random((4001, 3))):
+        monkeypatch.setenv("POPE_NUM_THREADS", "1")
+        one = be.bootstrap_sums(vals, 33, 99)
+        monkeypatch.setenv("POPE_NUM_THREADS", "3")
+        np.testing.assert_array_equal(be.bootstrap_sums(vals, 33, 99), one)
+        # a resample does not depend on how many are drawn
+        np.testing.assert_array_equal(be.bootstrap_sums(vals, 5, 99), one[:5])
 
 
 # ---------------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from scipy import stats as sps
 import pope
 from pope import estimators as E
 from pope.backends import available_backends
+from pope.backends import reference as ref_backend
 from pope.estimate import WeightOverflowError
 from pope.estimators.single import _as_float64
 
@@ -357,38 +358,11 @@ def test_lower_bounds_formulas(rng):
 
 
 # ----------------------------------------------------------------------------- bootstrap
-def _splitmix(z: int) -> int:
-    mask = (1 << 64) - 1
-    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
-    return z ^ (z >> 31)
-
-
 def _indices(n: int, b: int, seed: int) -> np.ndarray:
-    """Resample indices of the documented generator (8 xoshiro128++ streams per resample
-    seeded by SplitMix64, Lemire's multiply-shift), in pure Python."""
-    m64, m32 = (1 << 64) - 1, (1 << 32) - 1
-    key = _splitmix(seed)
-    lanes = []
-    for lane in range(8):
-        c = 16 * b + 2 * lane
-        u0 = _splitmix((key + (c + 1) * 0x9E3779B97F4A7C15) & m64)
-        u1 = _splitmix((key + (c + 2) * 0x9E3779B97F4A7C15) & m64)
-        lanes.append([u0 & m32, u0 >> 32, u1 & m32, u1 >> 32] if u0 or u1 else [1, 0, 0, 0])
-    out = []
-    for i in range(n):
-        s = lanes[i % 8]
-        a = (s[0] + s[3]) & m32
-        x = ((((a << 7) | (a >> 25)) & m32) + s[0]) & m32
-        u = (s[1] << 9) & m32
-        s[2] ^= s[0]
-        s[3] ^= s[1]
-        s[1] ^= s[2]
-        s[0] ^= s[3]
-        s[2] ^= u
-        s[3] = ((s[3] << 11) | (s[3] >> 21)) & m32
-        out.append((x * n) >> 32)
-    return np.array(out)
+    """Rows of Poisson-bootstrap resample b, each repeated its count times (the counts of the
+    documented generator, checked against a pure-Python definition in test_backends)."""
+    counts = ref_backend.bootstrap_counts(n, seed, b, b + 1)[0]
+    return np.repeat(np.arange(n), counts)
 
 
 def test_bootstrap_resamples_ratio_jointly(rng):

@@ -25,9 +25,13 @@ __all__ = [
 # batches of whole prompts
 _BATCH_RESP = 4096
 _BATCH_CELLS = 8192
+# the hard jackknife's batches (a dozen arrays of the batch's rows stay in L1/L2)
+_JK_BATCH_RESP = 512
+_JK_BATCH_CELLS = 1024
 _NINF = -np.inf
 _PINF = np.inf
 _U1 = np.uint64(1)
+_NONE = np.uint64(0xFFFFFFFFFFFFFFFF)  # no largest row
 
 
 @njit(cache=True, error_model="numpy")
@@ -276,75 +280,170 @@ def _jk_weights(lw, s, e, self_normalize, w):  # pragma: no cover - compiled
     return star
 
 
+@njit(cache=True, error_model="numpy")
+def _log_pos_into(x, n, y):  # pragma: no cover - compiled
+    """y[k] = log x[k] for x[k] > 0, else 0 (k < n); a loop LLVM vectorises."""
+    for k in range(n):
+        v = x[k]
+        lg = log1(v if v > 0.0 else 1.0)
+        y[k] = lg if v > 0.0 else 0.0
+
+
 @njit(cache=True, parallel=True, error_model="numpy")
-def _jackknife_hard(ptr, lw, labels, C, self_normalize, ustarts, out):  # pragma: no cover
+def _jackknife_hard(uptr, lw, ulabels, C, self_normalize, ustarts, out, bad):  # pragma: no cover
+    """Batches of prompts, the algorithm of csrc/jackknife.cpp: per prompt one loop builds the
+    histogram, finds the (first) largest row and sums the others' weights (Z_ex); a second
+    forms a_k, the numerator a_k - w_k and the denominator Z - t_k of each deletion; the logs
+    of the batch run in flat loops; a last loop per prompt adds the deletions as
+    T S1 - G S2 + S3 (no log). Indices are uint64 (see above); no row: index ``_NONE``."""
+    uC = np.uint64(C)
     for bi in prange(ustarts.shape[0] - 1):
-        a = np.empty(C)
-        w = np.empty(16)
-        for i in range(ustarts[bi], ustarts[bi + 1]):
-            s = ptr[i]
-            e = ptr[i + 1]
-            K = e - s
-            if K == 0:
-                out[i] = 0.0
-                continue
-            if w.shape[0] < K:
-                w = np.empty(K)
-            star = _jk_weights(lw, s, e, self_normalize, w)
-            a[:] = 0.0
-            z_ex = 0.0
-            for k in range(s, e):
-                if k != star:
-                    a[labels[k]] += w[k - s]
-                    z_ex += w[k - s]
-            c_star = -1
-            a_star_ex = 0.0
-            w_star = 0.0
-            if star >= 0:
-                c_star = labels[star]
-                w_star = w[star - s]
-                a_star_ex = a[c_star]
-                a[c_star] += w_star
-            if self_normalize:
-                z = z_ex + w_star
-            else:
-                z = float(K)
-                z_ex = K - 1.0
-            tot_o = 0.0
-            g_o = 0.0
+        i0 = ustarts[bi]
+        i1 = ustarts[bi + 1]
+        nq = np.int64(i1 - i0)
+        unq = np.uint64(nq)
+        r0 = uptr[i0]
+        R = np.int64(uptr[i1] - r0)
+        uR = np.uint64(R)
+        x = np.empty(R)
+        w = np.empty(R)
+        pz = np.empty(3 * nq)
+        lz = np.empty(3 * nq)
+        pmx = np.empty(nq)
+        star = np.empty(nq, np.uint64)
+        cell = np.empty(R, np.uint64)
+        A = np.empty(nq * C)
+        vals = np.empty(3 * R)  # a_k, numerators, denominators
+        logs = np.empty(3 * R)
+        inv = np.empty(R)
+        for q in range(nq):
+            uq = np.uint64(q)
+            s = uptr[i0 + uq]
+            e = uptr[i0 + uq + _U1]
+            mx = _NINF
+            k = s
+            while k < e:
+                v = lw[k]
+                mx = v if v > mx else mx
+                k += _U1
+            pmx[uq] = mx
+            shift = mx if (self_normalize and mx > _NINF and mx < _PINF) else 0.0
+            k = s
+            while k < e:
+                x[k - r0] = lw[k] - shift
+                k += _U1
+        for k in range(R):
+            w[k] = exp1(x[k])
+        flag = False
+        for q in range(nq):
+            uq = np.uint64(q)
+            base = uq * uC
             for c in range(C):
-                if c != c_star:
-                    tot_o += a[c]
-                    g_o += _xlogx(a[c])
-            tot = tot_o
-            g = g_o
-            if star >= 0:
-                tot += a[c_star]
-                g += _xlogx(a[c_star])
-            h = _hist_entropy(tot, g, z, 0.0)
-            if K == 1:
-                out[i] = h
+                A[base + np.uint64(c)] = 0.0
+            s = uptr[i0 + uq] - r0
+            e = uptr[i0 + uq + _U1] - r0
+            mx = pmx[uq]
+            finite = mx > _NINF and mx < _PINF
+            xm = 0.0 if (self_normalize and finite) else mx
+            st = _NONE
+            z_ex = 0.0
+            k = s
+            while k < e:
+                lab = ulabels[r0 + k]
+                if lab >= uC:  # a negative label is a huge uint64
+                    flag = True
+                    lab = np.uint64(0)
+                wk = w[k]
+                ck = base + lab
+                cell[k] = ck
+                A[ck] += wk
+                is_star = st == _NONE and x[k] == xm
+                st = k if is_star else st
+                z_ex += 0.0 if is_star else wk
+                k += _U1
+            if not finite:
+                st = _NONE
+            star[uq] = st
+            z = z_ex + w[st] if st != _NONE else z_ex
+            if not self_normalize:
+                z = float(e - s)
+                z_ex = z - 1.0
+            pz[uq] = z
+            pz[unq + uq] = z_ex
+        if flag:
+            bad[bi] = True
+        for q in range(nq):
+            uq = np.uint64(q)
+            s = uptr[i0 + uq] - r0
+            e = uptr[i0 + uq + _U1] - r0
+            z = pz[uq]
+            st = star[uq]
+            cs = cell[st] if st != _NONE else _NONE
+            a_ex = 0.0
+            k = s
+            while k < e:
+                wk = w[k]
+                a = A[cell[k]]
+                vals[k] = a
+                vals[uR + k] = max(a - wk, 0.0)
+                vals[np.uint64(2) * uR + k] = z - (wk if self_normalize else 1.0)
+                a_ex += wk if (cell[k] == cs and k != st) else 0.0
+                k += _U1
+            pz[np.uint64(2) * unq + uq] = a_ex
+        for k in range(R):
+            d = vals[2 * R + k]
+            inv[k] = 1.0 / d if d > 0.0 else 0.0
+        _log_pos_into(vals, 3 * R, logs)
+        _log_pos_into(pz, 3 * nq, lz)
+        for q in range(nq):
+            uq = np.uint64(q)
+            s = uptr[i0 + uq] - r0
+            e = uptr[i0 + uq + _U1] - r0
+            K = np.int64(e - s)
+            if K == 0:
+                out[i0 + uq] = 0.0
                 continue
-            if not z > 0.0:
-                out[i] = 0.0
+            st = star[uq]
+            cs = cell[st] if st != _NONE else _NONE
+            t0 = 0.0
+            g0 = 0.0
+            s1 = 0.0
+            s2 = 0.0
+            s3 = 0.0
+            nf = 0.0
+            k = s
+            while k < e:
+                wk = w[k]
+                la = logs[k]
+                other = cell[k] != cs
+                t0 += wk if other else 0.0
+                g0 += wk * la if other else 0.0
+                iv = inv[k] if k != st else 0.0
+                a = vals[k]
+                nk = max(a - wk, 0.0)
+                ld = logs[np.uint64(2) * uR + k]
+                s1 += ld * iv
+                s2 += iv
+                s3 += ((nk - a) * ld + a * la - nk * logs[uR + k]) * iv
+                nf += 1.0 if (k != st and not inv[k] > 0.0) else 0.0
+                k += _U1
+            a_cs = vals[st] if st != _NONE else 0.0
+            tot = t0 + a_cs
+            g = g0 + a_cs * logs[st] if st != _NONE else g0
+            z = pz[uq]
+            z_ex = pz[unq + uq]
+            a_ex = pz[np.uint64(2) * unq + uq]
+            h = (tot * lz[uq] - g) / z if z > 0.0 else 0.0
+            if K == 1 or not z > 0.0:
+                out[i0 + uq] = h if K == 1 else 0.0
                 continue
             h_ex = h
-            if star >= 0:  # summed afresh: no cancellation against the largest weight
-                h_ex = _hist_entropy(tot_o + a_star_ex, g_o + _xlogx(a_star_ex), z_ex, h)
-            s_del = 0.0
-            for k in range(s, e):
-                if k == star:
-                    s_del += h_ex
-                    continue
-                wk = w[k - s]
-                den = z - (wk if self_normalize else 1.0)
-                if not den > 0.0:
-                    s_del += h
-                    continue
-                aa = a[labels[k]]
-                na = max(aa - wk, 0.0)
-                s_del += ((tot - aa + na) * log1(den) - (g - _xlogx(aa) + _xlogx(na))) / den
-            out[i] = K * h - (K - 1.0) / K * s_del
+            if st != _NONE and z_ex > 0.0:
+                h_ex = ((t0 + a_ex) * lz[unq + uq] - (g0 + a_ex * lz[np.uint64(2) * unq + uq])) / z_ex
+            acc = tot * s1 - g * s2 + s3 + nf * h
+            if st != _NONE:
+                acc += h_ex
+            out[i0 + uq] = K * h - (K - 1.0) / K * acc
 
 
 @njit(cache=True, parallel=True, error_model="numpy")
@@ -514,16 +613,20 @@ def segment_jackknife_entropy_hard(
     ptr = np.ascontiguousarray(prompt_ptr, dtype=np.int64)
     n_prompts = _check_ptr(ptr, log_weight.shape[0], "segment_jackknife_entropy_hard")
     lab = np.ascontiguousarray(labels, dtype=np.int64)
-    if lab.size and (lab.min() < 0 or lab.max() >= n_aspects):
-        raise ValueError("segment_jackknife_entropy_hard: labels must lie in [0, n_aspects)")
     out = np.zeros(n_prompts)
     if n_aspects == 1 or lab.size == 0:
+        if lab.size and (lab.min() < 0 or lab.max() >= n_aspects):
+            raise ValueError("segment_jackknife_entropy_hard: labels must lie in [0, n_aspects)")
         return out
     apply_thread_cap()
-    starts = _prompt_batches(ptr, 1, _BATCH_RESP, _BATCH_CELLS)
+    starts = _prompt_batches(ptr, n_aspects, _JK_BATCH_RESP, _JK_BATCH_CELLS)
+    bad = np.zeros(starts.shape[0], dtype=np.bool_)
     with parallel_chunksize(2):
-        _jackknife_hard(ptr, np.ascontiguousarray(log_weight, dtype=np.float64), lab,
-                        n_aspects, bool(self_normalize), starts, out)
+        _jackknife_hard(ptr.view(np.uint64), np.ascontiguousarray(log_weight, dtype=np.float64),
+                        lab.view(np.uint64), n_aspects, bool(self_normalize),
+                        starts.view(np.uint64), out, bad)
+    if bad.any():  # checked in the pass
+        raise ValueError("segment_jackknife_entropy_hard: labels must lie in [0, n_aspects)")
     return out
 
 

@@ -17,7 +17,7 @@ Design, shared with the C++ backend:
 * ``bootstrap_sums`` runs in parallel over resamples; the 8 xoshiro128++ streams of a resample
   and their SplitMix64 seeding are computed with ``uint64`` arithmetic only (every constant is a
   ``np.uint64``: mixing ``uint64`` with ``int64`` would promote to ``float64``; 32-bit words are
-  masked), so indices are bit-identical to the reference.
+  masked), so the Poisson-bootstrap counts are bit-identical to the reference.
 
 Fast-math flags are limited to ``reassoc`` on the reductions of ``ips_moments`` (lane-wise
 partial sums) and ``contract`` (FMA) inside ``exp`` / ``log``; nothing assumes finite values,

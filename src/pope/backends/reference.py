@@ -11,24 +11,37 @@ Conventions shared by all backends
 clipped log-ratio ``l_i = min(log_target_i - log_logging_i, log_clip)`` and ``m = max_i l_i``
 the scaled weight is ``w~_i = exp(l_i - m)`` and the true weight is ``w_i = exp(m) w~_i``.
 
-``bootstrap_sums`` draws its resample indices from 8 xoshiro128++ streams per resample, keyed
-by (seed, resample ``b``, lane ``l``), so that every backend produces bit-identical resamples
-whatever the number of threads::
+``bootstrap_sums`` is a Poisson bootstrap (Hanley and MacGibbon 2006; Chamandy et al. 2012):
+row ``i`` of resample ``b`` is drawn ``c_bi`` times, independently over rows and resamples,
+and the replicate's column sums are rescaled to ``n`` rows::
 
-    key       = splitmix64(seed)
-    u_k(b, l) = splitmix64(key + (16 b + 2 l + k + 1) * 0x9E3779B97F4A7C15),  k = 0, 1
-    state     = (lo32 u_0, hi32 u_0, lo32 u_1, hi32 u_1)   (all zero: s0 = 1)
-    idx(b, i) = (x_{i // 8}(b, i % 8) * n) >> 32            (n < 2**32)
+    out[b] = (n / N_b) sum_i c_bi values[i],   N_b = sum_i c_bi
+
+so ``out[b] / n`` is the mean of the resample (rows counted ``c_bi`` times). Conditionally on
+``N_b`` the counts of Poisson(1) draws are multinomial (the classical bootstrap of ``N_b``
+rows); the replicate mean has expectation the sample mean and variance ``s^2 E[1/N_b]``
+(``s^2`` the sample variance with divisor ``n``), ``s^2/n (1 + O(1/n))``. A resample with
+``N_b = 0`` is drawn again with the next attempt's key. Each count comes from one 16-bit
+uniform ``u_bi`` by ``c_bi = #{k : u_bi >= 65536 - T_k}`` with the tail table
+``POISSON_TAILS`` ``T = (41426, 17318, 5263, 1244, 240, 39, 5, 1)``, ``T_k / 65536`` close to
+``P(Poisson(1) >= k)`` and chosen so that the mean and the variance of ``c`` are exactly 1
+(third central moment 0.99985, fourth 3.9991; Poisson: 1, 4). The uniforms come from 8
+xoshiro128++ streams per resample, keyed by (seed, attempt ``a``, resample ``b``, lane ``l``),
+so that every backend draws the same counts whatever the number of threads::
+
+    key_0     = splitmix64(seed),  key_a = splitmix64(key_0 + a * 0x9E3779B97F4A7C15)
+    w_k(b, l) = splitmix64(key_a + (16 b + 2 l + k + 1) * 0x9E3779B97F4A7C15),  k = 0, 1
+    state     = (lo32 w_0, hi32 w_0, lo32 w_1, hi32 w_1)   (all zero: s0 = 1)
+    u_bi      = (x_{i // 16}(b, (i // 2) % 8) >> (16 (i % 2))) & 0xFFFF
 
 where ``x_t(b, l)`` is the ``t``-th 32-bit output of lane ``l``'s xoshiro128++ generator
 (Blackman and Vigna): ``x = rotl(s0 + s3, 7) + s0``, then ``u = s1 << 9; s2 ^= s0;
-s3 ^= s1; s1 ^= s2; s0 ^= s3; s2 ^= u; s3 = rotl(s3, 11)`` (32-bit wrapping arithmetic). The
-index is Lemire's multiply-shift on one 32-bit draw: each index has probability
-``floor(2**32 / n) / 2**32`` or ``ceil(2**32 / n) / 2**32``, within ``n / 2**32`` of ``1/n``
-relative (2e-5 at ``n = 1e5``). All arithmetic mod ``2**64`` (``u``, key) or ``2**32``
-(streams), with ``splitmix64(z) = f3(f2(f1(z)))``,
+s3 ^= s1; s1 ^= s2; s0 ^= s3; s2 ^= u; s3 = rotl(s3, 11)`` (32-bit wrapping arithmetic).
+One step of the 8 streams gives the counts of 16 consecutive rows. All arithmetic mod
+``2**64`` (keys) or ``2**32`` (streams), with ``splitmix64(z) = f3(f2(f1(z)))``,
 ``f1(z) = (z ^ z>>30) * 0xBF58476D1CE4E5B9``, ``f2(z) = (z ^ z>>27) * 0x94D049BB133111EB``,
-``f3(z) = z ^ z>>31``.
+``f3(z) = z ^ z>>31``. The counts are integers, so they agree bit for bit between backends;
+the sums agree to rounding (each backend adds in its own order).
 """
 
 from __future__ import annotations
@@ -322,11 +335,24 @@ def splitmix64(z: np.ndarray) -> np.ndarray:
     return z ^ (z >> np.uint64(31))
 
 
-def bootstrap_streams(seed: int, b0: int, b1: int) -> list[np.ndarray]:
-    """Initial xoshiro128++ states ``[s0, s1, s2, s3]`` of resamples ``b0..b1-1``, each
-    ``(b1 - b0, 8)`` uint32."""
+#: ``T_k = 65536 P(c >= k)``, k = 1..8, of the bootstrap counts (module docstring).
+POISSON_TAILS = (41426, 17318, 5263, 1244, 240, 39, 5, 1)
+_THRESHOLDS = np.array([65536 - t for t in POISSON_TAILS], dtype=np.uint16)
+
+
+def _attempt_key(seed: int, attempt: int) -> np.uint64:
     key = splitmix64(np.array([seed], dtype=np.uint64))[0]
-    c = (np.uint64(16) * np.arange(b0, b1, dtype=np.uint64)[:, None]
+    if attempt:
+        with np.errstate(over="ignore"):
+            key = splitmix64(np.array([key + np.uint64(attempt) * _GOLDEN]))[0]
+    return key
+
+
+def bootstrap_streams(seed: int, b: np.ndarray, attempt: int = 0) -> list[np.ndarray]:
+    """Initial xoshiro128++ states ``[s0, s1, s2, s3]`` of resamples ``b`` (1-D ints) at
+    ``attempt``, each ``(len(b), 8)`` uint32."""
+    key = _attempt_key(seed, attempt)
+    c = (np.uint64(16) * np.asarray(b, dtype=np.uint64)[:, None]
          + np.uint64(2) * np.arange(8, dtype=np.uint64)[None, :])
     with np.errstate(over="ignore"):
         u0 = splitmix64(key + (c + np.uint64(1)) * _GOLDEN)
@@ -343,15 +369,14 @@ def _rotl32(x: np.ndarray, k: int) -> np.ndarray:
     return (x << np.uint32(k)) | (x >> np.uint32(32 - k))
 
 
-def bootstrap_indices(n: int, seed: int, b0: int, b1: int) -> np.ndarray:
-    """Indices ``idx(b, i)`` of resamples ``b0..b1-1``, ``(b1 - b0, n)`` int64 (see the module
-    docstring; not a backend routine: the compiled backends never materialise them)."""
-    s0, s1, s2, s3 = bootstrap_streams(seed, b0, b1)
-    steps = -(-n // 8)
-    n_boot = b1 - b0
-    x = np.empty((steps, n_boot, 8), dtype=np.uint32)
+def bootstrap_uniforms(n: int, seed: int, b: np.ndarray, attempt: int = 0) -> np.ndarray:
+    """The 16-bit uniforms ``u_bi`` of rows ``i < n`` of resamples ``b``, ``(len(b), n)``
+    uint16 (module docstring)."""
+    s0, s1, s2, s3 = bootstrap_streams(seed, b, attempt)
+    steps = -(-n // 16)
+    x = np.empty((len(b), steps, 8), dtype=np.uint32)
     for t in range(steps):  # uint32 arrays wrap silently
-        x[t] = _rotl32(s0 + s3, 7) + s0
+        x[:, t] = _rotl32(s0 + s3, 7) + s0
         u = s1 << np.uint32(9)
         s2 ^= s0
         s3 ^= s1
@@ -359,27 +384,50 @@ def bootstrap_indices(n: int, seed: int, b0: int, b1: int) -> np.ndarray:
         s0 ^= s3
         s2 ^= u
         s3 = _rotl32(s3, 11)
-    draws = x.transpose(1, 0, 2).reshape(n_boot, steps * 8)[:, :n].astype(np.uint64)
-    return ((draws * np.uint64(n)) >> np.uint64(32)).astype(np.int64)
+    lo = (x & np.uint32(0xFFFF)).astype(np.uint16)
+    hi = (x >> np.uint32(16)).astype(np.uint16)
+    return np.stack([lo, hi], axis=-1).reshape(len(b), steps * 16)[:, :n]
+
+
+def bootstrap_counts(n: int, seed: int, b0: int, b1: int) -> np.ndarray:
+    """Counts ``c_bi`` of rows ``i < n`` in resamples ``b0..b1-1``, ``(b1 - b0, n)`` int64,
+    after any redraw of a resample without rows (module docstring; not a backend routine: the
+    compiled backends never materialise them)."""
+    b = np.arange(b0, b1)
+    counts = np.empty((b1 - b0, n), dtype=np.int64)
+    todo = np.arange(b1 - b0)
+    attempt = 0
+    while todo.size:
+        u = bootstrap_uniforms(n, seed, b[todo], attempt)
+        c = (u[..., None] >= _THRESHOLDS).sum(axis=-1)
+        counts[todo] = c
+        todo = todo[c.sum(axis=1) == 0]
+        attempt += 1
+    return counts
 
 
 def bootstrap_sums(values: np.ndarray, n_boot: int, seed: int) -> np.ndarray:
-    """Column sums of ``n_boot`` with-replacement resamples of the rows of ``values``.
+    """Column sums of ``n_boot`` Poisson-bootstrap resamples of the rows of ``values``,
+    rescaled to ``n`` rows.
 
     Parameters
     ----------
-    values : (n, m) float64, C-contiguous, ``1 <= n < 2**32``
+    values : (n, m) float64, C-contiguous, finite, ``1 <= n < 2**32``
     n_boot : int
     seed : int in ``[0, 2**64)``
 
     Returns
     -------
-    (n_boot, m) float64: ``out[b] = sum_i values[idx(b, i)]`` (see module docstring).
+    (n_boot, m) float64: ``out[b] = (n / N_b) sum_i c_bi values[i]`` (module docstring), so
+    that ``out[b] / n`` is the resample's mean and ``out[b].sum()`` over a one-hot ``values``
+    is ``n``.
     """
     n, m = values.shape
     out = np.empty((n_boot, m))
-    step = max(1, (1 << 20) // n)  # resamples per batch: about 2^20 indices
+    step = max(1, (1 << 20) // n)  # resamples per batch: about 2^20 counts
     for b0 in range(0, n_boot, step):
         b1 = min(n_boot, b0 + step)
-        out[b0:b1] = values[bootstrap_indices(n, seed, b0, b1)].sum(axis=1)
+        c = bootstrap_counts(n, seed, b0, b1)
+        sums = c.astype(np.float64) @ values
+        out[b0:b1] = sums * (n / c.sum(axis=1).astype(np.float64))[:, None]
     return out
