@@ -70,8 +70,10 @@ def _interleaved(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str
             t0 = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - t0)
-    return {k: {"best_s": min(v), "median_s": statistics.median(v), "repeats": repeats}
-            for k, v in times.items()}
+    return {
+        k: {"best_s": min(v), "median_s": statistics.median(v), "repeats": repeats}
+        for k, v in times.items()
+    }
 
 
 def _cpu_model() -> str:
@@ -88,17 +90,29 @@ def _row(rows: list, task: str, backend: str, t: Timing, **extra) -> None:
     rows.append({"task": task, "backend": backend, **t, **extra})
 
 
-def _ratio(rows: list, task: str, backend: str, t: Timing, base: Timing, of: str,
-           invert: bool = False, target: str | None = None, **extra) -> None:
+def _ratio(
+    rows: list,
+    task: str,
+    backend: str,
+    t: Timing,
+    base: Timing,
+    of: str,
+    invert: bool = False,
+    target: str | None = None,
+    **extra,
+) -> None:
     """Row with ratio = base / t (or t / base with ``invert``) from best and median times."""
+
     def r(key: str) -> float:
         return t[key] / base[key] if invert else base[key] / t[key]
 
     row = {"ratio": r("best_s"), "ratio_median": r("median_s"), "ratio_of": of, **extra}
     if target is not None:
         bound = float(target.split()[-1])
-        row |= {"target": target,
-                "met": row["ratio"] <= bound if target.startswith("<=") else row["ratio"] >= bound}
+        row |= {
+            "target": target,
+            "met": row["ratio"] <= bound if target.startswith("<=") else row["ratio"] >= bound,
+        }
     _row(rows, task, backend, t, **row)
 
 
@@ -112,25 +126,30 @@ def _bench_ips(mods: dict, args: argparse.Namespace, rng: np.random.Generator, r
     fns: dict[str, Callable[[], object]] = {"copy": lambda: np.copyto(dst, lt)}
     public = {
         "pope.estimators.ips(clip=20)": lambda b: E.ips(
-            reward=rw, log_target=lt, log_logging=ll, clip=20.0, backend=b),
+            reward=rw, log_target=lt, log_logging=ll, clip=20.0, backend=b
+        ),
         "pope.estimators.ips()": lambda b: E.ips(
-            reward=rw, log_target=lt, log_logging=ll, backend=b),
+            reward=rw, log_target=lt, log_logging=ll, backend=b
+        ),
         "pope.estimators.snips()": lambda b: E.snips(
-            reward=rw, log_target=lt, log_logging=ll, backend=b),
+            reward=rw, log_target=lt, log_logging=ll, backend=b
+        ),
     }
     for b, mod in mods.items():
         if b == "reference":
             continue
-        fns[f"ips_moments_checked (kernel)|{b}"] = (
-            lambda mod=mod: mod.ips_moments_checked(lt, ll, rw, log_clip))
+        fns[f"ips_moments_checked (kernel)|{b}"] = lambda mod=mod: mod.ips_moments_checked(
+            lt, ll, rw, log_clip
+        )
         for label, f in public.items():
             fns[f"{label}|{b}"] = lambda f=f, b=b: f(b)
     timed = _interleaved(fns, args.repeats)
     if "reference" in mods:  # slow: apart, a few repeats, against a copy timed alongside
         ref = mods["reference"]
         rfns: dict[str, Callable[[], object]] = {"copy": lambda: np.copyto(dst, lt)}
-        rfns["ips_moments_checked (kernel)|reference"] = (
-            lambda: ref.ips_moments_checked(lt, ll, rw, log_clip))
+        rfns["ips_moments_checked (kernel)|reference"] = lambda: ref.ips_moments_checked(
+            lt, ll, rw, log_clip
+        )
         for label, f in public.items():
             rfns[f"{label}|reference"] = lambda f=f: f("reference")
         ref_timed = _interleaved(rfns, max(2, args.repeats // 8))
@@ -141,10 +160,12 @@ def _bench_ips(mods: dict, args: argparse.Namespace, rng: np.random.Generator, r
     def add(label_b: str, t: Timing, base: Timing) -> None:
         label, b = label_b.split("|")
         # GB/s over the copy's: (3 * 8 n / t) / (2 * 8 n / t_copy) = 1.5 t_copy / t
-        row = {"GB/s": 3 * 8 * n / t["best_s"] / 1e9,
-               "ratio": 1.5 * base["best_s"] / t["best_s"],
-               "ratio_median": 1.5 * base["median_s"] / t["median_s"],
-               "ratio_of": "copy bandwidth"}
+        row = {
+            "GB/s": 3 * 8 * n / t["best_s"] / 1e9,
+            "ratio": 1.5 * base["best_s"] / t["best_s"],
+            "ratio_median": 1.5 * base["median_s"] / t["median_s"],
+            "ratio_of": "copy bandwidth",
+        }
         if label.startswith("pope.") and b != "reference":
             row |= {"target": ">= 0.60", "met": row["ratio"] >= 0.60}
         _row(rows, f"{label} n={n:.0e}", b, t, **row)
@@ -169,8 +190,9 @@ def _numpy_bootstrap(values: np.ndarray, n_boot: int, seed: int, chunk: int = 20
     return out
 
 
-def _bench_bootstrap(mods: dict, args: argparse.Namespace, rng: np.random.Generator,
-                     rows: list) -> None:
+def _bench_bootstrap(
+    mods: dict, args: argparse.Namespace, rng: np.random.Generator, rows: list
+) -> None:
     n, B = args.boot_n, args.boot_b
     values = rng.random((n, 1))
     v1 = values[:, 0].copy()
@@ -186,12 +208,25 @@ def _bench_bootstrap(mods: dict, args: argparse.Namespace, rng: np.random.Genera
     try:
         from obp.utils import estimate_confidence_interval_by_bootstrap
     except ImportError:
-        rows.append({"task": f"{task} (OBP 0.5.7)", "backend": "obp", "best_s": None,
-                     "median_s": None, "note": "obp not importable here; not compared"})
+        rows.append(
+            {
+                "task": f"{task} (OBP 0.5.7)",
+                "backend": "obp",
+                "best_s": None,
+                "median_s": None,
+                "note": "obp not importable here; not compared",
+            }
+        )
         estimate_confidence_interval_by_bootstrap = None
     if estimate_confidence_interval_by_bootstrap is not None:  # pragma: no cover
-        t_obp = _interleaved({"obp": lambda: estimate_confidence_interval_by_bootstrap(
-            v1, n_bootstrap_samples=B, random_state=1)}, 1)["obp"]
+        t_obp = _interleaved(
+            {
+                "obp": lambda: estimate_confidence_interval_by_bootstrap(
+                    v1, n_bootstrap_samples=B, random_state=1
+                )
+            },
+            1,
+        )["obp"]
         _row(rows, f"{task} (OBP 0.5.7)", "obp", t_obp)
     for b, t in timed.items():
         _ratio(rows, task, b, t, t_np, "numpy gather time / this", target=">= 25")
@@ -209,8 +244,9 @@ def _coverage_case(args: argparse.Namespace, rng: np.random.Generator):
     return C, P, ptr, N, lw, labels, soft, seg
 
 
-def _bench_coverage(mods: dict, args: argparse.Namespace, rng: np.random.Generator,
-                    rows: list) -> None:
+def _bench_coverage(
+    mods: dict, args: argparse.Namespace, rng: np.random.Generator, rows: list
+) -> None:
     C, P, ptr, N, lw, labels, soft, seg = _coverage_case(args, rng)
 
     def numpy_plugin() -> np.ndarray:
@@ -224,10 +260,14 @@ def _bench_coverage(mods: dict, args: argparse.Namespace, rng: np.random.Generat
             return -np.where(p > 0, p * np.log(p), 0.0).sum(axis=1)
 
     kinds = {
-        "hard": (lambda m: m.segment_coverage_hard(ptr, lw, labels, C, True),
-                 lambda m: m.segment_jackknife_entropy_hard(ptr, lw, labels, C, True)),
-        "soft": (lambda m: m.segment_coverage_soft(ptr, lw, soft, True),
-                 lambda m: m.segment_jackknife_entropy_soft(ptr, lw, soft, True)),
+        "hard": (
+            lambda m: m.segment_coverage_hard(ptr, lw, labels, C, True),
+            lambda m: m.segment_jackknife_entropy_hard(ptr, lw, labels, C, True),
+        ),
+        "soft": (
+            lambda m: m.segment_coverage_soft(ptr, lw, soft, True),
+            lambda m: m.segment_jackknife_entropy_soft(ptr, lw, soft, True),
+        ),
     }
     tag = f"N={N:.2e} P={P:.0e} C={C}"
     fns: dict[str, Callable[[], object]] = {"numpy": numpy_plugin}
@@ -256,12 +296,27 @@ def _bench_coverage(mods: dict, args: argparse.Namespace, rng: np.random.Generat
                 tp, tj = tt[f"plug|{kind}|{b}"], tt[f"jack|{kind}|{b}"]
                 task = f"coverage entropy %s {kind} {tag}"
                 if kind == "hard":
-                    _ratio(rows, task % "plug-in", b, tp, base, "numpy bincount time / this",
-                           target=">= 10" if compiled else None)
+                    _ratio(
+                        rows,
+                        task % "plug-in",
+                        b,
+                        tp,
+                        base,
+                        "numpy bincount time / this",
+                        target=">= 10" if compiled else None,
+                    )
                 else:
                     _row(rows, task % "plug-in", b, tp)
-                _ratio(rows, task % "jackknife", b, tj, tp, "this / plug-in time (same backend)",
-                       invert=True, target="<= 2" if compiled and kind == "hard" else None)
+                _ratio(
+                    rows,
+                    task % "jackknife",
+                    b,
+                    tj,
+                    tp,
+                    "this / plug-in time (same backend)",
+                    invert=True,
+                    target="<= 2" if compiled and kind == "hard" else None,
+                )
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -269,8 +324,10 @@ def run(args: argparse.Namespace) -> dict:
     rng = np.random.default_rng(args.seed)
     names = args.backends or available_backends()
     mods = {b: get_backend(b) for b in names}
-    res: dict = {"loadavg_before": os.getloadavg() if hasattr(os, "getloadavg") else None,
-                 "rows": []}
+    res: dict = {
+        "loadavg_before": os.getloadavg() if hasattr(os, "getloadavg") else None,
+        "rows": [],
+    }
     rows = res["rows"]
     if "ips" in args.only:
         _bench_ips(mods, args, rng, rows)
@@ -297,8 +354,9 @@ def summarize(runs: list[dict]) -> list[dict]:
                 row[key] = r0[key]
         if "ratio" in row and "target" in row:
             bound = float(row["target"].split()[-1])
-            row["met"] = (row["ratio"] <= bound if row["target"].startswith("<=")
-                          else row["ratio"] >= bound)
+            row["met"] = (
+                row["ratio"] <= bound if row["target"].startswith("<=") else row["ratio"] >= bound
+            )
             row["per_run"] = [r["ratio"] for r in same]
         out.append(row)
     return out
@@ -306,8 +364,10 @@ def summarize(runs: list[dict]) -> list[dict]:
 
 def to_markdown(rows: list[dict]) -> str:
     """Markdown table of (summary) rows."""
-    lines = ["| task | backend | best | median | ratio (best) | ratio (median) | target |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| task | backend | best | median | ratio (best) | ratio (median) | target |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         if r.get("best_s") is None:
             lines.append(f"| {r['task']} | {r['backend']} | | | {r.get('note', '')} | | |")
@@ -328,8 +388,10 @@ def to_markdown(rows: list[dict]) -> str:
         tgt = "" if met is None else f"{r['target']}: {'met' if met else 'NOT met'}"
         if "per_run" in r and len(r["per_run"]) > 1:
             tgt += " (runs: " + ", ".join(f"{x:.2f}" for x in r["per_run"]) + ")"
-        lines.append(f"| {r['task']} | {r['backend']} | {fmt(r['best_s'])} | "
-                     f"{fmt(r['median_s'])} | {ratio} | {ratio_med} | {tgt} |")
+        lines.append(
+            f"| {r['task']} | {r['backend']} | {fmt(r['best_s'])} | "
+            f"{fmt(r['median_s'])} | {ratio} | {ratio_med} | {tgt} |"
+        )
     return "\n".join(lines)
 
 
@@ -348,17 +410,26 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cov-c", type=int, default=16)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--backends", nargs="*", default=None, help="default: all available")
-    ap.add_argument("--only", nargs="*", default=["ips", "bootstrap", "coverage"],
-                    choices=["ips", "bootstrap", "coverage"])
+    ap.add_argument(
+        "--only",
+        nargs="*",
+        default=["ips", "bootstrap", "coverage"],
+        choices=["ips", "bootstrap", "coverage"],
+    )
     ap.add_argument(
         "--threads", type=int, default=0, help="set POPE_NUM_THREADS (default: leave as is)"
     )
     args = ap.parse_args(argv)
     if args.threads > 0:
         os.environ["POPE_NUM_THREADS"] = str(args.threads)
-    machine = {"cpu": _cpu_model(), "nproc": os.cpu_count(), "platform": platform.platform(),
-               "python": sys.version.split()[0], "numpy": np.__version__,
-               "POPE_NUM_THREADS": os.environ.get("POPE_NUM_THREADS")}
+    machine = {
+        "cpu": _cpu_model(),
+        "nproc": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": sys.version.split()[0],
+        "numpy": np.__version__,
+        "POPE_NUM_THREADS": os.environ.get("POPE_NUM_THREADS"),
+    }
     try:
         import numba
 
@@ -369,15 +440,24 @@ def main(argv: list[str] | None = None) -> int:
     runs = []
     for i in range(args.runs):
         runs.append(run(args))
-        print(f"run {i + 1}/{args.runs}: loadavg before {runs[-1]['loadavg_before']} "
-              f"after {runs[-1]['loadavg_after']}", flush=True)
+        print(
+            f"run {i + 1}/{args.runs}: loadavg before {runs[-1]['loadavg_before']} "
+            f"after {runs[-1]['loadavg_after']}",
+            flush=True,
+        )
     summary = summarize(runs)
-    res = {"machine": machine,
-           "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-           "command": "python " + " ".join(sys.argv), "backends": args.backends
-           or available_backends(), "summary": summary, "runs": runs}
-    print(f"{machine['cpu']}, nproc={machine['nproc']}, "
-          f"POPE_NUM_THREADS={machine['POPE_NUM_THREADS']}, {args.runs} run(s)")
+    res = {
+        "machine": machine,
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "command": "python " + " ".join(sys.argv),
+        "backends": args.backends or available_backends(),
+        "summary": summary,
+        "runs": runs,
+    }
+    print(
+        f"{machine['cpu']}, nproc={machine['nproc']}, "
+        f"POPE_NUM_THREADS={machine['POPE_NUM_THREADS']}, {args.runs} run(s)"
+    )
     print(to_markdown(summary))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -41,9 +41,13 @@ def make_log(n: int, k: int, c: int, seed: int = 0) -> tuple[pope.LoggedFeedback
     counts = rng.integers(max(1, k // 2), k + k // 2 + 1, size=n // k)
     ptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     m = int(ptr[-1])
-    fb = pope.LoggedFeedback(prompt_ptr=ptr, signal=rng.poisson(2.0, m).astype(float),
-                             log_logging=np.log(rng.uniform(0.05, 1, m)),
-                             aspect=rng.integers(0, c, m), n_aspects=c)
+    fb = pope.LoggedFeedback(
+        prompt_ptr=ptr,
+        signal=rng.poisson(2.0, m).astype(float),
+        log_logging=np.log(rng.uniform(0.05, 1, m)),
+        aspect=rng.integers(0, c, m),
+        n_aspects=c,
+    )
     return fb, np.log(rng.uniform(0.05, 1, m))
 
 
@@ -76,18 +80,24 @@ def main() -> None:
         coverage_core(be, fb.prompt_ptr, lt - fb.log_logging, fb.aspect, None, args.c, True)
         kern["plug-in coverage"].append(time.perf_counter() - t0)
     base = min(times["plugin"])
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
-          f"POPE_NUM_THREADS={os.environ.get('POPE_NUM_THREADS', 'auto')}; "
-          f"n={fb.n_responses}, prompts={fb.n_prompts}, C={args.c}; best of {args.repeats}")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
+        f"POPE_NUM_THREADS={os.environ.get('POPE_NUM_THREADS', 'auto')}; "
+        f"n={fb.n_responses}, prompts={fb.n_prompts}, C={args.c}; best of {args.repeats}"
+    )
     print("| pope.evaluate | best (ms) | median (ms) | / plug-in |")
     print("|---|---:|---:|---:|")
     for name, ts in times.items():
-        print(f"| {name} | {1e3 * min(ts):.1f} | {1e3 * float(np.median(ts)):.1f} | "
-              f"{min(ts) / base:.2f} |")
+        print(
+            f"| {name} | {1e3 * min(ts):.1f} | {1e3 * float(np.median(ts)):.1f} | "
+            f"{min(ts) / base:.2f} |"
+        )
     kb = min(kern["plug-in coverage"])
     for name, ts in kern.items():
-        print(f"| kernel: {name} | {1e3 * min(ts):.1f} | {1e3 * float(np.median(ts)):.1f} | "
-              f"{min(ts) / kb:.2f} (vs plug-in kernel) |")
+        print(
+            f"| kernel: {name} | {1e3 * min(ts):.1f} | {1e3 * float(np.median(ts)):.1f} | "
+            f"{min(ts) / kb:.2f} (vs plug-in kernel) |"
+        )
 
 
 if __name__ == "__main__":

@@ -111,23 +111,39 @@ print("BENCH", hwm, wall, file=sys.stderr)
 """
 
 
-def run_one(logs: Path, chunk_rows: int | None, out: Path, entry: str = "cli",
-            backend: str | None = None) -> dict[str, object]:
+def run_one(
+    logs: Path, chunk_rows: int | None, out: Path, entry: str = "cli", backend: str | None = None
+) -> dict[str, object]:
     """One evaluation in a fresh interpreter: peak RSS, wall time, POPE total."""
     if entry == "api":
         argv = [sys.executable, "-c", API_CHILD, str(logs), str(chunk_rows or 0), str(out)]
     else:
-        argv = [sys.executable, "-c", CHILD, "evaluate", "--logs", str(logs), "-q",
-                "--no-progress", "--n-aspects", "8", "--aspect-names", "a,b,c,d,e,f,g,h",
-                "--out", str(out), "--overwrite"]
+        argv = [
+            sys.executable,
+            "-c",
+            CHILD,
+            "evaluate",
+            "--logs",
+            str(logs),
+            "-q",
+            "--no-progress",
+            "--n-aspects",
+            "8",
+            "--aspect-names",
+            "a,b,c,d,e,f,g,h",
+            "--out",
+            str(out),
+            "--overwrite",
+        ]
         if chunk_rows:
             argv += ["--chunk-rows", str(chunk_rows)]
     env = dict(os.environ)
     if backend:
         env["POPE_BACKEND"] = backend
     t = time.perf_counter()
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=env)
+    proc = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t
     stdout, stderr = proc.stdout.read(), proc.stderr.read()  # type: ignore[union-attr]
@@ -138,8 +154,13 @@ def run_one(logs: Path, chunk_rows: int | None, out: Path, entry: str = "cli",
         return {"error": (stderr or stdout)[-2000:]}
     _, hwm, inner = line[-1].split()
     total = json.loads(out.read_text())["pope"]["total"]["value"]
-    return {"peak_mib": float(hwm), "maxrss_mib": usage.ru_maxrss / 1024,
-            "wall_s": wall, "inner_s": float(inner), "total": total}
+    return {
+        "peak_mib": float(hwm),
+        "maxrss_mib": usage.ru_maxrss / 1024,
+        "wall_s": wall,
+        "inner_s": float(inner),
+        "total": total,
+    }
 
 
 def ensure_log(d: Path, n: int, fmt: str) -> Path:
@@ -147,8 +168,10 @@ def ensure_log(d: Path, n: int, fmt: str) -> Path:
     path = d / f"log-{n}.{fmt}"
     if not path.exists():
         d.mkdir(parents=True, exist_ok=True)
-        subprocess.run([sys.executable, __file__, "--write", str(path), "--rows", str(n),
-                        "--formats", fmt], check=True)
+        subprocess.run(
+            [sys.executable, __file__, "--write", str(path), "--rows", str(n), "--formats", fmt],
+            check=True,
+        )
     return path
 
 
@@ -159,8 +182,11 @@ def main() -> None:
     ap.add_argument("--formats", nargs="+", default=list(FORMATS), choices=FORMATS)
     ap.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     ap.add_argument("--entries", nargs="+", default=["cli", "api"], choices=["cli", "api"])
-    ap.add_argument("--backend", choices=["cpp", "numba", "reference"],
-                    help="POPE_BACKEND of the runs (default: the automatic choice)")
+    ap.add_argument(
+        "--backend",
+        choices=["cpp", "numba", "reference"],
+        help="POPE_BACKEND of the runs (default: the automatic choice)",
+    )
     ap.add_argument("--dir", default="/tmp/pope-bench-memory")
     ap.add_argument("--json", help="write all results here")
     ap.add_argument("--write", help=argparse.SUPPRESS)
@@ -170,9 +196,12 @@ def main() -> None:
         write_log(Path(a.write), n, a.formats[0])
         return
     d = Path(a.dir)
-    print(f"# {platform.node()}, {os.cpu_count()} cores, python {platform.python_version()}; "
-          f"{time.strftime('%Y-%m-%d %H:%M')}; rows={n}, chunk_rows={a.chunk_rows}, "
-          f"POPE_BACKEND={a.backend or 'auto'}", flush=True)
+    print(
+        f"# {platform.node()}, {os.cpu_count()} cores, python {platform.python_version()}; "
+        f"{time.strftime('%Y-%m-%d %H:%M')}; rows={n}, chunk_rows={a.chunk_rows}, "
+        f"POPE_BACKEND={a.backend or 'auto'}",
+        flush=True,
+    )
     results = []
     out = d / "out.json"
     for entry in a.entries:
@@ -182,15 +211,19 @@ def main() -> None:
             for mode in a.modes:
                 chunk = a.chunk_rows if mode == "stream" else None
                 r = run_one(logs, chunk, out, entry, a.backend)
-                r.update(entry=entry, format=fmt, mode=mode, rows=n,
-                         floor_mib=floor.get("peak_mib"))
+                r.update(
+                    entry=entry, format=fmt, mode=mode, rows=n, floor_mib=floor.get("peak_mib")
+                )
                 results.append(r)
                 if "error" in r:
                     print(f"{entry:<4} {fmt:<8} {mode:<7} ERROR {r['error'][-600:]}", flush=True)
                     continue
-                print(f"{entry:<4} {fmt:<8} {mode:<7} peak {r['peak_mib']:6.0f} MiB (maxrss "
-                      f"{r['maxrss_mib']:.0f}, floor {r['floor_mib']:.0f}) wall "
-                      f"{r['wall_s']:5.1f} s total {r['total']:.12g}", flush=True)
+                print(
+                    f"{entry:<4} {fmt:<8} {mode:<7} peak {r['peak_mib']:6.0f} MiB (maxrss "
+                    f"{r['maxrss_mib']:.0f}, floor {r['floor_mib']:.0f}) wall "
+                    f"{r['wall_s']:5.1f} s total {r['total']:.12g}",
+                    flush=True,
+                )
     if a.json:
         Path(a.json).write_text(json.dumps(results, indent=1))
 

@@ -47,16 +47,19 @@ def write_log(path: Path, n_rows: int, seed: int = 0, file_rows: int = 1_000_000
     k = rng.integers(1, 8, size=n_rows // 2 + 8)
     pid = np.repeat(np.arange(k.size, dtype=np.int64), k)[:n_rows]
     ll = -rng.exponential(4.0, size=n_rows)
-    table = pa.table({
-        "prompt_id": pid,
-        "signal": rng.integers(0, 12, size=n_rows).astype(np.float64),
-        "aspect": rng.integers(0, 4, size=n_rows).astype(np.int64),
-        "log_logging": ll,
-        "log_target": np.minimum(ll + rng.normal(0.0, 1.0, size=n_rows), 0.0),
-    })
+    table = pa.table(
+        {
+            "prompt_id": pid,
+            "signal": rng.integers(0, 12, size=n_rows).astype(np.float64),
+            "aspect": rng.integers(0, 4, size=n_rows).astype(np.int64),
+            "log_logging": ll,
+            "log_target": np.minimum(ll + rng.normal(0.0, 1.0, size=n_rows), 0.0),
+        }
+    )
     for i, start in enumerate(range(0, n_rows, file_rows)):
-        pq.write_table(table.slice(start, file_rows), path / f"part-{i:05d}.parquet",
-                       row_group_size=131_072)
+        pq.write_table(
+            table.slice(start, file_rows), path / f"part-{i:05d}.parquet", row_group_size=131_072
+        )
 
 
 # ----------------------------------------------------------------------------- memory
@@ -118,8 +121,10 @@ class ProcWatch:
             else:
                 k = "other"
             kinds.setdefault(k, []).append(rss)
-        return {k: {"n": len(v), "max_mib": max(v) / 1024, "sum_mib": sum(v) / 1024}
-                for k, v in kinds.items()}
+        return {
+            k: {"n": len(v), "max_mib": max(v) / 1024, "sum_mib": sum(v) / 1024}
+            for k, v in kinds.items()
+        }
 
 
 def _vm_hwm_mib() -> float:
@@ -150,8 +155,12 @@ def child(engine: str, logs: str, workers: int, buckets: int) -> dict[str, objec
             import ray
 
             t0 = time.perf_counter()
-            ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False,
-                     configure_logging=False)
+            ray.init(
+                num_cpus=workers,
+                include_dashboard=False,
+                log_to_driver=False,
+                configure_logging=False,
+            )
             setup = time.perf_counter() - t0
             t = time.perf_counter()
             res = evaluate_ray(logs, spec, num_buckets=buckets)
@@ -160,26 +169,42 @@ def child(engine: str, logs: str, workers: int, buckets: int) -> dict[str, objec
 
             os.environ["PYSPARK_PYTHON"] = sys.executable
             t0 = time.perf_counter()
-            spark = (SparkSession.builder.master(f"local[{workers}]")
-                     .config("spark.ui.enabled", "false")
-                     .config("spark.sql.shuffle.partitions", str(buckets))
-                     .config("spark.driver.memory", "4g").getOrCreate())
+            spark = (
+                SparkSession.builder.master(f"local[{workers}]")
+                .config("spark.ui.enabled", "false")
+                .config("spark.sql.shuffle.partitions", str(buckets))
+                .config("spark.driver.memory", "4g")
+                .getOrCreate()
+            )
             spark.sparkContext.setLogLevel("ERROR")
             setup = time.perf_counter() - t0
             t = time.perf_counter()
             res = evaluate_spark(logs, spec, num_buckets=buckets)
         wall = time.perf_counter() - t
     return {
-        "engine": engine, "wall_s": wall, "setup_s": setup,
-        "rows": res.report.n_rows, "total": res.pope.total.value,
+        "engine": engine,
+        "wall_s": wall,
+        "setup_s": setup,
+        "rows": res.report.n_rows,
+        "total": res.pope.total.value,
         "driver_peak_mib": _vm_hwm_mib(),
         "procs": watch.by_kind(),
     }
 
 
 def run_one(engine: str, logs: Path, workers: int, buckets: int) -> dict[str, object]:
-    cmd = [sys.executable, __file__, "--child", engine, "--logs", str(logs),
-           "--workers", str(workers), "--buckets", str(buckets)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child",
+        engine,
+        "--logs",
+        str(logs),
+        "--workers",
+        str(workers),
+        "--buckets",
+        str(buckets),
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if out.returncode != 0:
         return {"engine": engine, "error": out.stderr[-2000:]}
@@ -200,9 +225,11 @@ def main() -> None:
     if a.child:
         print(json.dumps(child(a.child, a.logs, a.workers, a.buckets)))
         return
-    print(f"# {platform.node()} {platform.processor() or platform.machine()}, "
-          f"{os.cpu_count()} cores; {time.strftime('%Y-%m-%d %H:%M')}; workers={a.workers}, "
-          f"buckets={a.buckets}")
+    print(
+        f"# {platform.node()} {platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} cores; {time.strftime('%Y-%m-%d %H:%M')}; workers={a.workers}, "
+        f"buckets={a.buckets}"
+    )
     results = []
     for n in (int(r) for r in a.rows):
         logs = Path(a.dir) / f"log-{n}"
@@ -222,15 +249,19 @@ def main() -> None:
             ratio = rate / (n / base["wall_s"]) if base else float("nan")
             same = base is None or abs(r["total"] - base["total"]) <= 1e-9 * abs(base["total"])
             procs = r["procs"]
-            worker = next((procs[k] for k in ("ray-worker", "spark-python-worker")
-                           if k in procs), None)
+            worker = next(
+                (procs[k] for k in ("ray-worker", "spark-python-worker") if k in procs), None
+            )
             wmem = f"{worker['max_mib']:.0f} MiB x{worker['n']}" if worker else "-"
             jvm = procs.get("spark-jvm", {}).get("max_mib")
-            print(f"{n:>10} {engine:<13} {r['wall_s']:8.1f} s {rate:>10.0f} rows/s "
-                  f"x{ratio:5.2f} driver {r['driver_peak_mib']:6.0f} MiB worker {wmem}"
-                  + (f" jvm {jvm:.0f} MiB" if jvm else "")
-                  + f" setup {r['setup_s']:.1f} s" + ("" if same else " RESULT DIFFERS"),
-                  flush=True)
+            print(
+                f"{n:>10} {engine:<13} {r['wall_s']:8.1f} s {rate:>10.0f} rows/s "
+                f"x{ratio:5.2f} driver {r['driver_peak_mib']:6.0f} MiB worker {wmem}"
+                + (f" jvm {jvm:.0f} MiB" if jvm else "")
+                + f" setup {r['setup_s']:.1f} s"
+                + ("" if same else " RESULT DIFFERS"),
+                flush=True,
+            )
     if a.json:
         Path(a.json).write_text(json.dumps(results, indent=1))
 

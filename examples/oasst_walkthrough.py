@@ -58,13 +58,22 @@ def build_tokenizer(texts: list[str]):
 
     tok = Tokenizer(models.WordLevel(unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.train_from_iterator(texts, trainers.WordLevelTrainer(
-        vocab_size=3000, special_tokens=["[PAD]", "[UNK]", "[BOS]", "[EOS]"]))
+    tok.train_from_iterator(
+        texts,
+        trainers.WordLevelTrainer(
+            vocab_size=3000, special_tokens=["[PAD]", "[UNK]", "[BOS]", "[EOS]"]
+        ),
+    )
     tok.post_processor = processors.TemplateProcessing(
-        single="[BOS] $A", special_tokens=[("[BOS]", tok.token_to_id("[BOS]"))])
+        single="[BOS] $A", special_tokens=[("[BOS]", tok.token_to_id("[BOS]"))]
+    )
     return transformers.PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="[BOS]", eos_token="[EOS]", pad_token="[PAD]",
-        unk_token="[UNK]")
+        tokenizer_object=tok,
+        bos_token="[BOS]",
+        eos_token="[EOS]",
+        pad_token="[PAD]",
+        unk_token="[UNK]",
+    )
 
 
 def build_model(tok, seed: int):
@@ -73,15 +82,23 @@ def build_model(tok, seed: int):
 
     torch.manual_seed(seed)
     cfg = transformers.LlamaConfig(
-        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
-        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id)
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
     return transformers.LlamaForCausalLM(cfg)
 
 
-def fine_tune(model, tok, prompts: list[str], responses: list[str], steps: int = 10,
-              lr: float = 1e-4):
+def fine_tune(
+    model, tok, prompts: list[str], responses: list[str], steps: int = 10, lr: float = 1e-4
+):
     """A few steps of supervised fine-tuning on (prompt, response) pairs (response tokens)."""
     opt = torch.optim.AdamW(model.parameters(), lr=lr)
     model.train()
@@ -114,9 +131,11 @@ def run(trees: Path, workdir: Path) -> dict:
     print(f"== 1. read {trees.name}")
     log = read_oasst(trees)
     info = log.attrs["reader"]
-    print(f"{info['trees']} trees -> {log['prompt_id'].nunique()} prompts, {len(log)} ranked "
-          f"replies ({info['unranked_dropped']} unranked replies left out); signal = "
-          "1 - rank/(K-1) within each prompt")
+    print(
+        f"{info['trees']} trees -> {log['prompt_id'].nunique()} prompts, {len(log)} ranked "
+        f"replies ({info['unranked_dropped']} unranked replies left out); signal = "
+        "1 - rank/(K-1) within each prompt"
+    )
     logs = workdir / "oasst.parquet"
     write_logs(log, logs)
 
@@ -132,10 +151,25 @@ def run(trees: Path, workdir: Path) -> dict:
 
     print("\n== 3. score the replies once with each model (pope score)")
     scored = workdir / "scored.parquet"
-    for model, column, src in (("reference", "log_logging", logs), ("target", "log_target",
-                                                                      scored)):
-        code = pope(["score", "--logs", str(src), "--model", str(workdir / model), "--into",
-                     column, "--out", str(scored), "--overwrite", "--no-progress"])
+    for model, column, src in (
+        ("reference", "log_logging", logs),
+        ("target", "log_target", scored),
+    ):
+        code = pope(
+            [
+                "score",
+                "--logs",
+                str(src),
+                "--model",
+                str(workdir / model),
+                "--into",
+                column,
+                "--out",
+                str(scored),
+                "--overwrite",
+                "--no-progress",
+            ]
+        )
         assert code == 0, f"pope score failed ({code})"
     np.save(workdir / "emb.npy", bag_of_words(list(log["response"])))
 
@@ -148,13 +182,25 @@ def run(trees: Path, workdir: Path) -> dict:
 
     print("\n== 5. the reference against itself: every weight is 1")
     out_same = workdir / "reference.json"
-    code = pope(["evaluate", "--logs", str(scored), *common, "--column",
-                 "log_target=log_logging", "--out", str(out_same)])
+    code = pope(
+        [
+            "evaluate",
+            "--logs",
+            str(scored),
+            *common,
+            "--column",
+            "log_target=log_logging",
+            "--out",
+            str(out_same),
+        ]
+    )
     assert code == 0, f"pope evaluate failed ({code})"
     res_same = json.loads(out_same.read_text())
 
-    print("\n== 6. train the reference off-policy on half the prompts, held-out evaluation and "
-          "the ESS guard (pope train)")
+    print(
+        "\n== 6. train the reference off-policy on half the prompts, held-out evaluation and "
+        "the ESS guard (pope train)"
+    )
     frame = pd.read_parquet(scored)
     frame["embedding"] = list(np.load(workdir / "emb.npy"))
     held = set(frame["prompt_id"].unique()[::2])
@@ -162,63 +208,148 @@ def run(trees: Path, workdir: Path) -> dict:
     frame[~frame["prompt_id"].isin(held)].to_parquet(train_logs)
     frame[frame["prompt_id"].isin(held)].to_parquet(held_logs)
     trained = workdir / "trained"
-    code = pope(["train", "--logs", str(train_logs), "--policy", str(workdir / "reference"),
-                 "--output-dir", str(trained), "--eval-logs", str(held_logs), "--eval-steps", "2",
-                 "--max-steps", "4", "--min-ess-fraction", "0.05", "--aspects-from", "column",
-                 "--n-aspects", "3", "--lambda", "0.5", "--learning-rate", "1e-4",
-                 "--no-progress"])
+    code = pope(
+        [
+            "train",
+            "--logs",
+            str(train_logs),
+            "--policy",
+            str(workdir / "reference"),
+            "--output-dir",
+            str(trained),
+            "--eval-logs",
+            str(held_logs),
+            "--eval-steps",
+            "2",
+            "--max-steps",
+            "4",
+            "--min-ess-fraction",
+            "0.05",
+            "--aspects-from",
+            "column",
+            "--n-aspects",
+            "3",
+            "--lambda",
+            "0.5",
+            "--learning-rate",
+            "1e-4",
+            "--no-progress",
+        ]
+    )
     assert code == 0, f"pope train failed ({code})"
 
-    print("\n== 7. two policies on the held-out prompts, paired (pope evaluate --policy A "
-          "--policy B), with the training aspect model")
+    print(
+        "\n== 7. two policies on the held-out prompts, paired (pope evaluate --policy A "
+        "--policy B), with the training aspect model"
+    )
     paired = workdir / "paired.json"
-    code = pope(["evaluate", "--logs", str(held_logs), "--aspects-from", "column",
-                 "--aspect-model", str(trained / "aspect_model.json"), "--lambda", "0.5",
-                 "--policy", str(workdir / "target"), "--policy", str(trained / "final"),
-                 "--estimators", "none", "--out", str(paired), "--no-progress"])
+    code = pope(
+        [
+            "evaluate",
+            "--logs",
+            str(held_logs),
+            "--aspects-from",
+            "column",
+            "--aspect-model",
+            str(trained / "aspect_model.json"),
+            "--lambda",
+            "0.5",
+            "--policy",
+            str(workdir / "target"),
+            "--policy",
+            str(trained / "final"),
+            "--estimators",
+            "none",
+            "--out",
+            str(paired),
+            "--no-progress",
+        ]
+    )
     assert code == 0, f"pope evaluate (paired) failed ({code})"
 
     print("\n== 8. a report of the paired evaluation (pope report)")
     code = pope(["report", str(paired), "--out", str(workdir / "report")])
     assert code == 0, f"pope report failed ({code})"
 
-    print("\n== 9. estimate pi0 by behaviour cloning, cross-fitted over 3 folds of prompts "
-          "(pope fit-logging), and evaluate the target against it")
+    print(
+        "\n== 9. estimate pi0 by behaviour cloning, cross-fitted over 3 folds of prompts "
+        "(pope fit-logging), and evaluate the target against it"
+    )
     bc = workdir / "bc.parquet"
-    code = pope(["fit-logging", "--logs", str(logs), "--model", str(workdir / "reference"),
-                 "--out", str(bc), "--folds", "3", "--num-train-epochs", "1",
-                 "--learning-rate", "1e-3", "--no-progress"])
+    code = pope(
+        [
+            "fit-logging",
+            "--logs",
+            str(logs),
+            "--model",
+            str(workdir / "reference"),
+            "--out",
+            str(bc),
+            "--folds",
+            "3",
+            "--num-train-epochs",
+            "1",
+            "--learning-rate",
+            "1e-3",
+            "--no-progress",
+        ]
+    )
     assert code == 0, f"pope fit-logging failed ({code})"
     out_bc = workdir / "bc.json"
-    code = pope(["evaluate", "--logs", str(bc), "--policy", str(workdir / "target"), *common,
-                 "--out", str(out_bc), "--no-progress"])
+    code = pope(
+        [
+            "evaluate",
+            "--logs",
+            str(bc),
+            "--policy",
+            str(workdir / "target"),
+            *common,
+            "--out",
+            str(out_bc),
+            "--no-progress",
+        ]
+    )
     assert code == 0, f"pope evaluate (behaviour cloning) failed ({code})"
     res_bc = json.loads(out_bc.read_text())
 
     print("\n== summary")
-    for name, res in (("target vs reference", res_target), ("reference vs itself", res_same),
-                      ("target vs cloned pi0", res_bc)):
+    for name, res in (
+        ("target vs reference", res_target),
+        ("reference vs itself", res_same),
+        ("target vs cloned pi0", res_bc),
+    ):
         p = res["pope"]
-        print(f"{name:<22} relevance {p['relevance']['value']:.4f} "
-              f"(+/- {p['relevance']['stderr']:.4f}), diversity {p['diversity']['value']:.4f}, "
-              f"total {p['total']['value']:.4f}, ESS {p['relevance']['ess']:.1f} of "
-              f"{res['n_responses']}, weights all 1: "
-              f"{res['propensity']['weights_identically_one']}")
-    print("Against itself the value is the plain average of the logged rewards (the people's "
-          "replies), not a statement about any model. The target's value is relative to the "
-          "reference, its ESS says how few replies carry it, and it is in-sample: the target "
-          "was fine-tuned on the best-ranked of these very replies (hold logs out in practice). "
-          "Against the cloned pi0 the value is an estimate under a fitted logging policy: right "
-          "as far as that fit matches the people who wrote the replies.")
-    return {"target": res_target, "reference": res_same,
-            "paired": json.loads(paired.read_text()), "behaviour_cloning": res_bc}
+        print(
+            f"{name:<22} relevance {p['relevance']['value']:.4f} "
+            f"(+/- {p['relevance']['stderr']:.4f}), diversity {p['diversity']['value']:.4f}, "
+            f"total {p['total']['value']:.4f}, ESS {p['relevance']['ess']:.1f} of "
+            f"{res['n_responses']}, weights all 1: "
+            f"{res['propensity']['weights_identically_one']}"
+        )
+    print(
+        "Against itself the value is the plain average of the logged rewards (the people's "
+        "replies), not a statement about any model. The target's value is relative to the "
+        "reference, its ESS says how few replies carry it, and it is in-sample: the target "
+        "was fine-tuned on the best-ranked of these very replies (hold logs out in practice). "
+        "Against the cloned pi0 the value is an estimate under a fitted logging policy: right "
+        "as far as that fit matches the people who wrote the replies."
+    )
+    return {
+        "target": res_target,
+        "reference": res_same,
+        "paired": json.loads(paired.read_text()),
+        "behaviour_cloning": res_bc,
+    }
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--trees", type=Path, default=TREES, help="OpenAssistant trees (.jsonl)")
-    ap.add_argument("--workdir", type=Path, help="where to write models and results "
-                    "(default: a temporary directory)")
+    ap.add_argument(
+        "--workdir",
+        type=Path,
+        help="where to write models and results (default: a temporary directory)",
+    )
     args = ap.parse_args()
     if args.workdir is None:
         with tempfile.TemporaryDirectory() as d:

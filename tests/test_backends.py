@@ -442,10 +442,12 @@ def test_jackknife_degenerate_prompts(be, rng, self_normalize) -> None:
     for i in (0, 2, 4, 8):  # empty
         assert h[i] == 0.0
     empty = np.zeros(1, dtype=np.int64)
-    assert be.segment_jackknife_entropy_hard(empty, np.empty(0), np.empty(0, np.int64), 3,
-                                             self_normalize).shape == (0,)
-    assert be.segment_jackknife_entropy_soft(empty, np.empty(0), np.zeros((0, 3)),
-                                             self_normalize).shape == (0,)
+    assert be.segment_jackknife_entropy_hard(
+        empty, np.empty(0), np.empty(0, np.int64), 3, self_normalize
+    ).shape == (0,)
+    assert be.segment_jackknife_entropy_soft(
+        empty, np.empty(0), np.zeros((0, 3)), self_normalize
+    ).shape == (0,)
 
 
 @pytest.mark.parametrize("self_normalize", [True, False])
@@ -472,8 +474,12 @@ def test_jackknife_thread_count_invariant_and_errors(be, rng, monkeypatch) -> No
     outs = []
     for t in ("1", "3"):
         monkeypatch.setenv("POPE_NUM_THREADS", t)
-        outs.append((be.segment_jackknife_entropy_hard(ptr, lw, labels, 7, True),
-                     be.segment_jackknife_entropy_soft(ptr, lw, soft, True)))
+        outs.append(
+            (
+                be.segment_jackknife_entropy_hard(ptr, lw, labels, 7, True),
+                be.segment_jackknife_entropy_soft(ptr, lw, soft, True),
+            )
+        )
     for a, b in zip(*outs):
         np.testing.assert_array_equal(a, b)
     bad = labels.copy()
@@ -648,8 +654,9 @@ def test_bootstrap_one_hot_columns(be, seed) -> None:
     np.testing.assert_array_equal(got, ref.bootstrap_sums(np.eye(n), 200, seed))
     np.testing.assert_allclose(got.sum(axis=1), n, rtol=4 * n * np.finfo(float).eps)
     counts = ref.bootstrap_counts(n, seed, 0, 200)
-    np.testing.assert_allclose(got * counts.sum(axis=1, keepdims=True) / n, counts,
-                               rtol=0, atol=1e-12)
+    np.testing.assert_allclose(
+        got * counts.sum(axis=1, keepdims=True) / n, counts, rtol=0, atol=1e-12
+    )
 
 
 @pytest.mark.parametrize("m", [1, 4])

@@ -50,8 +50,18 @@ class Killed(BaseException):
 
 
 def config(out: Path, **kw) -> TrainConfig:
-    base = dict(lr=5e-3, token_budget=60, max_steps=4, save_every=2, output_dir=str(out),
-                progress=False, lam=0.5, seed=0, disable_dropout=False, beta=0.1)
+    base = dict(
+        lr=5e-3,
+        token_budget=60,
+        max_steps=4,
+        save_every=2,
+        output_dir=str(out),
+        progress=False,
+        lam=0.5,
+        seed=0,
+        disable_dropout=False,
+        beta=0.1,
+    )
     base.update(kw)
     return TrainConfig(**base)
 
@@ -59,9 +69,13 @@ def config(out: Path, **kw) -> TrainConfig:
 def trainer(out: Path, tok, **kw) -> OffPolicyTrainer:
     # a different initial model from the reference run's: a resumed run must take it all
     # from the checkpoint
-    return OffPolicyTrainer(tiny_gpt2(seed=kw.pop("model_seed", 0), dropout=0.1), tok,
-                            PopeDataset.from_records(RECORDS), config(out, **kw),
-                            reference_model="initial")
+    return OffPolicyTrainer(
+        tiny_gpt2(seed=kw.pop("model_seed", 0), dropout=0.1),
+        tok,
+        PopeDataset.from_records(RECORDS),
+        config(out, **kw),
+        reference_model="initial",
+    )
 
 
 def params(model) -> dict[str, torch.Tensor]:
@@ -192,8 +206,9 @@ def test_sigkill_during_checkpoint_write_then_resume_is_bit_identical(tmp_path, 
     ref_params, ref_rows, _ = reference
     out = tmp_path / "out"
     script = CHILD.format(tests=str(Path(__file__).parent), index=0, out=str(out))
-    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], timeout=300,
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(script)], timeout=300, capture_output=True, text=True
+    )
     assert proc.returncode == -9, proc.stderr[-2000:]
     assert any(p.name.startswith(".checkpoint-4.tmp-") for p in out.iterdir())
     assert not (out / "checkpoint-4").exists()
@@ -352,14 +367,22 @@ def test_rng_state_round_trips_through_json(tmp_path):
     random.gauss(0, 1)  # a cached gaussian in both legacy generators
     np.random.standard_normal()  # noqa: NPY002
     st = json.loads(json.dumps(rng_state()))
-    want = (random.random(), random.gauss(0, 1), np.random.standard_normal(3),  # noqa: NPY002
-            torch.rand(3))
+    want = (
+        random.random(),
+        random.gauss(0, 1),
+        np.random.standard_normal(3),  # noqa: NPY002
+        torch.rand(3),
+    )
     random.seed(7)
     np.random.seed(7)  # noqa: NPY002
     torch.manual_seed(7)
     set_rng_state(st, tmp_path / "rng.json")
-    got = (random.random(), random.gauss(0, 1), np.random.standard_normal(3),  # noqa: NPY002
-           torch.rand(3))
+    got = (
+        random.random(),
+        random.gauss(0, 1),
+        np.random.standard_normal(3),  # noqa: NPY002
+        torch.rand(3),
+    )
     assert got[:2] == want[:2]
     np.testing.assert_array_equal(got[2], want[2])
     assert torch.equal(got[3], want[3])
@@ -401,7 +424,11 @@ def test_output_dir_of_an_earlier_run_is_refused_unless_overwrite(tmp_path, tok)
     tr = trainer(out, tok, max_steps=1, overwrite=True)
     tr.train()
     assert sorted(p.name for p in out.iterdir()) == [
-        "checkpoint-1", "final", "metrics.jsonl", "notes.txt", "summary.json"
+        "checkpoint-1",
+        "final",
+        "metrics.jsonl",
+        "notes.txt",
+        "summary.json",
     ]
     assert (out / "notes.txt").read_text() == "mine"  # not ours: kept
     assert [r["step"] for r in metric_rows(out)] == [1]

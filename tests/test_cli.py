@@ -145,8 +145,13 @@ def test_score_responses_matches_naive(models, scored_log, batch_tokens):
     df, target = scored_log
     model, tok = load_causal_lm(models["target"], device="cpu")
     seq, toks = score_responses(
-        model, tok, df.prompt, df.response, batch_tokens=batch_tokens,
-        return_token_logprobs=True, progress=False,
+        model,
+        tok,
+        df.prompt,
+        df.response,
+        batch_tokens=batch_tokens,
+        return_token_logprobs=True,
+        progress=False,
     )
     np.testing.assert_allclose(seq, target, rtol=1e-5, atol=1e-4)
     lengths = [len(tok(r, add_special_tokens=False)["input_ids"]) for r in df.response]
@@ -160,8 +165,9 @@ def test_score_hidden_head_and_eos(models, scored_log):
     model, tok = load_causal_lm(models["target"], device="cpu")
     hidden = score_responses(model, tok, df.prompt, df.response, head="hidden", progress=False)
     np.testing.assert_allclose(hidden, target, rtol=1e-5, atol=1e-4)
-    with_eos = score_responses(model, tok, df.prompt[:3], df.response[:3], add_eos=True,
-                               progress=False)
+    with_eos = score_responses(
+        model, tok, df.prompt[:3], df.response[:3], add_eos=True, progress=False
+    )
     # one more (negative) term: the EOS token's log-prob
     assert (with_eos < target[:3]).all()
     pairs = tokenize_pairs(tok, ["the cat"], ["sat on"], add_eos=True)
@@ -192,13 +198,24 @@ def test_evaluate_with_logged_logprobs(tmp_path, models, scored_log, capsys):
     logs = write_logs(df, tmp_path / "logs.parquet")
     out = tmp_path / "results.json"
     code, stdout, err = run(
-        ["evaluate", "--logs", logs, "--policy", models["target"], "--lambda", "0.5",
-         "--estimators", "ips,snips,clipped_ips", "--out", out, "--no-progress"],
+        [
+            "evaluate",
+            "--logs",
+            logs,
+            "--policy",
+            models["target"],
+            "--lambda",
+            "0.5",
+            "--estimators",
+            "ips,snips,clipped_ips",
+            "--out",
+            out,
+            "--no-progress",
+        ],
         capsys,
     )
     assert code == 0, err
-    for label in ("POPE relevance", "POPE diversity", "POPE total", "IPS", "SNIPS",
-                  "clipped IPS"):
+    for label in ("POPE relevance", "POPE diversity", "POPE total", "IPS", "SNIPS", "clipped IPS"):
         assert label in stdout
     res = json.loads(out.read_text())
     ref = direct_evaluate(df, target, lam=0.5)
@@ -227,8 +244,19 @@ def test_evaluate_with_logging_model_matches_logged(tmp_path, models, scored_log
     logs = write_logs(df.drop(columns=["log_logging"]), tmp_path / "logs.jsonl")
     a = tmp_path / "a.json"
     code, _, err = run(
-        ["evaluate", "--logs", logs, "--policy", models["target"], "--logging-model",
-         models["logging"], "--out", a, "--no-progress", "-q"],
+        [
+            "evaluate",
+            "--logs",
+            logs,
+            "--policy",
+            models["target"],
+            "--logging-model",
+            models["logging"],
+            "--out",
+            a,
+            "--no-progress",
+            "-q",
+        ],
         capsys,
     )
     assert code == 0, err
@@ -239,8 +267,17 @@ def test_evaluate_with_logging_model_matches_logged(tmp_path, models, scored_log
     logs2 = write_logs(df, tmp_path / "logs2.csv")
     b = tmp_path / "b.json"
     code, _, err = run(
-        ["evaluate", "--logs", logs2, "--policy", models["target"], "--out", b, "-q",
-         "--no-progress"],
+        [
+            "evaluate",
+            "--logs",
+            logs2,
+            "--policy",
+            models["target"],
+            "--out",
+            b,
+            "-q",
+            "--no-progress",
+        ],
         capsys,
     )
     assert code == 0, err
@@ -256,8 +293,18 @@ def test_evaluate_streaming_cli_equals_in_memory(tmp_path, models, scored_log, c
     for name, extra in (("mem", []), ("stream", ["--chunk-rows", "5"])):
         out = tmp_path / f"{name}.json"
         code, _, err = run(
-            ["evaluate", "--logs", logs, "--policy", models["target"], "--out", out, "-q",
-             "--no-progress", *extra],
+            [
+                "evaluate",
+                "--logs",
+                logs,
+                "--policy",
+                models["target"],
+                "--out",
+                out,
+                "-q",
+                "--no-progress",
+                *extra,
+            ],
             capsys,
         )
         assert code == 0, err
@@ -274,8 +321,21 @@ def test_evaluate_token_mean_weighting(tmp_path, models, scored_log, capsys):
     logs = write_logs(df.drop(columns=["log_logging"]), tmp_path / "logs.parquet")
     out = tmp_path / "r.json"
     code, _, err = run(
-        ["evaluate", "--logs", logs, "--policy", models["target"], "--logging-model",
-         models["logging"], "--weighting", "token_mean", "--out", out, "-q", "--no-progress"],
+        [
+            "evaluate",
+            "--logs",
+            logs,
+            "--policy",
+            models["target"],
+            "--logging-model",
+            models["logging"],
+            "--weighting",
+            "token_mean",
+            "--out",
+            out,
+            "-q",
+            "--no-progress",
+        ],
         capsys,
     )
     assert code == 0, err
@@ -288,8 +348,11 @@ def test_evaluate_token_mean_weighting(tmp_path, models, scored_log, capsys):
     tok1 = [naive_token_logprobs(tm, tt, p, r) for p, r in pairs]
     names = sorted(set(df["aspect"]))
     fb = LoggedFeedback.from_arrays(
-        prompt_id=df.prompt_id, signal=df.signal, log_logging=[t.sum() for t in tok0],
-        aspect=[names.index(a) for a in df["aspect"]], token_log_logging=tok0,
+        prompt_id=df.prompt_id,
+        signal=df.signal,
+        log_logging=[t.sum() for t in tok0],
+        aspect=[names.index(a) for a in df["aspect"]],
+        token_log_logging=tok0,
     )
     flat_target = np.concatenate([tok1[j] for j in fb.row_index])
     ref = pope.evaluate(fb, None, weighting="token_mean", token_log_target=flat_target)
@@ -298,8 +361,7 @@ def test_evaluate_token_mean_weighting(tmp_path, models, scored_log, capsys):
     # without per-token logging log-probs: a clear error
     logs2 = write_logs(df, tmp_path / "l2.parquet")
     code, _, err = run(
-        ["evaluate", "--logs", logs2, "--policy", models["target"], "--weighting",
-         "token_mean"],
+        ["evaluate", "--logs", logs2, "--policy", models["target"], "--weighting", "token_mean"],
         capsys,
     )
     assert code == 2 and "per-token logging" in err
@@ -320,8 +382,7 @@ def test_bad_rows_fail_then_skip(tmp_path, scored_log, capsys):
         assert row in err
     out = tmp_path / "r.json"
     code, stdout, err = run(
-        ["evaluate", "--logs", logs, "--aspect-names", names, "--on-error", "skip",
-         "--out", out],
+        ["evaluate", "--logs", logs, "--aspect-names", names, "--on-error", "skip", "--out", out],
         capsys,
     )
     assert code == 0, err
@@ -367,8 +428,20 @@ def test_kmeans_aspects_from_npy_column_and_model(tmp_path, models, scored_log, 
     for name, src in (("npy", tmp_path / "emb.npy"), ("col", "column:embedding")):
         outs[name] = tmp_path / f"{name}.json"
         code, _, err = run(
-            ["evaluate", "--logs", logs, "--aspects-from", src, "--n-aspects", "3", "--seed",
-             "5", "--out", outs[name], "-q"],
+            [
+                "evaluate",
+                "--logs",
+                logs,
+                "--aspects-from",
+                src,
+                "--n-aspects",
+                "3",
+                "--seed",
+                "5",
+                "--out",
+                outs[name],
+                "-q",
+            ],
             capsys,
         )
         assert code == 0, err
@@ -379,7 +452,10 @@ def test_kmeans_aspects_from_npy_column_and_model(tmp_path, models, scored_log, 
 
     labels = kmeans(emb, 3, seed=5).labels
     fb = LoggedFeedback.from_arrays(
-        prompt_id=df.prompt_id, signal=df.signal, log_logging=df.log_logging, aspect=labels,
+        prompt_id=df.prompt_id,
+        signal=df.signal,
+        log_logging=df.log_logging,
+        aspect=labels,
         n_aspects=3,
     )
     ref = pope.evaluate(fb, target[fb.row_index])
@@ -388,8 +464,21 @@ def test_kmeans_aspects_from_npy_column_and_model(tmp_path, models, scored_log, 
     # soft assignment changes the diversity, stays in [0, 1]
     soft = tmp_path / "soft.json"
     code, _, err = run(
-        ["evaluate", "--logs", logs, "--aspects-from", tmp_path / "emb.npy", "--n-aspects",
-         "3", "--soft-aspects", "--temperature", "0.5", "--out", soft, "-q"],
+        [
+            "evaluate",
+            "--logs",
+            logs,
+            "--aspects-from",
+            tmp_path / "emb.npy",
+            "--n-aspects",
+            "3",
+            "--soft-aspects",
+            "--temperature",
+            "0.5",
+            "--out",
+            soft,
+            "-q",
+        ],
         capsys,
     )
     assert code == 0, err
@@ -398,21 +487,28 @@ def test_kmeans_aspects_from_npy_column_and_model(tmp_path, models, scored_log, 
 
     # embeddings from a local model directory (mean-pooled hidden states)
     code, _, err = run(
-        ["evaluate", "--logs", logs, "--aspects-from", models["target"], "--n-aspects", "2",
-         "-q", "--no-progress"],
+        [
+            "evaluate",
+            "--logs",
+            logs,
+            "--aspects-from",
+            models["target"],
+            "--n-aspects",
+            "2",
+            "-q",
+            "--no-progress",
+        ],
         capsys,
     )
     assert code == 0, err
 
     # k-means needs C
-    code, _, err = run(["evaluate", "--logs", logs, "--aspects-from", tmp_path / "emb.npy"],
-                       capsys)
+    code, _, err = run(["evaluate", "--logs", logs, "--aspects-from", tmp_path / "emb.npy"], capsys)
     assert code == 2 and "--n-aspects" in err
     # the .npy must have one row per log row
     np.save(tmp_path / "short.npy", emb[:-1])
     code, _, err = run(
-        ["evaluate", "--logs", logs, "--aspects-from", tmp_path / "short.npy", "--n-aspects",
-         "3"],
+        ["evaluate", "--logs", logs, "--aspects-from", tmp_path / "short.npy", "--n-aspects", "3"],
         capsys,
     )
     assert code == 2 and "rows" in err
@@ -423,9 +519,22 @@ def test_train_then_evaluate(tmp_path, models, scored_log, capsys):
     logs = write_logs(df.drop(columns=["log_logging"]), tmp_path / "logs.jsonl")
     out_dir = tmp_path / "run"
     code, stdout, err = run(
-        ["train", "--logs", logs, "--policy", models["logging"], "--logging-model",
-         models["logging"], "--output-dir", out_dir, "--max-steps", "3", "--learning-rate", "1e-3",
-         "--no-progress"],
+        [
+            "train",
+            "--logs",
+            logs,
+            "--policy",
+            models["logging"],
+            "--logging-model",
+            models["logging"],
+            "--output-dir",
+            out_dir,
+            "--max-steps",
+            "3",
+            "--learning-rate",
+            "1e-3",
+            "--no-progress",
+        ],
         capsys,
     )
     assert code == 0, err
@@ -438,8 +547,19 @@ def test_train_then_evaluate(tmp_path, models, scored_log, capsys):
     for name, policy in (("before", models["logging"]), ("after", final)):
         out = tmp_path / f"{name}.json"
         code, _, err = run(
-            ["evaluate", "--logs", logs, "--policy", policy, "--logging-model",
-             models["logging"], "--out", out, "-q", "--no-progress"],
+            [
+                "evaluate",
+                "--logs",
+                logs,
+                "--policy",
+                policy,
+                "--logging-model",
+                models["logging"],
+                "--out",
+                out,
+                "-q",
+                "--no-progress",
+            ],
             capsys,
         )
         assert code == 0, err
@@ -461,8 +581,18 @@ def test_train_then_evaluate(tmp_path, models, scored_log, capsys):
         (["evaluate", "--logs", "{tmp}/wrong.csv", "--lambda", "-1"], "lambda"),
         (["evaluate", "--logs", "{tmp}/ok.csv", "--column", "nonsense=x"], "unknown schema"),
         (["frobnicate"], "invalid choice"),
-        (["train", "--logs", "{tmp}/ok.csv", "--policy", "{tmp}/nomodel", "--output-dir",
-          "{tmp}/o"], "not found"),
+        (
+            [
+                "train",
+                "--logs",
+                "{tmp}/ok.csv",
+                "--policy",
+                "{tmp}/nomodel",
+                "--output-dir",
+                "{tmp}/o",
+            ],
+            "not found",
+        ),
     ],
 )
 def test_bad_usage_and_input_exit_2(tmp_path, capsys, argv, needle):
@@ -559,13 +689,24 @@ def test_weight_overflow_exits_2_with_a_clear_message(tmp_path, capsys):
 
 
 def test_dict_prompt_id_in_a_streamed_log_exits_2(tmp_path, capsys):
-    rows = [dict(prompt_id=i // 3, prompt="the cat", response="a dog", signal=1.0, aspect=i % 2,
-                 log_logging=-1.0, log_target=-1.0) for i in range(6)]
+    rows = [
+        dict(
+            prompt_id=i // 3,
+            prompt="the cat",
+            response="a dog",
+            signal=1.0,
+            aspect=i % 2,
+            log_logging=-1.0,
+            log_target=-1.0,
+        )
+        for i in range(6)
+    ]
     rows[4]["prompt_id"] = {"a": 1}
     logs = tmp_path / "l.jsonl"
     logs.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    code, out, err = run(["evaluate", "--logs", logs, "--chunk-rows", "2", "-q",
-                          "--no-progress"], capsys)
+    code, out, err = run(
+        ["evaluate", "--logs", logs, "--chunk-rows", "2", "-q", "--no-progress"], capsys
+    )
     assert code == 2, err
     assert "prompt_id" in err and "Traceback" not in err + out
 
@@ -581,13 +722,28 @@ def test_demo_out_of_an_earlier_demo_is_refused(tmp_path, capsys):
 
 
 def _train_argv(logs, models, out, *extra):
-    return ["train", "--logs", logs, "--policy", models["logging"], "--output-dir", out,
-            "--max-steps", "4", "--save-steps", "2", "--learning-rate", "1e-3", "--no-progress",
-            *extra]
+    return [
+        "train",
+        "--logs",
+        logs,
+        "--policy",
+        models["logging"],
+        "--output-dir",
+        out,
+        "--max-steps",
+        "4",
+        "--save-steps",
+        "2",
+        "--learning-rate",
+        "1e-3",
+        "--no-progress",
+        *extra,
+    ]
 
 
-def test_train_refuses_an_earlier_run_unless_resume_or_overwrite(tmp_path, models, scored_log,
-                                                                 capsys):
+def test_train_refuses_an_earlier_run_unless_resume_or_overwrite(
+    tmp_path, models, scored_log, capsys
+):
     df, _ = scored_log
     logs = write_logs(df, tmp_path / "logs.jsonl")
     out = tmp_path / "run"
@@ -597,8 +753,7 @@ def test_train_refuses_an_earlier_run_unless_resume_or_overwrite(tmp_path, model
     code, stdout, err = run(_train_argv(logs, models, out), capsys)
     assert code == 2 and "--overwrite" in err and "--resume" in err and "Traceback" not in err
     assert (out / "metrics.jsonl").read_text() == before  # nothing touched
-    code, _, err = run(_train_argv(logs, models, out, "--resume", "latest", "--overwrite"),
-                       capsys)
+    code, _, err = run(_train_argv(logs, models, out, "--resume", "latest", "--overwrite"), capsys)
     assert code == 2 and "exclude" in err
     # --resume of a finished run: nothing to do, the same result
     code, stdout, err = run(_train_argv(logs, models, out, "--resume", "latest"), capsys)
@@ -606,11 +761,15 @@ def test_train_refuses_an_earlier_run_unless_resume_or_overwrite(tmp_path, model
     assert "resuming from" in stdout and "checkpoint-4" in stdout
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
-    code, _, err = run(_train_argv(logs, models, out, "--overwrite", "--max-steps", "1"),
-                       capsys)
+    code, _, err = run(_train_argv(logs, models, out, "--overwrite", "--max-steps", "1"), capsys)
     assert code == 0, err
-    assert sorted(p.name for p in out.iterdir()) == ["aspect_model.json", "checkpoint-1", "final",
-                                                     "metrics.jsonl", "summary.json"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "aspect_model.json",
+        "checkpoint-1",
+        "final",
+        "metrics.jsonl",
+        "summary.json",
+    ]
 
 
 def _weights(path):
@@ -655,10 +814,11 @@ def test_evaluate_without_models_does_not_load_transformers(tmp_path):
     """Logged log-probs, labels: nothing is scored, so transformers is not imported (about
     2 s and 20 MB of a run; it used to be imported only to silence its loading bars)."""
     logs = _target_log(tmp_path)
-    code = ("import sys; from pope.cli import main; "
-            f"rc = main(['evaluate', '--logs', {logs!r}, '-q', '--no-progress']); "
-            "print('transformers' in sys.modules); sys.exit(rc)")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=300)
+    code = (
+        "import sys; from pope.cli import main; "
+        f"rc = main(['evaluate', '--logs', {logs!r}, '-q', '--no-progress']); "
+        "print('transformers' in sys.modules); sys.exit(rc)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().splitlines()[-1] == "False"

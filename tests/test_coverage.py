@@ -56,10 +56,12 @@ def test_coverage_entropy_diversity_match_naive(rng, soft, mode, backend):
     p_ref = naive_coverage(ptr, lw, q, mode)
     np.testing.assert_allclose(p, p_ref, rtol=1e-12, atol=1e-15)
     h_ref = entr(p_ref).sum(axis=1)
-    np.testing.assert_allclose(pope.coverage_entropy(ptr, lw, **kw), h_ref / math.log(c),
-                               rtol=1e-12, atol=1e-15)
-    np.testing.assert_allclose(pope.coverage_entropy(ptr, lw, normalize=False, **kw), h_ref,
-                               rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(
+        pope.coverage_entropy(ptr, lw, **kw), h_ref / math.log(c), rtol=1e-12, atol=1e-15
+    )
+    np.testing.assert_allclose(
+        pope.coverage_entropy(ptr, lw, normalize=False, **kw), h_ref, rtol=1e-12, atol=1e-15
+    )
     d = pope.diversity_reward(ptr, lw, **kw)
     seg = np.repeat(np.arange(len(ptr) - 1), np.diff(ptr))
     pk = p_ref[seg]
@@ -128,15 +130,19 @@ def test_feedback_source_equals_arrays(rng):
     c = 3
     ptr, lw, a, _q = make_prompts(rng, c=c)
     n = int(ptr[-1])
-    fb = pope.LoggedFeedback(prompt_ptr=ptr, signal=np.ones(n), log_logging=np.full(n, -1.0),
-                             aspect=a, n_aspects=c)
-    np.testing.assert_array_equal(pope.coverage(fb, lw), pope.coverage(ptr, lw, aspect=a,
-                                                                       n_aspects=c))
-    np.testing.assert_array_equal(pope.diversity_reward(fb, lw),
-                                  pope.diversity_reward(ptr, lw, aspect=a, n_aspects=c))
+    fb = pope.LoggedFeedback(
+        prompt_ptr=ptr, signal=np.ones(n), log_logging=np.full(n, -1.0), aspect=a, n_aspects=c
+    )
+    np.testing.assert_array_equal(
+        pope.coverage(fb, lw), pope.coverage(ptr, lw, aspect=a, n_aspects=c)
+    )
+    np.testing.assert_array_equal(
+        pope.diversity_reward(fb, lw), pope.diversity_reward(ptr, lw, aspect=a, n_aspects=c)
+    )
     # log_weight=None: the logging policy's own coverage (all weights equal)
-    np.testing.assert_allclose(pope.coverage(fb), naive_coverage(ptr, np.zeros(n), np.eye(c)[a],
-                                                                 "self_normalized"))
+    np.testing.assert_allclose(
+        pope.coverage(fb), naive_coverage(ptr, np.zeros(n), np.eye(c)[a], "self_normalized")
+    )
 
 
 def test_conventions_single_aspect_zero_weight_and_scale(rng):
@@ -156,8 +162,11 @@ def test_conventions_single_aspect_zero_weight_and_scale(rng):
     # self-normalised coverage is invariant to a common shift of the log weights, even one
     # that would overflow exp()
     lw2 = rng.normal(size=5)
-    np.testing.assert_allclose(pope.coverage(ptr, lw2 + 1000.0, aspect=a, n_aspects=2),
-                               pope.coverage(ptr, lw2, aspect=a, n_aspects=2), rtol=1e-12)
+    np.testing.assert_allclose(
+        pope.coverage(ptr, lw2 + 1000.0, aspect=a, n_aspects=2),
+        pope.coverage(ptr, lw2, aspect=a, n_aspects=2),
+        rtol=1e-12,
+    )
     with pytest.raises(ValueError, match="beyond float64"):
         pope.coverage(ptr, lw2 + 1000.0, aspect=a, n_aspects=2, mode="ips")
 
@@ -179,8 +188,12 @@ INVALID = [
     ((PTR, LW), {"aspect_probs": Q - 0.1}, ValueError, ">= 0"),
     ((PTR, LW), {"aspect_probs": Q[:, 0]}, ValueError, "2-dimensional"),
     ((PTR, LW), {"aspect_probs": Q, "n_aspects": 3}, ValueError, "columns"),
-    ((np.array([0, 3, 2, 4]), np.zeros(4)), {"aspect": A, "n_aspects": 2}, ValueError,
-     "non-decreasing"),
+    (
+        (np.array([0, 3, 2, 4]), np.zeros(4)),
+        {"aspect": A, "n_aspects": 2},
+        ValueError,
+        "non-decreasing",
+    ),
     ((np.array([1, 2, 4]), LW), {"aspect": A, "n_aspects": 2}, ValueError, "start at 0"),
     ((np.array([0, 2, 5]), LW), {"aspect": A, "n_aspects": 2}, ValueError, "must end"),
     ((PTR, np.array([0.0, np.nan, 0, 0])), {"aspect": A, "n_aspects": 2}, ValueError, "NaN"),
@@ -199,8 +212,9 @@ def test_invalid_inputs(fn, args, kw, err, match):
 
 
 def test_invalid_feedback_combinations(rng):
-    fb = pope.LoggedFeedback(prompt_ptr=PTR, signal=np.ones(4), log_logging=np.full(4, -1.0),
-                             aspect=A)
+    fb = pope.LoggedFeedback(
+        prompt_ptr=PTR, signal=np.ones(4), log_logging=np.full(4, -1.0), aspect=A
+    )
     with pytest.raises(ValueError, match="come from the LoggedFeedback"):
         pope.coverage(fb, LW, aspect=A)
     plain = pope.LoggedFeedback(prompt_ptr=PTR, signal=np.ones(4), log_logging=np.full(4, -1.0))

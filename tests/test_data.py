@@ -12,8 +12,11 @@ from pope import LoggedFeedback
 
 
 def base(**kw):
-    args = {"prompt_ptr": [0, 2, 2, 5], "signal": [1.0, 3.0, 0.0, 2.0, 2.0],
-            "log_logging": [-1.0, -0.5, -2.0, -0.1, -3.0]}
+    args = {
+        "prompt_ptr": [0, 2, 2, 5],
+        "signal": [1.0, 3.0, 0.0, 2.0, 2.0],
+        "log_logging": [-1.0, -0.5, -2.0, -0.1, -3.0],
+    }
     args.update(kw)
     return args
 
@@ -26,10 +29,16 @@ INVALID = [
     ({"signal": [[1.0, 3.0, 0.0, 2.0, 2.0]]}, ValueError, "1-dimensional"),
     ({"prompt_ptr": [0, 3, 2, 5]}, ValueError, "non-decreasing"),
     ({"prompt_ptr": [1, 2, 2, 5]}, ValueError, "start at 0"),
-    ({"prompt_ptr": [0, 2, 2, 4]}, ValueError,
-     "prompt_ptr ends at 4, but signal, log_logging have 5"),
-    ({"signal": [1.0, 3.0, 0.0, 2.0, 2.0, 1.0]}, ValueError,
-     "signal has length 6, but log_logging, prompt_ptr have 5"),
+    (
+        {"prompt_ptr": [0, 2, 2, 4]},
+        ValueError,
+        "prompt_ptr ends at 4, but signal, log_logging have 5",
+    ),
+    (
+        {"signal": [1.0, 3.0, 0.0, 2.0, 2.0, 1.0]},
+        ValueError,
+        "signal has length 6, but log_logging, prompt_ptr have 5",
+    ),
     ({"aspect": [0, 1, 2, 0, 10**9]}, ValueError, "largest aspect label is 1000000000"),
     ({"aspect": [0, 1, 2, 0, 1], "n_aspects": 10**9}, ValueError, "n_aspects = 1000000000"),
     ({"prompt_ptr": []}, ValueError, "at least one"),
@@ -51,10 +60,16 @@ INVALID = [
     ({"aspect_probs": np.full(5, 0.5)}, ValueError, "2-dimensional"),
     ({"token_log_logging": [-1.0]}, ValueError, "together"),
     ({"token_log_logging": [-1.0, -2.0], "token_ptr": [0, 1, 2]}, ValueError, "6 elements"),
-    ({"token_log_logging": [0.5, -2.0], "token_ptr": [0, 1, 1, 1, 2, 2]}, ValueError,
-     "log-probabilities"),
-    ({"token_log_logging": [-1.0, -2.0], "token_ptr": [0, 2, 1, 1, 2, 2]}, ValueError,
-     "non-decreasing"),
+    (
+        {"token_log_logging": [0.5, -2.0], "token_ptr": [0, 1, 1, 1, 2, 2]},
+        ValueError,
+        "log-probabilities",
+    ),
+    (
+        {"token_log_logging": [-1.0, -2.0], "token_ptr": [0, 2, 1, 1, 2, 2]},
+        ValueError,
+        "non-decreasing",
+    ),
     ({"position": [0, 1, -1, 0, 1]}, ValueError, "position must be >= 0"),
     ({"prompt_ids": ["a", "b"]}, ValueError, "prompt_ids must have shape"),
     ({"row_index": [0, 1, 2]}, ValueError, "row_index has length 3"),
@@ -143,11 +158,10 @@ def test_from_pandas_and_arrow_round_trip(rng):
     q = rng.dirichlet(np.ones(3), len(df))
     toks = [np.log(rng.uniform(0.1, 1, k)) for k in rng.integers(1, 5, len(df))]
     df2 = df.drop(columns=["aspect"]).assign(q0=q[:, 0], q1=q[:, 1], q2=q[:, 2], tok=toks)
-    fb = LoggedFeedback.from_pandas(df2, aspect_probs=["q0", "q1", "q2"],
-                                    token_log_logging="tok")
+    fb = LoggedFeedback.from_pandas(df2, aspect_probs=["q0", "q1", "q2"], token_log_logging="tok")
     np.testing.assert_allclose(fb.aspect_probs, q[fb.row_index])
     for j, src in enumerate(fb.row_index):
-        got = fb.token_log_logging[fb.token_ptr[j]:fb.token_ptr[j + 1]]
+        got = fb.token_log_logging[fb.token_ptr[j] : fb.token_ptr[j + 1]]
         np.testing.assert_array_equal(got, toks[src])
     with pytest.raises(ValueError, match="not found"):
         LoggedFeedback.from_pandas(df, signal="votes")
@@ -162,7 +176,8 @@ def test_select_prompts_and_split_compose(rng):
     np.testing.assert_array_equal(np.concatenate([s.row_index for s in shards]), fb.row_index)
     np.testing.assert_array_equal(np.concatenate([s.signal for s in shards]), fb.signal)
     np.testing.assert_array_equal(
-        np.concatenate([s.token_log_logging for s in shards]), fb.token_log_logging)
+        np.concatenate([s.token_log_logging for s in shards]), fb.token_log_logging
+    )
     sub = fb.select_prompts([2, 0, 2])
     assert sub.prompt_ids.tolist() == [fb.prompt_ids[2], fb.prompt_ids[0], fb.prompt_ids[2]]
     np.testing.assert_array_equal(sub.signal, rows["signal"][sub.row_index])
@@ -187,7 +202,7 @@ def test_reward_normalisations(rng):
     ptr = np.concatenate([[0], np.cumsum(k)])
     n = int(ptr[-1])
     sig = rng.poisson(2.0, n).astype(float)
-    sig[ptr[4]:ptr[5]] = 0.0  # a prompt with all-zero signal
+    sig[ptr[4] : ptr[5]] = 0.0  # a prompt with all-zero signal
     fb = LoggedFeedback(prompt_ptr=ptr, signal=sig, log_logging=np.full(n, -1.0))
 
     def by_max(u):

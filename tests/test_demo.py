@@ -53,22 +53,36 @@ def test_evaluation_section(demo_run: tuple[Path, dict[str, Any], str]) -> None:
     families = {r["family"] for p in pols for r in p["estimates"]}
     assert families == {"relevance", "list", "pope", "joint"}
     names = {r["estimator"] for r in pols[0]["estimates"]}
-    for want in ("IPS", "SNIPS", "DM", "DR", "SNDR", "SIPS/K", "IIPS/K", "RIPS/K",
-                 "POPE relevance", "POPE diversity", "POPE total", "joint IPS (=SIPS)"):
+    for want in (
+        "IPS",
+        "SNIPS",
+        "DM",
+        "DR",
+        "SNDR",
+        "SIPS/K",
+        "IIPS/K",
+        "RIPS/K",
+        "POPE relevance",
+        "POPE diversity",
+        "POPE total",
+        "joint IPS (=SIPS)",
+    ):
         assert want in names
     kls = [p["truth"]["kl"] for p in pols]
     assert kls[0] == pytest.approx(0.0, abs=1e-12) and max(kls) > 0.3  # near and far targets
     for p in pols:
         t = p["truth"]
         assert 0 <= t["relevance"] <= 1 and 0 <= t["diversity"] <= 1
-        assert t["total"] == pytest.approx(t["relevance"] + results["config"]["lam"]
-                                           * t["diversity"])
+        assert t["total"] == pytest.approx(
+            t["relevance"] + results["config"]["lam"] * t["diversity"]
+        )
         assert t["list_diversity"] <= t["diversity"] + 1e-12
         for r in p["estimates"]:
             assert _finite(r["truth"]) and _finite(r["estimate"])
             assert r["error"] == pytest.approx(r["estimate"] - r["truth"])
             assert r["truth"] == pytest.approx(
-                {"U": t["relevance"], "D": t["diversity"], "V": t["total"]}[r["quantity"]])
+                {"U": t["relevance"], "D": t["diversity"], "V": t["total"]}[r["quantity"]]
+            )
             if r["estimator"] in ("IPS", "SNIPS", "POPE total"):
                 assert _finite(r["stderr"]) and r["ci_lower"] <= r["estimate"] <= r["ci_upper"]
 
@@ -77,8 +91,12 @@ def test_evaluation_numbers_reproduce(demo_run: tuple[Path, dict[str, Any], str]
     """Rebuild the quick environment and log independently and check the on-policy row."""
     _, results, _ = demo_run
     cfg = demo.DemoConfig.quick()
-    env = CandidateEnv.make(n_prompts=cfg.env_prompts, n_candidates=cfg.env_candidates,
-                            n_aspects=cfg.n_aspects, seed=SEED)
+    env = CandidateEnv.make(
+        n_prompts=cfg.env_prompts,
+        n_candidates=cfg.env_candidates,
+        n_aspects=cfg.n_aspects,
+        seed=SEED,
+    )
     log = env.sample_logs(k=cfg.k, seed=SEED + 1)
     on = results["evaluation"]["policies"][0]
     assert on["truth"]["relevance"] == pytest.approx(env.value(env.logging_policy).relevance)
@@ -100,8 +118,9 @@ def test_evaluation_numbers_reproduce(demo_run: tuple[Path, dict[str, Any], str]
     def p_j(j: int) -> float:
         vals = []
         for i in range(fb.n_prompts):
-            n_c = np.bincount(fb.aspect[fb.prompt_ptr[i]:fb.prompt_ptr[i + 1]],
-                              minlength=env.n_aspects)
+            n_c = np.bincount(
+                fb.aspect[fb.prompt_ptr[i] : fb.prompt_ptr[i + 1]], minlength=env.n_aspects
+            )
             vals.append(sum(comb(int(x), j) for x in n_c) / comb(k, j))
         return float(np.mean(vals))
 
@@ -155,8 +174,13 @@ def test_cli_plumbing() -> None:
     args = parser.parse_args(["--quick", "--seed", "5", "--out", "x"])
     assert args.quick and args.seed == 5 and str(args.out) == "x" and args.lam == 1.0
     assert parser.parse_args([]).out == Path("./pope-demo")
-    proc = subprocess.run([sys.executable, "-m", "pope.demo", "--help"], capture_output=True,
-                          text=True, timeout=60, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pope.demo", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert proc.returncode == 0 and "--quick" in proc.stdout
 
 
@@ -166,8 +190,7 @@ def test_bad_lambda(tmp_path: Path) -> None:
 
 def test_evaluation_suite_ragged_and_soft() -> None:
     """Ragged K (no list estimators) and soft aspects: every row finite, truths consistent."""
-    env = CandidateEnv.make(n_prompts=30, n_candidates=6, n_aspects=3, soft_aspects=True,
-                            seed=2)
+    env = CandidateEnv.make(n_prompts=30, n_candidates=6, n_aspects=3, soft_aspects=True, seed=2)
     log = env.sample_logs(n_prompts=200, k=(2, 6), seed=1)
     pol = env.tilt(utility=1.0)
     truth = demo.true_values(env, pol, 0.5, 4)

@@ -109,7 +109,9 @@ def run_config(name: str, model: nn.Module, data: dict, idx: torch.Tensor, **ext
 def leaf_grad(data: dict, idx: torch.Tensor, **extra) -> tuple[torch.Tensor, dict]:
     logp = data["logp_leaf"][idx].clone().requires_grad_(True)
     out = PopeObjective(lam=0.8, clip=2.0, **extra)(
-        logp=logp, rewards=data["rewards"][idx].double(), prompt_index=PROMPT[idx],
+        logp=logp,
+        rewards=data["rewards"][idx].double(),
+        prompt_index=PROMPT[idx],
         log_logging=(data["logp_leaf"] + 0.3 * torch.sin(torch.arange(10.0)).double())[idx],
         aspects=data["aspects"][idx],
     )
@@ -159,8 +161,16 @@ def _trainer_config(outdir: str, accum: int):
     from pope.train import TrainConfig
 
     return TrainConfig(
-        lr=5e-3, token_budget=60, grad_accum_steps=accum, max_steps=1, output_dir=outdir,
-        progress=False, save_final=False, lam=0.5, clip=5.0, seed=0,
+        lr=5e-3,
+        token_budget=60,
+        grad_accum_steps=accum,
+        max_steps=1,
+        output_dir=outdir,
+        progress=False,
+        save_final=False,
+        lam=0.5,
+        clip=5.0,
+        seed=0,
     )
 
 
@@ -174,9 +184,13 @@ def _trainer_part(rank: int, outdir: str) -> None:
     torch.manual_seed(0)
     model = nn.parallel.DistributedDataParallel(TinyCausalLM(len(tok)))
     ds = PopeDataset.from_records(make_records(n_prompts=6, k=3, seed=5))
-    tr = OffPolicyTrainer(model, tok, ds,
-                          _trainer_config(os.path.join(outdir, str(rank)), accum=1),
-                          reference_model="initial")
+    tr = OffPolicyTrainer(
+        model,
+        tok,
+        ds,
+        _trainer_config(os.path.join(outdir, str(rank)), accum=1),
+        reference_model="initial",
+    )
     mbs, _ = tr.step_batches(0)
     row = tr.train_step()
     res = {
@@ -283,9 +297,13 @@ def test_offpolicy_trainer_under_ddp_equals_single_process_accumulation(rank_res
     torch.manual_seed(0)
     model = TinyCausalLM(len(tok))
     ds = PopeDataset.from_records(make_records(n_prompts=6, k=3, seed=5))
-    tr = OffPolicyTrainer(model, tok, ds,
-                          _trainer_config(str(tmp_path / "single"), accum=WORLD),
-                          reference_model="initial")
+    tr = OffPolicyTrainer(
+        model,
+        tok,
+        ds,
+        _trainer_config(str(tmp_path / "single"), accum=WORLD),
+        reference_model="initial",
+    )
     mbs, _ = tr.step_batches(0)
     assert [r["mbs"][0] for r in ranks] == mbs  # rank r took micro-batch r of the step
     row = tr.train_step()

@@ -59,8 +59,8 @@ def ragged(rng, n_prompts=120, c=5, soft=False):
     n = int(ptr[-1])
     lw = rng.normal(0.0, 1.5, n)
     lw[rng.uniform(size=n) < 0.15] = -np.inf  # scattered zero weights
-    lw[ptr[2]:ptr[3]] = [0.0, -np.inf, -np.inf]  # one positive weight: the plug-in
-    lw[ptr[3]:ptr[4]] = [0.0, -35.0, -40.0, -38.0]  # one dominant weight
+    lw[ptr[2] : ptr[3]] = [0.0, -np.inf, -np.inf]  # one positive weight: the plug-in
+    lw[ptr[3] : ptr[4]] = [0.0, -35.0, -40.0, -38.0]  # one dominant weight
     if soft:
         q = rng.dirichlet(np.full(c, 0.6), n)
         q[: n // 5, 0] = 0.0  # exact zeros (0 log 0)
@@ -75,8 +75,7 @@ def ragged(rng, n_prompts=120, c=5, soft=False):
 def test_jackknife_matches_brute_force(rng, soft, mode):
     c = 5
     ptr, lw, kw, q = ragged(rng, c=c, soft=soft)
-    got = pope.coverage_entropy(ptr, lw, mode=mode, estimator="jackknife", normalize=False,
-                                **kw)
+    got = pope.coverage_entropy(ptr, lw, mode=mode, estimator="jackknife", normalize=False, **kw)
     ref = brute_jackknife(ptr, lw, q, mode == "self_normalized")
     np.testing.assert_allclose(got, ref, rtol=1e-10, atol=1e-12)
     plug = pope.coverage_entropy(ptr, lw, mode=mode, normalize=False, **kw)
@@ -86,26 +85,42 @@ def test_jackknife_matches_brute_force(rng, soft, mode):
         np.testing.assert_allclose(got[2], plug[2], rtol=1e-13, atol=1e-15)
     np.testing.assert_allclose(
         pope.coverage_entropy(ptr, lw, mode=mode, estimator="jackknife", **kw),
-        got / math.log(c), rtol=1e-14, atol=1e-15)
+        got / math.log(c),
+        rtol=1e-14,
+        atol=1e-15,
+    )
 
 
 def test_jackknife_edge_cases():
     # one aspect: everything 0; no responses at all
-    assert np.all(pope.coverage_entropy([0, 2, 3], [0.0, 1.0, 0.0], aspect=[0, 0, 0],
-                                        n_aspects=1, estimator="jackknife") == 0.0)
-    assert pope.coverage_entropy([0, 0], None, aspect=np.zeros(0, int), n_aspects=3,
-                                 estimator="jackknife").tolist() == [0.0]
+    assert np.all(
+        pope.coverage_entropy(
+            [0, 2, 3], [0.0, 1.0, 0.0], aspect=[0, 0, 0], n_aspects=1, estimator="jackknife"
+        )
+        == 0.0
+    )
+    assert pope.coverage_entropy(
+        [0, 0], None, aspect=np.zeros(0, int), n_aspects=3, estimator="jackknife"
+    ).tolist() == [0.0]
     # equal weights, two different labels out of K = 2: 2 H(1/2, 1/2) - 1/2 (0 + 0) = 2 log 2
-    h = pope.coverage_entropy([0, 2], None, aspect=[0, 1], n_aspects=4, normalize=False,
-                              estimator="jackknife")
+    h = pope.coverage_entropy(
+        [0, 2], None, aspect=[0, 1], n_aspects=4, normalize=False, estimator="jackknife"
+    )
     assert h[0] == pytest.approx(2 * math.log(2), rel=1e-14)
     # a zero-weight response deletes nothing: jackknife over K = 3 with w = (1, 1, 0)
-    h3 = pope.coverage_entropy([0, 3], [0.0, 0.0, -np.inf], aspect=[0, 1, 2], n_aspects=3,
-                               normalize=False, estimator="jackknife")
+    h3 = pope.coverage_entropy(
+        [0, 3],
+        [0.0, 0.0, -np.inf],
+        aspect=[0, 1, 2],
+        n_aspects=3,
+        normalize=False,
+        estimator="jackknife",
+    )
     assert h3[0] == pytest.approx(3 * math.log(2) - 2 / 3 * (0 + 0 + math.log(2)), rel=1e-14)
     # all weights zero (self-normalised): 0, and the prompt is not a diversity unit
-    z = pope.coverage_entropy([0, 2], [-np.inf, -np.inf], aspect=[0, 1], n_aspects=2,
-                              estimator="jackknife")
+    z = pope.coverage_entropy(
+        [0, 2], [-np.inf, -np.inf], aspect=[0, 1], n_aspects=2, estimator="jackknife"
+    )
     assert z.tolist() == [0.0]
     with pytest.raises(ValueError, match="estimator must be one of"):
         pope.coverage_entropy([0, 2], None, aspect=[0, 1], n_aspects=2, estimator="mm")
@@ -115,8 +130,9 @@ def test_jackknife_is_accurate_with_huge_weight_ranges():
     """Weights e^300 apart: the dominant response's deletion is summed afresh, not subtracted."""
     lw = np.array([300.0, 0.0, 0.0, -1.0])
     a = np.array([0, 1, 2, 1])
-    got = pope.coverage_entropy([0, 4], lw, aspect=a, n_aspects=3, normalize=False,
-                                estimator="jackknife")
+    got = pope.coverage_entropy(
+        [0, 4], lw, aspect=a, n_aspects=3, normalize=False, estimator="jackknife"
+    )
     # exact: H(p_hat) ~ 0 up to e^-300; deleting the dominant response leaves the others
     w_rest = np.exp(lw[1:])
     p_rest = np.bincount(a[1:], weights=w_rest, minlength=3) / w_rest.sum()
@@ -130,8 +146,9 @@ def test_evaluate_jackknife_merge_and_backends(rng, soft):
     ptr, lw, kw, _ = ragged(rng, n_prompts=90, soft=soft)
     n = int(ptr[-1])
     ll = np.log(rng.uniform(0.05, 1.0, n))
-    fb = pope.LoggedFeedback(prompt_ptr=ptr, signal=rng.poisson(2.0, n).astype(float),
-                             log_logging=ll, **kw)
+    fb = pope.LoggedFeedback(
+        prompt_ptr=ptr, signal=rng.poisson(2.0, n).astype(float), log_logging=ll, **kw
+    )
     lt = np.minimum(ll + lw, 0.0)
     opts = {"lam": 0.8, "diversity_estimator": "jackknife"}
     batch = pope.evaluate(fb, lt, **opts)
@@ -143,26 +160,29 @@ def test_evaluate_jackknife_merge_and_backends(rng, soft):
     nu, nd = batch.relevance.n, hd.size
     psi = nu / nd * (hd - hd.mean())
     assert batch.diversity.stderr == pytest.approx(
-        math.sqrt((psi**2).sum() / (nu * (nu - 1))), rel=1e-9)
+        math.sqrt((psi**2).sum() / (nu * (nu - 1))), rel=1e-9
+    )
     for n_shards in (2, 7):
-        merged = reduce(add, [pope_stats(s, lt[s.row_index], **opts)
-                              for s in fb.split(n_shards)]).estimate()
+        merged = reduce(
+            add, [pope_stats(s, lt[s.row_index], **opts) for s in fb.split(n_shards)]
+        ).estimate()
         for name in ("relevance", "diversity", "total"):
-            assert getattr(merged, name).value == pytest.approx(getattr(batch, name).value,
-                                                                rel=1e-12, abs=1e-15)
+            assert getattr(merged, name).value == pytest.approx(
+                getattr(batch, name).value, rel=1e-12, abs=1e-15
+            )
             assert getattr(merged, name).stderr == pytest.approx(
-                getattr(batch, name).stderr, rel=1e-9)
+                getattr(batch, name).stderr, rel=1e-9
+            )
     with pytest.raises(ValueError, match="options"):
         _ = pope_stats(fb, lt, **opts) + pope_stats(fb, lt, lam=0.8, diversity_estimator="plugin")
     for b in BACKENDS:
         res = pope.evaluate(fb, lt, backend=b, **opts)
         for name in ("relevance", "diversity", "total"):
-            assert getattr(res, name).value == pytest.approx(getattr(batch, name).value,
-                                                             rel=1e-12)
-            assert getattr(res, name).stderr == pytest.approx(getattr(batch, name).stderr,
-                                                              rel=1e-9)
-        np.testing.assert_allclose(res.total.bootstrap(40, 3), batch.total.bootstrap(40, 3),
-                                   rtol=1e-10)
+            assert getattr(res, name).value == pytest.approx(getattr(batch, name).value, rel=1e-12)
+            assert getattr(res, name).stderr == pytest.approx(getattr(batch, name).stderr, rel=1e-9)
+        np.testing.assert_allclose(
+            res.total.bootstrap(40, 3), batch.total.bootstrap(40, 3), rtol=1e-10
+        )
     with pytest.raises(ValueError, match="diversity_estimator must be one of"):
         pope.evaluate(fb, lt, diversity_estimator="miller_madow")
 
@@ -179,8 +199,9 @@ def _estimates(env, pol, k, reps, n_prompts, seed):
         log = env.sample_logs(n_prompts=n_prompts, k=k, seed=np.random.default_rng([seed, r]))
         lt = log.log_prob(pol)
         for est in out:
-            pe = pope.evaluate(log.feedback, lt, reward_normalization="none",
-                               diversity_estimator=est)
+            pe = pope.evaluate(
+                log.feedback, lt, reward_normalization="none", diversity_estimator=est
+            )
             out[est].append(pe.diversity.value)
     return {e: np.asarray(v) for e, v in out.items()}
 

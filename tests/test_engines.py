@@ -27,8 +27,11 @@ from pope.pipeline import EvalSpec, evaluate_logs, map_partition, merge
 TOL = 1e-12
 ASPECTS = ("a", "b", "c", "d")
 pytestmark = pytest.mark.filterwarnings(
-    "ignore::DeprecationWarning", "ignore::FutureWarning", "ignore::UserWarning",
-    "ignore::pope.estimate.InsufficientDataWarning", "ignore::ResourceWarning",
+    "ignore::DeprecationWarning",
+    "ignore::FutureWarning",
+    "ignore::UserWarning",
+    "ignore::pope.estimate.InsufficientDataWarning",
+    "ignore::ResourceWarning",
 )
 
 
@@ -38,9 +41,14 @@ def spark():
     from pyspark.sql import SparkSession  # in the test extra: an import error fails the tests
 
     os.environ["PYSPARK_PYTHON"] = sys.executable  # workers import this checkout's pope
-    s = (SparkSession.builder.master("local[2]").appName("pope-tests")
-         .config("spark.ui.enabled", "false").config("spark.sql.shuffle.partitions", "4")
-         .config("spark.driver.memory", "1g").getOrCreate())
+    s = (
+        SparkSession.builder.master("local[2]")
+        .appName("pope-tests")
+        .config("spark.ui.enabled", "false")
+        .config("spark.sql.shuffle.partitions", "4")
+        .config("spark.driver.memory", "1g")
+        .getOrCreate()
+    )
     s.sparkContext.setLogLevel("ERROR")
     yield s
     s.stop()
@@ -92,8 +100,7 @@ def same_result(got, ref) -> None:
     for part in ("relevance", "diversity", "total"):
         e, r = getattr(got.pope, part), getattr(ref.pope, part)
         for method in ("normal", "t"):
-            np.testing.assert_allclose(e.ci(method=method), r.ci(method=method), rtol=TOL,
-                                       atol=TOL)
+            np.testing.assert_allclose(e.ci(method=method), r.ci(method=method), rtol=TOL, atol=TOL)
 
 
 # ----------------------------------------------------------------------------- Spark
@@ -102,8 +109,12 @@ def test_spark_equals_in_memory_on_split_parquet(spark, tmp_path, rng, kind):
     df = make_log(rng, 30) if kind == "hard" else soft_log(rng, 30)
     df.loc[7, "signal"] = -1.0  # a bad row, skipped and reported by its global row number
     logs = write_split(df, tmp_path / "logs", split_cut(df))
-    spec = EvalSpec(on_error="skip", estimators=("snips", "clipped_ips", "ips"), clip=20.0,
-                    n_aspects=None if kind == "hard" else len(ASPECTS))
+    spec = EvalSpec(
+        on_error="skip",
+        estimators=("snips", "clipped_ips", "ips"),
+        clip=20.0,
+        n_aspects=None if kind == "hard" else len(ASPECTS),
+    )
     ref = evaluate_logs(logs, spec)
     got = evaluate_with_engine(logs, spec, engine="spark", num_buckets=3)
     same_result(got, ref)
@@ -139,15 +150,27 @@ def test_spark_token_mean_with_a_policy_model(spark, tmp_path, rng):
         for _ in range(int(rng.integers(1, 4))):
             n = int(rng.integers(1, 5))
             tok = -rng.exponential(1.0, size=n)
-            rows.append({"prompt_id": f"q{i}", "prompt": prompt,
-                         "response": " ".join(rng.choice(words, n)),
-                         "signal": float(rng.integers(0, 5)),
-                         "aspect": ASPECTS[int(rng.integers(0, 4))],
-                         "token_log_logging": list(tok), "log_logging": float(tok.sum())})
+            rows.append(
+                {
+                    "prompt_id": f"q{i}",
+                    "prompt": prompt,
+                    "response": " ".join(rng.choice(words, n)),
+                    "signal": float(rng.integers(0, 5)),
+                    "aspect": ASPECTS[int(rng.integers(0, 4))],
+                    "token_log_logging": list(tok),
+                    "log_logging": float(tok.sum()),
+                }
+            )
     df = pd.DataFrame(rows)
     logs = write_split(df, tmp_path / "logs", split_cut(df))
-    spec = EvalSpec(policy=policy, weighting="token_mean", device="cpu", batch_tokens=16,
-                    aspect_names=ASPECTS, estimators=("snips",))
+    spec = EvalSpec(
+        policy=policy,
+        weighting="token_mean",
+        device="cpu",
+        batch_tokens=16,
+        aspect_names=ASPECTS,
+        estimators=("snips",),
+    )
     ref = evaluate_logs(logs, spec)
     same_result(evaluate_with_engine(logs, spec, engine="spark", num_buckets=3), ref)
 
@@ -159,18 +182,19 @@ def test_spark_worker_errors_name_bucket_and_row(spark, tmp_path, rng):
     df.to_parquet(logs)
     from pyspark.sql import functions as F
 
-    b = spark.createDataFrame([(df.loc[5, "prompt_id"],)], "id string").select(
-        F.pmod(F.xxhash64("id"), F.lit(3))).first()[0]  # the documented bucket formula
+    b = (
+        spark.createDataFrame([(df.loc[5, "prompt_id"],)], "id string")
+        .select(F.pmod(F.xxhash64("id"), F.lit(3)))
+        .first()[0]
+    )  # the documented bucket formula
     # a bad row found on a worker: the same LogFormatError, naming its bucket and global row
     with pytest.raises(LogFormatError, match=rf"^bucket {b} of 3 \(\d+ rows: [\d, .]+\): ") as e:
-        evaluate_with_engine(logs, EvalSpec(aspect_names=ASPECTS), engine="spark",
-                             num_buckets=3)
+        evaluate_with_engine(logs, EvalSpec(aspect_names=ASPECTS), engine="spark", num_buckets=3)
     assert "missing or NaN log_logging: 1 row(s): 5\n" in str(e.value)
     assert list(e.value.report.bad_rows) == [5]  # the worker's report, global row numbers
     # a failure that is not about a row (the model cannot be loaded on the worker)
     df.assign(prompt="the cat", response="sat on a mat").to_parquet(logs)
-    spec = EvalSpec(aspect_names=ASPECTS, policy=str(tmp_path / "no-such-model"),
-                    on_error="skip")
+    spec = EvalSpec(aspect_names=ASPECTS, policy=str(tmp_path / "no-such-model"), on_error="skip")
     with pytest.raises(Exception, match=r"^bucket \d of 3 \(\d+ rows: [\d, .]+\): ") as info:
         evaluate_with_engine(logs, spec, engine="spark", num_buckets=3)
     assert "no-such-model" in str(info.value)
@@ -186,8 +210,21 @@ def test_cli_engine_spark_json_equals_local(spark, tmp_path, rng, capsys):
     outs = {}
     for engine in ("local", "spark"):
         out = tmp_path / f"{engine}.json"
-        code = main(["evaluate", "--logs", logs, "--engine", engine, "--num-buckets", "3",
-                     "--out", str(out), "-q", "--no-progress"])
+        code = main(
+            [
+                "evaluate",
+                "--logs",
+                logs,
+                "--engine",
+                engine,
+                "--num-buckets",
+                "3",
+                "--out",
+                str(out),
+                "-q",
+                "--no-progress",
+            ]
+        )
         assert code == 0, capsys.readouterr().err
         outs[engine] = json.loads(out.read_text())
     # the per-response log weights and the per-aspect table (with representative responses)
@@ -198,12 +235,15 @@ def test_cli_engine_spark_json_equals_local(spark, tmp_path, rng, capsys):
     assert_close(outs["spark"], outs["local"])
 
 
-@pytest.mark.parametrize(("argv", "needle"), [
-    (["--engine", "spark", "--chunk-rows", "10"], "chunk_rows is for the local engine"),
-    (["--engine-address", "local[2]"], "not local"),
-    (["--engine", "ray", "--ci", "bootstrap"], "bootstrap"),
-    (["--engine", "spark", "--num-buckets", "0"], "--num-buckets"),
-])
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["--engine", "spark", "--chunk-rows", "10"], "chunk_rows is for the local engine"),
+        (["--engine-address", "local[2]"], "not local"),
+        (["--engine", "ray", "--ci", "bootstrap"], "bootstrap"),
+        (["--engine", "spark", "--num-buckets", "0"], "--num-buckets"),
+    ],
+)
 def test_cli_engine_bad_usage_exits_2(tmp_path, rng, capsys, argv, needle):
     from pope.cli import main
 
@@ -230,7 +270,10 @@ def test_parquet_files_offsets(tmp_path, rng):
     logs = write_split(df, tmp_path / "logs", split_cut(df))
     files = parquet_files(logs)
     assert [os.path.basename(f.path) for f in files] == [
-        "part-0.parquet", "part-1.parquet", "part-2-empty.parquet"]
+        "part-0.parquet",
+        "part-1.parquet",
+        "part-2-empty.parquet",
+    ]
     assert [f.first_row for f in files] == [0, files[0].n_rows, len(df)]
     assert sum(f.n_rows for f in files) == len(df)
 
@@ -264,16 +307,14 @@ def test_statistics_exact_under_random_partitionings(rng):
     statistics of the whole log (property over 25 random partitionings, empty parts too)."""
     df = soft_log(rng, 40).assign(__row__=lambda d: np.arange(len(d)))
     df.loc[11, "log_logging"] = np.nan
-    spec = EvalSpec(on_error="skip", n_aspects=len(ASPECTS), estimators=("snips", "ips"),
-                    clip=15.0)
+    spec = EvalSpec(on_error="skip", n_aspects=len(ASPECTS), estimators=("snips", "ips"), clip=15.0)
     ref = evaluate_logs(df.drop(columns="__row__"), spec)
     ids = df["prompt_id"].unique()
     for _ in range(25):
         k = int(rng.integers(1, 9))
         part_of = dict(zip(ids, rng.integers(0, k + 1, size=len(ids))))  # part k+1: empty
         labels = df["prompt_id"].map(part_of).to_numpy()
-        stats = [map_partition(df[labels == j].reset_index(drop=True), spec)
-                 for j in range(k + 1)]
+        stats = [map_partition(df[labels == j].reset_index(drop=True), spec) for j in range(k + 1)]
         stats = [stats[i] for i in rng.permutation(len(stats))]
         while len(stats) > 1:  # merge random pairs: random tree shape
             i, j = sorted(rng.choice(len(stats), size=2, replace=False))

@@ -19,8 +19,11 @@ BACKENDS = available_backends()
 def make_lists(rng: np.random.Generator, n: int = 300, L: int = 3) -> dict[str, np.ndarray]:
     p0 = rng.uniform(0.1, 0.9, (n, L))
     pt = np.clip(p0 * np.exp(rng.normal(0, 0.5, (n, L))), 1e-3, 1.0)
-    return {"reward": rng.uniform(0, 1, (n, L)), "log_target": np.log(pt),
-            "log_logging": np.log(p0)}
+    return {
+        "reward": rng.uniform(0, 1, (n, L)),
+        "log_target": np.log(pt),
+        "log_logging": np.log(p0),
+    }
 
 
 def naive_terms(name: str, d: dict, clip: float | None = None) -> np.ndarray:
@@ -151,8 +154,10 @@ def test_iips_rips_sips_unbiased_on_enumerated_slates(rng):
 def test_merge_equals_batch(rng, name, clip):
     d = make_lists(rng, 200)
     d["log_logging"][120:] -= 5.0
-    parts = [getattr(E, name)(**{k: v[a:b] for k, v in d.items()}, clip=clip).stats
-             for a, b in [(0, 50), (50, 120), (120, 200)]]
+    parts = [
+        getattr(E, name)(**{k: v[a:b] for k, v in d.items()}, clip=clip).stats
+        for a, b in [(0, 50), (50, 120), (120, 200)]
+    ]
     merged = reduce(add, parts).estimate()
     batch = getattr(E, name)(**d, clip=clip)
     assert merged.value == pytest.approx(batch.value, rel=1e-12)
@@ -186,8 +191,11 @@ INVALID = [
 @pytest.mark.parametrize(("patch", "err", "match"), INVALID)
 @pytest.mark.parametrize("name", ["sips", "iips", "rips"])
 def test_invalid_inputs(name, patch, err, match):
-    base = {"reward": np.full((3, 3), 0.5), "log_target": np.full((3, 3), -1.0),
-            "log_logging": np.full((3, 3), -1.5)}
+    base = {
+        "reward": np.full((3, 3), 0.5),
+        "log_target": np.full((3, 3), -1.0),
+        "log_logging": np.full((3, 3), -1.5),
+    }
     with pytest.raises(err, match=match):
         getattr(E, name)(**{**base, **patch})
 

@@ -134,8 +134,9 @@ def test_backends_agree(rng, name, kw):
 
 def test_ips_contributions_and_diagnostics(rng):
     d = make_bandit(rng)
-    est = E.ips(reward=d["reward"], log_target=d["log_target"], log_logging=d["log_logging"],
-                clip=1.5)
+    est = E.ips(
+        reward=d["reward"], log_target=d["log_target"], log_logging=d["log_logging"], clip=1.5
+    )
     w = naive_w(d, 1.5)
     np.testing.assert_allclose(est.contributions, w * d["reward"], rtol=1e-12)
     assert not est.contributions.flags.writeable
@@ -389,15 +390,18 @@ def test_c13_merge_equals_batch(rng, name, kw, clip):
     d["log_logging"][200:] -= 30.0
     d["log_target"][200:] -= 1.0
     cuts = [0, 37, 200, 300]
-    shards = [call(name, {k: v[a:b] for k, v in d.items()}, clip=clip, **kw).stats
-              for a, b in pairwise(cuts)]
+    shards = [
+        call(name, {k: v[a:b] for k, v in d.items()}, clip=clip, **kw).stats
+        for a, b in pairwise(cuts)
+    ]
     merged = reduce(add, shards).estimate()
     batch = call(name, d, clip=clip, **kw)
     assert merged.value == pytest.approx(batch.value, rel=1e-12)
     assert merged.stderr == pytest.approx(batch.stderr, rel=1e-9)
     assert merged.diagnostics.ess == pytest.approx(batch.diagnostics.ess, rel=1e-12, nan_ok=True)
     assert merged.diagnostics.clipped_fraction == pytest.approx(
-        batch.diagnostics.clipped_fraction, nan_ok=True)
+        batch.diagnostics.clipped_fraction, nan_ok=True
+    )
     with pytest.raises(ValueError, match="sufficient statistics"):
         _ = merged.contributions
 
@@ -415,8 +419,11 @@ def test_merge_rejects_different_parameters(rng):
 
 # ----------------------------------------------------------------------------- invalid inputs
 def _base() -> dict:
-    return {"reward": [0.5, 1.0, 0.0], "log_target": [-1.0, -2.0, -0.5],
-            "log_logging": [-1.2, -0.3, -2.0]}
+    return {
+        "reward": [0.5, 1.0, 0.0],
+        "log_target": [-1.0, -2.0, -0.5],
+        "log_logging": [-1.2, -0.3, -2.0],
+    }
 
 
 INVALID = [
@@ -466,9 +473,16 @@ def _legacy_error(args: dict) -> str | None:
 
 
 FUSED_BAD = [  # (argument, bad value): every value check of the fused pass
-    ("log_target", np.nan), ("log_target", np.inf), ("log_target", 0.25),
-    ("log_logging", np.nan), ("log_logging", np.inf), ("log_logging", -np.inf),
-    ("log_logging", 1e-12), ("reward", np.nan), ("reward", np.inf), ("reward", -np.inf),
+    ("log_target", np.nan),
+    ("log_target", np.inf),
+    ("log_target", 0.25),
+    ("log_logging", np.nan),
+    ("log_logging", np.inf),
+    ("log_logging", -np.inf),
+    ("log_logging", 1e-12),
+    ("reward", np.nan),
+    ("reward", np.inf),
+    ("reward", -np.inf),
 ]
 
 
@@ -613,8 +627,9 @@ def test_weight_helpers(rng):
 
     d = make_bandit(rng, 50)
     lt, ll = d["log_target"], d["log_logging"]
-    np.testing.assert_allclose(W.log_importance_weights(lt, ll, clip=1.5),
-                               np.log(naive_w(d, 1.5)), rtol=1e-12)
+    np.testing.assert_allclose(
+        W.log_importance_weights(lt, ll, clip=1.5), np.log(naive_w(d, 1.5)), rtol=1e-12
+    )
     dg = W.weight_diagnostics(lt, ll, clip=1.5)
     w = naive_w(d, 1.5)
     assert dg.ess == pytest.approx(w.sum() ** 2 / (w**2).sum(), rel=1e-12)

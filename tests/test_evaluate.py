@@ -33,11 +33,15 @@ def make_feedback(rng, n_prompts=60, c=4, soft=False, tokens=False, zero_prompt=
         tc[0] = 0  # a response without tokens
         kw["token_ptr"] = np.concatenate([[0], np.cumsum(tc)]).astype(np.int64)
         kw["token_log_logging"] = np.log(rng.uniform(0.05, 1, int(tc.sum())))
-    fb = pope.LoggedFeedback(prompt_ptr=ptr, signal=rng.poisson(2.0, n).astype(float),
-                             log_logging=np.log(rng.uniform(0.05, 1, n)), **kw)
+    fb = pope.LoggedFeedback(
+        prompt_ptr=ptr,
+        signal=rng.poisson(2.0, n).astype(float),
+        log_logging=np.log(rng.uniform(0.05, 1, n)),
+        **kw,
+    )
     lt = np.log(rng.uniform(0.05, 1, n))
     if zero_prompt:
-        lt[ptr[5]:ptr[6]] = -np.inf  # the target never produces prompt 5's logged responses
+        lt[ptr[5] : ptr[6]] = -np.inf  # the target never produces prompt 5's logged responses
     return fb, lt
 
 
@@ -60,11 +64,19 @@ def naive_jackknife(w, q, z_of):
     return k * h - (k - 1) / k * sum(loo)
 
 
-def naive_pope(fb, lw, *, lam=1.0, relevance="snips", coverage="self_normalized",
-               diversity="coverage", diversity_estimator="jackknife"):
+def naive_pope(
+    fb,
+    lw,
+    *,
+    lam=1.0,
+    relevance="snips",
+    coverage="self_normalized",
+    diversity="coverage",
+    diversity_estimator="jackknife",
+):
     """Per-prompt loops in probability space; rewards normalised by the per-prompt max."""
     c = fb.n_aspects
-    q = (fb.aspect_probs if fb.aspect_probs is not None else np.eye(c)[fb.aspect])
+    q = fb.aspect_probs if fb.aspect_probs is not None else np.eye(c)[fb.aspect]
     ptr, u = fb.prompt_ptr, fb.signal
     a, b, h, D = [], [], [], []
     for i in range(len(ptr) - 1):
@@ -79,8 +91,10 @@ def naive_pope(fb, lw, *, lam=1.0, relevance="snips", coverage="self_normalized"
         z = w.sum() if coverage == "self_normalized" else hi - lo
         ok = z > 0
         if diversity == "coverage":
+
             def z_of(v):
                 return v.sum() if coverage == "self_normalized" else len(v)
+
             if diversity_estimator == "jackknife":
                 hh = naive_jackknife(w, q[lo:hi], z_of) / math.log(c) if ok else 0.0
             else:
@@ -110,8 +124,10 @@ def naive_pope(fb, lw, *, lam=1.0, relevance="snips", coverage="self_normalized"
 
 OPTIONS = [
     {"relevance": rel, "coverage": cov, "diversity": div, "diversity_estimator": de}
-    for rel in ("snips", "ips") for cov in ("self_normalized", "ips")
-    for div in ("coverage", "response_entropy") for de in ("jackknife", "plugin")
+    for rel in ("snips", "ips")
+    for cov in ("self_normalized", "ips")
+    for div in ("coverage", "response_entropy")
+    for de in ("jackknife", "plugin")
 ]
 
 
@@ -130,8 +146,9 @@ def test_matches_naive(rng, opts, soft, backend):
         assert est.stderr == pytest.approx(se, rel=1e-8, abs=1e-14), name
         # per-prompt contributions average to the estimate
         assert est.contributions.mean() == pytest.approx(v, rel=1e-11, abs=1e-14)
-    np.testing.assert_allclose(res.total.contributions,
-                               res.relevance.contributions + 0.7 * res.diversity.contributions)
+    np.testing.assert_allclose(
+        res.total.contributions, res.relevance.contributions + 0.7 * res.diversity.contributions
+    )
     assert res.relevance.n == fb.n_prompts - 1  # the empty prompt is not a unit
 
 
@@ -142,10 +159,10 @@ def test_backends_agree(rng):
         res = pope.evaluate(fb, lt, backend=b)
         for name in ("relevance", "diversity", "total"):
             assert getattr(res, name).value == pytest.approx(getattr(ref, name).value, rel=1e-12)
-            assert getattr(res, name).stderr == pytest.approx(getattr(ref, name).stderr,
-                                                              rel=1e-9)
-        np.testing.assert_allclose(res.total.bootstrap(40, 2), ref.total.bootstrap(40, 2),
-                                   rtol=1e-10)
+            assert getattr(res, name).stderr == pytest.approx(getattr(ref, name).stderr, rel=1e-9)
+        np.testing.assert_allclose(
+            res.total.bootstrap(40, 2), ref.total.bootstrap(40, 2), rtol=1e-10
+        )
 
 
 def test_per_prompt_outputs_and_identity(rng):
@@ -181,8 +198,12 @@ def test_lambda_zero_and_single_aspect(rng):
     assert r0.total.value == r0.relevance.value
     assert r0.total.stderr == pytest.approx(r0.relevance.stderr, rel=1e-12)
     n = fb.n_responses
-    one = pope.LoggedFeedback(prompt_ptr=fb.prompt_ptr, signal=fb.signal,
-                              log_logging=fb.log_logging, aspect=np.zeros(n, dtype=int))
+    one = pope.LoggedFeedback(
+        prompt_ptr=fb.prompt_ptr,
+        signal=fb.signal,
+        log_logging=fb.log_logging,
+        aspect=np.zeros(n, dtype=int),
+    )
     r1 = pope.evaluate(one, lt, lam=2.0)
     assert r1.diversity.value == 0.0
     assert r1.total.value == pytest.approx(r1.relevance.value, rel=1e-14)
@@ -202,11 +223,18 @@ def test_relevance_matches_snips_and_ips_on_rewards(rng):
 def test_token_mean_weighting(rng):
     fb, _lt = make_feedback(rng, tokens=True, zero_prompt=False)
     tlt = np.log(rng.uniform(0.05, 1, fb.token_log_logging.size))
-    res = pope.evaluate(fb, token_log_target=tlt, weighting="token_mean",
-                        diversity_estimator="jackknife")
+    res = pope.evaluate(
+        fb, token_log_target=tlt, weighting="token_mean", diversity_estimator="jackknife"
+    )
     tp = fb.token_ptr
-    lw = np.array([np.mean(tlt[tp[j]:tp[j + 1]] - fb.token_log_logging[tp[j]:tp[j + 1]])
-                   if tp[j + 1] > tp[j] else 0.0 for j in range(fb.n_responses)])
+    lw = np.array(
+        [
+            np.mean(tlt[tp[j] : tp[j + 1]] - fb.token_log_logging[tp[j] : tp[j + 1]])
+            if tp[j + 1] > tp[j]
+            else 0.0
+            for j in range(fb.n_responses)
+        ]
+    )
     ref = naive_pope(fb, lw)
     for name in ("relevance", "diversity", "total"):
         assert getattr(res, name).value == pytest.approx(ref[name][0], rel=1e-11)
@@ -221,8 +249,9 @@ def test_row_index_alignment(rng):
     ll = np.log(rng.uniform(0.05, 1, n))
     asp = rng.integers(0, 3, n)
     lt_in = np.log(rng.uniform(0.05, 1, n))
-    fb = pope.LoggedFeedback.from_arrays(prompt_id=pid, signal=sig, log_logging=ll, aspect=asp,
-                                         n_aspects=3)
+    fb = pope.LoggedFeedback.from_arrays(
+        prompt_id=pid, signal=sig, log_logging=ll, aspect=asp, n_aspects=3
+    )
     res = pope.evaluate(fb, lt_in[fb.row_index], diversity_estimator="jackknife")
     # independent: group by prompt id by hand, in first-appearance order
     order = []
@@ -232,8 +261,9 @@ def test_row_index_alignment(rng):
     rows = [np.flatnonzero(pid == p) for p in order]
     ptr = np.concatenate([[0], np.cumsum([len(x) for x in rows])])
     idx = np.concatenate(rows)
-    fb2 = pope.LoggedFeedback(prompt_ptr=ptr, signal=sig[idx], log_logging=ll[idx],
-                              aspect=asp[idx], n_aspects=3)
+    fb2 = pope.LoggedFeedback(
+        prompt_ptr=ptr, signal=sig[idx], log_logging=ll[idx], aspect=asp[idx], n_aspects=3
+    )
     ref = naive_pope(fb2, lt_in[idx] - ll[idx])
     assert res.total.value == pytest.approx(ref["total"][0], rel=1e-11)
 
@@ -244,8 +274,7 @@ def test_merge_equals_batch(rng, opts, n_shards):
     fb, lt = make_feedback(rng, n_prompts=80, soft=True)
     kw = {"lam": 0.8, "clip": 8.0, **opts}
     batch = pope.evaluate(fb, lt, **kw)
-    shards = [pope_stats(s, lt[s.row_index], **kw)
-              for s in fb.split(n_shards)]
+    shards = [pope_stats(s, lt[s.row_index], **kw) for s in fb.split(n_shards)]
     merged = reduce(add, shards).estimate()
     for name in ("relevance", "diversity", "total"):
         a, b = getattr(merged, name), getattr(batch, name)
@@ -261,12 +290,19 @@ def test_merge_with_different_weight_scales(rng):
     """Shards whose weights live on scales e^300 apart still merge exactly (rescaling)."""
     fb, lt = make_feedback(rng, n_prompts=40, zero_prompt=False)
     ll = fb.log_logging.copy()
-    ll[fb.prompt_ptr[20]:] -= 300.0
-    fb2 = pope.LoggedFeedback(prompt_ptr=fb.prompt_ptr, signal=fb.signal, log_logging=ll,
-                              aspect=fb.aspect, n_aspects=fb.n_aspects)
+    ll[fb.prompt_ptr[20] :] -= 300.0
+    fb2 = pope.LoggedFeedback(
+        prompt_ptr=fb.prompt_ptr,
+        signal=fb.signal,
+        log_logging=ll,
+        aspect=fb.aspect,
+        n_aspects=fb.n_aspects,
+    )
     batch = pope.evaluate(fb2, lt)
-    merged = (pope_stats(fb2.select_prompts(range(20)), lt[: fb.prompt_ptr[20]])
-              + pope_stats(fb2.select_prompts(range(20, 40)), lt[fb.prompt_ptr[20]:])).estimate()
+    merged = (
+        pope_stats(fb2.select_prompts(range(20)), lt[: fb.prompt_ptr[20]])
+        + pope_stats(fb2.select_prompts(range(20, 40)), lt[fb.prompt_ptr[20] :])
+    ).estimate()
     assert merged.total.value == pytest.approx(batch.total.value, rel=1e-12)
     assert merged.total.stderr == pytest.approx(batch.total.stderr, rel=1e-9)
     with pytest.raises(ValueError, match="lam"):
@@ -274,9 +310,13 @@ def test_merge_with_different_weight_scales(rng):
     with pytest.raises(ValueError, match="options"):
         _ = pope_stats(fb2, lt) + pope_stats(fb2, lt, clip=3.0)
     # weights beyond float64: IPS relevance refuses clearly, SNIPS relevance is unaffected
-    big = pope.LoggedFeedback(prompt_ptr=fb.prompt_ptr, signal=fb.signal,
-                              log_logging=fb.log_logging - 750.0, aspect=fb.aspect,
-                              n_aspects=fb.n_aspects)
+    big = pope.LoggedFeedback(
+        prompt_ptr=fb.prompt_ptr,
+        signal=fb.signal,
+        log_logging=fb.log_logging - 750.0,
+        aspect=fb.aspect,
+        n_aspects=fb.n_aspects,
+    )
     with pytest.raises(pope.WeightOverflowError, match="snips"):
         pope.evaluate(big, lt, relevance="ips")
     res = pope.evaluate(big, lt)
@@ -308,8 +348,13 @@ def test_lower_bound_is_refused(rng):
 
 
 def _fb():
-    return pope.LoggedFeedback(prompt_ptr=[0, 2, 3], signal=[1.0, 2.0, 0.0],
-                               log_logging=[-1.0, -2.0, -0.5], aspect=[0, 1, 1], n_aspects=2)
+    return pope.LoggedFeedback(
+        prompt_ptr=[0, 2, 3],
+        signal=[1.0, 2.0, 0.0],
+        log_logging=[-1.0, -2.0, -0.5],
+        aspect=[0, 1, 1],
+        n_aspects=2,
+    )
 
 
 LT = np.array([-1.0, -1.0, -1.0])

@@ -22,8 +22,18 @@ import transformers  # noqa: F401,E402  (in the test extra: an import error fail
 def test_oasst_walkthrough(tmp_path):
     env = {**os.environ, "TRANSFORMERS_VERBOSITY": "error", "TQDM_DISABLE": "1"}
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / "oasst_walkthrough.py"), "--workdir",
-         str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+        [
+            sys.executable,
+            str(ROOT / "examples" / "oasst_walkthrough.py"),
+            "--workdir",
+            str(tmp_path),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout
     for step in range(1, 10):
@@ -39,8 +49,11 @@ def test_oasst_walkthrough(tmp_path):
     assert 1 < target["pope"]["relevance"]["ess"] < len(log)
     assert same["propensity"]["weights_identically_one"]
     # weights all 1: the relevance is the mean over prompts of the average logged reward
-    plain = log.groupby("prompt_id", sort=False)["signal"].apply(
-        lambda s: float(np.mean(s / s.max()))).mean()
+    plain = (
+        log.groupby("prompt_id", sort=False)["signal"]
+        .apply(lambda s: float(np.mean(s / s.max())))
+        .mean()
+    )
     assert same["pope"]["relevance"]["value"] == pytest.approx(plain, abs=1e-12)
     assert same["pope"]["relevance"]["ess"] == pytest.approx(len(log), rel=1e-9)
     bc = json.loads((tmp_path / "bc.json").read_text())  # step 9: pi0 by behaviour cloning

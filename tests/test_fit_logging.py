@@ -31,22 +31,38 @@ def make_tokenizer(texts: list[str]) -> transformers.PreTrainedTokenizerFast:
 
     tok = Tokenizer(models.WordLevel(unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.train_from_iterator(texts, trainers.WordLevelTrainer(
-        vocab_size=2000, special_tokens=["[PAD]", "[UNK]", "[BOS]", "[EOS]"]))
+    tok.train_from_iterator(
+        texts,
+        trainers.WordLevelTrainer(
+            vocab_size=2000, special_tokens=["[PAD]", "[UNK]", "[BOS]", "[EOS]"]
+        ),
+    )
     tok.post_processor = processors.TemplateProcessing(
-        single="[BOS] $A", special_tokens=[("[BOS]", tok.token_to_id("[BOS]"))])
+        single="[BOS] $A", special_tokens=[("[BOS]", tok.token_to_id("[BOS]"))]
+    )
     return transformers.PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="[BOS]", eos_token="[EOS]", pad_token="[PAD]",
-        unk_token="[UNK]")
+        tokenizer_object=tok,
+        bos_token="[BOS]",
+        eos_token="[EOS]",
+        pad_token="[PAD]",
+        unk_token="[UNK]",
+    )
 
 
 def make_model(tok, seed: int, hidden: int = 32) -> transformers.LlamaForCausalLM:
     torch.manual_seed(seed)
     cfg = transformers.LlamaConfig(
-        vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden,
-        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-        max_position_embeddings=512, bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+        vocab_size=len(tok),
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
     return transformers.LlamaForCausalLM(cfg).eval()
 
 
@@ -91,12 +107,15 @@ def test_assign_folds_keeps_prompts_together_balanced_and_order_free():
     assert any(not np.array_equal(assign_folds(keys, 3, seed=s), fold) for s in range(5, 10))
 
 
-@pytest.mark.parametrize("folds, exc, match", [
-    (1, ValueError, "folds must be >= 2"),
-    (0, ValueError, "folds must be >= 2"),
-    (8, ValueError, "more than the 7 distinct prompts"),
-    (2.0, TypeError, "folds must be an int"),
-])
+@pytest.mark.parametrize(
+    "folds, exc, match",
+    [
+        (1, ValueError, "folds must be >= 2"),
+        (0, ValueError, "folds must be >= 2"),
+        (8, ValueError, "more than the 7 distinct prompts"),
+        (2.0, TypeError, "folds must be an int"),
+    ],
+)
 def test_assign_folds_rejects(folds, exc, match):
     with pytest.raises(exc, match=match):
         assign_folds([f"p{i % 7}" for i in range(30)], folds)
@@ -110,8 +129,9 @@ def test_each_fold_model_is_trained_on_the_other_folds_only(oasst, lm):
 
     def record(module, args, kwargs):
         ids, mask = kwargs["input_ids"], kwargs["attention_mask"]
-        seen.append([(module.training, tuple(ids[j][mask[j] == 1].tolist()))
-                     for j in range(ids.shape[0])])
+        seen.append(
+            [(module.training, tuple(ids[j][mask[j] == 1].tolist())) for j in range(ids.shape[0])]
+        )
 
     before = {k: v.clone() for k, v in model.state_dict().items()}
     handle = model.register_forward_pre_hook(record, with_kwargs=True)
@@ -151,9 +171,17 @@ def random_log():
     """9 prompts with 2 responses of 8 random words each: memorisable, not generalisable."""
     rng = np.random.default_rng(0)
     words = [f"w{i}" for i in range(200)]
-    df = pd.DataFrame([{"prompt_id": f"p{p}", "prompt": f"question {p} please",
-                        "response": " ".join(rng.choice(words, 8))}
-                       for p in range(9) for _ in range(2)])
+    df = pd.DataFrame(
+        [
+            {
+                "prompt_id": f"p{p}",
+                "prompt": f"question {p} please",
+                "response": " ".join(rng.choice(words, 8)),
+            }
+            for p in range(9)
+            for _ in range(2)
+        ]
+    )
     return df, make_tokenizer(list(df["prompt"]) + list(df["response"]))
 
 
@@ -165,12 +193,14 @@ def test_cross_fitted_logprob_is_not_the_memorised_one(tmp_path, random_log):
     they get a far higher log-prob than cross-fitted. The column must be the cross-fitted one
     (the model of the row's own fold), never an in-fold one."""
     df, tok = random_log
-    res = fit_logging_policy(df, (make_model(tok, 0), tok), **MEMORISE,
-                             save_models=tmp_path / "bc")
-    fold_models = [load_causal_lm(tmp_path / "bc" / f"fold-{k}", device="cpu")[0]
-                   for k in range(3)]
-    by_model = np.stack([score_responses(m, tok, list(df["prompt"]), list(df["response"]),
-                                         progress=False) for m in fold_models])
+    res = fit_logging_policy(df, (make_model(tok, 0), tok), **MEMORISE, save_models=tmp_path / "bc")
+    fold_models = [load_causal_lm(tmp_path / "bc" / f"fold-{k}", device="cpu")[0] for k in range(3)]
+    by_model = np.stack(
+        [
+            score_responses(m, tok, list(df["prompt"]), list(df["response"]), progress=False)
+            for m in fold_models
+        ]
+    )
     rows = np.arange(len(df))
     own = by_model[res.fold, rows]
     in_fold = by_model[(res.fold + 1) % 3, rows]  # a model trained on the row
@@ -185,8 +215,9 @@ def test_cross_fitted_logprob_is_not_the_memorised_one(tmp_path, random_log):
     ids = [set(f["prompt_ids"]) for f in folds["folds"]]
     assert sum(len(s) for s in ids) == len(set().union(*ids)) == 9  # disjoint, all prompts
     with pytest.raises(FileExistsError, match="holds an earlier fit"):
-        fit_logging_policy(df, (fold_models[0], tok), folds=3, num_train_epochs=1,
-                           save_models=tmp_path / "bc")
+        fit_logging_policy(
+            df, (fold_models[0], tok), folds=3, num_train_epochs=1, save_models=tmp_path / "bc"
+        )
 
 
 def test_same_seed_same_output_other_seed_other_folds(oasst, lm):
@@ -223,8 +254,7 @@ def test_invalid_inputs(oasst, lm):
     with pytest.raises(LogFormatError, match="no 'response' column"):
         fit_logging_policy(oasst.drop(columns="response"), lm, folds=2, **FAST)
     with pytest.raises(LogFormatError, match="no 'prompt' text"):
-        fit_logging_policy(oasst.assign(prompt=[None, *oasst["prompt"][1:]]), lm,
-                           folds=2, **FAST)
+        fit_logging_policy(oasst.assign(prompt=[None, *oasst["prompt"][1:]]), lm, folds=2, **FAST)
     with pytest.raises(ValueError, match="already has column"):
         fit_logging_policy(oasst.assign(log_logging=-1.0), lm, folds=2, **FAST)
     bad = oasst.copy()
@@ -255,8 +285,22 @@ def test_cli_fit_logging_then_evaluate(tmp_path, oasst, lm, capsys):
     logs = tmp_path / "oasst.parquet"
     write_logs(oasst, logs)
     out = tmp_path / "bc.parquet"
-    fit = ["fit-logging", "--logs", logs, "--model", base, "--out", out, "--folds", "3",
-           "--num-train-epochs", "1", "--learning-rate", "1e-3", "--no-progress"]
+    fit = [
+        "fit-logging",
+        "--logs",
+        logs,
+        "--model",
+        base,
+        "--out",
+        out,
+        "--folds",
+        "3",
+        "--num-train-epochs",
+        "1",
+        "--learning-rate",
+        "1e-3",
+        "--no-progress",
+    ]
     code, stdout, err = run(fit, capsys)
     assert code == 0, err
     assert "logging propensities estimated by behaviour cloning, 3 folds" in stdout
@@ -268,8 +312,21 @@ def test_cli_fit_logging_then_evaluate(tmp_path, oasst, lm, capsys):
     assert meta["model"] == str(base.resolve())
 
     res_path = tmp_path / "res.json"
-    code, stdout, err = run(["evaluate", "--logs", out, "--policy", target, "--aspects-from",
-                             "none", "--out", res_path, "--no-progress"], capsys)
+    code, stdout, err = run(
+        [
+            "evaluate",
+            "--logs",
+            out,
+            "--policy",
+            target,
+            "--aspects-from",
+            "none",
+            "--out",
+            res_path,
+            "--no-progress",
+        ],
+        capsys,
+    )
     assert code == 0, err
     res = json.loads(res_path.read_text())
     prop = res["propensity"]
@@ -277,13 +334,30 @@ def test_cli_fit_logging_then_evaluate(tmp_path, oasst, lm, capsys):
     assert "logging propensities estimated by behaviour cloning, 3 folds" in prop["meaning"]
     assert "log pi0 is an estimate" in stdout
     # the evaluation used the column: log w = log pi_target - (cross-fitted log pi0)
-    tgt = score_responses(load_causal_lm(target, device="cpu")[0], tok, list(frame["prompt"]),
-                          list(frame["response"]), progress=False)
-    np.testing.assert_allclose(np.sort(res["log_weights"]),
-                               np.sort(tgt - frame["log_logging"].to_numpy()), atol=1e-3)
+    tgt = score_responses(
+        load_causal_lm(target, device="cpu")[0],
+        tok,
+        list(frame["prompt"]),
+        list(frame["response"]),
+        progress=False,
+    )
+    np.testing.assert_allclose(
+        np.sort(res["log_weights"]), np.sort(tgt - frame["log_logging"].to_numpy()), atol=1e-3
+    )
     # the column read as the target too: every weight is 1, and the output warns
-    code, stdout, err = run(["evaluate", "--logs", out, "--aspects-from", "none", "--column",
-                             "log_target=log_logging", "--no-progress"], capsys)
+    code, stdout, err = run(
+        [
+            "evaluate",
+            "--logs",
+            out,
+            "--aspects-from",
+            "none",
+            "--column",
+            "log_target=log_logging",
+            "--no-progress",
+        ],
+        capsys,
+    )
     assert code == 0, err
     assert "all importance weights are 1" in err
 
@@ -302,38 +376,64 @@ def test_cli_warns_when_the_fit_does_not_generalise(tmp_path, random_log, capsys
     make_model(tok, 0).save_pretrained(tmp_path / "base")
     tok.save_pretrained(tmp_path / "base")
     df.to_parquet(tmp_path / "log.parquet")
-    argv = ["fit-logging", "--logs", tmp_path / "log.parquet", "--model", tmp_path / "base",
-            "--out", tmp_path / "bc.parquet", "--no-progress",
-            *[x for k, v in MEMORISE.items() for x in (f"--{k.replace('_', '-')}", v)]]
+    argv = [
+        "fit-logging",
+        "--logs",
+        tmp_path / "log.parquet",
+        "--model",
+        tmp_path / "base",
+        "--out",
+        tmp_path / "bc.parquet",
+        "--no-progress",
+        *[x for k, v in MEMORISE.items() for x in (f"--{k.replace('_', '-')}", v)],
+    ]
     code, stdout, err = run(argv, capsys)
     assert code == 0, err
     assert "lower likelihood than the base model" in err
-    fit, base = (float(v) for v in stdout.split("all folds, held out: log-prob per token ")[1]
-                 .split(" with the base model")[0].split(" cross-fitted, "))
+    fit, base = (
+        float(v)
+        for v in stdout.split("all folds, held out: log-prob per token ")[1]
+        .split(" with the base model")[0]
+        .split(" cross-fitted, ")
+    )
     assert fit < base
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"--folds": "1"}, "folds must be >= 2"),
-    ({"--folds": "40"}, "more than the 18 distinct prompts"),
-    ({"--out": "bc.jsonl"}, "should end in .parquet"),
-    ({"--model": "missing"}, "model directory not found"),
-    ({"--out": "base/bc.parquet"}, "would write into the --model directory"),
-    ({"--save-models": "base"}, "would write into the --model directory"),
-    ({"--logs": "noresponse.parquet"}, "no 'response' column"),
-])
-def test_cli_fit_logging_bad_input_exits_2(tmp_path, oasst, lm, capsys, change, message,
-                                           monkeypatch):
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"--folds": "1"}, "folds must be >= 2"),
+        ({"--folds": "40"}, "more than the 18 distinct prompts"),
+        ({"--out": "bc.jsonl"}, "should end in .parquet"),
+        ({"--model": "missing"}, "model directory not found"),
+        ({"--out": "base/bc.parquet"}, "would write into the --model directory"),
+        ({"--save-models": "base"}, "would write into the --model directory"),
+        ({"--logs": "noresponse.parquet"}, "no 'response' column"),
+    ],
+)
+def test_cli_fit_logging_bad_input_exits_2(
+    tmp_path, oasst, lm, capsys, change, message, monkeypatch
+):
     model, tok = lm
     monkeypatch.chdir(tmp_path)
     model.save_pretrained("base")
     tok.save_pretrained("base")
     write_logs(oasst, "oasst.parquet")
     oasst.drop(columns="response").to_parquet("noresponse.parquet")
-    opts = {"--logs": "oasst.parquet", "--model": "base", "--out": "bc.parquet", "--folds": "2",
-            **change}
-    argv = ["fit-logging", *[x for kv in opts.items() for x in kv], "--num-train-epochs", "1",
-            "--no-progress"]
+    opts = {
+        "--logs": "oasst.parquet",
+        "--model": "base",
+        "--out": "bc.parquet",
+        "--folds": "2",
+        **change,
+    }
+    argv = [
+        "fit-logging",
+        *[x for kv in opts.items() for x in kv],
+        "--num-train-epochs",
+        "1",
+        "--no-progress",
+    ]
     code, _, err = run(argv, capsys)
     assert code == 2
     assert message in err and len(err.strip().splitlines()) == 1, err
@@ -344,8 +444,13 @@ def test_cli_fit_logging_help_shows_defaults(capsys):
     code, stdout, _ = run(["fit-logging", "--help"], capsys)
     assert code == 0
     text = " ".join(stdout.split())
-    for opt, default in (("--folds", "5"), ("--learning-rate", "5e-05"),
-                         ("--num-train-epochs", "3.0"), ("--seed", "0"),
-                         ("--batch-tokens", "8192"), ("--into", "log_logging")):
+    for opt, default in (
+        ("--folds", "5"),
+        ("--learning-rate", "5e-05"),
+        ("--num-train-epochs", "3.0"),
+        ("--seed", "0"),
+        ("--batch-tokens", "8192"),
+        ("--into", "log_logging"),
+    ):
         after = text.split(f" {opt} ", 1)[1]
         assert f"(default: {default})" in after.split(" --")[0], opt

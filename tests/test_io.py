@@ -94,6 +94,7 @@ def test_round_trip_every_format(tmp_path, rng, fmt):
 
 def test_pandas_and_arrow_sources(rng):
     import pyarrow as pa
+
     df = make_frame(rng, string_ids=False)
     a = load_logs(df)
     b = load_logs(pa.Table.from_pandas(df))
@@ -107,6 +108,7 @@ def test_pandas_and_arrow_sources(rng):
 
 def test_hf_dataset_dict_split(tmp_path, rng):
     import datasets
+
     df = make_frame(rng)
     dd = datasets.DatasetDict(
         {
@@ -365,8 +367,13 @@ def _tiny_sentence_transformer(root):
     (bert / "vocab.txt").write_text("\n".join([*special, *words]))
     transformers.BertTokenizerFast(str(bert / "vocab.txt")).save_pretrained(bert)
     torch.manual_seed(0)
-    cfg = transformers.BertConfig(vocab_size=5 + len(words), hidden_size=16, num_hidden_layers=1,
-                                  num_attention_heads=2, intermediate_size=32)
+    cfg = transformers.BertConfig(
+        vocab_size=5 + len(words),
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+    )
     transformers.BertModel(cfg).save_pretrained(bert)
     # a plain encoder directory becomes transformer + mean pooling (sentence-transformers >= 3)
     model = st.SentenceTransformer(str(bert), device="cpu", local_files_only=True)
@@ -396,8 +403,17 @@ def test_sentence_transformers_directory_matches_the_plain_encoder_path(tmp_path
 # ------------------------------------------------------------------------- JSON Lines readers
 def _same_data(a, b) -> None:
     """Two validated logs are equal field by field (arrays, lists of arrays, report)."""
-    for name in ("rows", "prompt_id", "signal", "log_logging", "aspect", "aspect_probs",
-                 "position", "embedding", "log_target"):
+    for name in (
+        "rows",
+        "prompt_id",
+        "signal",
+        "log_logging",
+        "aspect",
+        "aspect_probs",
+        "position",
+        "embedding",
+        "log_target",
+    ):
         x, y = getattr(a, name), getattr(b, name)
         assert (x is None) == (y is None), name
         if x is not None:
@@ -408,7 +424,8 @@ def _same_data(a, b) -> None:
     for x, y in zip(a.token_log_logging or [], b.token_log_logging or [], strict=True):
         np.testing.assert_array_equal(x, y)
     assert {k: list(v) for k, v in a.report.issues.items()} == {
-        k: list(v) for k, v in b.report.issues.items()}
+        k: list(v) for k, v in b.report.issues.items()
+    }
 
 
 def _python_reader(path, chunk_rows):
@@ -437,8 +454,10 @@ def test_jsonl_arrow_reader_equals_the_python_reader(tmp_path, rng, suffix, stri
     import gzip
 
     df = _messy_frame(rng, string_ids=string_ids)
-    text = "".join(json.dumps(r) + "\n" + ("\n" if i == 4 else "")  # a blank line too
-                   for i, r in enumerate(json.loads(df.to_json(orient="records"))))
+    text = "".join(
+        json.dumps(r) + "\n" + ("\n" if i == 4 else "")  # a blank line too
+        for i, r in enumerate(json.loads(df.to_json(orient="records")))
+    )
     path = tmp_path / f"l{suffix}"
     if suffix.endswith(".gz"):
         path.write_bytes(gzip.compress(text.encode()))
@@ -454,8 +473,10 @@ def test_jsonl_arrow_reader_equals_the_python_reader(tmp_path, rng, suffix, stri
     _same_data(got, want)
     chunks = list(iter_jsonl_frames(path, 7))
     assert [len(c) for c in chunks[:-1]] == [7] * (len(chunks) - 1)
-    _same_data(validate_logs(pd.concat(chunks, ignore_index=True),
-                             aspect_names=["birds", "cats", "dogs"]), want)
+    _same_data(
+        validate_logs(pd.concat(chunks, ignore_index=True), aspect_names=["birds", "cats", "dogs"]),
+        want,
+    )
 
 
 def test_jsonl_falls_back_to_the_python_reader(tmp_path, rng, monkeypatch):
@@ -465,24 +486,43 @@ def test_jsonl_falls_back_to_the_python_reader(tmp_path, rng, monkeypatch):
     from pope.io import jsonl
 
     monkeypatch.setattr(jsonl, "BLOCK_BYTES", 512)  # blocks of a few rows
-    rows = [{"prompt_id": f"p{i // 3}", "signal": 1.0, "log_logging": -1.0,
-             "log_target": None if i < 40 else -0.5} for i in range(90)]
+    rows = [
+        {
+            "prompt_id": f"p{i // 3}",
+            "signal": 1.0,
+            "log_logging": -1.0,
+            "log_target": None if i < 40 else -0.5,
+        }
+        for i in range(90)
+    ]
     path = tmp_path / "l.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     got = list(iter_jsonl_frames(path, 8))
     assert [len(c) for c in got] == [8] * 11 + [2]
     want = pd.concat(_python_reader(path, 8), ignore_index=True)
-    _same_data(validate_logs(pd.concat(got, ignore_index=True), require_text=False),
-               validate_logs(want, require_text=False))
+    _same_data(
+        validate_logs(pd.concat(got, ignore_index=True), require_text=False),
+        validate_logs(want, require_text=False),
+    )
     assert validate_logs(read_table(path), require_text=False).log_target is not None
 
     dates = tmp_path / "d.jsonl"
-    dates.write_text("".join(json.dumps({"prompt_id": f"2024-01-{1 + i // 2:02d}",
-                                         "signal": 1, "log_logging": -1}) + "\n"
-                             for i in range(6)))
+    dates.write_text(
+        "".join(
+            json.dumps({"prompt_id": f"2024-01-{1 + i // 2:02d}", "signal": 1, "log_logging": -1})
+            + "\n"
+            for i in range(6)
+        )
+    )
     ids = validate_logs(read_table(dates), require_text=False).prompt_id
-    assert ids.tolist() == ["2024-01-01", "2024-01-01", "2024-01-02", "2024-01-02",
-                            "2024-01-03", "2024-01-03"]
+    assert ids.tolist() == [
+        "2024-01-01",
+        "2024-01-01",
+        "2024-01-02",
+        "2024-01-02",
+        "2024-01-03",
+        "2024-01-03",
+    ]
 
     bad = tmp_path / "b.jsonl"
     bad.write_text(path.read_text() + "{not json\n")
@@ -519,7 +559,8 @@ def test_aspect_codes_per_label_equal_cell_by_cell(rng, dtype, with_names):
     np.testing.assert_array_equal(got[0], want[0])
     assert got[1:] == want[1:]
     assert {k: list(v) for k, v in fast.issues.items()} == {
-        k: list(v) for k, v in ref.issues.items()}
+        k: list(v) for k, v in ref.issues.items()
+    }
 
 
 def test_str_prompt_ids_hold_one_object_per_prompt(tmp_path, rng):

@@ -15,8 +15,9 @@ from pope.power_sums import power_sums_reference
 # ----------------------------------------------------------------------------- helpers
 
 
-def ragged(seed: int, counts=(3, 1, 0, 4, 2, 5), c: int = 3, soft: bool = False,
-           zero_weights: bool = True):
+def ragged(
+    seed: int, counts=(3, 1, 0, 4, 2, 5), c: int = 3, soft: bool = False, zero_weights: bool = True
+):
     rng = np.random.default_rng(seed)
     counts = np.asarray(counts)
     ptr = np.concatenate([[0], np.cumsum(counts)])
@@ -76,13 +77,16 @@ def brute(ptr, w, q, diversity, degree, normalization):
 
 
 @pytest.mark.parametrize("normalization", ["ips", "pooled", "prompt"])
-@pytest.mark.parametrize("diversity,degree", [("coverage", None), ("coverage", 3),
-                                              ("coverage", 2), ("gini_simpson", None)])
+@pytest.mark.parametrize(
+    "diversity,degree",
+    [("coverage", None), ("coverage", 3), ("coverage", 2), ("gini_simpson", None)],
+)
 @pytest.mark.parametrize("soft", [False, True])
 def test_reference_matches_brute_force(normalization, diversity, degree, soft):
     ptr, w, q = ragged(7 + soft + 3 * (degree or 0), soft=soft, c=4)
-    res = loo_rewards_reference(ptr, w, q, diversity=diversity, degree=degree,
-                                normalization=normalization)
+    res = loo_rewards_reference(
+        ptr, w, q, diversity=diversity, degree=degree, normalization=normalization
+    )
     v, g = brute(ptr, w, q, diversity, degree, normalization)
     # sums of <= C(4, 3) products of O(1) numbers in float64: rounding ~1e-15 relative
     np.testing.assert_allclose(res.value, v, rtol=1e-12, atol=1e-13)
@@ -165,8 +169,9 @@ import torch  # noqa: E402  (in the runtime dependencies)
 from pope.objective import PopeObjective  # noqa: E402
 
 
-def torch_batch(seed: int, counts=(3, 1, 4, 2, 5, 1), c: int = 4, soft: bool = True,
-                extreme: bool = False):
+def torch_batch(
+    seed: int, counts=(3, 1, 4, 2, 5, 1), c: int = 4, soft: bool = True, extreme: bool = False
+):
     """Shuffled rows (prompts interleaved), sequence log-probs; ``extreme``: some log-ratios
     of -1e4 (weight exp(-1e4) = 0 in float64) and log-propensities near 0."""
     g = torch.Generator().manual_seed(seed)
@@ -182,8 +187,14 @@ def torch_batch(seed: int, counts=(3, 1, 4, 2, 5, 1), c: int = 4, soft: bool = T
     logp = torch.minimum(logp, torch.zeros_like(logp))
     if extreme:
         logp[::4] = -1e4
-    return dict(prompt=prompt, aspects=aspects, ll=ll, logp=logp,
-                rewards=torch.rand(s, generator=g, dtype=torch.float64), c=c)
+    return dict(
+        prompt=prompt,
+        aspects=aspects,
+        ll=ll,
+        logp=logp,
+        rewards=torch.rand(s, generator=g, dtype=torch.float64),
+        c=c,
+    )
 
 
 def reference_for(bt, diversity, degree, normalization, clip=None):
@@ -195,31 +206,51 @@ def reference_for(bt, diversity, degree, normalization, clip=None):
     q = bt["aspects"]
     if not q.is_floating_point():
         q = torch.nn.functional.one_hot(q, bt["c"]).double()
-    res = loo_rewards_reference(np.concatenate([[0], np.cumsum(cnt)]), w[order].numpy(),
-                                q[order].numpy(), diversity=diversity, degree=degree,
-                                normalization=normalization)
+    res = loo_rewards_reference(
+        np.concatenate([[0], np.cumsum(cnt)]),
+        w[order].numpy(),
+        q[order].numpy(),
+        diversity=diversity,
+        degree=degree,
+        normalization=normalization,
+    )
     return order, res
 
 
 @pytest.mark.parametrize("coverage", ["ips", "self_normalized"])  # the reward is IPS for both
-@pytest.mark.parametrize("diversity,degree", [("coverage", None), ("coverage", 2),
-                                              ("coverage", 5), ("gini_simpson", None)])
+@pytest.mark.parametrize(
+    "diversity,degree",
+    [("coverage", None), ("coverage", 2), ("coverage", 5), ("gini_simpson", None)],
+)
 @pytest.mark.parametrize("soft,extreme", [(True, False), (False, False), (True, True)])
-def test_objective_rewards_match_the_reference(coverage, diversity, degree,
-                                               soft, extreme):
+def test_objective_rewards_match_the_reference(coverage, diversity, degree, soft, extreme):
     bt = torch_batch(3 + 2 * soft + extreme, soft=soft, extreme=extreme)
     clip = 2.0 if extreme else None
-    obj = PopeObjective(diversity=diversity, diversity_degree=degree, coverage=coverage,
-                        num_aspects=bt["c"], clip=clip, baseline="mean", lam=0.7)
-    out = obj(logp=bt["logp"], rewards=bt["rewards"], prompt_index=bt["prompt"],
-              log_logging=bt["ll"], aspects=bt["aspects"])
+    obj = PopeObjective(
+        diversity=diversity,
+        diversity_degree=degree,
+        coverage=coverage,
+        num_aspects=bt["c"],
+        clip=clip,
+        baseline="mean",
+        lam=0.7,
+    )
+    out = obj(
+        logp=bt["logp"],
+        rewards=bt["rewards"],
+        prompt_index=bt["prompt"],
+        log_logging=bt["ll"],
+        aspects=bt["aspects"],
+    )
     order, ref = reference_for(bt, diversity, degree, "ips", clip)
     # float64 sums of <= C(5, 4) products of O(1) numbers; shifted weights in torch vs raw
     # weights in the reference: rounding ~1e-15 relative
-    torch.testing.assert_close(out.diversity_value[order], torch.as_tensor(ref.value),
-                               rtol=1e-11, atol=1e-12)
-    torch.testing.assert_close(out.diversity_reward[order], torch.as_tensor(ref.gradient),
-                               rtol=1e-11, atol=1e-12)
+    torch.testing.assert_close(
+        out.diversity_value[order], torch.as_tensor(ref.value), rtol=1e-11, atol=1e-12
+    )
+    torch.testing.assert_close(
+        out.diversity_reward[order], torch.as_tensor(ref.gradient), rtol=1e-11, atol=1e-12
+    )
     # K = 1 prompts: the constant 1/2, removed exactly by the per-prompt baseline
     single = torch.isin(bt["prompt"], torch.tensor([3 + 5 * 1, 3 + 5 * 5]))
     assert (out.diversity_reward[single] == 0.5).all()
@@ -231,10 +262,15 @@ def test_objective_rewards_match_the_reference(coverage, diversity, degree,
         assert (w[idx] * out.advantage[idx]).sum().abs() < 1e-10
 
 
-@pytest.mark.parametrize("diversity,coverage", [("coverage", "self_normalized"),
-                                                ("coverage", "ips"),
-                                                ("gini_simpson", "self_normalized"),
-                                                ("gini_simpson", "ips")])
+@pytest.mark.parametrize(
+    "diversity,coverage",
+    [
+        ("coverage", "self_normalized"),
+        ("coverage", "ips"),
+        ("gini_simpson", "self_normalized"),
+        ("gini_simpson", "ips"),
+    ],
+)
 def test_logged_diversity_is_the_evaluate_estimate(diversity, coverage):
     """ObjectiveStats.diversity (also merged over micro-batches) == pope.evaluate's."""
     import pope
@@ -242,21 +278,36 @@ def test_logged_diversity_is_the_evaluate_estimate(diversity, coverage):
 
     bt = torch_batch(21, soft=True)
     obj = PopeObjective(diversity=diversity, coverage=coverage, num_aspects=bt["c"], clip=1.8)
-    kw = dict(rewards=bt["rewards"], prompt_index=bt["prompt"], log_logging=bt["ll"],
-              aspects=bt["aspects"], logp=bt["logp"])
+    kw = dict(
+        rewards=bt["rewards"],
+        prompt_index=bt["prompt"],
+        log_logging=bt["ll"],
+        aspects=bt["aspects"],
+        logp=bt["logp"],
+    )
     out = obj(**kw)
     split = bt["prompt"] < 14
-    merged = obj(**{k: v[split] for k, v in kw.items()}).stats + \
-        obj(**{k: v[~split] for k, v in kw.items()}).stats
+    merged = (
+        obj(**{k: v[split] for k, v in kw.items()}).stats
+        + obj(**{k: v[~split] for k, v in kw.items()}).stats
+    )
     order = torch.argsort(bt["prompt"], stable=True)
     cnt = torch.unique(bt["prompt"], return_counts=True)[1].numpy()
-    fb = LoggedFeedback(prompt_ptr=np.concatenate([[0], np.cumsum(cnt)]),
-                        signal=bt["rewards"][order].numpy(), log_logging=bt["ll"][order].numpy(),
-                        aspect_probs=bt["aspects"][order].numpy())
+    fb = LoggedFeedback(
+        prompt_ptr=np.concatenate([[0], np.cumsum(cnt)]),
+        signal=bt["rewards"][order].numpy(),
+        log_logging=bt["ll"][order].numpy(),
+        aspect_probs=bt["aspects"][order].numpy(),
+    )
     with pytest.warns(UserWarning):  # single-response prompts identify nothing
-        est = pope.evaluate(fb, bt["logp"][order].numpy(), diversity=diversity, clip=1.8,
-                            coverage=coverage,
-                            diversity_degree=4 if diversity == "coverage" else None)
+        est = pope.evaluate(
+            fb,
+            bt["logp"][order].numpy(),
+            diversity=diversity,
+            clip=1.8,
+            coverage=coverage,
+            diversity_degree=4 if diversity == "coverage" else None,
+        )
     # same float64 formula in a different order of summation
     assert float(out.stats.diversity) == pytest.approx(est.diversity.value, rel=1e-12)
     assert float(merged.diversity) == pytest.approx(est.diversity.value, rel=1e-12)
@@ -273,12 +324,20 @@ def test_objective_option_errors():
     with pytest.raises(ValueError, match="diversity_estimator"):
         PopeObjective(diversity_estimator="jackknife")
     bt = torch_batch(2)
-    a = PopeObjective(num_aspects=4)(logp=bt["logp"], rewards=bt["rewards"],
-                                     prompt_index=bt["prompt"], log_logging=bt["ll"],
-                                     aspects=bt["aspects"]).stats
+    a = PopeObjective(num_aspects=4)(
+        logp=bt["logp"],
+        rewards=bt["rewards"],
+        prompt_index=bt["prompt"],
+        log_logging=bt["ll"],
+        aspects=bt["aspects"],
+    ).stats
     b = PopeObjective(num_aspects=4, diversity_estimator="plugin")(
-        logp=bt["logp"], rewards=bt["rewards"], prompt_index=bt["prompt"],
-        log_logging=bt["ll"], aspects=bt["aspects"]).stats
+        logp=bt["logp"],
+        rewards=bt["rewards"],
+        prompt_index=bt["prompt"],
+        log_logging=bt["ll"],
+        aspects=bt["aspects"],
+    ).stats
     with pytest.raises(ValueError, match="different diversity estimators"):
         a + b
 
@@ -287,8 +346,12 @@ def test_ips_overflow_raises_a_clear_error():
     bt = torch_batch(4)
     with pytest.raises(ValueError, match="overflow"):
         PopeObjective(coverage="ips", num_aspects=4)(
-            logp=bt["logp"], rewards=bt["rewards"], prompt_index=bt["prompt"],
-            log_logging=bt["ll"] - 400.0, aspects=bt["aspects"])
+            logp=bt["logp"],
+            rewards=bt["rewards"],
+            prompt_index=bt["prompt"],
+            log_logging=bt["ll"] - 400.0,
+            aspects=bt["aspects"],
+        )
 
 
 # ----------------------------------------------------------------------------- Monte Carlo
@@ -299,8 +362,9 @@ def test_ips_overflow_raises_a_clear_error():
 # the population functional (D_GS, or the polynomial D_L that the Shannon estimator is
 # unbiased for) within 3 standard errors per coordinate; the plug-in reward must not.
 
-MC_Q = torch.tensor([[1, 0, 0], [1, 0, 0], [0, 1, 0], [0, 1, 0], [0, 0, 1], [0.5, 0.2, 0.3]],
-                    dtype=torch.float64)
+MC_Q = torch.tensor(
+    [[1, 0, 0], [1, 0, 0], [0, 1, 0], [0, 1, 0], [0, 0, 1], [0.5, 0.2, 0.3]], dtype=torch.float64
+)
 MC_THETA = torch.tensor([0.8, 0.4, -0.3, 0.1, -0.6, 0.2], dtype=torch.float64)
 
 
@@ -324,9 +388,12 @@ def _mc_gradient(k: int, n_logs: int, seed: int, **opts) -> tuple[torch.Tensor, 
     pi = torch.softmax(MC_THETA, 0)
     y = torch.multinomial(pi0.expand(n_logs, -1), k, replacement=True, generator=g).reshape(-1)
     out = PopeObjective(lam=1.0, baseline="none", num_aspects=3, **opts)(
-        logp=torch.log(pi[y]), rewards=torch.zeros(y.shape[0], dtype=torch.float64),
-        prompt_index=torch.arange(n_logs).repeat_interleave(k), log_logging=torch.log(pi0[y]),
-        aspects=MC_Q[y])
+        logp=torch.log(pi[y]),
+        rewards=torch.zeros(y.shape[0], dtype=torch.float64),
+        prompt_index=torch.arange(n_logs).repeat_interleave(k),
+        log_logging=torch.log(pi0[y]),
+        aspects=MC_Q[y],
+    )
     w = pi[y] / pi0[y]
     score = torch.nn.functional.one_hot(y, 6).double() - pi
     per_log = ((w * out.diversity_reward)[:, None] * score).reshape(n_logs, k, 6).mean(1)
@@ -366,8 +433,15 @@ def test_monte_carlo_per_prompt_self_normalised_reward_is_biased():
     d = (1 - (qy[:, 0] * qy[:, 1]).sum(1)) / (1 - 1 / 3)  # same for both responses
     score = torch.nn.functional.one_hot(y, 6).double() - pi
     per_log = (2 * (w * d[:, None])[..., None] * score).mean(1)
-    z = ((per_log.mean(0) - _population_gradient("gini_simpson", 2))
-         / (per_log.std(0) / math.sqrt(n_logs))).abs().max().item()
+    z = (
+        (
+            (per_log.mean(0) - _population_gradient("gini_simpson", 2))
+            / (per_log.std(0) / math.sqrt(n_logs))
+        )
+        .abs()
+        .max()
+        .item()
+    )
     assert z > 5.0, z
 
 
@@ -386,19 +460,22 @@ def test_monte_carlo_loo_baseline_keeps_the_gradient_unbiased_and_mean_does_not(
     _, polys = reward_coefficients("coverage", 3, None)
     poly = polys[min(k, 4)]
     p = pi_t @ MC_Q
-    val = pi_t @ MC_R + lam * (poly.c0 + sum(g * (p**j).sum()
-                                             for j, g in enumerate(poly.g, start=2)))
+    val = pi_t @ MC_R + lam * (
+        poly.c0 + sum(g * (p**j).sum() for j, g in enumerate(poly.g, start=2))
+    )
     (truth,) = torch.autograd.grad(val, th)
     pi0 = torch.full((6,), 1 / 6, dtype=torch.float64)
     pi = pi_t.detach()
     for baseline, seed in (("loo", 300 + k), ("mean", 400 + k)):
         g = torch.Generator().manual_seed(seed)
-        y = torch.multinomial(pi0.expand(n_logs, -1), k, replacement=True,
-                              generator=g).reshape(-1)
+        y = torch.multinomial(pi0.expand(n_logs, -1), k, replacement=True, generator=g).reshape(-1)
         out = PopeObjective(lam=lam, baseline=baseline, num_aspects=3, coverage="ips")(
-            logp=torch.log(pi[y]), rewards=MC_R[y],
+            logp=torch.log(pi[y]),
+            rewards=MC_R[y],
             prompt_index=torch.arange(n_logs).repeat_interleave(k),
-            log_logging=torch.log(pi0[y]), aspects=MC_Q[y])
+            log_logging=torch.log(pi0[y]),
+            aspects=MC_Q[y],
+        )
         w = pi[y] / pi0[y]
         score = torch.nn.functional.one_hot(y, 6).double() - pi
         per_log = ((w * out.advantage)[:, None] * score).reshape(n_logs, k, 6).mean(1)

@@ -28,16 +28,36 @@ def make_batch(seed: int = 0, s_per_prompt=(3, 1, 4, 2), c: int = 3, soft: bool 
     logp = -(torch.rand(s, generator=g, dtype=torch.float64) * 3 + 1) * counts
     log_logging = logp + 0.8 * torch.randn(s, generator=g, dtype=torch.float64)
     return dict(
-        prompt=prompt, rewards=rewards, aspects=aspects, counts=counts, logp=logp,
-        log_logging=log_logging, c=c,
+        prompt=prompt,
+        rewards=rewards,
+        aspects=aspects,
+        counts=counts,
+        logp=logp,
+        log_logging=log_logging,
+        c=c,
     )
 
 
 def reference_loss(
-    logp, log_logging, rewards, q, prompt, *, lam, clip=None, ppo_eps=None,
-    weighting="sequence", counts=None, baseline="loo", coverage="self_normalized",
-    diversity="coverage", truncation="estimator", kl=None, beta=0.0,
-    diversity_estimator="polynomial", diversity_degree=None,
+    logp,
+    log_logging,
+    rewards,
+    q,
+    prompt,
+    *,
+    lam,
+    clip=None,
+    ppo_eps=None,
+    weighting="sequence",
+    counts=None,
+    baseline="loo",
+    coverage="self_normalized",
+    diversity="coverage",
+    truncation="estimator",
+    kl=None,
+    beta=0.0,
+    diversity_estimator="polynomial",
+    diversity_degree=None,
 ):
     """Independent formula: explicit loop over prompts, probability-space weights; the
     leave-one-out rewards from the NumPy reference :func:`pope.loo_rewards_reference`."""
@@ -56,8 +76,11 @@ def reference_loss(
         order = torch.argsort(prompt, stable=True)
         cnt = torch.unique(prompt, return_counts=True)[1].numpy()
         res = loo_rewards_reference(
-            np.concatenate([[0], np.cumsum(cnt)]), w_est[order].numpy(), q[order].numpy(),
-            diversity=diversity, degree=diversity_degree,
+            np.concatenate([[0], np.cumsum(cnt)]),
+            w_est[order].numpy(),
+            q[order].numpy(),
+            diversity=diversity,
+            degree=diversity_degree,
             normalization="ips",
         )
         rho = torch.zeros(n, dtype=logp.dtype)
@@ -69,8 +92,7 @@ def reference_loss(
             p = (we[:, None] * q[idx]).sum(0) / we.sum()
         else:
             p = (we[:, None] * q[idx]).sum(0) / len(idx)
-        logp_c = torch.tensor([math.log(v) if v > 0 else 0.0 for v in p.tolist()],
-                              dtype=logp.dtype)
+        logp_c = torch.tensor([math.log(v) if v > 0 else 0.0 for v in p.tolist()], dtype=logp.dtype)
         if loo:
             d = rho[idx]
         elif c == 1:
@@ -153,8 +175,12 @@ def test_loss_and_gradient_match_plain_formula_fp64(opts, soft):
     obj = PopeObjective(num_aspects=bt["c"], **opts)
     logp = bt["logp"].clone().requires_grad_(True)
     out = obj(
-        logp=logp, num_tokens=bt["counts"], rewards=bt["rewards"], prompt_index=bt["prompt"],
-        log_logging=bt["log_logging"], aspects=bt["aspects"],
+        logp=logp,
+        num_tokens=bt["counts"],
+        rewards=bt["rewards"],
+        prompt_index=bt["prompt"],
+        log_logging=bt["log_logging"],
+        aspects=bt["aspects"],
     )
     (g,) = torch.autograd.grad(out.loss, logp)
 
@@ -175,19 +201,25 @@ def test_ratio_controls_change_the_gradient():
     bt = make_batch(seed=3)
     grads = {}
     for name, opts in {
-        "plain": {}, "clip": {"clip": 1.1}, "ppo": {"ppo_eps": 0.05},
-        "token_mean": {"weighting": "token_mean"}, "trunc_grad": {"clip": 1.1,
-                                                                  "truncation": "gradient"},
+        "plain": {},
+        "clip": {"clip": 1.1},
+        "ppo": {"ppo_eps": 0.05},
+        "token_mean": {"weighting": "token_mean"},
+        "trunc_grad": {"clip": 1.1, "truncation": "gradient"},
     }.items():
         logp = bt["logp"].clone().requires_grad_(True)
         out = PopeObjective(lam=0.5, **opts)(
-            logp=logp, num_tokens=bt["counts"], rewards=bt["rewards"],
-            prompt_index=bt["prompt"], log_logging=bt["log_logging"], aspects=bt["aspects"],
+            logp=logp,
+            num_tokens=bt["counts"],
+            rewards=bt["rewards"],
+            prompt_index=bt["prompt"],
+            log_logging=bt["log_logging"],
+            aspects=bt["aspects"],
         )
         grads[name] = torch.autograd.grad(out.loss, logp)[0]
     names = list(grads)
     for i, a in enumerate(names):
-        for b in names[i + 1:]:
+        for b in names[i + 1 :]:
             assert not torch.allclose(grads[a], grads[b]), (a, b)
 
 
@@ -203,8 +235,13 @@ def _token_batch(seed=0, b=5, t=7, v=13):
     tok_logging = -torch.rand(b, t, generator=g) * 3 - 0.5
     ref_tok = -torch.rand(b, t, generator=g) * 3 - 0.5
     return dict(
-        logits=logits, labels=labels, inside=inside, tok_logging=tok_logging, ref_tok=ref_tok,
-        rewards=torch.rand(b, generator=g), prompt=torch.tensor([0, 0, 1, 1, 1])[:b],
+        logits=logits,
+        labels=labels,
+        inside=inside,
+        tok_logging=tok_logging,
+        ref_tok=ref_tok,
+        rewards=torch.rand(b, generator=g),
+        prompt=torch.tensor([0, 0, 1, 1, 1])[:b],
         aspects=torch.tensor([0, 1, 1, 1, 2])[:b],
     )
 
@@ -219,8 +256,12 @@ def test_gradient_wrt_logits_matches_log_softmax_formula(opts):
     obj = PopeObjective(lam=0.5, num_aspects=3, **opts)
     logits = bt["logits"].clone().requires_grad_(True)
     out = obj(
-        logits, bt["labels"], rewards=bt["rewards"], prompt_index=bt["prompt"],
-        log_logging=bt["tok_logging"], aspects=bt["aspects"],
+        logits,
+        bt["labels"],
+        rewards=bt["rewards"],
+        prompt_index=bt["prompt"],
+        log_logging=bt["tok_logging"],
+        aspects=bt["aspects"],
         ref_logprobs=bt["ref_tok"] if opts.get("beta") else None,
     )
     (g,) = torch.autograd.grad(out.loss, logits)
@@ -239,7 +280,14 @@ def test_gradient_wrt_logits_matches_log_softmax_formula(opts):
         kl = k3.sum(1) / counts
     q = torch.nn.functional.one_hot(bt["aspects"], 3).double()
     ref = reference_loss(
-        logp, ll, bt["rewards"].double(), q, bt["prompt"], lam=0.5, counts=counts, kl=kl,
+        logp,
+        ll,
+        bt["rewards"].double(),
+        q,
+        bt["prompt"],
+        lam=0.5,
+        counts=counts,
+        kl=kl,
         **opts,
     )
     (g_ref,) = torch.autograd.grad(ref, logits2)
@@ -259,8 +307,10 @@ def test_hidden_states_path_equals_logits_path(beta):
     labels = torch.randint(0, v, (b, t), generator=g)
     labels[:, :2] = -100
     kw = dict(
-        rewards=torch.rand(b, generator=g), prompt_index=torch.tensor([0, 0, 1, 1]),
-        log_logging=-torch.rand(b, generator=g) * 5 - 10, aspects=torch.tensor([0, 1, 0, 0]),
+        rewards=torch.rand(b, generator=g),
+        prompt_index=torch.tensor([0, 0, 1, 1]),
+        log_logging=-torch.rand(b, generator=g) * 5 - 10,
+        aspects=torch.tensor([0, 1, 0, 0]),
         ref_logprobs=-torch.rand(b, t, generator=g) * 3 if beta else None,
     )
     obj = PopeObjective(lam=1.0, clip=5.0, beta=beta)
@@ -281,8 +331,9 @@ def test_flat_layout_equals_batched_layout():
     ll = torch.where(bt["inside"], bt["tok_logging"], torch.zeros(())).sum(1)
     out_b = obj(bt["logits"], bt["labels"], log_logging=ll, **kw)
     seq = torch.arange(b).repeat_interleave(t)
-    out_f = obj(bt["logits"].reshape(-1, v), bt["labels"].reshape(-1), seq_index=seq,
-                log_logging=ll, **kw)
+    out_f = obj(
+        bt["logits"].reshape(-1, v), bt["labels"].reshape(-1), seq_index=seq, log_logging=ll, **kw
+    )
     torch.testing.assert_close(out_b.logp, out_f.logp)
     torch.testing.assert_close(out_b.stats.total, out_f.stats.total)
 
@@ -294,8 +345,11 @@ def test_flat_layout_equals_batched_layout():
 def test_coverage_identity_weighted_diversity_reward_equals_entropy(soft):
     bt = make_batch(seed=11, soft=soft, c=4)
     out = PopeObjective(lam=1.0, num_aspects=4, diversity_estimator="plugin")(
-        logp=bt["logp"], rewards=bt["rewards"], prompt_index=bt["prompt"],
-        log_logging=bt["log_logging"], aspects=bt["aspects"],
+        logp=bt["logp"],
+        rewards=bt["rewards"],
+        prompt_index=bt["prompt"],
+        log_logging=bt["log_logging"],
+        aspects=bt["aspects"],
     )
     w = torch.exp(bt["logp"] - bt["log_logging"])
     q = bt["aspects"] if soft else torch.nn.functional.one_hot(bt["aspects"], 4).double()
@@ -317,8 +371,11 @@ def test_coverage_identity_weighted_diversity_reward_equals_entropy(soft):
 def test_on_policy_weights_are_one_and_diagnostics_are_exact():
     bt = make_batch(seed=5)
     out = PopeObjective(lam=0.0, clip=2.0, baseline="mean")(
-        logp=bt["logp"], rewards=bt["rewards"], prompt_index=bt["prompt"],
-        log_logging=bt["logp"], aspects=bt["aspects"],
+        logp=bt["logp"],
+        rewards=bt["rewards"],
+        prompt_index=bt["prompt"],
+        log_logging=bt["logp"],
+        aspects=bt["aspects"],
     )
     n = bt["logp"].shape[0]
     m = out.metrics()
@@ -339,7 +396,10 @@ def test_diagnostics_of_known_weights():
     w = torch.tensor([2.0, 1.0, 4.0, 1.0], dtype=torch.float64)
     r = torch.tensor([1.0, 0.0, 0.5, 0.25], dtype=torch.float64)
     out = PopeObjective(clip=3.0)(
-        logp=logp, rewards=r, prompt_index=torch.tensor([0, 0, 1, 1]), log_logging=log_logging,
+        logp=logp,
+        rewards=r,
+        prompt_index=torch.tensor([0, 0, 1, 1]),
+        log_logging=log_logging,
         aspects=torch.tensor([0, 1, 0, 1]),
     )
     m = out.metrics()
@@ -357,7 +417,10 @@ def test_log_space_extreme_propensities_stay_finite():
     logp = (bt["logp"] * 100).requires_grad_(True)
     log_logging = logp.detach() - 900 + torch.linspace(0, 5, logp.shape[0], dtype=torch.float64)
     out = PopeObjective(lam=1.0, clip=10.0, truncation="gradient")(
-        logp=logp, rewards=bt["rewards"], prompt_index=bt["prompt"], log_logging=log_logging,
+        logp=logp,
+        rewards=bt["rewards"],
+        prompt_index=bt["prompt"],
+        log_logging=log_logging,
         aspects=bt["aspects"],
     )
     (g,) = torch.autograd.grad(out.loss, logp)
@@ -368,8 +431,11 @@ def test_log_space_extreme_propensities_stay_finite():
     assert 0 <= m["relevance"] <= 1
     # the self-normalised coverage only sees weight ratios within a prompt
     out2 = PopeObjective(lam=1.0, clip=10.0, truncation="gradient")(
-        logp=logp.detach(), rewards=bt["rewards"], prompt_index=bt["prompt"],
-        log_logging=log_logging - 900, aspects=bt["aspects"],
+        logp=logp.detach(),
+        rewards=bt["rewards"],
+        prompt_index=bt["prompt"],
+        log_logging=log_logging - 900,
+        aspects=bt["aspects"],
     )
     assert out2.stats.ess.item() == pytest.approx(out.stats.ess.item(), rel=1e-9)
 
@@ -377,8 +443,11 @@ def test_log_space_extreme_propensities_stay_finite():
 def test_single_aspect_gives_zero_diversity():
     bt = make_batch(seed=4)
     out = PopeObjective(lam=1.0, num_aspects=1)(
-        logp=bt["logp"], rewards=bt["rewards"], prompt_index=bt["prompt"],
-        log_logging=bt["log_logging"], aspects=torch.zeros_like(bt["aspects"]),
+        logp=bt["logp"],
+        rewards=bt["rewards"],
+        prompt_index=bt["prompt"],
+        log_logging=bt["log_logging"],
+        aspects=torch.zeros_like(bt["aspects"]),
     )
     assert out.stats.diversity == 0
     assert (out.diversity_reward == 0).all()
@@ -387,8 +456,13 @@ def test_single_aspect_gives_zero_diversity():
 def test_stats_merge_over_disjoint_prompts_equals_full_batch():
     bt = make_batch(seed=9, s_per_prompt=(2, 3, 1, 4, 2))
     obj = PopeObjective(lam=0.5, clip=2.5, ppo_eps=0.2)
-    kw = dict(rewards=bt["rewards"], prompt_index=bt["prompt"], log_logging=bt["log_logging"],
-              aspects=bt["aspects"], logp=bt["logp"])
+    kw = dict(
+        rewards=bt["rewards"],
+        prompt_index=bt["prompt"],
+        log_logging=bt["log_logging"],
+        aspects=bt["aspects"],
+        logp=bt["logp"],
+    )
     full = obj(**kw).stats
     split = bt["prompt"] <= bt["prompt"][5]
     parts = [obj(**{k: v[m] for k, v in kw.items()}).stats for m in (split, ~split)]
@@ -400,8 +474,13 @@ def test_stats_merge_over_disjoint_prompts_equals_full_batch():
 
 def test_normalizer_scales_the_loss():
     bt = make_batch(seed=6)
-    kw = dict(logp=bt["logp"], rewards=bt["rewards"], prompt_index=bt["prompt"],
-              log_logging=bt["log_logging"], aspects=bt["aspects"])
+    kw = dict(
+        logp=bt["logp"],
+        rewards=bt["rewards"],
+        prompt_index=bt["prompt"],
+        log_logging=bt["log_logging"],
+        aspects=bt["aspects"],
+    )
     obj = PopeObjective(lam=0.5, ppo_eps=0.1)
     a = obj(**kw).loss
     b = obj(**kw, normalizer=4 * bt["logp"].shape[0]).loss
@@ -420,15 +499,23 @@ def test_shift_labels():
 
 
 def _kw(bt):
-    return dict(logp=bt["logp"], rewards=bt["rewards"], prompt_index=bt["prompt"],
-                log_logging=bt["log_logging"], aspects=bt["aspects"])
+    return dict(
+        logp=bt["logp"],
+        rewards=bt["rewards"],
+        prompt_index=bt["prompt"],
+        log_logging=bt["log_logging"],
+        aspects=bt["aspects"],
+    )
 
 
 @pytest.mark.parametrize(
     "change, exc, match",
     [
-        (lambda k: k.update(rewards=k["rewards"].clone().fill_(float("nan"))), ValueError,
-         "rewards"),
+        (
+            lambda k: k.update(rewards=k["rewards"].clone().fill_(float("nan"))),
+            ValueError,
+            "rewards",
+        ),
         (lambda k: k.update(rewards=k["rewards"] + 1.5), ValueError, r"rewards must lie in \["),
         (lambda k: k.update(prompt_index=k["prompt_index"][:-1]), ValueError, "prompt_index"),
         (lambda k: k.update(log_logging=k["log_logging"][:-2]), ValueError, "log_logging"),
@@ -451,8 +538,12 @@ def test_empty_response_and_bad_labels_raise():
     bt = _token_batch()
     labels = bt["labels"].clone()
     labels[2] = -100
-    kw = dict(rewards=bt["rewards"], prompt_index=bt["prompt"], aspects=bt["aspects"],
-              log_logging=-torch.ones(5))
+    kw = dict(
+        rewards=bt["rewards"],
+        prompt_index=bt["prompt"],
+        aspects=bt["aspects"],
+        log_logging=-torch.ones(5),
+    )
     with pytest.raises(ValueError, match="sequence 2 has an empty response"):
         PopeObjective()(bt["logits"], labels, **kw)
     labels = bt["labels"].clone()
@@ -494,8 +585,12 @@ def test_coverage_snips_is_a_deprecated_spelling_of_self_normalized():
         old = PopeObjective(coverage="snips", num_aspects=3)
     assert old.coverage == "self_normalized"
     bt = _token_batch()
-    kw = dict(rewards=bt["rewards"], prompt_index=bt["prompt"], log_logging=bt["tok_logging"],
-              aspects=bt["aspects"])
+    kw = dict(
+        rewards=bt["rewards"],
+        prompt_index=bt["prompt"],
+        log_logging=bt["tok_logging"],
+        aspects=bt["aspects"],
+    )
     new = PopeObjective(coverage="self_normalized", num_aspects=3)
     a, b = old(bt["logits"], bt["labels"], **kw), new(bt["logits"], bt["labels"], **kw)
     assert torch.equal(a.loss, b.loss) and torch.equal(a.coverage, b.coverage)

@@ -47,8 +47,11 @@ def _batch(b: int, t: int, h: int, v: int, beta: float) -> tuple[dict, torch.Ten
     labels = torch.randint(0, v, (b, t), generator=g)
     labels[:, :2] = -100
     kw = dict(
-        labels=labels, rewards=torch.rand(b, generator=g), prompt_index=torch.arange(b) // 2,
-        log_logging=-torch.rand(b, generator=g) * 5 - 10, aspects=torch.arange(b) % 3,
+        labels=labels,
+        rewards=torch.rand(b, generator=g),
+        prompt_index=torch.arange(b) // 2,
+        log_logging=-torch.rand(b, generator=g) * 5 - 10,
+        aspects=torch.arange(b) % 3,
         ref_logprobs=-torch.rand(b, t, generator=g) * 3 if beta else None,
     )
     return kw, hidden, weight

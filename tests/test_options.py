@@ -69,8 +69,10 @@ def _copies() -> list[str]:
                     rel = path.relative_to(SRC)
                     if found and found[-1].startswith(f"{rel}:{cand.lineno} "):
                         continue  # the tuple inside Literal[...] on the same line
-                    found.append(f"{rel}:{cand.lineno} repeats pope.options."
-                                 f"{option_sets[values]} {sorted(values)}")
+                    found.append(
+                        f"{rel}:{cand.lineno} repeats pope.options."
+                        f"{option_sets[values]} {sorted(values)}"
+                    )
     return found
 
 

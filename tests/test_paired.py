@@ -32,8 +32,15 @@ def test_policies_share_the_log_and_pair(three_models):
     assert len(res.results) == 2 and len(res.comparisons) == 1
     cmp = res.comparisons[0]
     # each policy's own result equals a direct evaluation with that policy's log-probs
-    ta, tb = (np.array([naive_logprob(*load_causal_lm(m, device="cpu"), p, r)
-                        for p, r in zip(df.prompt, df.response)]) for m in (a, b))
+    ta, tb = (
+        np.array(
+            [
+                naive_logprob(*load_causal_lm(m, device="cpu"), p, r)
+                for p, r in zip(df.prompt, df.response)
+            ]
+        )
+        for m in (a, b)
+    )
     fb = res.results[0].pope.stats  # same feedback for both: compare on the prepared rows
     assert fb.n_prompts == res.results[1].pope.stats.n_prompts
     # the relevance difference is the difference of the two evaluations; the diversity of
@@ -44,8 +51,9 @@ def test_policies_share_the_log_and_pair(three_models):
     for name in ("relevance", "diversity", "total"):
         d = getattr(cmp, name)
         # paired difference b - a, with the influence stderr of the same prompts
-        assert d.value == pytest.approx(getattr(cmp.a, name).value - getattr(cmp.b, name).value,
-                                        rel=1e-9, abs=1e-12)
+        assert d.value == pytest.approx(
+            getattr(cmp.a, name).value - getattr(cmp.b, name).value, rel=1e-9, abs=1e-12
+        )
         psi = cmp.a.influence(name) - cmp.b.influence(name)
         n = psi.size
         assert d.stderr == pytest.approx(math.sqrt((psi**2).sum() / (n * (n - 1))), rel=1e-9)
@@ -78,8 +86,22 @@ def test_cli_several_policies_write_the_paired_table(three_models, tmp_path, cap
     logs = tmp_path / "logs.jsonl"
     df.to_json(logs, orient="records", lines=True)
     out = tmp_path / "res.json"
-    code = main(["evaluate", "--logs", str(logs), "--policy", three_models[1], "--policy",
-                 three_models[2], "--estimators", "none", "--out", str(out), "--no-progress"])
+    code = main(
+        [
+            "evaluate",
+            "--logs",
+            str(logs),
+            "--policy",
+            three_models[1],
+            "--policy",
+            three_models[2],
+            "--estimators",
+            "none",
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
     stdout = capsys.readouterr().out
     assert code == 0 and "paired difference" in stdout
     res = json.loads(out.read_text())
@@ -87,5 +109,17 @@ def test_cli_several_policies_write_the_paired_table(three_models, tmp_path, cap
     d = res["paired"][0]["relevance"]
     va, vb = (p["pope"]["relevance"]["value"] for p in res["policies"].values())
     assert d["value"] == pytest.approx(vb - va, abs=1e-12)
-    assert main(["evaluate", "--logs", str(logs), "--policy", three_models[1], "--policy",
-                 three_models[1]]) == 2
+    assert (
+        main(
+            [
+                "evaluate",
+                "--logs",
+                str(logs),
+                "--policy",
+                three_models[1],
+                "--policy",
+                three_models[1],
+            ]
+        )
+        == 2
+    )

@@ -85,8 +85,9 @@ def brute_power_sums(ptr, w, q, degree):
         for j in range(1, min(degree, len(ks)) + 1):
             subsets = list(itertools.combinations(ks, j))
             s_out[i, j] = np.mean([np.prod(w[list(t)]) for t in subsets])
-            p_out[i, j] = np.mean([np.sum(np.prod(w[list(t), None] * q[list(t)], axis=0))
-                                   for t in subsets])
+            p_out[i, j] = np.mean(
+                [np.sum(np.prod(w[list(t), None] * q[list(t)], axis=0)) for t in subsets]
+            )
     return p_out, s_out
 
 
@@ -104,8 +105,10 @@ def test_power_sums_match_brute_force(rng, soft, degree, backend):
     q = rng.dirichlet(np.ones(c), n) if soft else np.eye(c)[labels]
     args = (None, q) if soft else (labels, None)
     want = brute_power_sums(ptr, w, q, degree)
-    for got in (power_sums_reference(ptr, w, *args, c, degree),
-                power_sums(ptr, w, *args, c, degree, backend=backend)):
+    for got in (
+        power_sums_reference(ptr, w, *args, c, degree),
+        power_sums(ptr, w, *args, c, degree, backend=backend),
+    ):
         # sums of at most C(6, j) non-negative products: relative rounding ~ 1e-15
         np.testing.assert_allclose(got[0], want[0], rtol=1e-12, atol=0)
         np.testing.assert_allclose(got[1], want[1], rtol=1e-12, atol=0)
@@ -150,10 +153,17 @@ def make_log(rng, n_prompts=80, c=4, kmin=2, kmax=6, soft=False):
     k = rng.integers(kmin, kmax + 1, n_prompts)
     ptr = np.concatenate([[0], np.cumsum(k)]).astype(np.int64)
     n = int(ptr[-1])
-    kw = ({"aspect_probs": rng.dirichlet(np.full(c, 0.6), n)} if soft
-          else {"aspect": rng.integers(0, c, n), "n_aspects": c})
-    fb = pope.LoggedFeedback(prompt_ptr=ptr, signal=rng.poisson(2.0, n).astype(float),
-                             log_logging=np.log(rng.uniform(0.05, 1, n)), **kw)
+    kw = (
+        {"aspect_probs": rng.dirichlet(np.full(c, 0.6), n)}
+        if soft
+        else {"aspect": rng.integers(0, c, n), "n_aspects": c}
+    )
+    fb = pope.LoggedFeedback(
+        prompt_ptr=ptr,
+        signal=rng.poisson(2.0, n).astype(float),
+        log_logging=np.log(rng.uniform(0.05, 1, n)),
+        **kw,
+    )
     return fb, np.log(rng.uniform(0.05, 1, n))
 
 
@@ -192,8 +202,11 @@ def naive_polynomial(fb, lt, degree, family="shannon"):
         sbar = ss[gj, j].mean()
         a_j = (g * ps[:, j]).mean()
         value += a_j / sbar
-        psi = psi + (g * ps[:, j] - a_j) / sbar \
+        psi = (
+            psi
+            + (g * ps[:, j] - a_j) / sbar
             - a_j / sbar**2 * (n / gj.sum()) * gj * (ss[:, j] - sbar)
+        )
     return value, math.sqrt((psi**2).sum() / (n * (n - 1))), bias
 
 
@@ -225,15 +238,22 @@ def test_gini_simpson_matches_naive(rng):
 
 
 @quiet
-@pytest.mark.parametrize("opts", [{}, {"diversity": "gini_simpson"},
-                                  {"diversity_degree": 4, "relevance": "ips"},
-                                  {"coverage": "ips", "clip": 5.0}])
+@pytest.mark.parametrize(
+    "opts",
+    [
+        {},
+        {"diversity": "gini_simpson"},
+        {"diversity_degree": 4, "relevance": "ips"},
+        {"coverage": "ips", "clip": 5.0},
+    ],
+)
 def test_shards_merge_exactly(rng, opts):
     fb, lt = make_log(rng, n_prompts=90, kmin=1, kmax=7)
     batch = pope.evaluate(fb, lt, lam=0.7, **opts)
     for n_shards in (2, 5):
-        merged = reduce(add, [pope_stats(s, lt[s.row_index], lam=0.7, **opts)
-                              for s in fb.split(n_shards)]).estimate()
+        merged = reduce(
+            add, [pope_stats(s, lt[s.row_index], lam=0.7, **opts) for s in fb.split(n_shards)]
+        ).estimate()
         assert merged.degree == batch.degree
         for name in ("relevance", "diversity", "total"):
             e, m = getattr(batch, name), getattr(merged, name)
@@ -314,7 +334,7 @@ def test_one_aspect_all_zero_prompt_and_soft_rows(rng):
     res = pope.evaluate(fb, lt)
     assert res.diversity.value == 0.0 and res.diversity.bias_bound == 0.0
     fb, lt = make_log(rng, soft=True)
-    lt[fb.prompt_ptr[3]:fb.prompt_ptr[4]] = -np.inf  # a prompt the target never produces
+    lt[fb.prompt_ptr[3] : fb.prompt_ptr[4]] = -np.inf  # a prompt the target never produces
     for opts in ({}, {"diversity": "gini_simpson"}):
         res = pope.evaluate(fb, lt, **opts)
         for name in ("relevance", "diversity", "total"):
@@ -385,8 +405,9 @@ def test_evaluate_rejects_bad_diversity_options(rng):
 
 def test_lambda_zero_needs_no_aspects_and_outside_range_is_said(rng):
     fb, lt = make_log(rng)
-    plain = pope.LoggedFeedback(prompt_ptr=fb.prompt_ptr, signal=fb.signal,
-                                log_logging=fb.log_logging)
+    plain = pope.LoggedFeedback(
+        prompt_ptr=fb.prompt_ptr, signal=fb.signal, log_logging=fb.log_logging
+    )
     res = pope.evaluate(plain, lt, lam=0.0)
     assert res.diversity.value == 0.0
     assert res.total.value == pytest.approx(pope.evaluate(fb, lt, lam=0.0).relevance.value)

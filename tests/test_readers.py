@@ -42,16 +42,22 @@ def expected_oasst_rows(tree_list: list[dict]) -> list[dict]:
 
     def walk(msg: dict) -> None:
         if msg["role"] == "prompter":
-            ranked = [r for r in msg["replies"]
-                      if r["role"] == "assistant" and r.get("rank") is not None]
+            ranked = [
+                r for r in msg["replies"] if r["role"] == "assistant" and r.get("rank") is not None
+            ]
             k = len(ranked)
             for r in msg["replies"]:
                 if r in ranked:
                     rank_pos = sorted(x["rank"] for x in ranked).index(r["rank"])
-                    out.append({"prompt_id": msg["message_id"], "response_id": r["message_id"],
-                                "response": r["text"],
-                                "signal": 1.0 if k == 1 else 1 - rank_pos / (k - 1),
-                                "model_name": r.get("model_name")})
+                    out.append(
+                        {
+                            "prompt_id": msg["message_id"],
+                            "response_id": r["message_id"],
+                            "response": r["text"],
+                            "signal": 1.0 if k == 1 else 1 - rank_pos / (k - 1),
+                            "model_name": r.get("model_name"),
+                        }
+                    )
         for r in msg["replies"]:
             walk(r)
 
@@ -95,8 +101,9 @@ def test_oasst_thread_prompts_and_last():
     tl = trees()
     df = read_oasst(tl)
     deep = df[df["turn"] > 0].iloc[0]
-    root_text = next(t["prompt"]["text"] for t in tl if t["message_tree_id"] ==
-                     deep["message_tree_id"])
+    root_text = next(
+        t["prompt"]["text"] for t in tl if t["message_tree_id"] == deep["message_tree_id"]
+    )
     assert deep["prompt"].startswith("User: " + root_text + "\n\nAssistant: ")
     last = read_oasst(tl, prompt_format="last").set_index("response_id")
     assert not last.loc[deep["response_id"], "prompt"].startswith("User:")
@@ -132,8 +139,13 @@ def test_oasst_rank_ties_votes_unranked_deleted():
     assert df.attrs["reader"]["deleted_dropped"] == 1
     votes = read_oasst([tiny_tree()], signal="votes").set_index("response_id")
     # (u + 1) / (u + d + 2)
-    assert votes["signal"].to_dict() == {"a0": 4 / 6, "a1": 2 / 3, "a2": 0.5, "a3": 1 / 4,
-                                         "a5": 0.5}
+    assert votes["signal"].to_dict() == {
+        "a0": 4 / 6,
+        "a1": 2 / 3,
+        "a2": 0.5,
+        "a3": 1 / 4,
+        "a5": 0.5,
+    }
     assert votes.loc["a5", "prompt"] == "User: Is tea healthy?\n\nAssistant: Yes.\n\nUser: Why?"
     with pytest.raises(LogFormatError, match=r"a3.*no rank"):
         read_oasst([tiny_tree()], unranked="error")
@@ -147,12 +159,20 @@ def test_oasst_flat_message_table_equals_trees(tmp_path):
 
     def flatten(msg, parent, tree_id):
         e = msg.get("emojis") or {}
-        rows.append({"message_id": msg["message_id"], "parent_id": parent,
-                     "message_tree_id": tree_id, "role": msg["role"], "text": msg["text"],
-                     "lang": msg["lang"], "rank": msg.get("rank"),
-                     "deleted": msg.get("deleted", False),
-                     "model_name": msg.get("model_name"),
-                     "emojis": {"name": list(e), "count": list(e.values())}})
+        rows.append(
+            {
+                "message_id": msg["message_id"],
+                "parent_id": parent,
+                "message_tree_id": tree_id,
+                "role": msg["role"],
+                "text": msg["text"],
+                "lang": msg["lang"],
+                "rank": msg.get("rank"),
+                "deleted": msg.get("deleted", False),
+                "model_name": msg.get("model_name"),
+                "emojis": {"name": list(e), "count": list(e.values())},
+            }
+        )
         for r in msg["replies"]:
             flatten(r, msg["message_id"], tree_id)
 
@@ -164,8 +184,9 @@ def test_oasst_flat_message_table_equals_trees(tmp_path):
         a = read_oasst(OASST, signal=sig).drop(columns=["synthetic"])
         b = read_oasst(path, signal=sig).drop(columns=["synthetic"])
         key = ["prompt_id", "response_id"]
-        pd.testing.assert_frame_equal(a.sort_values(key).reset_index(drop=True),
-                                      b.sort_values(key).reset_index(drop=True))
+        pd.testing.assert_frame_equal(
+            a.sort_values(key).reset_index(drop=True), b.sort_values(key).reset_index(drop=True)
+        )
     assert read_logs(path).shape == read_oasst(path).shape  # auto-detected
 
 
@@ -179,20 +200,41 @@ def test_oasst_bad_input():
 # ----------------------------------------------------------------------------- ratings
 def ultrafeedback_records() -> list[dict]:
     def comp(model, text, overall, help_rating):
-        return {"annotations": {"helpfulness": {"Rating": help_rating, "Rationale": "..."},
-                                "honesty": {"Rating": "5", "Rationale": "..."}},
-                "critique": "...", "custom_system_prompt": "", "fine-grained_score": 4.0,
-                "model": model, "overall_score": overall, "principle": "helpfulness",
-                "response": text}
+        return {
+            "annotations": {
+                "helpfulness": {"Rating": help_rating, "Rationale": "..."},
+                "honesty": {"Rating": "5", "Rationale": "..."},
+            },
+            "critique": "...",
+            "custom_system_prompt": "",
+            "fine-grained_score": 4.0,
+            "model": model,
+            "overall_score": overall,
+            "principle": "helpfulness",
+            "response": text,
+        }
 
     return [
-        {"source": "evol_instruct", "instruction": "Name a prime number.",
-         "models": ["m1", "m2"], "correct_answers": ["2"], "incorrect_answers": ["4"],
-         "completions": [comp("m1", "2 is prime.", 8.5, "5"), comp("m2", "4.", 2.0, "1")]},
-        {"source": "flan", "instruction": "Translate 'chat' to English.",
-         "models": ["m1", "m2", "m3"], "correct_answers": [], "incorrect_answers": [],
-         "completions": [comp("m1", "cat", 9.0, "5"), comp("m2", "chat", 3.0, "N/A"),
-                         comp("m3", "a cat", 7.0, "4")]},
+        {
+            "source": "evol_instruct",
+            "instruction": "Name a prime number.",
+            "models": ["m1", "m2"],
+            "correct_answers": ["2"],
+            "incorrect_answers": ["4"],
+            "completions": [comp("m1", "2 is prime.", 8.5, "5"), comp("m2", "4.", 2.0, "1")],
+        },
+        {
+            "source": "flan",
+            "instruction": "Translate 'chat' to English.",
+            "models": ["m1", "m2", "m3"],
+            "correct_answers": [],
+            "incorrect_answers": [],
+            "completions": [
+                comp("m1", "cat", 9.0, "5"),
+                comp("m2", "chat", 3.0, "N/A"),
+                comp("m3", "a cat", 7.0, "4"),
+            ],
+        },
     ]
 
 
@@ -217,8 +259,9 @@ def test_ratings_ultrafeedback_file(tmp_path):
 
 def test_ratings_flat_rows(tmp_path):
     """HelpSteer style: one rated response per row, no prompt id."""
-    df = pd.DataFrame({"prompt": ["p1", "p1", "p2"], "response": ["a", "b", "c"],
-                       "helpfulness": [3, 4, 0]})
+    df = pd.DataFrame(
+        {"prompt": ["p1", "p1", "p2"], "response": ["a", "b", "c"], "helpfulness": [3, 4, 0]}
+    )
     path = tmp_path / "hs.parquet"
     df.to_parquet(path)
     out = read_ratings(path, score="helpfulness")
@@ -228,7 +271,8 @@ def test_ratings_flat_rows(tmp_path):
         read_ratings([{"text": "x"}])
     csv = tmp_path / "hs.csv"
     pd.DataFrame({"prompt": ["007", "007"], "response": ["1", "2"], "score": [1, 2]}).to_csv(
-        csv, index=False)
+        csv, index=False
+    )
     out = read_ratings(csv, score="score")
     assert out["prompt"].tolist() == ["007", "007"] and out["response"].tolist() == ["1", "2"]
 
@@ -236,15 +280,22 @@ def test_ratings_flat_rows(tmp_path):
 # ----------------------------------------------------------------------------- pairwise
 def test_pairwise_win_rate_rule():
     """A > B, A > C, C > B, one tie: A 2/2, B 0/2, C 1/2 (ties left out)."""
-    recs = [{"prompt": "q", "chosen": "A", "rejected": "B", "tie": False},
-            {"prompt": "q", "chosen": "A", "rejected": "C", "tie": False},
-            {"prompt": "q", "chosen": "C", "rejected": "B", "tie": False},
-            {"prompt": "q", "chosen": "B", "rejected": "C", "tie": True},
-            {"prompt": "r", "chosen": "X", "rejected": "Y", "tie": False}]
+    recs = [
+        {"prompt": "q", "chosen": "A", "rejected": "B", "tie": False},
+        {"prompt": "q", "chosen": "A", "rejected": "C", "tie": False},
+        {"prompt": "q", "chosen": "C", "rejected": "B", "tie": False},
+        {"prompt": "q", "chosen": "B", "rejected": "C", "tie": True},
+        {"prompt": "r", "chosen": "X", "rejected": "Y", "tie": False},
+    ]
     df = read_pairwise(recs, tie_field="tie")
     got = dict(zip(df["response"], zip(df["signal"], df["wins"], df["comparisons"])))
-    assert got == {"A": (1.0, 2, 2), "B": (0.0, 0, 2), "C": (0.5, 1, 2), "X": (1.0, 1, 1),
-                   "Y": (0.0, 0, 1)}
+    assert got == {
+        "A": (1.0, 2, 2),
+        "B": (0.0, 0, 2),
+        "C": (0.5, 1, 2),
+        "X": (1.0, 1, 1),
+        "Y": (0.0, 0, 1),
+    }
     assert df.attrs["reader"] == {"format": "pairwise", "pairs": 4, "ties_dropped": 1}
     assert df["prompt_id"].tolist()[:3] == [df["prompt_id"][0]] * 3 != df["prompt_id"][3]
     assert load_logs(df, require_log_logging=False).report.ok
@@ -252,10 +303,14 @@ def test_pairwise_win_rate_rule():
 
 def test_pairwise_hh_transcripts(tmp_path):
     hh = [
-        {"chosen": "\n\nHuman: What is 2+2?\n\nAssistant: 4.",
-         "rejected": "\n\nHuman: What is 2+2?\n\nAssistant: 5."},
-        {"chosen": "\n\nHuman: Hi\n\nAssistant: Hello!\n\nHuman: Bye\n\nAssistant: Goodbye.",
-         "rejected": "\n\nHuman: Hi\n\nAssistant: Hello!\n\nHuman: Bye\n\nAssistant: No."},
+        {
+            "chosen": "\n\nHuman: What is 2+2?\n\nAssistant: 4.",
+            "rejected": "\n\nHuman: What is 2+2?\n\nAssistant: 5.",
+        },
+        {
+            "chosen": "\n\nHuman: Hi\n\nAssistant: Hello!\n\nHuman: Bye\n\nAssistant: Goodbye.",
+            "rejected": "\n\nHuman: Hi\n\nAssistant: Hello!\n\nHuman: Bye\n\nAssistant: No.",
+        },
     ]
     path = tmp_path / "hh.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in hh))
@@ -269,29 +324,42 @@ def test_pairwise_hh_transcripts(tmp_path):
 
 
 def test_pairwise_shp_and_trl_conversational(tmp_path):
-    shp = pd.DataFrame({
-        "post_id": ["p1", "p1", "p1"], "domain": ["askscience_train"] * 3,
-        "upvote_ratio": [0.9] * 3, "history": ["Why is the sky blue?"] * 3,
-        "c_root_id_A": ["c1", "c1", "c3"], "c_root_id_B": ["c2", "c3", "c2"],
-        "created_at_utc_A": [1, 1, 3], "created_at_utc_B": [2, 3, 2],
-        "score_A": [50, 50, 7], "score_B": [3, 7, 3],
-        "human_ref_A": ["Rayleigh.", "Rayleigh.", "Dust."], "human_ref_B": ["Magic.", "Dust.",
-                                                                              "Magic."],
-        "labels": [1, 1, 1], "seconds_difference": [1.0, 2.0, 1.0], "score_ratio": [16.7, 7.1,
-                                                                                     2.3],
-    })
+    shp = pd.DataFrame(
+        {
+            "post_id": ["p1", "p1", "p1"],
+            "domain": ["askscience_train"] * 3,
+            "upvote_ratio": [0.9] * 3,
+            "history": ["Why is the sky blue?"] * 3,
+            "c_root_id_A": ["c1", "c1", "c3"],
+            "c_root_id_B": ["c2", "c3", "c2"],
+            "created_at_utc_A": [1, 1, 3],
+            "created_at_utc_B": [2, 3, 2],
+            "score_A": [50, 50, 7],
+            "score_B": [3, 7, 3],
+            "human_ref_A": ["Rayleigh.", "Rayleigh.", "Dust."],
+            "human_ref_B": ["Magic.", "Dust.", "Magic."],
+            "labels": [1, 1, 1],
+            "seconds_difference": [1.0, 2.0, 1.0],
+            "score_ratio": [16.7, 7.1, 2.3],
+        }
+    )
     path = tmp_path / "shp.parquet"
     shp.to_parquet(path)
     df = read_logs(path).set_index("response_id")
     assert df["signal"].to_dict() == {"c1": 1.0, "c2": 0.0, "c3": 0.5}
     assert df["score"].to_dict() == {"c1": 50.0, "c2": 3.0, "c3": 7.0}
     assert set(df["prompt_id"]) == {"p1"}
-    conv = [{"prompt": [{"role": "user", "content": "Hi"}],
-             "chosen": [{"role": "assistant", "content": "Hello."}],
-             "rejected": [{"role": "assistant", "content": "Go away."}]},
-            {"chosen": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "A"}],
-             "rejected": [{"role": "user", "content": "Hi"},
-                          {"role": "assistant", "content": "B"}]}]
+    conv = [
+        {
+            "prompt": [{"role": "user", "content": "Hi"}],
+            "chosen": [{"role": "assistant", "content": "Hello."}],
+            "rejected": [{"role": "assistant", "content": "Go away."}],
+        },
+        {
+            "chosen": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "A"}],
+            "rejected": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "B"}],
+        },
+    ]
     out = read_pairwise(conv)
     assert out["prompt"].tolist() == ["Hi"] * 4 and out["prompt_id"].nunique() == 1
     assert out["response"].tolist() == ["Hello.", "Go away.", "A", "B"]
@@ -299,9 +367,13 @@ def test_pairwise_shp_and_trl_conversational(tmp_path):
 
 # ----------------------------------------------------------------------------- TRL
 def test_trl_standard_kto_and_conversational(tmp_path):
-    kto = pd.DataFrame({"prompt": ["The sky is", "The sky is", "Grass is"],
-                        "completion": [" blue.", " green.", " green."],
-                        "label": [True, False, True]})
+    kto = pd.DataFrame(
+        {
+            "prompt": ["The sky is", "The sky is", "Grass is"],
+            "completion": [" blue.", " green.", " green."],
+            "label": [True, False, True],
+        }
+    )
     path = tmp_path / "kto.jsonl"
     write_logs(kto, path)
     df = read_logs(path)  # auto -> trl
@@ -309,9 +381,16 @@ def test_trl_standard_kto_and_conversational(tmp_path):
     assert df["response"].tolist() == [" blue.", " green.", " green."]
     assert df["prompt_id"][0] == df["prompt_id"][1] != df["prompt_id"][2]
     assert load_logs(df, require_log_logging=False).report.ok
-    conv = [{"prompt": [{"role": "system", "content": "Be brief."},
-                        {"role": "user", "content": "Sky?"}],
-             "completion": [{"role": "assistant", "content": "Blue."}], "reward": 0.7}]
+    conv = [
+        {
+            "prompt": [
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": "Sky?"},
+            ],
+            "completion": [{"role": "assistant", "content": "Blue."}],
+            "reward": 0.7,
+        }
+    ]
     out = read_trl(conv)
     assert out["prompt"][0] == "System: Be brief.\n\nUser: Sky?"
     assert out["response"][0] == "Blue." and out["signal"][0] == 0.7
@@ -328,8 +407,9 @@ def test_detect_and_resolve(tmp_path):
     assert detect_public_format(["prompt", "completion", "label"]) == "trl"
     assert detect_public_format(["prompt_id", "prompt", "completion", "signal"]) == "log"
     native = tmp_path / "log.parquet"
-    pd.DataFrame({"prompt_id": [1], "prompt": ["p"], "response": ["r"], "signal": [1.0]}
-                 ).to_parquet(native)
+    pd.DataFrame(
+        {"prompt_id": [1], "prompt": ["p"], "response": ["r"], "signal": [1.0]}
+    ).to_parquet(native)
     assert resolve_logs(native, "auto") == (native, "parquet")  # stays a path: streamable
     assert resolve_logs(native, None) == (native, None)
     frame, fmt = resolve_logs(OASST, "oasst")

@@ -18,15 +18,18 @@ from pope.report import load_results
 def results(tmp_path, capsys):
     logs = write_logs(embedded_log(5), tmp_path / "logs.jsonl")
     out = tmp_path / "res.json"
-    code, _, err = run(["evaluate", "--logs", logs, "--aspects-from", "column", "--n-aspects",
-                        "3", "--out", out], capsys)
+    code, _, err = run(
+        ["evaluate", "--logs", logs, "--aspects-from", "column", "--n-aspects", "3", "--out", out],
+        capsys,
+    )
     assert code == 0, err
     return out
 
 
 def _pngs_in(page: str) -> list[bytes]:
-    return [base64.b64decode(m) for m in re.findall(r"data:image/png;base64,([A-Za-z0-9+/=]+)",
-                                                      page)]
+    return [
+        base64.b64decode(m) for m in re.findall(r"data:image/png;base64,([A-Za-z0-9+/=]+)", page)
+    ]
 
 
 def test_report_writes_figures_and_a_self_contained_page(tmp_path, results, capsys):

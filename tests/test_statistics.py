@@ -93,8 +93,9 @@ def test_clipped_lower_bound_holds():
     ok = 0
     for _ in range(reps):
         d = sample_bandit(rng, n)
-        est = E.ips(reward=d["reward"], log_target=d["log_target"],
-                    log_logging=d["log_logging"], clip=3.0)
+        est = E.ips(
+            reward=d["reward"], log_target=d["log_target"], log_logging=d["log_logging"], clip=3.0
+        )
         ok += est.lower_bound(delta) <= V_TRUE
     assert ok / reps >= 1 - delta
 
@@ -146,8 +147,9 @@ def sample_pope(rng, n, k):
     cdf = np.cumsum(P0[x], axis=1)
     y = np.minimum((rng.uniform(size=(n * k, 1)) > cdf).sum(1), Y - 1)
     sig = (rng.uniform(size=n * k) < RMU[x, y]).astype(float)
-    fb = pope.LoggedFeedback(prompt_ptr=np.arange(n + 1) * k, signal=sig,
-                             log_logging=np.log(P0[x, y]), aspect_probs=Q[y])
+    fb = pope.LoggedFeedback(
+        prompt_ptr=np.arange(n + 1) * k, signal=sig, log_logging=np.log(P0[x, y]), aspect_probs=Q[y]
+    )
     return fb, np.log(PT[x, y])
 
 
@@ -158,8 +160,9 @@ def test_pope_diversity_matches_enumerated_expectation_as_n_grows(estimator):
     rng = np.random.default_rng(5)
     for n in (500, 5000, 50_000):
         fb, lt = sample_pope(rng, n, k)
-        res = pope.evaluate(fb, lt, lam=LAM, reward_normalization="none",
-                            diversity_estimator=estimator)
+        res = pope.evaluate(
+            fb, lt, lam=LAM, reward_normalization="none", diversity_estimator=estimator
+        )
         se = math.sqrt(vh / n)
         assert abs(res.diversity.value - eh) <= 3 * se, n
         assert res.diversity.stderr == pytest.approx(se, rel=0.15)
@@ -172,8 +175,7 @@ def test_pope_plugin_bias_vanishes_with_more_responses():
     e2, _ = exact_moments(2)
     rng = np.random.default_rng(6)
     fb, lt = sample_pope(rng, 400, 100)
-    res = pope.evaluate(fb, lt, lam=LAM, reward_normalization="none",
-                        diversity_estimator="plugin")
+    res = pope.evaluate(fb, lt, lam=LAM, reward_normalization="none", diversity_estimator="plugin")
     gap_small_k = abs(e2 - D_TRUE)
     assert gap_small_k > 0.02  # the plug-in is visibly biased with K = 2
     assert abs(res.diversity.value - D_TRUE) < gap_small_k / 4
@@ -199,8 +201,9 @@ def test_pope_interval_coverage(estimator):
     hits = {"normal": 0, "bootstrap": 0}
     for rep in range(reps):
         fb, lt = sample_pope(rng, n, k)
-        res = pope.evaluate(fb, lt, lam=LAM, reward_normalization="none",
-                            diversity_estimator=estimator)
+        res = pope.evaluate(
+            fb, lt, lam=LAM, reward_normalization="none", diversity_estimator=estimator
+        )
         for m in hits:
             # 2000 resamples: the percentiles of 300 move the coverage of these 200 data sets
             # by about +-0.01 with the bootstrap seed alone

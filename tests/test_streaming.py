@@ -166,15 +166,17 @@ def test_stream_kmeans_aspects(tmp_path, rng):
     df = make_log(rng)
     emb = rng.normal(size=(len(df), 3))
     np.save(tmp_path / "e.npy", emb)
-    path = write_logs(df.drop(columns=["aspect"]).assign(embedding=list(emb)),
-                      tmp_path / "l.parquet")
+    path = write_logs(
+        df.drop(columns=["aspect"]).assign(embedding=list(emb)), tmp_path / "l.parquet"
+    )
     for spec in (
         EvalSpec(aspects="npy", embeddings_path=str(tmp_path / "e.npy"), n_aspects=3),
         EvalSpec(aspects="embedding", n_aspects=3, soft_aspects=True, temperature=0.3),
     ):
         # the pre-pass fits k-means on the first fit_rows rows: all of them here
-        assert_same(evaluate_stream(path, spec, chunk_rows=7, fit_rows=10**6),
-                    evaluate_logs(path, spec))
+        assert_same(
+            evaluate_stream(path, spec, chunk_rows=7, fit_rows=10**6), evaluate_logs(path, spec)
+        )
 
 
 def test_stream_memory_is_bounded(tmp_path, rng, monkeypatch):

@@ -25,8 +25,7 @@ def env() -> CandidateEnv:
 
 @pytest.fixture(scope="module")
 def soft_env() -> CandidateEnv:
-    return CandidateEnv.make(n_prompts=20, n_candidates=5, n_aspects=4, soft_aspects=True,
-                             seed=5)
+    return CandidateEnv.make(n_prompts=20, n_candidates=5, n_aspects=4, soft_aspects=True, seed=5)
 
 
 def _targets(env: CandidateEnv) -> list[SoftmaxPolicy]:
@@ -69,8 +68,10 @@ def test_exact_value_matches_loops(env: CandidateEnv, soft_env: CandidateEnv, wh
             ez = [math.exp(v - zmax) for v in z]
             pi = [v / sum(ez) for v in ez]
             us.append(sum(pi[j] * e.utility[x, j] for j in range(e.n_candidates)))
-            cov = [sum(pi[j] * e.aspect_probs[x, j, c] for j in range(e.n_candidates))
-                   for c in range(e.n_aspects)]
+            cov = [
+                sum(pi[j] * e.aspect_probs[x, j, c] for j in range(e.n_candidates))
+                for c in range(e.n_aspects)
+            ]
             ds.append(_h(cov) / math.log(e.n_aspects))
         assert truth.relevance == pytest.approx(np.mean(us), abs=1e-12)
         assert truth.diversity == pytest.approx(np.mean(ds), abs=1e-12)
@@ -142,8 +143,12 @@ def test_kl_and_tilt(env: CandidateEnv) -> None:
     # brute-force KL
     pol = env.tilt(utility=2.0, diversity=1.0)
     p, p0 = pol.probs, pi0.probs
-    kl = np.mean([sum(p[x, j] * math.log(p[x, j] / p0[x, j]) for j in range(env.n_candidates))
-                  for x in range(env.n_prompts)])
+    kl = np.mean(
+        [
+            sum(p[x, j] * math.log(p[x, j] / p0[x, j]) for j in range(env.n_candidates))
+            for x in range(env.n_prompts)
+        ]
+    )
     assert env.kl(pol) == pytest.approx(kl, rel=1e-10)
 
 
@@ -158,8 +163,10 @@ def test_diversity_reward_is_the_gradient(env: CandidateEnv) -> None:
     zp, zm = z.copy(), z.copy()
     zp[x, j] += eps
     zm[x, j] -= eps
-    fd = (env.value(SoftmaxPolicy(zp)).per_prompt_diversity[x]
-          - env.value(SoftmaxPolicy(zm)).per_prompt_diversity[x]) / (2 * eps)
+    fd = (
+        env.value(SoftmaxPolicy(zp)).per_prompt_diversity[x]
+        - env.value(SoftmaxPolicy(zm)).per_prompt_diversity[x]
+    ) / (2 * eps)
     assert fd == pytest.approx(pol.probs[x, j] * (d[x, j] - dx[x]), rel=1e-5, abs=1e-9)
 
 
@@ -214,7 +221,8 @@ def test_seeding_is_reproducible(env: CandidateEnv) -> None:
         np.testing.assert_array_equal(getattr(a.feedback, name), getattr(b.feedback, name))
     np.testing.assert_array_equal(a.candidate, b.candidate)
     assert not np.array_equal(a.candidate, c.candidate) or not np.array_equal(
-        a.feedback.signal, c.feedback.signal)
+        a.feedback.signal, c.feedback.signal
+    )
     e1 = CandidateEnv.make(n_prompts=10, seed=9)
     e2 = CandidateEnv.make(n_prompts=10, seed=9)
     np.testing.assert_array_equal(e1.utility, e2.utility)
@@ -237,6 +245,7 @@ def test_on_policy_logs_give_sample_means(env: CandidateEnv) -> None:
     """With target = logging policy every weight is 1: IPS = SNIPS = the sample mean reward,
     POPE's plug-in diversity = mean over prompts of the logged coverage entropy."""
     from pope import estimators as est
+
     log = env.sample_logs(n_prompts=300, k=(2, 6), seed=8)
     fb = log.feedback
     r = fb.rewards("none")
@@ -246,12 +255,11 @@ def test_on_policy_logs_give_sample_means(env: CandidateEnv) -> None:
         assert e.value == pytest.approx(r.mean(), abs=1e-12)
     import pope
 
-    res = pope.evaluate(fb, lt, lam=0.5, reward_normalization="none",
-                        diversity_estimator="plugin")
+    res = pope.evaluate(fb, lt, lam=0.5, reward_normalization="none", diversity_estimator="plugin")
     c = env.n_aspects
     divs = []
     for i in range(fb.n_prompts):
-        a = fb.aspect[fb.prompt_ptr[i]:fb.prompt_ptr[i + 1]]
+        a = fb.aspect[fb.prompt_ptr[i] : fb.prompt_ptr[i + 1]]
         divs.append(_h(np.bincount(a, minlength=c) / a.size) / math.log(c))
     assert res.diversity.value == pytest.approx(np.mean(divs), abs=1e-10)
     assert res.relevance.value == pytest.approx(r.mean(), abs=1e-10)
@@ -261,8 +269,18 @@ def test_on_policy_logs_give_sample_means(env: CandidateEnv) -> None:
 # ----------------------------------------------------------------------------- TokenEnv
 @pytest.fixture(scope="module")
 def tenv() -> TokenEnv:
-    return TokenEnv.make(n_prompts=4, n_groups=2, n_aspects=3, vocab_size=6, response_length=3,
-                         prompt_length=2, n_embd=16, n_layer=1, n_head=2, seed=1)
+    return TokenEnv.make(
+        n_prompts=4,
+        n_groups=2,
+        n_aspects=3,
+        vocab_size=6,
+        response_length=3,
+        prompt_length=2,
+        n_embd=16,
+        n_layer=1,
+        n_head=2,
+        seed=1,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -271,20 +289,27 @@ def tmodel(tenv: TokenEnv) -> torch.nn.Module:
 
 
 def test_token_rule_on_hand_made_sequences() -> None:
-    e = TokenEnv.make(n_prompts=3, n_groups=3, n_aspects=4, vocab_size=16, response_length=6,
-                      seed=0)
+    e = TokenEnv.make(
+        n_prompts=3, n_groups=3, n_aspects=4, vocab_size=16, response_length=6, seed=0
+    )
     # topics: token % 4
-    toks = np.array([
-        [0, 4, 8, 1, 2, 3],    # topic 0 x3 -> aspect 0, n=3
-        [1, 2, 5, 6, 3, 7],    # topics 1,2,1,2,3,3: tie 1/2/3 (2 each) -> first seen: 1
-        [3, 3, 7, 11, 15, 2],  # topic 3 x5 -> aspect 3
-        [2, 1, 6, 5, 0, 4],    # topics 2,1,2,1,0,0 tie -> first seen: 2
-    ])
+    toks = np.array(
+        [
+            [0, 4, 8, 1, 2, 3],  # topic 0 x3 -> aspect 0, n=3
+            [1, 2, 5, 6, 3, 7],  # topics 1,2,1,2,3,3: tie 1/2/3 (2 each) -> first seen: 1
+            [3, 3, 7, 11, 15, 2],  # topic 3 x5 -> aspect 3
+            [2, 1, 6, 5, 0, 4],  # topics 2,1,2,1,0,0 tie -> first seen: 2
+        ]
+    )
     np.testing.assert_array_equal(e.aspects(toks), [0, 1, 3, 2])
     prompt = np.array([0, 1, 2, 0])
     g = e.group[prompt]
-    want = [e.preference[g[0], 0] * 3 / 6, e.preference[g[1], 1] * 2 / 6,
-            e.preference[g[2], 3] * 5 / 6, e.preference[g[3], 2] * 2 / 6]
+    want = [
+        e.preference[g[0], 0] * 3 / 6,
+        e.preference[g[1], 1] * 2 / 6,
+        e.preference[g[2], 3] * 5 / 6,
+        e.preference[g[3], 2] * 2 / 6,
+    ]
     np.testing.assert_allclose(e.utility(prompt, toks), want)
     # each group's favourite topic has preference 1
     assert all(e.preference[gg, gg % 4] == 1.0 for gg in range(3))
@@ -311,8 +336,10 @@ def _exact_token_truth(env: TokenEnv, model: torch.nn.Module, lam: float) -> tup
             logits = model(input_ids=torch.as_tensor(ids)).logits.double()
             lsm = torch.log_softmax(logits, -1).numpy()
             pl = env.prompt_length
-            logp = sum(lsm[np.arange(len(seqs)), pl - 1 + t, seqs[:, t]]
-                       for t in range(env.response_length))
+            logp = sum(
+                lsm[np.arange(len(seqs)), pl - 1 + t, seqs[:, t]]
+                for t in range(env.response_length)
+            )
             prob = np.exp(logp)
             assert prob.sum() == pytest.approx(1.0, abs=1e-6)
             # the rule, written independently: dominant topic, ties -> first appearance
@@ -353,7 +380,8 @@ def test_token_logs(tenv: TokenEnv, tmodel: torch.nn.Module) -> None:
     assert fb.token_log_logging is not None
     np.testing.assert_array_equal(fb.token_counts, tenv.response_length)
     np.testing.assert_allclose(
-        fb.log_logging, fb.token_log_logging.reshape(-1, tenv.response_length).sum(1))
+        fb.log_logging, fb.token_log_logging.reshape(-1, tenv.response_length).sum(1)
+    )
     np.testing.assert_allclose(log.log_prob(tmodel), fb.log_logging, atol=1e-5)
     np.testing.assert_array_equal(fb.aspect, tenv.aspects(log.tokens))
     np.testing.assert_allclose(log.utility, tenv.utility(log.response_prompt, log.tokens))

@@ -46,7 +46,10 @@ def make_tokenizer():
         single="[BOS] $A", special_tokens=[("[BOS]", vocab["[BOS]"])]
     )
     return transformers.PreTrainedTokenizerFast(
-        tokenizer_object=t, pad_token="[PAD]", unk_token="[UNK]", bos_token="[BOS]",
+        tokenizer_object=t,
+        pad_token="[PAD]",
+        unk_token="[UNK]",
+        bos_token="[BOS]",
         eos_token="[EOS]",
     )
 
@@ -59,9 +62,17 @@ def tok():
 def tiny_gpt2(seed: int = 0, dropout: float = 0.0, n_positions: int = 48):
     torch.manual_seed(seed)
     cfg = transformers.GPT2Config(
-        n_layer=2, n_embd=32, n_head=2, vocab_size=len(SPECIAL) + len(WORDS),
-        n_positions=n_positions, resid_pdrop=dropout, embd_pdrop=dropout, attn_pdrop=dropout,
-        bos_token_id=2, eos_token_id=3, pad_token_id=0,
+        n_layer=2,
+        n_embd=32,
+        n_head=2,
+        vocab_size=len(SPECIAL) + len(WORDS),
+        n_positions=n_positions,
+        resid_pdrop=dropout,
+        embd_pdrop=dropout,
+        attn_pdrop=dropout,
+        bos_token_id=2,
+        eos_token_id=3,
+        pad_token_id=0,
     )
     return transformers.GPT2LMHeadModel(cfg)
 
@@ -69,9 +80,16 @@ def tiny_gpt2(seed: int = 0, dropout: float = 0.0, n_positions: int = 48):
 def tiny_llama(seed: int = 0):
     torch.manual_seed(seed)
     cfg = transformers.LlamaConfig(
-        num_hidden_layers=2, hidden_size=32, intermediate_size=64, num_attention_heads=2,
-        num_key_value_heads=1, vocab_size=len(SPECIAL) + len(WORDS),
-        max_position_embeddings=48, bos_token_id=2, eos_token_id=3, pad_token_id=0,
+        num_hidden_layers=2,
+        hidden_size=32,
+        intermediate_size=64,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        vocab_size=len(SPECIAL) + len(WORDS),
+        max_position_embeddings=48,
+        bos_token_id=2,
+        eos_token_id=3,
+        pad_token_id=0,
     )
     return transformers.LlamaForCausalLM(cfg)
 
@@ -83,22 +101,33 @@ def make_records(n_prompts=4, k=3, seed=0, log_logging=None, soft=False):
         prompt = " ".join(rng.choice(WORDS, size=int(rng.integers(2, 5))))
         for _ in range(k):
             resp = " ".join(rng.choice(WORDS, size=int(rng.integers(1, 6))))
-            aspect = (
-                list(rng.dirichlet(np.ones(3))) if soft else int(rng.integers(0, 3))
+            aspect = list(rng.dirichlet(np.ones(3))) if soft else int(rng.integers(0, 3))
+            recs.append(
+                dict(
+                    prompt_id=f"p{i}",
+                    prompt=prompt,
+                    response=resp,
+                    reward=float(rng.uniform()),
+                    aspect=aspect,
+                    log_logging=None if log_logging is None else float(log_logging[len(recs)]),
+                )
             )
-            recs.append(dict(
-                prompt_id=f"p{i}", prompt=prompt, response=resp,
-                reward=float(rng.uniform()), aspect=aspect,
-                log_logging=None if log_logging is None else float(log_logging[len(recs)]),
-            ))
     # interleave prompts (grouping must not depend on input order)
     order = rng.permutation(len(recs))
     return [recs[i] for i in order]
 
 
 def cfg(tmp_path, **kw):
-    base = dict(lr=5e-3, token_budget=4096, max_steps=2, output_dir=str(tmp_path / "out"),
-                progress=False, save_final=False, lam=0.5, seed=0)
+    base = dict(
+        lr=5e-3,
+        token_budget=4096,
+        max_steps=2,
+        output_dir=str(tmp_path / "out"),
+        progress=False,
+        save_final=False,
+        lam=0.5,
+        seed=0,
+    )
     base.update(kw)
     return TrainConfig(**base)
 
@@ -108,8 +137,7 @@ def cfg(tmp_path, **kw):
 
 def test_dataset_groups_by_prompt_and_collates_response_only_labels(tok):
     recs = make_records(log_logging=-np.arange(1.0, 13.0))
-    ds = PopeDataset.from_records(recs, reward_normalization="none").tokenize(
-        tok, add_eos=True)
+    ds = PopeDataset.from_records(recs, reward_normalization="none").tokenize(tok, add_eos=True)
     assert ds.n_prompts == 4 and ds.n_responses == 12 and len(ds) == 4
     # grouping: order of first appearance; rows keep their input order within a prompt
     first = list(dict.fromkeys(r["prompt_id"] for r in recs))
@@ -163,8 +191,11 @@ def test_reward_normalization_and_soft_aspects(tok):
         (lambda r: r[0].update(reward=float("nan")), ValueError, "NaN"),
         (lambda r: r[0].update(response=""), ValueError, "empty"),
         (lambda r: r[0].update(response="the " * 60), ContextLengthError, "context"),
-        (lambda r: r[1].update(prompt_id=r[0]["prompt_id"], prompt="x y"), ValueError,
-         "two different prompt texts"),
+        (
+            lambda r: r[1].update(prompt_id=r[0]["prompt_id"], prompt="x y"),
+            ValueError,
+            "two different prompt texts",
+        ),
         (lambda r: r[0].update(log_logging=0.5), ValueError, "log_logging"),
         (lambda r: r[0].update(aspect=-1), ValueError, "aspect"),
         (lambda r: r[0].update(color="red"), ValueError, "unknown fields"),
@@ -186,19 +217,31 @@ def test_from_examples_equals_from_records():
     np.testing.assert_array_equal(a.rewards, b.rewards)
     np.testing.assert_array_equal(a.aspects, b.aspects)
     np.testing.assert_array_equal(a.log_logging, b.log_logging)
-    mixed = [TrainingExample("p", "a b", "c", 0.5, 1), TrainingExample("p", "a b", "d", 0.5,
-                                                                       [0.5, 0.5])]
+    mixed = [
+        TrainingExample("p", "a b", "c", 0.5, 1),
+        TrainingExample("p", "a b", "d", 0.5, [0.5, 0.5]),
+    ]
     with pytest.raises(ValueError, match="mix of hard"):
         PopeDataset.from_examples(mixed)
 
 
 def test_from_arrays_mismatched_lengths():
     with pytest.raises(ValueError, match="response has length 2, expected 3"):
-        PopeDataset.from_arrays(prompt_id=[0, 0, 1], prompt=["a", "a", "b"],
-                                response=["x", "y"], reward=[0.1, 0.2, 0.3], aspect=[0, 1, 0])
+        PopeDataset.from_arrays(
+            prompt_id=[0, 0, 1],
+            prompt=["a", "a", "b"],
+            response=["x", "y"],
+            reward=[0.1, 0.2, 0.3],
+            aspect=[0, 1, 0],
+        )
     with pytest.raises(ValueError, match="reward has length 2"):
-        PopeDataset.from_arrays(prompt_id=[0, 0, 1], prompt=["a", "a", "b"],
-                                response=["x", "y", "z"], reward=[0.1, 0.2], aspect=[0, 1, 0])
+        PopeDataset.from_arrays(
+            prompt_id=[0, 0, 1],
+            prompt=["a", "a", "b"],
+            response=["x", "y", "z"],
+            reward=[0.1, 0.2],
+            aspect=[0, 1, 0],
+        )
     with pytest.raises(ValueError, match="exactly one of aspect"):
         PopeDataset.from_arrays(prompt_id=[0], prompt=["a"], response=["x"], reward=[0.1])
 
@@ -260,8 +303,9 @@ def test_pope_forward_hidden_head_equals_logits_and_plain_formula(tok, make_mode
         out.loss.backward()
         grads[head] = [p.grad.clone() for p in model.parameters()]
         # at theta = pi0 every weight is 1
-        torch.testing.assert_close(out.log_weights, torch.zeros_like(out.log_weights),
-                                   atol=1e-4, rtol=0)
+        torch.testing.assert_close(
+            out.log_weights, torch.zeros_like(out.log_weights), atol=1e-4, rtol=0
+        )
     for a, b in zip(grads["logits"], grads["hidden"]):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
     # independent: HF logits, causal shift and log_softmax by hand
@@ -294,8 +338,10 @@ def test_reference_model_initial_fills_logging_and_weights_start_at_one(tok, tmp
 def test_a_few_steps_raise_the_estimated_value(tok, tmp_path):
     ds = PopeDataset.from_records(make_records(n_prompts=4, k=4, seed=7))
     tr = OffPolicyTrainer(
-        tiny_gpt2(seed=1), tok, ds, cfg(tmp_path, max_steps=8, lr=3e-3, clip=20.0,
-                                        schedule="constant"),
+        tiny_gpt2(seed=1),
+        tok,
+        ds,
+        cfg(tmp_path, max_steps=8, lr=3e-3, clip=20.0, schedule="constant"),
         reference_model="initial",
     )
     assert len(tr.batches) == 1
@@ -310,19 +356,21 @@ def test_a_few_steps_raise_the_estimated_value(tok, tmp_path):
     assert totals[-1] > totals[0]
 
 
-
 def test_lora_trains_only_the_adapters_and_saves_a_loadable_adapter(tok, tmp_path):
     import peft  # in the test extra: no skip
+
     ds = PopeDataset.from_records(make_records(n_prompts=4, k=4, seed=7))
     lora = {"r": 4, "lora_alpha": 8, "target_modules": ["c_attn"], "fan_in_fan_out": True}
-    conf = cfg(tmp_path, max_steps=8, lr=3e-2, clip=20.0, schedule="constant", lora=lora,
-               save_final=True)
+    conf = cfg(
+        tmp_path, max_steps=8, lr=3e-2, clip=20.0, schedule="constant", lora=lora, save_final=True
+    )
     tr = OffPolicyTrainer(tiny_gpt2(seed=1), tok, ds, conf, reference_model="initial")
     assert isinstance(tr.model, peft.PeftModel)
     trainable = {n for n, p in tr.inner_model.named_parameters() if p.requires_grad}
     assert trainable and all("lora_" in n for n in trainable)
-    frozen = {n: p.detach().clone() for n, p in tr.inner_model.named_parameters()
-              if not p.requires_grad}
+    frozen = {
+        n: p.detach().clone() for n, p in tr.inner_model.named_parameters() if not p.requires_grad
+    }
     before = tr.evaluate()
     assert before["weight_mean"] == pytest.approx(1.0, rel=1e-4)  # B = 0: the adapter is a no-op
     tr.train()
@@ -341,6 +389,7 @@ def test_lora_trains_only_the_adapters_and_saves_a_loadable_adapter(tok, tmp_pat
     with torch.no_grad():
         torch.testing.assert_close(reloaded(ids).logits, tr.inner_model(ids).logits)
 
+
 def _params(model):
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
@@ -348,16 +397,34 @@ def _params(model):
 def test_checkpoint_resume_reproduces_the_next_step_exactly(tok, tmp_path):
     recs = make_records(n_prompts=6, k=3, seed=5)
     # dropout on: the resumed step must also restore the RNG
-    conf = cfg(tmp_path, max_steps=3, save_every=2, grad_accum_steps=2, token_budget=60,
-               disable_dropout=False, warmup_steps=1, ppo_eps=0.2)
-    a = OffPolicyTrainer(tiny_gpt2(seed=0, dropout=0.1), tok, PopeDataset.from_records(recs),
-                         conf, reference_model="initial")
+    conf = cfg(
+        tmp_path,
+        max_steps=3,
+        save_every=2,
+        grad_accum_steps=2,
+        token_budget=60,
+        disable_dropout=False,
+        warmup_steps=1,
+        ppo_eps=0.2,
+    )
+    a = OffPolicyTrainer(
+        tiny_gpt2(seed=0, dropout=0.1),
+        tok,
+        PopeDataset.from_records(recs),
+        conf,
+        reference_model="initial",
+    )
     assert len(a.batches) >= 3  # 6 micro-batches over 3 steps: the stream crosses epochs
     res_a = a.train()
     assert (tmp_path / "out" / "checkpoint-2" / "model.pt").exists()
     # a different initial model: everything must come from the checkpoint
-    b = OffPolicyTrainer(tiny_gpt2(seed=9, dropout=0.1), tok, PopeDataset.from_records(recs),
-                         conf, reference_model="initial")
+    b = OffPolicyTrainer(
+        tiny_gpt2(seed=9, dropout=0.1),
+        tok,
+        PopeDataset.from_records(recs),
+        conf,
+        reference_model="initial",
+    )
     assert b.latest_checkpoint().name == "checkpoint-2"
     res_b = b.train(resume_from="latest")
     assert res_b.step == 3 and len(res_b.history) == 1
@@ -376,8 +443,17 @@ def test_checkpoint_resume_reproduces_the_next_step_exactly(tok, tmp_path):
     rows = [json.loads(x) for x in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3]
     assert rows[-1]["loss"] == res_b.history[-1]["loss"] == res_a.history[-1]["loss"]
-    for key in ("loss", "relevance", "diversity", "total", "ess", "weight_mean", "weight_max",
-                "clip_fraction", "lr"):
+    for key in (
+        "loss",
+        "relevance",
+        "diversity",
+        "total",
+        "ess",
+        "weight_mean",
+        "weight_max",
+        "clip_fraction",
+        "lr",
+    ):
         assert key in rows[0]
 
 
@@ -387,8 +463,13 @@ def test_gradient_accumulation_equals_one_big_batch(tok, tmp_path):
     big = cfg(tmp_path, token_budget=4096, grad_accum_steps=1, max_steps=1, max_grad_norm=None)
     grads = []
     for conf in (small, big):
-        tr = OffPolicyTrainer(tiny_gpt2(seed=4), tok, PopeDataset.from_records(recs), conf,
-                              reference_model=tiny_gpt2(seed=5))
+        tr = OffPolicyTrainer(
+            tiny_gpt2(seed=4),
+            tok,
+            PopeDataset.from_records(recs),
+            conf,
+            reference_model=tiny_gpt2(seed=5),
+        )
         mbs, n_total = tr.step_batches(0)
         if conf is small:
             assert len(mbs) == 2 and n_total < 12  # two of the micro-batches
@@ -405,8 +486,9 @@ def test_gradient_accumulation_equals_one_big_batch(tok, tmp_path):
 
 def test_kl_penalty_uses_reference_token_logprobs(tok, tmp_path):
     ds = PopeDataset.from_records(make_records(log_logging=None))
-    tr = OffPolicyTrainer(tiny_gpt2(), tok, ds, cfg(tmp_path, beta=0.5, max_steps=3),
-                          reference_model="initial")
+    tr = OffPolicyTrainer(
+        tiny_gpt2(), tok, ds, cfg(tmp_path, beta=0.5, max_steps=3), reference_model="initial"
+    )
     assert ds.ref_token_logprobs is not None
     assert [len(t) for t in ds.ref_token_logprobs] == list(ds.lengths - ds.prompt_lengths)
     assert tr.evaluate()["kl"] == pytest.approx(0.0, abs=1e-6)
@@ -426,6 +508,7 @@ def test_lora_without_peft_is_a_clear_error(tok, tmp_path, monkeypatch):
 
 def test_transformers_trainer_drop_in_two_steps(tok, tmp_path):
     import accelerate  # noqa: F401 (transformers.Trainer needs it; in the test extra)
+
     model = tiny_gpt2(seed=3)
     ds = PopeDataset.from_records(make_records(n_prompts=4, k=3, seed=8)).tokenize(tok)
     ds.compute_logprobs(model, tok)
@@ -436,12 +519,24 @@ def test_transformers_trainer_drop_in_two_steps(tok, tmp_path):
         pass
 
     args = transformers.TrainingArguments(
-        output_dir=str(tmp_path / "hf"), max_steps=2, per_device_train_batch_size=2,
-        learning_rate=1e-2, report_to=[], use_cpu=True, logging_steps=1, save_strategy="no",
-        disable_tqdm=True, seed=0,
+        output_dir=str(tmp_path / "hf"),
+        max_steps=2,
+        per_device_train_batch_size=2,
+        learning_rate=1e-2,
+        report_to=[],
+        use_cpu=True,
+        logging_steps=1,
+        save_strategy="no",
+        disable_tqdm=True,
+        seed=0,
     )
-    trainer = Trainer(model=model, args=args, train_dataset=ds,
-                      data_collator=PopeCollator(tok.pad_token_id), pope_objective=objective)
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=ds,
+        data_collator=PopeCollator(tok.pad_token_id),
+        pope_objective=objective,
+    )
     out = trainer.train()
     assert out.global_step == 2
     after = _params(model)
@@ -483,13 +578,25 @@ def test_transformers_trainer_logs_every_micro_batch_of_a_step_once(tok, tmp_pat
 
     # one prompt (3 responses) per micro-batch, 2 micro-batches per optimizer step
     args = transformers.TrainingArguments(
-        output_dir=str(tmp_path / "hf"), max_steps=2, per_device_train_batch_size=1,
-        gradient_accumulation_steps=2, learning_rate=1e-2, report_to=[], use_cpu=True,
-        logging_steps=1, save_strategy="no", disable_tqdm=True, seed=0,
+        output_dir=str(tmp_path / "hf"),
+        max_steps=2,
+        per_device_train_batch_size=1,
+        gradient_accumulation_steps=2,
+        learning_rate=1e-2,
+        report_to=[],
+        use_cpu=True,
+        logging_steps=1,
+        save_strategy="no",
+        disable_tqdm=True,
+        seed=0,
     )
-    trainer = Trainer(model=model, args=args, train_dataset=ds,
-                      data_collator=PopeCollator(tok.pad_token_id),
-                      pope_objective=PopeObjective(lam=0.5, num_aspects=3))
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=ds,
+        data_collator=PopeCollator(tok.pad_token_id),
+        pope_objective=PopeObjective(lam=0.5, num_aspects=3),
+    )
     trainer.train()
     logged = [h for h in trainer.state.log_history if "pope/total" in h]
     assert len(logged) == 2
@@ -519,8 +626,10 @@ def test_trainer_mixin_merges_a_steps_micro_batches_or_falls_back_with_a_warning
     # prompts whose labels span different ranges: C inferred per batch differs
     asp = [int(ds[i]["aspects"].max()) for i in range(ds.n_prompts)]
     i, j = next((i, j) for i in range(4) for j in range(4) if asp[i] != asp[j])
-    for objective, n_expected, warns in ((PopeObjective(num_aspects=3), 6.0, False),
-                                         (PopeObjective(), 3.0, True)):
+    for objective, n_expected, warns in (
+        (PopeObjective(num_aspects=3), 6.0, False),
+        (PopeObjective(), 3.0, True),
+    ):
         t = type("T", (PopeTrainerMixin, Base), {})(pope_objective=objective)
         t._pope_in_step = True
         for k in (i, j):
@@ -551,5 +660,5 @@ def test_group_rows_numeric_and_object_paths_agree_with_first_appearance(seed):
     seen = list(dict.fromkeys(ids.tolist()))  # ids in order of first appearance
     assert ids[fast.first].tolist() == seen
     for g, v in enumerate(seen):
-        rows = fast.order[fast.prompt_ptr[g]:fast.prompt_ptr[g + 1]]
+        rows = fast.order[fast.prompt_ptr[g] : fast.prompt_ptr[g + 1]]
         assert rows.tolist() == np.flatnonzero(ids == v).tolist()

@@ -34,9 +34,15 @@ def heldout_frame(seed=3, n_prompts=5, k=3):
     for i in range(n_prompts):
         prompt = " ".join(rng.choice(WORDS, size=int(rng.integers(2, 5))))
         for _ in range(k):
-            rows.append({"prompt_id": f"h{i}", "prompt": prompt,
-                         "response": " ".join(rng.choice(WORDS, size=int(rng.integers(1, 6)))),
-                         "signal": float(rng.integers(0, 5)), "aspect": int(rng.integers(0, 3))})
+            rows.append(
+                {
+                    "prompt_id": f"h{i}",
+                    "prompt": prompt,
+                    "response": " ".join(rng.choice(WORDS, size=int(rng.integers(1, 6)))),
+                    "signal": float(rng.integers(0, 5)),
+                    "aspect": int(rng.integers(0, 3)),
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -64,8 +70,9 @@ def test_collapsing_weights_warn_and_stop_training_early(tok, tmp_path):
     # at step 1 the policy is the logging policy (weights 1, ESS = n); a large learning rate
     # spreads the weights at once, so an ESS fraction guard of 0.999 must stop at step 2
     ds = PopeDataset.from_records(make_records(n_prompts=4, k=3, seed=1))
-    conf = cfg(tmp_path, max_steps=6, lr=5e-2, min_ess_fraction=0.999, ess_warning=0.999,
-               save_final=True)
+    conf = cfg(
+        tmp_path, max_steps=6, lr=5e-2, min_ess_fraction=0.999, ess_warning=0.999, save_final=True
+    )
     tr = OffPolicyTrainer(tiny_gpt2(seed=2), tok, ds, conf, reference_model="initial")
     with pytest.warns(WeightCollapseWarning, match="step 2"):
         res = tr.train()
@@ -91,8 +98,11 @@ def test_end_of_run_metrics_cover_the_whole_epoch_not_the_last_micro_batch(tok, 
     assert epoch["epoch"] == 0 and epoch["steps"] == tr.total_steps
     assert epoch["n_seqs"] == ds.n_responses and epoch["n_prompts"] == ds.n_prompts
     # the whole-epoch relevance is the SNIPS mean over every step's sequences
-    assert min(r["relevance"] for r in res.history) <= epoch["relevance"] <= max(
-        r["relevance"] for r in res.history)
+    assert (
+        min(r["relevance"] for r in res.history)
+        <= epoch["relevance"]
+        <= max(r["relevance"] for r in res.history)
+    )
     assert res.final_metrics == pytest.approx(tr.evaluate())
     assert res.final_metrics["n_seqs"] == ds.n_responses
 
@@ -102,10 +112,14 @@ def test_budget_error_names_the_users_prompt_id(tok, tmp_path):
     for r in recs:
         r["prompt_id"] = {"p0": "question-17", "p1": "q-b", "p2": "q-c"}[r["prompt_id"]]
     ds = PopeDataset.from_records(recs)
-    with pytest.raises(ValueError, match=r"prompt_id '(question-17|q-b|q-c)' has 3 responses.*"
-                                         r"token_budget=6 \(--batch-tokens\)"):
-        OffPolicyTrainer(tiny_gpt2(), tok, ds, cfg(tmp_path, token_budget=6),
-                         reference_model="initial")
+    with pytest.raises(
+        ValueError,
+        match=r"prompt_id '(question-17|q-b|q-c)' has 3 responses.*"
+        r"token_budget=6 \(--batch-tokens\)",
+    ):
+        OffPolicyTrainer(
+            tiny_gpt2(), tok, ds, cfg(tmp_path, token_budget=6), reference_model="initial"
+        )
     with pytest.raises(ValueError, match="prompt 0 has"):  # no names: the position
         token_budget_batches([np.array([5, 5])], 4)
 
@@ -130,10 +144,10 @@ def test_held_out_evaluation_is_what_pope_evaluate_reports(tok, tmp_path):
     direct = evaluate_logs(frame.assign(log_target=lt), spec).to_dict()
     last = res.evaluations[-1]
     for name in ("relevance", "diversity", "total"):
-        assert last["pope"][name]["value"] == pytest.approx(direct["pope"][name]["value"],
-                                                            rel=1e-9)
+        assert last["pope"][name]["value"] == pytest.approx(direct["pope"][name]["value"], rel=1e-9)
         assert last["pope"][name]["ci_lower"] == pytest.approx(
-            direct["pope"][name]["ci_lower"], rel=1e-9)
+            direct["pope"][name]["ci_lower"], rel=1e-9
+        )
     saved = json.loads((tmp_path / "out" / "eval" / "step-3.json").read_text())
     assert saved["pope"]["total"]["value"] == last["pope"]["total"]["value"]
     rows = [json.loads(x) for x in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
@@ -166,16 +180,22 @@ def test_report_to_tensorboard_writes_the_step_metrics(tok, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     ds = PopeDataset.from_records(make_records())
-    tr = OffPolicyTrainer(tiny_gpt2(), tok, ds, cfg(tmp_path, max_steps=2, report_to="tensorboard"),
-                          reference_model="initial")
+    tr = OffPolicyTrainer(
+        tiny_gpt2(),
+        tok,
+        ds,
+        cfg(tmp_path, max_steps=2, report_to="tensorboard"),
+        reference_model="initial",
+    )
     res = tr.train()
     acc = EventAccumulator(str(tmp_path / "out" / "runs"))
     acc.Reload()
     total = acc.Scalars("total")
     assert [e.step for e in total] == [1, 2]
     assert [e.value for e in total] == pytest.approx([r["total"] for r in res.history], rel=1e-6)
-    assert acc.Scalars("final/total")[0].value == pytest.approx(res.final_metrics["total"],
-                                                                rel=1e-6)
+    assert acc.Scalars("final/total")[0].value == pytest.approx(
+        res.final_metrics["total"], rel=1e-6
+    )
 
 
 def test_report_to_wandb_goes_through_wandb_init_and_log(tok, tmp_path, monkeypatch):
@@ -211,23 +231,48 @@ def test_train_help_shows_defaults_and_trainingarguments_names(capsys, monkeypat
     monkeypatch.setenv("COLUMNS", "250")  # no line breaks inside option names
     assert main(["train", "--help"]) == 0
     text = " ".join(capsys.readouterr().out.split())
-    for needle in ("--learning-rate LR peak AdamW learning rate (formerly --lr) (default: 1e-05)",
-                   "--num-train-epochs E", "(default: 1.0)",
-                   "--gradient-accumulation-steps N", "--lambda L",
-                   "--min-ess-fraction", "--eval-logs", "--eval-steps", "--report-to",
-                   "(default: none)", "(default: 0.1)"):
+    for needle in (
+        "--learning-rate LR peak AdamW learning rate (formerly --lr) (default: 1e-05)",
+        "--num-train-epochs E",
+        "(default: 1.0)",
+        "--gradient-accumulation-steps N",
+        "--lambda L",
+        "--min-ess-fraction",
+        "--eval-logs",
+        "--eval-steps",
+        "--report-to",
+        "(default: none)",
+        "(default: 0.1)",
+    ):
         assert needle in text, needle
     # every option with a default says it
     assert "--lambda L weight of diversity in the total value (default: 1.0)" in text
-    assert ("--gradient-accumulation-steps N micro-batches per optimizer step (formerly "
-            "--grad-accum-steps) (default: 1)") in text
+    assert (
+        "--gradient-accumulation-steps N micro-batches per optimizer step (formerly "
+        "--grad-accum-steps) (default: 1)"
+    ) in text
 
 
 def test_old_option_spellings_still_work_and_warn(capsys):
     from pope.cli import build_parser
 
-    argv = ["train", "--logs", "x", "--policy", "p", "--output-dir", "o", "--lr", "0.003",
-            "--epochs", "2", "--grad-accum-steps", "3", "--save-every", "5"]
+    argv = [
+        "train",
+        "--logs",
+        "x",
+        "--policy",
+        "p",
+        "--output-dir",
+        "o",
+        "--lr",
+        "0.003",
+        "--epochs",
+        "2",
+        "--grad-accum-steps",
+        "3",
+        "--save-every",
+        "5",
+    ]
     args = build_parser(argv).parse_args(argv)
     assert (args.learning_rate, args.num_train_epochs) == (0.003, 2.0)
     assert (args.gradient_accumulation_steps, args.save_steps) == (3, 5)
@@ -255,9 +300,27 @@ def test_cli_train_with_held_out_logs_and_the_guard(tmp_path, capsys):
     train = write_logs(frames[0], tmp_path / "train.jsonl")
     held = write_logs(frames[1], tmp_path / "held.jsonl")
     out = tmp_path / "run"
-    code, stdout, err = run(["train", "--logs", train, "--eval-logs", held, "--eval-steps", "1",
-                             "--policy", base, "--output-dir", out, "--max-steps", "2",
-                             "--learning-rate", "1e-3", "--no-progress"], capsys)
+    code, stdout, err = run(
+        [
+            "train",
+            "--logs",
+            train,
+            "--eval-logs",
+            held,
+            "--eval-steps",
+            "1",
+            "--policy",
+            base,
+            "--output-dir",
+            out,
+            "--max-steps",
+            "2",
+            "--learning-rate",
+            "1e-3",
+            "--no-progress",
+        ],
+        capsys,
+    )
     assert code == 0, err
     assert "held-out" in stdout and "final policy on the whole training set" in stdout
     assert sorted(p.name for p in (out / "eval").iterdir()) == ["step-1.json", "step-2.json"]
@@ -268,9 +331,25 @@ def test_cli_train_with_held_out_logs_and_the_guard(tmp_path, capsys):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["epoch_metrics"][0]["n_seqs"] == len(frames[0])
     # the guard from the command line: stop at step 2 (weights spread after one step)
-    code, stdout, err = run(["train", "--logs", train, "--policy", base, "--output-dir",
-                             tmp_path / "run2", "--max-steps", "5", "--learning-rate", "0.05",
-                             "--min-ess-fraction", "0.999", "--no-progress"], capsys)
+    code, stdout, err = run(
+        [
+            "train",
+            "--logs",
+            train,
+            "--policy",
+            base,
+            "--output-dir",
+            tmp_path / "run2",
+            "--max-steps",
+            "5",
+            "--learning-rate",
+            "0.05",
+            "--min-ess-fraction",
+            "0.999",
+            "--no-progress",
+        ],
+        capsys,
+    )
     assert code == 0, err
     assert "stopped early at step 2" in err and "Traceback" not in err
     torch.manual_seed(0)

@@ -27,9 +27,13 @@ def trl_records(seed=0, n_prompts=4, k=3):
     for _ in range(n_prompts):
         prompt = " ".join(rng.choice(WORDS, size=3))
         for _k in range(k):
-            recs.append({"prompt": prompt,
-                         "completion": " ".join(rng.choice(WORDS, size=int(rng.integers(1, 5)))),
-                         "label": bool(rng.integers(0, 2))})
+            recs.append(
+                {
+                    "prompt": prompt,
+                    "completion": " ".join(rng.choice(WORDS, size=int(rng.integers(1, 5)))),
+                    "label": bool(rng.integers(0, 2)),
+                }
+            )
     return recs
 
 
@@ -39,27 +43,44 @@ def test_trl_dataset_and_sft_trainer_with_the_pope_loss(tmp_path):
     hf = datasets.Dataset.from_list(trl_records())
     log = read_trl(hf)  # TRL's unpaired-preference convention: label True/False -> 1/0
     assert list(log.columns[:4]) == ["prompt_id", "prompt", "response", "signal"]
-    ds = PopeDataset.from_arrays(prompt_id=list(log.prompt_id), prompt=list(log.prompt),
-                                 response=list(log.response), reward=log.signal.to_numpy(),
-                                 aspect=np.arange(len(log)) % 2,
-                                 reward_normalization="none").tokenize(tok)
+    ds = PopeDataset.from_arrays(
+        prompt_id=list(log.prompt_id),
+        prompt=list(log.prompt),
+        response=list(log.response),
+        reward=log.signal.to_numpy(),
+        aspect=np.arange(len(log)) % 2,
+        reward_normalization="none",
+    ).tokenize(tok)
     assert ds.responses == list(hf["completion"]) and ds.n_prompts == 4
     prompts = [ds.prompts[i] for i in ds.prompt_index]
     ds.log_logging = score_responses(model, tok, prompts, ds.responses, progress=False)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     rows = ds.to_hf_dataset()
-    assert len(rows) == ds.n_prompts and rows[1]["input_ids"] == [a.tolist() for a in ds[1][
-        "input_ids"]]
+    assert len(rows) == ds.n_prompts and rows[1]["input_ids"] == [
+        a.tolist() for a in ds[1]["input_ids"]
+    ]
     args = trl.SFTConfig(
-        output_dir=str(tmp_path / "sft"), per_device_train_batch_size=2, max_steps=2,
-        learning_rate=1e-2, report_to=[], logging_steps=1, save_strategy="no",
-        use_cpu=True, dataset_kwargs={"skip_prepare_dataset": True}, remove_unused_columns=True,
+        output_dir=str(tmp_path / "sft"),
+        per_device_train_batch_size=2,
+        max_steps=2,
+        learning_rate=1e-2,
+        report_to=[],
+        logging_steps=1,
+        save_strategy="no",
+        use_cpu=True,
+        dataset_kwargs={"skip_prepare_dataset": True},
+        remove_unused_columns=True,
         disable_tqdm=True,
     )
     objective = PopeObjective(lam=0.5)
-    trainer = PopeSFTTrainer(model=model, args=args, train_dataset=ds.to_hf_dataset(),
-                             data_collator=PopeCollator(tok.pad_token_id),
-                             processing_class=tok, pope_objective=objective)
+    trainer = PopeSFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=ds.to_hf_dataset(),
+        data_collator=PopeCollator(tok.pad_token_id),
+        processing_class=tok,
+        pope_objective=objective,
+    )
     # the loss at the initial policy is the POPE loss of pope_forward on the same batch
     batch = PopeCollator(tok.pad_token_id)([ds[0], ds[1]])
     with torch.no_grad():

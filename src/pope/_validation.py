@@ -243,8 +243,10 @@ def check_lengths(prompt_ptr: np.ndarray | None = None, **arrays: np.ndarray | N
         return values[0]
 
     def say(k: str) -> str:
-        return f"prompt_ptr ends at {lengths[k]}" if k == "prompt_ptr" else (
-            f"{k} has length {lengths[k]}"
+        return (
+            f"prompt_ptr ends at {lengths[k]}"
+            if k == "prompt_ptr"
+            else (f"{k} has length {lengths[k]}")
         )
 
     counts: dict[int, int] = {}
@@ -260,7 +262,8 @@ def check_lengths(prompt_ptr: np.ndarray | None = None, **arrays: np.ndarray | N
             f"{'has' if len(agree) == 1 else 'have'} {n} (one entry per response)"
         )
     raise ValueError(
-        "per-response lengths disagree: " + "; ".join(say(k) for k in lengths)
+        "per-response lengths disagree: "
+        + "; ".join(say(k) for k in lengths)
         + " (every per-response array needs one entry per response, and prompt_ptr must end "
         "at that number)"
     )

@@ -380,8 +380,9 @@ class AspectModel:
                 raise ValueError("a k-means aspect model needs centers")
             cen = np.asarray(self.centers, dtype=np.float64)
             if cen.ndim != 2 or cen.shape[0] != c or not np.isfinite(cen).all():
-                raise ValueError(f"aspect model centers must be a finite ({c}, D) array, got "
-                                 f"shape {cen.shape}")
+                raise ValueError(
+                    f"aspect model centers must be a finite ({c}, D) array, got shape {cen.shape}"
+                )
             object.__setattr__(self, "centers", cen)
         if self.names is not None:
             if len(self.names) != c or not all(isinstance(n, str) for n in self.names):
@@ -434,10 +435,14 @@ class AspectModel:
         try:
             # JSON values, checked by __post_init__ (kind, n_aspects, centers, ...)
             kwargs: dict[str, Any] = dict(
-                kind=d.get("kind"), n_aspects=d.get("n_aspects"),
+                kind=d.get("kind"),
+                n_aspects=d.get("n_aspects"),
                 centers=None if d.get("centers") is None else np.asarray(d["centers"], float),
-                names=d.get("names"), embedding=emb, soft=bool(d.get("soft", False)),
-                temperature=d.get("temperature", 1.0), seed=int(d.get("seed", 0)),
+                names=d.get("names"),
+                embedding=emb,
+                soft=bool(d.get("soft", False)),
+                temperature=d.get("temperature", 1.0),
+                seed=int(d.get("seed", 0)),
             )
             return cls(**kwargs)
         except (TypeError, ValueError) as e:
@@ -462,10 +467,13 @@ class AspectModel:
         x = np.asarray(embeddings, dtype=np.float64)
         assert self.centers is not None  # a k-means model has centres (__post_init__)
         if x.ndim != 2 or x.shape[1] != self.centers.shape[1]:
-            raise ValueError(f"embeddings of shape {x.shape} do not match the aspect model's "
-                             f"dimension {self.centers.shape[1]}")
-        return assign_aspects(x, self.n_aspects, centers=self.centers, soft=self.soft,
-                              temperature=self.temperature)
+            raise ValueError(
+                f"embeddings of shape {x.shape} do not match the aspect model's "
+                f"dimension {self.centers.shape[1]}"
+            )
+        return assign_aspects(
+            x, self.n_aspects, centers=self.centers, soft=self.soft, temperature=self.temperature
+        )
 
 
 def aspect_table(
@@ -529,8 +537,9 @@ def aspect_table(
     rows = []
     for c in range(n_c):
         if embeddings is not None and centers is not None:
-            d = _sq_dists(np.asarray(embeddings, np.float64),
-                          np.asarray(centers, np.float64)[c : c + 1])[:, 0]
+            d = _sq_dists(
+                np.asarray(embeddings, np.float64), np.asarray(centers, np.float64)[c : c + 1]
+            )[:, 0]
             order = np.argsort(d + np.where(q[:, c] > 0, 0.0, np.inf), kind="stable")
         else:
             order = np.argsort(-q[:, c], kind="stable")
@@ -541,14 +550,16 @@ def aspect_table(
                     break
                 if responses[j] not in ex:
                     ex.append(responses[j])
-        rows.append({
-            "aspect": c,
-            "name": None if names is None or c >= len(names) else str(names[c]),
-            "size": float(q[:, c].sum()),
-            "logging_coverage": float(p0[c]),
-            "target_coverage": None if pt is None else float(pt[c]),
-            "examples": ex,
-        })
+        rows.append(
+            {
+                "aspect": c,
+                "name": None if names is None or c >= len(names) else str(names[c]),
+                "size": float(q[:, c].sum()),
+                "logging_coverage": float(p0[c]),
+                "target_coverage": None if pt is None else float(pt[c]),
+                "examples": ex,
+            }
+        )
     return rows
 
 
@@ -560,6 +571,7 @@ def format_aspect_table(rows: Sequence[dict[str, Any]], width: int = 48) -> str:
         label = r["name"] if r["name"] is not None else str(r["aspect"])
         tgt = "-" if r["target_coverage"] is None else f"{r['target_coverage']:.3f}"
         ex = " | ".join(e if len(e) <= width else e[: width - 3] + "..." for e in r["examples"])
-        lines.append(f"{label[:16]:<16} {r['size']:>8.4g} {r['logging_coverage']:>8.3f} "
-                     f"{tgt:>8}  {ex}")
+        lines.append(
+            f"{label[:16]:<16} {r['size']:>8.4g} {r['logging_coverage']:>8.3f} {tgt:>8}  {ex}"
+        )
     return "\n".join(lines)

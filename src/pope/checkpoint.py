@@ -205,8 +205,10 @@ def verify_checkpoint(
         raise CheckpointError(f"{mf}: the manifest does not list {missing}")
     for name, meta in listing.items():
         f = p / str(name)
-        ok = isinstance(meta, dict) and isinstance(meta.get("size"), int) and isinstance(
-            meta.get("sha256"), str
+        ok = (
+            isinstance(meta, dict)
+            and isinstance(meta.get("size"), int)
+            and isinstance(meta.get("sha256"), str)
         )
         if not ok or Path(str(name)).name != name:
             raise CheckpointError(f"{mf}: bad manifest entry for {name!r}")

@@ -92,8 +92,9 @@ def _check_out_file(out: str, logs: str, inputs: Sequence[str], *, overwrite: bo
     """Refuse an output file that is the log, lies in a log directory or is another input
     (always), or exists (without ``--overwrite``); checked before any work is done."""
     p = Path(out)
-    if _same_file(p, Path(logs)) or (Path(logs).is_dir() and Path(logs).resolve() in
-                                     p.resolve().parents):
+    if _same_file(p, Path(logs)) or (
+        Path(logs).is_dir() and Path(logs).resolve() in p.resolve().parents
+    ):
         raise UsageError(f"--out {out} would overwrite or sit inside the input --logs {logs}")
     for i in inputs:
         if _same_file(p, Path(i)):
@@ -147,40 +148,76 @@ def _quiet_libraries() -> None:
 
 # ----------------------------------------------------------------------------- train
 def _add_aspect_args(g: Any) -> None:
-    g.add_argument("--aspects-from", default="labels", metavar="SOURCE",
-                   help="'labels' (the aspect / aspect_probs column), 'column[:NAME]' "
-                        "(k-means on an embedding column), a .npy file of embeddings (one row "
-                        "per log row), a local embedding model directory, or 'none'")
-    g.add_argument("--n-aspects", type=_positive_int, metavar="C",
-                   help="number of aspects (k-means clusters; or the label range)")
-    g.add_argument("--aspect-names", metavar="A,B,...",
-                   help="known aspect labels; other labels are reported as unknown")
-    g.add_argument("--soft-aspects", action="store_true",
-                   help="soft k-means assignment: softmax of negative distances")
-    g.add_argument("--temperature", type=_positive_float, default=1.0,
-                   help="temperature of the soft assignment")
+    g.add_argument(
+        "--aspects-from",
+        default="labels",
+        metavar="SOURCE",
+        help="'labels' (the aspect / aspect_probs column), 'column[:NAME]' "
+        "(k-means on an embedding column), a .npy file of embeddings (one row "
+        "per log row), a local embedding model directory, or 'none'",
+    )
+    g.add_argument(
+        "--n-aspects",
+        type=_positive_int,
+        metavar="C",
+        help="number of aspects (k-means clusters; or the label range)",
+    )
+    g.add_argument(
+        "--aspect-names",
+        metavar="A,B,...",
+        help="known aspect labels; other labels are reported as unknown",
+    )
+    g.add_argument(
+        "--soft-aspects",
+        action="store_true",
+        help="soft k-means assignment: softmax of negative distances",
+    )
+    g.add_argument(
+        "--temperature",
+        type=_positive_float,
+        default=1.0,
+        help="temperature of the soft assignment",
+    )
     g.add_argument("--seed", type=int, default=0, help="seed (k-means; training)")
-    g.add_argument("--aspect-model", metavar="FILE",
-                   help="reuse a saved aspect model (aspect_model.json of pope train, or "
-                        "--save-aspect-model of pope evaluate): its k-means centres instead of "
-                        "refitting, so numbers on other logs use the same clustering")
+    g.add_argument(
+        "--aspect-model",
+        metavar="FILE",
+        help="reuse a saved aspect model (aspect_model.json of pope train, or "
+        "--save-aspect-model of pope evaluate): its k-means centres instead of "
+        "refitting, so numbers on other logs use the same clustering",
+    )
 
 
 def _add_input_args(g: Any) -> None:
-    g.add_argument("--logs", required=True, metavar="PATH",
-                   help="log file or directory: .parquet (or a directory of them), .jsonl, "
-                        ".csv/.tsv, or a Hugging Face datasets directory (save_to_disk)")
-    g.add_argument("--format", choices=LOG_FORMATS,
-                   help="override the format detected from the file name; oasst, ratings, "
-                        "pairwise, trl read public feedback formats, auto tells them apart "
-                        "(docs/data-format.md, Public formats)")
+    g.add_argument(
+        "--logs",
+        required=True,
+        metavar="PATH",
+        help="log file or directory: .parquet (or a directory of them), .jsonl, "
+        ".csv/.tsv, or a Hugging Face datasets directory (save_to_disk)",
+    )
+    g.add_argument(
+        "--format",
+        choices=LOG_FORMATS,
+        help="override the format detected from the file name; oasst, ratings, "
+        "pairwise, trl read public feedback formats, auto tells them apart "
+        "(docs/data-format.md, Public formats)",
+    )
     g.add_argument("--split", help="split of a Hugging Face DatasetDict directory")
-    g.add_argument("--column", action="append", type=_column_arg, default=[],
-                   metavar="FIELD=NAME",
-                   help="map a schema field to a column of your log (repeatable), e.g. "
-                        "signal=upvotes")
-    g.add_argument("--on-error", choices=["fail", "skip"], default="fail",
-                   help="bad rows: stop with their list (fail) or drop them and report (skip)")
+    g.add_argument(
+        "--column",
+        action="append",
+        type=_column_arg,
+        default=[],
+        metavar="FIELD=NAME",
+        help="map a schema field to a column of your log (repeatable), e.g. signal=upvotes",
+    )
+    g.add_argument(
+        "--on-error",
+        choices=["fail", "skip"],
+        default="fail",
+        help="bad rows: stop with their list (fail) or drop them and report (skip)",
+    )
 
 
 def _add_train(sub: Any) -> None:
@@ -205,11 +242,15 @@ def _add_score(sub: Any) -> None:
     from pope import score_log
 
     p = sub.add_parser(
-        "score", help="write a model's log-probs of the logged responses into the log (Parquet)",
-        description=("Score every logged response with a local causal LM and write\n"
-                     "log pi(y|x) (optionally per token) into a copy of the log (Parquet),\n"
-                     "so that evaluate and train reuse it instead of scoring again."),
-        epilog=score_log.SCORE_EXAMPLES, formatter_class=_Formatter,
+        "score",
+        help="write a model's log-probs of the logged responses into the log (Parquet)",
+        description=(
+            "Score every logged response with a local causal LM and write\n"
+            "log pi(y|x) (optionally per token) into a copy of the log (Parquet),\n"
+            "so that evaluate and train reuse it instead of scoring again."
+        ),
+        epilog=score_log.SCORE_EXAMPLES,
+        formatter_class=_Formatter,
     )
     score_log.add_arguments(p, _column_arg)
     p.set_defaults(func=score_log.run)
@@ -222,9 +263,10 @@ def _add_fit_logging(sub: Any) -> None:
     p = sub.add_parser(
         "fit-logging",
         help="estimate the logging log-probs of human-written logs (behaviour cloning, "
-             "cross-fitted)",
+        "cross-fitted)",
         description=fit_logging_cli.DESCRIPTION,
-        epilog=fit_logging_cli.FIT_LOGGING_EXAMPLES, formatter_class=_Formatter,
+        epilog=fit_logging_cli.FIT_LOGGING_EXAMPLES,
+        formatter_class=_Formatter,
     )
     fit_logging_cli.add_arguments(p, sys.modules[__name__])
 
@@ -234,10 +276,11 @@ def _add_report(sub: Any) -> None:
     from pope import report
 
     p = sub.add_parser(
-        "report", help="figures and a self-contained HTML page from pope evaluate results",
+        "report",
+        help="figures and a self-contained HTML page from pope evaluate results",
         description=report.__doc__.split("\n\n", 1)[1].split("\n\nFiles of")[0],
         epilog="example:\n  pope evaluate --logs logs.parquet --policy ./m --out res.json\n"
-               "  pope report res.json --out report/",
+        "  pope report res.json --out report/",
         formatter_class=_Formatter,
     )
     report.add_arguments(p)
@@ -264,8 +307,11 @@ def _add_demo(sub: Any, load: bool) -> None:
         p.set_defaults(func=unavailable)
         return
     demo.add_arguments(p)
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace results.json / demo.png of an earlier demo in --out")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace results.json / demo.png of an earlier demo in --out",
+    )
 
     def run(args: argparse.Namespace) -> int:
         out = Path(args.out)
@@ -273,8 +319,10 @@ def _add_demo(sub: Any, load: bool) -> None:
             raise UsageError(f"--out {out} is a file; the demo writes a directory")
         old = [n for n in DEMO_OUTPUTS if (out / n).exists()]
         if old and not args.overwrite:
-            raise UsageError(f"--out {out} holds an earlier demo ({', '.join(old)}); pass "
-                             "--overwrite to replace it")
+            raise UsageError(
+                f"--out {out} holds an earlier demo ({', '.join(old)}); pass "
+                "--overwrite to replace it"
+            )
         return demo.run(args)
 
     p.set_defaults(func=run)
@@ -312,10 +360,12 @@ def _add_bench(sub: Any) -> None:
         epilog="examples:\n  pope bench\n  pope bench -- --help\n  pope bench --where",
         formatter_class=_Formatter,
     )
-    p.add_argument("--where", action="store_true",
-                   help="print where the benchmark script is (or how to get it) and exit")
-    p.add_argument("bench_args", nargs=argparse.REMAINDER,
-                   help="arguments for bench_cpu.py")
+    p.add_argument(
+        "--where",
+        action="store_true",
+        help="print where the benchmark script is (or how to get it) and exit",
+    )
+    p.add_argument("bench_args", nargs=argparse.REMAINDER, help="arguments for bench_cpu.py")
     p.set_defaults(func=_cmd_bench)
 
 
@@ -383,8 +433,16 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
 
     # pope.scoring.ContextLengthError is a ValueError; importing it here would import torch
     # (about 180 MiB and seconds) in every command, also those that score nothing.
-    return (UsageError, LogFormatError, CheckpointError,
-            WeightOverflowError, FileNotFoundError, OSError, ValueError, ImportError)
+    return (
+        UsageError,
+        LogFormatError,
+        CheckpointError,
+        WeightOverflowError,
+        FileNotFoundError,
+        OSError,
+        ValueError,
+        ImportError,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

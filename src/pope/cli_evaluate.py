@@ -59,7 +59,6 @@ examples:
 """
 
 
-
 def _add_evaluate(sub: Any) -> None:
     p = sub.add_parser(
         "evaluate",
@@ -83,101 +82,197 @@ def _add_evaluate(sub: Any) -> None:
 def _add_run_args(g: Any) -> None:
     """The log and where it is evaluated (in memory, chunks, Ray / Spark)."""
     _add_input_args(g)
-    g.add_argument("--chunk-rows", type=_positive_int, metavar="N",
-                   help="stream the log in chunks of N rows (logs larger than memory)")
-    g.add_argument("--engine", choices=["local", "ray", "spark"], default="local",
-                   help="where to evaluate: this process, a Ray cluster or Spark (Parquet "
-                        "logs; same result, docs/scale.md)")
-    g.add_argument("--engine-address", metavar="ADDRESS",
-                   help="Ray cluster address (auto, ray://host:10001) or Spark master URL "
-                        "(local[4], spark://host:7077, yarn); default: a local one")
-    g.add_argument("--num-buckets", type=_positive_int, default=64, metavar="N",
-                   help="ray/spark: prompts are hashed into N buckets, each mapped on a worker")
+    g.add_argument(
+        "--chunk-rows",
+        type=_positive_int,
+        metavar="N",
+        help="stream the log in chunks of N rows (logs larger than memory)",
+    )
+    g.add_argument(
+        "--engine",
+        choices=["local", "ray", "spark"],
+        default="local",
+        help="where to evaluate: this process, a Ray cluster or Spark (Parquet "
+        "logs; same result, docs/scale.md)",
+    )
+    g.add_argument(
+        "--engine-address",
+        metavar="ADDRESS",
+        help="Ray cluster address (auto, ray://host:10001) or Spark master URL "
+        "(local[4], spark://host:7077, yarn); default: a local one",
+    )
+    g.add_argument(
+        "--num-buckets",
+        type=_positive_int,
+        default=64,
+        metavar="N",
+        help="ray/spark: prompts are hashed into N buckets, each mapped on a worker",
+    )
 
 
 def _add_policy_args(g: Any) -> None:
     """The target, logging and reference models and how they score the responses."""
-    g.add_argument("--policy", metavar="MODEL_DIR", action="append",
-                   help="target policy: a local Hugging Face causal LM directory; without it "
-                        "the log needs a log_target column. Give it several times to evaluate "
-                        "several policies on one log (the logging side is scored once) with "
-                        "the paired differences against the first (in memory)")
-    g.add_argument("--logging-model", metavar="MODEL_DIR",
-                   help="logging policy to score the responses with, instead of the logged "
-                        "log_logging column")
-    g.add_argument("--reference-model", metavar="MODEL_DIR",
-                   help="logs without log-probabilities (written by people): score them with "
-                        "this model as a declared proxy of the logging policy; the output says "
-                        "what the value then means")
-    g.add_argument("--batch-tokens", type=_positive_int, default=8192, metavar="N",
-                   help="token budget of a scoring batch (padding included)")
+    g.add_argument(
+        "--policy",
+        metavar="MODEL_DIR",
+        action="append",
+        help="target policy: a local Hugging Face causal LM directory; without it "
+        "the log needs a log_target column. Give it several times to evaluate "
+        "several policies on one log (the logging side is scored once) with "
+        "the paired differences against the first (in memory)",
+    )
+    g.add_argument(
+        "--logging-model",
+        metavar="MODEL_DIR",
+        help="logging policy to score the responses with, instead of the logged log_logging column",
+    )
+    g.add_argument(
+        "--reference-model",
+        metavar="MODEL_DIR",
+        help="logs without log-probabilities (written by people): score them with "
+        "this model as a declared proxy of the logging policy; the output says "
+        "what the value then means",
+    )
+    g.add_argument(
+        "--batch-tokens",
+        type=_positive_int,
+        default=8192,
+        metavar="N",
+        help="token budget of a scoring batch (padding included)",
+    )
     g.add_argument("--device", help="scoring device (default: cuda if available, else cpu)")
-    g.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"],
-                   default="auto", help="model dtype (auto: bfloat16 on CUDA, float32 on CPU)")
-    g.add_argument("--chat-template", action="store_true",
-                   help="format prompts with the tokenizer's chat template")
-    g.add_argument("--add-eos", action="store_true",
-                   help="score an EOS token after each response")
-    g.add_argument("--head", choices=LM_HEADS, default="logits",
-                   help="'hidden' scores from hidden states and the LM head weight without "
-                        "materialising all logits (plain linear heads only)")
+    g.add_argument(
+        "--dtype",
+        choices=["auto", "float32", "bfloat16", "float16"],
+        default="auto",
+        help="model dtype (auto: bfloat16 on CUDA, float32 on CPU)",
+    )
+    g.add_argument(
+        "--chat-template",
+        action="store_true",
+        help="format prompts with the tokenizer's chat template",
+    )
+    g.add_argument("--add-eos", action="store_true", help="score an EOS token after each response")
+    g.add_argument(
+        "--head",
+        choices=LM_HEADS,
+        default="logits",
+        help="'hidden' scores from hidden states and the LM head weight without "
+        "materialising all logits (plain linear heads only)",
+    )
 
 
 def _add_estimation_args(g: Any) -> None:
     """The estimators, their options and the intervals."""
-    g.add_argument("--lambda", dest="lam", type=_nonneg_float, default=1.0, metavar="L",
-                   help="weight of diversity in the total value")
-    g.add_argument("--reward-normalization",
-                   choices=REWARD_NORMALIZATIONS, default="max",
-                   help="how signals become rewards in [0, 1] (see docs/method.md)")
-    g.add_argument("--weighting", choices=WEIGHTINGS, default="sequence",
-                   help="importance weight: exact sequence ratio or length-normalised "
-                        "per-token mean (needs per-token logging log-probs)")
-    g.add_argument("--clip", type=_positive_float, metavar="M",
-                   help="truncate importance weights at M")
-    g.add_argument("--relevance", choices=RELEVANCES, default="snips",
-                   help="self-normalised or plain IPS relevance")
-    g.add_argument("--coverage", choices=COVERAGES,
-                   default="self_normalized", help="normaliser of the per-prompt coverage")
-    g.add_argument("--diversity", choices=DIVERSITIES,
-                   default="coverage",
-                   help="Shannon coverage entropy, Gini-Simpson coverage (identified exactly "
-                        "from 2 responses per prompt), or the per-response lower bound")
-    g.add_argument("--diversity-estimator", choices=DIVERSITY_ESTIMATORS,
-                   default="polynomial",
-                   help="Shannon coverage entropy: minimax polynomial with a bias-aware "
-                        "interval (default), or jackknife / plug-in (biased; their "
-                        "intervals ignore the bias)")
-    g.add_argument("--diversity-degree", type=int, default=None, metavar="L",
-                   help="fix the polynomial degree (default: chosen among 2..4, accounted "
-                        "for in the interval)")
-    g.add_argument("--alpha", type=float, default=0.05,
-                   help="intervals at level 1 - alpha")
-    g.add_argument("--ci", choices=["normal", "t", "bootstrap"], default="normal",
-                   help="interval method (bootstrap: in memory only)")
-    g.add_argument("--estimators", default="snips,clipped_ips", metavar="LIST",
-                   help="comma-separated baselines on the total reward: ips, snips, "
-                        "clipped_ips, sub_gaussian_ips, or 'none'")
-    g.add_argument("--baseline-clip", type=_positive_float, metavar="M",
-                   help="M of clipped_ips (default: --clip, else 10)")
-    g.add_argument("--ess-warning", type=float, default=0.1, metavar="FRACTION",
-                   help="warn when the effective sample size is below FRACTION * n")
+    g.add_argument(
+        "--lambda",
+        dest="lam",
+        type=_nonneg_float,
+        default=1.0,
+        metavar="L",
+        help="weight of diversity in the total value",
+    )
+    g.add_argument(
+        "--reward-normalization",
+        choices=REWARD_NORMALIZATIONS,
+        default="max",
+        help="how signals become rewards in [0, 1] (see docs/method.md)",
+    )
+    g.add_argument(
+        "--weighting",
+        choices=WEIGHTINGS,
+        default="sequence",
+        help="importance weight: exact sequence ratio or length-normalised "
+        "per-token mean (needs per-token logging log-probs)",
+    )
+    g.add_argument(
+        "--clip", type=_positive_float, metavar="M", help="truncate importance weights at M"
+    )
+    g.add_argument(
+        "--relevance",
+        choices=RELEVANCES,
+        default="snips",
+        help="self-normalised or plain IPS relevance",
+    )
+    g.add_argument(
+        "--coverage",
+        choices=COVERAGES,
+        default="self_normalized",
+        help="normaliser of the per-prompt coverage",
+    )
+    g.add_argument(
+        "--diversity",
+        choices=DIVERSITIES,
+        default="coverage",
+        help="Shannon coverage entropy, Gini-Simpson coverage (identified exactly "
+        "from 2 responses per prompt), or the per-response lower bound",
+    )
+    g.add_argument(
+        "--diversity-estimator",
+        choices=DIVERSITY_ESTIMATORS,
+        default="polynomial",
+        help="Shannon coverage entropy: minimax polynomial with a bias-aware "
+        "interval (default), or jackknife / plug-in (biased; their "
+        "intervals ignore the bias)",
+    )
+    g.add_argument(
+        "--diversity-degree",
+        type=int,
+        default=None,
+        metavar="L",
+        help="fix the polynomial degree (default: chosen among 2..4, accounted "
+        "for in the interval)",
+    )
+    g.add_argument("--alpha", type=float, default=0.05, help="intervals at level 1 - alpha")
+    g.add_argument(
+        "--ci",
+        choices=["normal", "t", "bootstrap"],
+        default="normal",
+        help="interval method (bootstrap: in memory only)",
+    )
+    g.add_argument(
+        "--estimators",
+        default="snips,clipped_ips",
+        metavar="LIST",
+        help="comma-separated baselines on the total reward: ips, snips, "
+        "clipped_ips, sub_gaussian_ips, or 'none'",
+    )
+    g.add_argument(
+        "--baseline-clip",
+        type=_positive_float,
+        metavar="M",
+        help="M of clipped_ips (default: --clip, else 10)",
+    )
+    g.add_argument(
+        "--ess-warning",
+        type=float,
+        default=0.1,
+        metavar="FRACTION",
+        help="warn when the effective sample size is below FRACTION * n",
+    )
 
 
 def _add_output_args(g: Any) -> None:
     """Where the results and the aspect model go."""
-    g.add_argument("--out", metavar="FILE",
-                   help="write the results as JSON (an existing file only with --overwrite; "
-                        "never one of the inputs)")
-    g.add_argument("--save-aspect-model", metavar="FILE",
-                   help="write the aspect model (k-means centres or label names, JSON) to "
-                        "reuse with --aspect-model on other logs")
-    g.add_argument("--overwrite", action="store_true",
-                   help="replace an existing --out / --save-aspect-model file")
+    g.add_argument(
+        "--out",
+        metavar="FILE",
+        help="write the results as JSON (an existing file only with --overwrite; "
+        "never one of the inputs)",
+    )
+    g.add_argument(
+        "--save-aspect-model",
+        metavar="FILE",
+        help="write the aspect model (k-means centres or label names, JSON) to "
+        "reuse with --aspect-model on other logs",
+    )
+    g.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing --out / --save-aspect-model file",
+    )
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
-    g.add_argument("-q", "--quiet", action="store_true",
-                   help="print only the table and warnings")
-
+    g.add_argument("-q", "--quiet", action="store_true", help="print only the table and warnings")
 
 
 def _spec_from_args(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
@@ -222,9 +317,11 @@ def _spec_from_args(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
     if kw["aspects"] in ("embedding", "npy", "model") and not n_aspects:
         raise UsageError("--aspects-from with embeddings needs --n-aspects C (k-means clusters)")
     policies = list(args.policy or [])
-    for name, path in (*(("--policy", p) for p in policies),
-                       ("--logging-model", args.logging_model),
-                       ("--reference-model", args.reference_model)):
+    for name, path in (
+        *(("--policy", p) for p in policies),
+        ("--logging-model", args.logging_model),
+        ("--reference-model", args.reference_model),
+    ):
         if path is not None and not Path(path).is_dir():
             raise UsageError(f"{name}: model directory not found: {path}")
     if len(policies) > 1 and args.chunk_rows:
@@ -232,8 +329,10 @@ def _spec_from_args(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
     if len(set(policies)) < len(policies):
         raise UsageError("--policy: the same model directory is given twice")
     if args.logging_model and args.reference_model:
-        raise UsageError("give --logging-model (the logging policy) or --reference-model (a "
-                         "declared proxy of it), not both")
+        raise UsageError(
+            "give --logging-model (the logging policy) or --reference-model (a "
+            "declared proxy of it), not both"
+        )
     if not 0 < args.alpha < 1:
         raise UsageError(f"--alpha must lie in (0, 1), got {args.alpha}")
     _check_device(args.device)
@@ -273,8 +372,9 @@ def _spec_from_args(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
     return spec, {"ci": args.ci}
 
 
-def _apply_aspect_model(args: argparse.Namespace, kw: dict[str, Any],
-                        names: tuple[str, ...] | None) -> tuple[Any, int | None]:
+def _apply_aspect_model(
+    args: argparse.Namespace, kw: dict[str, Any], names: tuple[str, ...] | None
+) -> tuple[Any, int | None]:
     """Fold ``--aspect-model`` into the spec keywords ``kw``; returns (aspect names, C)."""
     from pope.aspects import AspectModel
 
@@ -283,22 +383,28 @@ def _apply_aspect_model(args: argparse.Namespace, kw: dict[str, Any],
     except (OSError, ValueError) as e:
         raise UsageError(f"--aspect-model: {e}") from e
     if args.n_aspects and args.n_aspects != am.n_aspects:
-        raise UsageError(f"--n-aspects {args.n_aspects} differs from the --aspect-model's "
-                         f"{am.n_aspects} aspects")
+        raise UsageError(
+            f"--n-aspects {args.n_aspects} differs from the --aspect-model's {am.n_aspects} aspects"
+        )
     if kw["aspects"] in ("embedding", "npy", "model"):
         if am.kind != "kmeans":
-            raise UsageError(f"--aspect-model holds {am.kind!r} aspects, not k-means centres; "
-                             "use it with --aspects-from labels")
+            raise UsageError(
+                f"--aspect-model holds {am.kind!r} aspects, not k-means centres; "
+                "use it with --aspects-from labels"
+            )
         kw["centers"] = am.centers
         return names, am.n_aspects
     if kw["aspects"] == "labels":
         if am.kind == "kmeans":
-            raise UsageError("--aspect-model holds k-means centres: give --aspects-from with "
-                             "the same embedding source (column, model directory)")
+            raise UsageError(
+                "--aspect-model holds k-means centres: give --aspects-from with "
+                "the same embedding source (column, model directory)"
+            )
         if am.kind == "labels":
             if names is not None and am.names is not None and list(names) != am.names:
-                raise UsageError(f"--aspect-names {list(names)} differ from the --aspect-model's "
-                                 f"{am.names}")
+                raise UsageError(
+                    f"--aspect-names {list(names)} differ from the --aspect-model's {am.names}"
+                )
             if am.names is not None:
                 return tuple(am.names), None
             return names, am.n_aspects
@@ -313,14 +419,22 @@ def _aspect_model_of(result: Any) -> Any:
     fb = result.prepared.feedback if result.prepared is not None else None
     c = int(spec.n_aspects or (fb.n_aspects if fb is not None else 1) or 1)
     if spec.kmeans:
-        how: dict[str, Any] = {"source": {"embedding": "column", "npy": "npy",
-                                          "model": "model"}[spec.aspects]}
+        how: dict[str, Any] = {
+            "source": {"embedding": "column", "npy": "npy", "model": "model"}[spec.aspects]
+        }
         if spec.aspects == "embedding":
             how["column"] = spec.columns.embedding
         if spec.aspects == "model":
             how["model"] = str(spec.embedding_model)
-        return AspectModel("kmeans", c, centers=spec.centers, embedding=how,
-                           soft=spec.soft_aspects, temperature=spec.temperature, seed=spec.seed)
+        return AspectModel(
+            "kmeans",
+            c,
+            centers=spec.centers,
+            embedding=how,
+            soft=spec.soft_aspects,
+            temperature=spec.temperature,
+            seed=spec.seed,
+        )
     if fb is not None and fb.n_aspects == 1 and spec.aspects != "labels":
         return AspectModel("none", 1)
     names = None if spec.aspect_names is None else [str(n) for n in spec.aspect_names]
@@ -338,11 +452,20 @@ def _aspect_rows(result: Any) -> list[dict[str, Any]]:
         return []
     fb = prep.feedback
     emb = None if prep.embeddings is None else prep.embeddings[fb.row_index]
-    responses = None if prep.data.response is None else [prep.data.response[j]
-                                                         for j in fb.row_index]
+    responses = (
+        None if prep.data.response is None else [prep.data.response[j] for j in fb.row_index]
+    )
     names = result.spec.aspect_names
-    return aspect_table(fb.aspect, fb.aspect_probs, fb.prompt_ptr, result.pope.p_hat,
-                        responses, names=names, embeddings=emb, centers=result.spec.centers)
+    return aspect_table(
+        fb.aspect,
+        fb.aspect_probs,
+        fb.prompt_ptr,
+        result.pope.p_hat,
+        responses,
+        names=names,
+        embeddings=emb,
+        centers=result.spec.centers,
+    )
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
@@ -356,11 +479,14 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         inputs = [*(args.policy or []), args.logging_model]
         if args.aspects_from.endswith(".npy") or Path(args.aspects_from).is_dir():
             inputs.append(args.aspects_from)
-        _check_out_file(args.out, args.logs, [i for i in inputs if i],
-                        overwrite=args.overwrite)
+        _check_out_file(args.out, args.logs, [i for i in inputs if i], overwrite=args.overwrite)
     if args.save_aspect_model:
-        _check_out_file(args.save_aspect_model, args.logs,
-                        [i for i in (args.out, args.aspect_model) if i], overwrite=args.overwrite)
+        _check_out_file(
+            args.save_aspect_model,
+            args.logs,
+            [i for i in (args.out, args.aspect_model) if i],
+            overwrite=args.overwrite,
+        )
     if args.policy or spec.logging_model or spec.aspects == "model":
         _quiet_libraries()  # only where a model is loaded: importing transformers costs ~2 s
     logs, fmt = resolve_logs(args.logs, args.format, args.split)
@@ -370,36 +496,45 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         try:
             result = _run_evaluation(args, spec, logs, fmt)
         except WeightOverflowError as e:
-            raise UsageError(f"{e} (options: --clip M, --baseline-clip M, --relevance snips, "
-                             "--estimators snips)") from e
+            raise UsageError(
+                f"{e} (options: --clip M, --baseline-clip M, --relevance snips, --estimators snips)"
+            ) from e
     scored = read_score_metadata(args.logs).get(spec.columns.log_logging or "", {})
-    prop = describe_propensity(result, logging_model=args.logging_model,
-                               reference_model=args.reference_model,
-                               scored_by=scored.get("model"),
-                               behaviour_cloning=scored if scored.get("method") ==
-                               "behaviour_cloning" else None,
-                               rank_signal=spec.reward_normalization == "rank")
+    prop = describe_propensity(
+        result,
+        logging_model=args.logging_model,
+        reference_model=args.reference_model,
+        scored_by=scored.get("model"),
+        behaviour_cloning=scored if scored.get("method") == "behaviour_cloning" else None,
+        rank_signal=spec.reward_normalization == "rank",
+    )
     rep = result.report
     if not args.quiet:
         print(f"log: {args.logs}")
         if reader_summary(logs):
             print(reader_summary(logs))
-        print(f"rows read: {rep.n_rows}; bad rows skipped: {rep.n_bad}; evaluated: "
-              f"{result.n_responses} responses over {result.n_prompts} prompts")
+        print(
+            f"rows read: {rep.n_rows}; bad rows skipped: {rep.n_bad}; evaluated: "
+            f"{result.n_responses} responses over {result.n_prompts} prompts"
+        )
         if rep.n_bad:
             print(rep.summary())
         lam = spec.lam
-        print(f"lambda={lam:g}, reward normalization={spec.reward_normalization}, "
-              f"weighting={spec.weighting}, clip={spec.clip}, aspects={spec.aspects}"
-              + (f" (C={spec.n_aspects})" if spec.n_aspects else ""))
+        print(
+            f"lambda={lam:g}, reward normalization={spec.reward_normalization}, "
+            f"weighting={spec.weighting}, clip={spec.clip}, aspects={spec.aspects}"
+            + (f" (C={spec.n_aspects})" if spec.n_aspects else "")
+        )
         print()
     print(result.table(method=opts["ci"]))
     aspects = _aspect_rows(result)
     if aspects and not args.quiet and len(aspects) > 1:
         from pope.aspects import format_aspect_table
 
-        print("\nper aspect (coverage: mean over prompts of the share of each aspect; logging: "
-              "the logged responses, target: the policy's plug-in estimate)")
+        print(
+            "\nper aspect (coverage: mean over prompts of the share of each aspect; logging: "
+            "the logged responses, target: the policy's plug-in estimate)"
+        )
         print(format_aspect_table(aspects))
     if not args.quiet:
         print(f"\npropensities: {prop['source']}. {prop['meaning']}")
@@ -425,8 +560,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _evaluate_paired(args: argparse.Namespace, spec: Any, opts: dict[str, Any], logs: Any,
-                     fmt: Any) -> int:
+def _evaluate_paired(
+    args: argparse.Namespace, spec: Any, opts: dict[str, Any], logs: Any, fmt: Any
+) -> int:
     """``pope evaluate`` with several ``--policy``: per-policy tables and paired differences."""
     from pope.estimate import WeightOverflowError
     from pope.paired import evaluate_policies
@@ -441,9 +577,11 @@ def _evaluate_paired(args: argparse.Namespace, spec: Any, opts: dict[str, Any], 
     if not args.quiet:
         r0 = res.results[0]
         print(f"log: {args.logs}")
-        print(f"rows read: {r0.report.n_rows}; bad rows skipped: {r0.report.n_bad}; evaluated: "
-              f"{r0.n_responses} responses over {r0.n_prompts} prompts, "
-              f"{len(res.policies)} policies")
+        print(
+            f"rows read: {r0.report.n_rows}; bad rows skipped: {r0.report.n_bad}; evaluated: "
+            f"{r0.n_responses} responses over {r0.n_prompts} prompts, "
+            f"{len(res.policies)} policies"
+        )
         print()
     print(res.table(method=opts["ci"]))
     for w in res.warnings(args.ess_warning):
@@ -457,22 +595,27 @@ def _evaluate_paired(args: argparse.Namespace, spec: Any, opts: dict[str, Any], 
     return 0
 
 
-
 def _run_evaluation(args: argparse.Namespace, spec: Any, logs: Any, fmt: Any) -> Any:
     from pope.engines import Engine, check_engine_options, evaluate_with_engine
 
     engine: Engine = getattr(args, "engine", "local")  # --engine has these choices
     address = getattr(args, "engine_address", None)
     try:
-        check_engine_options(engine, logs, address=address, chunk_rows=args.chunk_rows,
-                             format=fmt)
+        check_engine_options(engine, logs, address=address, chunk_rows=args.chunk_rows, format=fmt)
     except ValueError as e:
         raise UsageError(f"--engine {engine}: {e}") from e
     if engine != "local" and args.ci == "bootstrap":
         raise UsageError("--ci bootstrap needs the whole log in memory (--engine local)")
-    return evaluate_with_engine(logs, spec, engine=engine, address=address,
-                                num_buckets=getattr(args, "num_buckets", 64),
-                                chunk_rows=args.chunk_rows, format=fmt, split=args.split)
+    return evaluate_with_engine(
+        logs,
+        spec,
+        engine=engine,
+        address=address,
+        num_buckets=getattr(args, "num_buckets", 64),
+        chunk_rows=args.chunk_rows,
+        format=fmt,
+        split=args.split,
+    )
 
 
 def add_parser(sub: Any) -> None:

@@ -76,6 +76,7 @@ def resolve_aspects(
             )
         if source.aspect is None and source.aspect_probs is None:
             raise ValueError("this LoggedFeedback has no aspects (aspect or aspect_probs)")
+        assert source.n_aspects is not None  # LoggedFeedback sets it with its aspects
         c = int(source.n_aspects)
         return source.prompt_ptr, source.aspect, source.aspect_probs, c
     if (aspect is None) == (aspect_probs is None):
@@ -135,8 +136,13 @@ def check_log_weight(log_weight: Any, n: int, mode: str) -> np.ndarray:
 
 
 def coverage_core(
-    be: Any, ptr: np.ndarray, lw: np.ndarray, labels: np.ndarray | None,
-    soft: np.ndarray | None, c: int, self_normalize: bool,
+    be: Any,
+    ptr: np.ndarray,
+    lw: np.ndarray,
+    labels: np.ndarray | None,
+    soft: np.ndarray | None,
+    c: int,
+    self_normalize: bool,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Backend dispatch on validated inputs: ``(p (P, C), H (P,))``, H in nats."""
     if labels is not None:
@@ -163,8 +169,12 @@ def _segment_sum(x: np.ndarray, starts: np.ndarray, nonempty: np.ndarray) -> np.
 
 
 def jackknife_entropy_core(
-    ptr: np.ndarray, lw: np.ndarray, labels: np.ndarray | None, soft: np.ndarray | None,
-    c: int, self_normalize: bool,
+    ptr: np.ndarray,
+    lw: np.ndarray,
+    labels: np.ndarray | None,
+    soft: np.ndarray | None,
+    c: int,
+    self_normalize: bool,
 ) -> np.ndarray:
     r"""Delete-one-response jackknife of the coverage entropy per prompt (nats), ``(P,)``.
 
@@ -214,11 +224,13 @@ def jackknife_entropy_core(
     wk = np.where(star, 0.0, w)
     # sums without the largest-weight row (exact), then the full sums = those + that row
     if labels is not None:
-        a_ex = np.bincount(seg * c + labels, weights=wk,
-                           minlength=n_prompts * c).reshape(n_prompts, c)
+        a_ex = np.bincount(seg * c + labels, weights=wk, minlength=n_prompts * c).reshape(
+            n_prompts, c
+        )
         a = a_ex.copy()
         a[sp, labels[si]] += w[si]
     else:
+        assert soft is not None  # one of labels / soft is given (resolve_aspects)
         a_ex = _segment_sum(soft * wk[:, None], starts, nonempty)
         a = a_ex.copy()
         a[sp] += soft[si] * w[si, None]
@@ -250,6 +262,7 @@ def jackknife_entropy_core(
         sum_g = g[seg] - _xlogx(aa) + _xlogx(na)
         h_del = (sum_num * np.log(dsafe) - sum_g) / dsafe
     else:  # row blocks of ~64k numbers: temporaries stay small and in cache
+        assert soft is not None  # one of labels / soft is given (resolve_aspects)
         h_del = np.empty(n)
         step = max(1, (1 << 16) // c)
         for s0 in range(0, n, step):
@@ -267,8 +280,13 @@ def jackknife_entropy_core(
 
 
 def jackknife_core(
-    be: Any, ptr: np.ndarray, lw: np.ndarray, labels: np.ndarray | None,
-    soft: np.ndarray | None, c: int, self_normalize: bool,
+    be: Any,
+    ptr: np.ndarray,
+    lw: np.ndarray,
+    labels: np.ndarray | None,
+    soft: np.ndarray | None,
+    c: int,
+    self_normalize: bool,
 ) -> np.ndarray:
     """Backend dispatch of :func:`jackknife_entropy_core` (nats per prompt)."""
     if labels is not None:
@@ -279,8 +297,12 @@ def jackknife_core(
 
 
 def diversity_core(
-    be: Any, ptr: np.ndarray, p: np.ndarray, labels: np.ndarray | None,
-    soft: np.ndarray | None, c: int,
+    be: Any,
+    ptr: np.ndarray,
+    p: np.ndarray,
+    labels: np.ndarray | None,
+    soft: np.ndarray | None,
+    c: int,
 ) -> np.ndarray:
     """Backend dispatch on validated inputs: ``d / log C`` per response (0 for ``C == 1``)."""
     if c == 1:
@@ -328,8 +350,7 @@ def coverage(
     """
     ptr, labels, soft, c = resolve_aspects(source, aspect, aspect_probs, n_aspects)
     lw = check_log_weight(log_weight, int(ptr[-1]), mode)
-    p, _ = coverage_core(get_backend(backend), ptr, lw, labels, soft, c,
-                         mode == "self_normalized")
+    p, _ = coverage_core(get_backend(backend), ptr, lw, labels, soft, c, mode == "self_normalized")
     return p
 
 
@@ -365,13 +386,16 @@ def coverage_entropy(
     if estimator not in PROMPT_ENTROPY_ESTIMATORS:
         raise ValueError(
             f"estimator must be one of {PROMPT_ENTROPY_ESTIMATORS}, got {estimator!r} (the "
-            "polynomial estimator pools prompts: use pope.evaluate)")
+            "polynomial estimator pools prompts: use pope.evaluate)"
+        )
     if estimator == "jackknife":
-        h = jackknife_core(get_backend(backend), ptr, lw, labels, soft, c,
-                           mode == "self_normalized")
+        h = jackknife_core(
+            get_backend(backend), ptr, lw, labels, soft, c, mode == "self_normalized"
+        )
     else:
-        _, h = coverage_core(get_backend(backend), ptr, lw, labels, soft, c,
-                             mode == "self_normalized")
+        _, h = coverage_core(
+            get_backend(backend), ptr, lw, labels, soft, c, mode == "self_normalized"
+        )
     if normalize:
         return h / math.log(c) if c > 1 else np.zeros_like(h)
     return h

@@ -27,8 +27,6 @@ from pope.options import RewardNormalization
 __all__ = ["LoggedFeedback", "RewardNormalization", "RowGroups", "group_rows", "normalize_signal"]
 
 
-
-
 @dataclass(frozen=True)
 class RowGroups:
     """Rows grouped by prompt id (:func:`group_rows`).
@@ -217,16 +215,23 @@ class LoggedFeedback:
         if self.prompt_ids is not None:
             ids = np.asarray(self.prompt_ids)
             if ids.shape != (self.n_prompts,):
-                raise ValueError(
-                    f"prompt_ids must have shape ({self.n_prompts},), got {ids.shape}"
-                )
+                raise ValueError(f"prompt_ids must have shape ({self.n_prompts},), got {ids.shape}")
             set_(self, "prompt_ids", ids)
         if self.row_index is not None:
             ri = as_index_array(self.row_index, "row_index")
             check_same_length(n, row_index=ri)
             set_(self, "row_index", ri)
-        for name in ("prompt_ptr", "signal", "log_logging", "aspect", "aspect_probs",
-                     "token_log_logging", "token_ptr", "position", "row_index"):
+        for name in (
+            "prompt_ptr",
+            "signal",
+            "log_logging",
+            "aspect",
+            "aspect_probs",
+            "token_log_logging",
+            "token_ptr",
+            "position",
+            "row_index",
+        ):
             arr = getattr(self, name)
             if arr is not None and arr.flags.writeable:
                 # own a private copy before freezing it: the caller's array stays as it was
@@ -404,9 +409,7 @@ class LoggedFeedback:
         if prompt_id is None:
             raise TypeError("prompt_id is required, got None")
         if np.ndim(prompt_id) == 0 or isinstance(prompt_id, (str, bytes, dict)):
-            raise TypeError(
-                f"prompt_id must be a 1-d array of ids, got {type(prompt_id).__name__}"
-            )
+            raise TypeError(f"prompt_id must be a 1-d array of ids, got {type(prompt_id).__name__}")
         pid = normalize_ids(prompt_id, "prompt_id")
         n = pid.shape[0]
         sig = as_float_array(signal, "signal")

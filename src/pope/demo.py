@@ -83,9 +83,18 @@ class DemoConfig:
     @classmethod
     def quick(cls) -> DemoConfig:
         """A much smaller run (tests; well under 30 s)."""
-        return cls(env_prompts=60, env_candidates=8, k=8, token_prompts=4,
-                   token_k=32, sft_steps=30, train_steps=12, eval_every=4, eval_samples=100,
-                   final_samples=300)
+        return cls(
+            env_prompts=60,
+            env_candidates=8,
+            k=8,
+            token_prompts=4,
+            token_k=32,
+            sft_steps=30,
+            train_steps=12,
+            eval_every=4,
+            eval_samples=100,
+            final_samples=300,
+        )
 
 
 # ----------------------------------------------------------------------------- truth
@@ -220,8 +229,11 @@ def evaluation_suite(
     if lists and counts.size and np.all(counts == counts[0]):
         kk = int(counts[0])
         shape = (fb.n_prompts, kk)
-        lb: dict[str, Any] = {"reward": r.reshape(shape) / kk, "log_target": lt.reshape(shape),
-              "log_logging": ll.reshape(shape)}
+        lb: dict[str, Any] = {
+            "reward": r.reshape(shape) / kk,
+            "log_target": lt.reshape(shape),
+            "log_logging": ll.reshape(shape),
+        }
         for n, fn in (("SIPS/K", E.sips), ("IIPS/K", E.iips), ("RIPS/K", E.rips)):
             rows.append(_row(n, "list", "U", fn(**lb), u))
     pe = pope.evaluate(fb, lt, lam=lam, reward_normalization="none")
@@ -232,17 +244,40 @@ def evaluation_suite(
         _row("POPE total", "pope", "V", pe.total, v),
         _row("POPE total (IPS rel.)", "pope", "V", pe_ips.total, v),
     ]
-    rows += _joint_rows(log, target, lam=lam, clip=clip, truth=v, rhat=rhat,
-                        vhat_prompt=vhat_prompt, list_diversity_prompt=list_diversity_prompt)
+    rows += _joint_rows(
+        log,
+        target,
+        lam=lam,
+        clip=clip,
+        truth=v,
+        rhat=rhat,
+        vhat_prompt=vhat_prompt,
+        list_diversity_prompt=list_diversity_prompt,
+    )
     dr_resp = np.asarray(pe.diversity_reward)
-    rows.append(_row("IPS r+lam*d", "joint", "V",
-                     E.ips(reward=r + lam * dr_resp, log_target=lt, log_logging=ll), v))
+    rows.append(
+        _row(
+            "IPS r+lam*d",
+            "joint",
+            "V",
+            E.ips(reward=r + lam * dr_resp, log_target=lt, log_logging=ll),
+            v,
+        )
+    )
     return rows
 
 
-def _joint_rows(log: SyntheticLog, target: SoftmaxPolicy, *, lam: float, clip: float,
-                truth: float, rhat: np.ndarray, vhat_prompt: np.ndarray,
-                list_diversity_prompt: np.ndarray | None) -> list[dict[str, Any]]:
+def _joint_rows(
+    log: SyntheticLog,
+    target: SoftmaxPolicy,
+    *,
+    lam: float,
+    clip: float,
+    truth: float,
+    rhat: np.ndarray,
+    vhat_prompt: np.ndarray,
+    list_diversity_prompt: np.ndarray | None,
+) -> list[dict[str, Any]]:
     """The ``"joint"`` rows of :func:`evaluation_suite` (estimators of :math:`V` on the joint
     list reward)."""
     from pope import estimators as E
@@ -350,8 +385,9 @@ def train_policy(
     aspects = torch.tensor(fb.aspect)
     obj = None
     if method != "rwft":
-        obj = PopeObjective(lam=lam if method == "pope" else 0.0, clip=clip,
-                            num_aspects=env.n_aspects)
+        obj = PopeObjective(
+            lam=lam if method == "pope" else 0.0, clip=clip, num_aspects=env.n_aspects
+        )
     history: list[dict[str, float]] = []
     metrics: list[dict[str, float]] = []
 
@@ -360,16 +396,27 @@ def train_policy(
         history.append({"step": step, **v.as_dict()})
 
     measure(0)
-    bar = tqdm(range(1, steps + 1), desc=f"train {method:8s}", disable=not progress,
-               leave=False, file=sys.stderr)
+    bar = tqdm(
+        range(1, steps + 1),
+        desc=f"train {method:8s}",
+        disable=not progress,
+        leave=False,
+        file=sys.stderr,
+    )
     for step in bar:
         logits = env.response_logits(model, rp, log.tokens)
         if obj is None:
             loss = rwft_loss(logits, labels, rewards)
             metrics.append({"step": step, "loss": float(loss.detach())})
         else:
-            out = obj(logits=logits, labels=labels, rewards=rewards, prompt_index=prompt_index,
-                      log_logging=log_logging, aspects=aspects)
+            out = obj(
+                logits=logits,
+                labels=labels,
+                rewards=rewards,
+                prompt_index=prompt_index,
+                log_logging=log_logging,
+                aspects=aspects,
+            )
             loss = out.loss
             metrics.append({"step": step, **out.metrics()})
         opt.zero_grad()
@@ -388,20 +435,31 @@ def run_evaluation(cfg: DemoConfig, *, seed: int, lam: float, progress: bool) ->
     """Part 1: every estimator on several targets against the exact truth."""
     from tqdm.auto import tqdm
 
-    env = CandidateEnv.make(n_prompts=cfg.env_prompts, n_candidates=cfg.env_candidates,
-                            n_aspects=cfg.n_aspects, seed=seed)
+    env = CandidateEnv.make(
+        n_prompts=cfg.env_prompts,
+        n_candidates=cfg.env_candidates,
+        n_aspects=cfg.n_aspects,
+        seed=seed,
+    )
     log = env.sample_logs(k=cfg.k, seed=seed + 1)  # every prompt once, K responses each
     policies = target_policies(env, lam)
     out = []
-    for pol in tqdm(policies, desc="evaluate targets", disable=not progress, leave=False,
-                    file=sys.stderr):
+    for pol in tqdm(
+        policies, desc="evaluate targets", disable=not progress, leave=False, file=sys.stderr
+    ):
         truth = true_values(env, pol, lam, cfg.k)
         rows = evaluation_suite(log, pol, lam=lam, truth=truth, clip=cfg.clip)
         out.append({"policy": pol.name, "truth": truth, "estimates": rows})
     return {
-        "env": {"n_prompts": env.n_prompts, "n_candidates": env.n_candidates,
-                "n_aspects": env.n_aspects, "log_prompts": log.feedback.n_prompts, "k": cfg.k,
-                "n_responses": log.feedback.n_responses, "clip": cfg.clip},
+        "env": {
+            "n_prompts": env.n_prompts,
+            "n_candidates": env.n_candidates,
+            "n_aspects": env.n_aspects,
+            "log_prompts": log.feedback.n_prompts,
+            "k": cfg.k,
+            "n_responses": log.feedback.n_responses,
+            "clip": cfg.clip,
+        },
         "policies": out,
     }
 
@@ -416,24 +474,41 @@ def run_training(cfg: DemoConfig, *, seed: int, lam: float, progress: bool) -> d
     heldout = env.sample_logs(pi0, k=cfg.token_k, seed=seed + 2)
     before = env.value(pi0, lam, n_per_prompt=cfg.final_samples, seed=seed + 3)
     res: dict[str, Any] = {
-        "env": {"n_prompts": env.n_prompts, "vocab_size": env.vocab_size,
-                "response_length": env.response_length, "n_aspects": env.n_aspects,
-                "k": cfg.token_k, "n_responses": log.feedback.n_responses,
-                "steps": cfg.train_steps, "lr": cfg.lr, "clip": cfg.train_clip},
+        "env": {
+            "n_prompts": env.n_prompts,
+            "vocab_size": env.vocab_size,
+            "response_length": env.response_length,
+            "n_aspects": env.n_aspects,
+            "k": cfg.token_k,
+            "n_responses": log.feedback.n_responses,
+            "steps": cfg.train_steps,
+            "lr": cfg.lr,
+            "clip": cfg.train_clip,
+        },
         "before": before.as_dict(),
         "methods": {},
     }
     for method in METHODS:
         model, hist, metrics = train_policy(
-            method, env, pi0, log, lam=lam, steps=cfg.train_steps, lr=cfg.lr,
-            clip=cfg.train_clip, eval_every=cfg.eval_every, eval_samples=cfg.eval_samples,
-            seed=seed, progress=progress,
+            method,
+            env,
+            pi0,
+            log,
+            lam=lam,
+            steps=cfg.train_steps,
+            lr=cfg.lr,
+            clip=cfg.train_clip,
+            eval_every=cfg.eval_every,
+            eval_samples=cfg.eval_samples,
+            seed=seed,
+            progress=progress,
         )
         after = env.value(model, lam, n_per_prompt=cfg.final_samples, seed=seed + 4)
         ests = {}
         for nm, lg in (("train_log", log), ("heldout_log", heldout)):
-            pe = pope.evaluate(lg.feedback, lg.log_prob(model), lam=lam,
-                               reward_normalization="none")
+            pe = pope.evaluate(
+                lg.feedback, lg.log_prob(model), lam=lam, reward_normalization="none"
+            )
             ests[nm] = {
                 "relevance": float(pe.relevance.value),
                 "diversity": float(pe.diversity.value),
@@ -454,19 +529,35 @@ def run_training(cfg: DemoConfig, *, seed: int, lam: float, progress: bool) -> d
 # ----------------------------------------------------------------------------- printing
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``pope demo`` options to ``parser``."""
-    parser.add_argument("--out", type=Path, default=Path("./pope-demo"),
-                        help="output directory for results.json and demo.png (default: "
-                             "./pope-demo)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("./pope-demo"),
+        help="output directory for results.json and demo.png (default: ./pope-demo)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    parser.add_argument("--quick", action="store_true",
-                        help="a much smaller run (for tests; < 30 s)")
-    parser.add_argument("--lam", type=float, default=1.0,
-                        help="lambda, weight of the diversity in V = U + lambda D (default 1)")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch CPU threads (default 1: the model is tiny and more "
-                             "threads only add overhead)")
-    parser.add_argument("--no-progress", dest="progress", action="store_false",
-                        default=argparse.SUPPRESS, help="hide the progress bars")
+    parser.add_argument(
+        "--quick", action="store_true", help="a much smaller run (for tests; < 30 s)"
+    )
+    parser.add_argument(
+        "--lam",
+        type=float,
+        default=1.0,
+        help="lambda, weight of the diversity in V = U + lambda D (default 1)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (default 1: the model is tiny and more threads only add overhead)",
+    )
+    parser.add_argument(
+        "--no-progress",
+        dest="progress",
+        action="store_false",
+        default=argparse.SUPPRESS,
+        help="hide the progress bars",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -498,8 +589,7 @@ def _run(args: argparse.Namespace) -> int:
     print_training(tr, args.lam)
     t2 = time.perf_counter()
     results = {
-        "config": {"seed": args.seed, "quick": bool(args.quick), "lam": args.lam,
-                   **cfg.__dict__},
+        "config": {"seed": args.seed, "quick": bool(args.quick), "lam": args.lam, **cfg.__dict__},
         "evaluation": ev,
         "training": tr,
         "runtime_s": {"evaluation": t1 - t0, "training": t2 - t1},
@@ -511,15 +601,17 @@ def _run(args: argparse.Namespace) -> int:
         print(f"warning: no figure ({exc}); pip install 'pope[plot]'", file=sys.stderr)
     results["runtime_s"]["total"] = time.perf_counter() - t0
     (out / "results.json").write_text(json.dumps(to_jsonable(results), indent=1))
-    print(f"\nwrote {out / 'results.json'} and {fig_path} "
-          f"({results['runtime_s']['total']:.1f} s)")
+    print(f"\nwrote {out / 'results.json'} and {fig_path} ({results['runtime_s']['total']:.1f} s)")
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m pope.demo``."""
-    parser = argparse.ArgumentParser(prog="pope demo", description=__doc__.split("\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="pope demo",
+        description=__doc__.split("\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     add_arguments(parser)
     return run(parser.parse_args(argv))
 

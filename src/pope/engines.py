@@ -120,12 +120,10 @@ def evaluate_with_engine(
     LogFormatError
         Bad input, also when found by a worker (the message names the bucket and rows).
     """
-    check_engine_options(engine, source, address=address, chunk_rows=chunk_rows,
-                         format=format)
+    check_engine_options(engine, source, address=address, chunk_rows=chunk_rows, format=format)
     if engine == "local":
         if chunk_rows:
-            return evaluate_stream(source, spec, chunk_rows=chunk_rows, format=format,
-                                   split=split)
+            return evaluate_stream(source, spec, chunk_rows=chunk_rows, format=format, split=split)
         return evaluate_logs(source, spec, format=format, split=split)
     full = prepare_spec(source, spec) if needs_prepass(spec) else spec
     if engine == "ray":
@@ -195,13 +193,15 @@ def parquet_files(source: str | os.PathLike[str]) -> list[ParquetFile]:
 
         def name(p: str) -> str:
             return p
+
     info = fs.get_file_info(root)
     if info.type == pafs.FileType.NotFound:
         raise LogFormatError(f"log file not found: {s}")
     if info.type == pafs.FileType.Directory:
         sel = fs.get_file_info(pafs.FileSelector(root, recursive=True))
-        paths = sorted(f.path for f in sel if f.type == pafs.FileType.File
-                       and f.path.endswith(".parquet"))
+        paths = sorted(
+            f.path for f in sel if f.type == pafs.FileType.File and f.path.endswith(".parquet")
+        )
         if not paths:
             raise LogFormatError(f"no *.parquet files under {s}")
     else:
@@ -254,7 +254,8 @@ def _bucket_stats(frame: Any, spec: EvalSpec, bucket: int, num_buckets: int) -> 
         if _ROW in frame.columns and frame[_ROW].isna().any():
             raise LogFormatError(
                 "rows without a row number: the engine read a file under a name not in the "
-                "log's file list (internal: report this with the path)")
+                "log's file list (internal: report this with the path)"
+            )
         if _ROW in frame.columns:
             frame = frame.sort_values(_ROW, kind="stable")
         frame = frame.reset_index(drop=True)
@@ -263,7 +264,7 @@ def _bucket_stats(frame: Any, spec: EvalSpec, bucket: int, num_buckets: int) -> 
             stats = map_partition(frame, spec)
         return {"bucket": bucket, "stats": pickle.dumps(stats), "error": None}
     except Exception as e:
-        rows = (frame[_ROW].to_numpy() if _ROW in frame.columns else None)
+        rows = frame[_ROW].to_numpy() if _ROW in frame.columns else None
         where = _where(bucket, num_buckets, len(frame), rows)
         tb = "".join(traceback.format_exception(e))
         try:
@@ -276,8 +277,10 @@ def _bucket_stats(frame: Any, spec: EvalSpec, bucket: int, num_buckets: int) -> 
 
 def _where(bucket: int, num_buckets: int, n: int, rows: np.ndarray | None) -> str:
     if rows is None:
-        return (f"bucket {bucket} of {num_buckets} ({n} rows; row numbers are within the "
-                "bucket: the dataset has no __row__ column)")
+        return (
+            f"bucket {bucket} of {num_buckets} ({n} rows; row numbers are within the "
+            "bucket: the dataset has no __row__ column)"
+        )
     shown = ", ".join(str(int(r)) for r in np.sort(rows)[:5])
     more = ", ..." if len(rows) > 5 else ""
     return f"bucket {bucket} of {num_buckets} ({n} rows: {shown}{more})"
@@ -308,8 +311,11 @@ def _need_complete(spec: EvalSpec) -> None:
 
 
 def _check_buckets(num_buckets: int) -> None:
-    if isinstance(num_buckets, bool) or not isinstance(num_buckets, (int, np.integer)) \
-            or num_buckets < 1:
+    if (
+        isinstance(num_buckets, bool)
+        or not isinstance(num_buckets, (int, np.integer))
+        or num_buckets < 1
+    ):
         raise ValueError(f"num_buckets must be an integer >= 1, got {num_buckets!r}")
 
 
@@ -369,8 +375,9 @@ def evaluate_ray(
     if _is_path(dataset):
         _check_parquet_path(dataset, "ray")
     if init and not ray.is_initialized():
-        ray.init(address=address, include_dashboard=False, log_to_driver=False,
-                 configure_logging=False)
+        ray.init(
+            address=address, include_dashboard=False, log_to_driver=False, configure_logging=False
+        )
     ds: ray.data.Dataset
     if isinstance(dataset, pd.DataFrame):
         frame = dataset.reset_index(drop=True)
@@ -378,13 +385,17 @@ def evaluate_ray(
             frame = frame.assign(**{_ROW: np.arange(len(frame))})
         ds = ray.data.from_pandas(frame)
     elif _is_path(dataset):
-        units = [{"path": f.path, "row_group": i, "first_row": f.first_row + start}
-                 for f in parquet_files(dataset) for i, (start, n) in enumerate(f.row_groups)
-                 if n > 0]
+        units = [
+            {"path": f.path, "row_group": i, "first_row": f.first_row + start}
+            for f in parquet_files(dataset)
+            for i, (start, n) in enumerate(f.row_groups)
+            if n > 0
+        ]
         if not units:
             raise LogFormatError("the log has no rows")
         ds = ray.data.from_items(units, override_num_blocks=len(units)).map_batches(
-            _read_row_groups, batch_format="pandas", batch_size=1)
+            _read_row_groups, batch_format="pandas", batch_size=1
+        )
     else:
         ds = dataset
     pid = spec.columns.prompt_id
@@ -484,18 +495,19 @@ def evaluate_spark(
         files = [f for f in parquet_files(df) if f.n_rows > 0]
         if not files:
             raise LogFormatError("the log has no rows")
-        offsets = F.create_map(*[F.lit(x) for f in files for name in _spark_names(f.path)
-                                 for x in (name, f.first_row)])
+        offsets = F.create_map(
+            *[F.lit(x) for f in files for name in _spark_names(f.path) for x in (name, f.first_row)]
+        )
         assert spark is not None
         sdf = spark.read.parquet(*[f.path for f in files])
-        sdf = sdf.withColumn(_ROW, F.element_at(offsets, F.col("_metadata.file_path"))
-                             + F.col("_metadata.row_index"))
+        sdf = sdf.withColumn(
+            _ROW, F.element_at(offsets, F.col("_metadata.file_path")) + F.col("_metadata.row_index")
+        )
     else:
         sdf = df
     # the bucket in Spark SQL (no Python pass): a stable hash of the id's string; one column
     # has one type, so all rows of a prompt get the same string and the same bucket
-    sdf = sdf.withColumn(_BUCKET, F.pmod(F.xxhash64(F.col(pid).cast("string")),
-                                         F.lit(num_buckets)))
+    sdf = sdf.withColumn(_BUCKET, F.pmod(F.xxhash64(F.col(pid).cast("string")), F.lit(num_buckets)))
 
     def stats_of_bucket(key: tuple[Any, ...], group: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame([_bucket_stats(group, spec, int(key[0]), num_buckets)])

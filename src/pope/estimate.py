@@ -147,8 +147,15 @@ class Diagnostics:
     def without_weights(cls, n: int) -> Diagnostics:
         """Diagnostics of an estimator that uses no importance weight (DM)."""
         nan = math.nan
-        return cls(n=n, ess=nan, max_weight=nan, mean_weight=nan, clipped_fraction=nan,
-                   log_max_weight=nan, n_units=n)
+        return cls(
+            n=n,
+            ess=nan,
+            max_weight=nan,
+            mean_weight=nan,
+            clipped_fraction=nan,
+            log_max_weight=nan,
+            n_units=n,
+        )
 
 
 @dataclass(frozen=True)
@@ -169,8 +176,14 @@ class WeightMoments:
     @classmethod
     def from_moments(cls, mom: np.ndarray) -> WeightMoments:
         """From the vector of :func:`pope.backends.reference.ips_moments`."""
-        return cls(log_scale=float(mom[0]), n=int(mom[1]), sum_w=float(mom[2]),
-                   sum_w2=float(mom[3]), n_clipped=int(mom[7]), max_log_ratio=float(mom[8]))
+        return cls(
+            log_scale=float(mom[0]),
+            n=int(mom[1]),
+            sum_w=float(mom[2]),
+            sum_w2=float(mom[3]),
+            n_clipped=int(mom[7]),
+            max_log_ratio=float(mom[8]),
+        )
 
     def __add__(self, other: WeightMoments) -> WeightMoments:
         if not isinstance(other, WeightMoments):
@@ -194,8 +207,11 @@ class WeightMoments:
         ess = self.sum_w**2 / self.sum_w2 if self.sum_w2 > 0 else 0.0
         with np.errstate(over="ignore"):
             max_w = float(np.exp(m)) if n else math.nan
-            mean_w = (float(np.exp(m + math.log(self.sum_w / n))) if self.sum_w > 0 else 0.0) \
-                if n else math.nan
+            mean_w = (
+                (float(np.exp(m + math.log(self.sum_w / n))) if self.sum_w > 0 else 0.0)
+                if n
+                else math.nan
+            )
             max_raw = float(np.exp(self.max_log_ratio)) if n else math.nan
         ex = {"max_unclipped_weight": max_raw}
         ex.update(extra or {})
@@ -296,11 +312,15 @@ class Estimate:
     def uncertainty_note(self) -> str:
         """Why the standard error says little ('' when it is usable): n < 2 or zero variance."""
         if self.n < 2:
-            return (f"only {self.n} independent unit(s): the standard error is undefined, "
-                    "so the normal and t intervals are the a priori range (or undefined)")
+            return (
+                f"only {self.n} independent unit(s): the standard error is undefined, "
+                "so the normal and t intervals are the a priori range (or undefined)"
+            )
         if self.stderr == 0.0 and math.isfinite(self.value):
-            return ("zero sample variance: the standard error is 0 and the normal interval "
-                    "has zero width")
+            return (
+                "zero sample variance: the standard error is 0 and the normal interval "
+                "has zero width"
+            )
         return ""
 
     @property
@@ -353,8 +373,11 @@ class Estimate:
         """
         if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or n_boot < 1:
             raise ValueError(f"n_boot must be an integer >= 1, got {n_boot!r}")
-        if (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))
-                or not 0 <= int(seed) < 2**64):
+        if (
+            isinstance(seed, bool)
+            or not isinstance(seed, (int, np.integer))
+            or not 0 <= int(seed) < 2**64
+        ):
             raise ValueError(f"seed must be an integer in [0, 2**64), got {seed!r}")
         key = ("bootstrap", int(n_boot), int(seed))
         if key not in self._cache:
@@ -473,25 +496,34 @@ class Estimate:
         if self.bias_bound:
             notes.append(f"includes a worst-case bias bound {self.bias_bound:.3g}")
         if self.parameter_range is not None and not (
-                self.parameter_range[0] <= self.value <= self.parameter_range[1]):
+            self.parameter_range[0] <= self.value <= self.parameter_range[1]
+        ):
             lo, hi = self.parameter_range
-            notes.append(f"the estimate {self.value:.4g} lies outside the range [{lo:g}, {hi:g}] "
-                         "of the quantity (it is not clipped, which would bias it); the "
-                         "interval is intersected with the range")
+            notes.append(
+                f"the estimate {self.value:.4g} lies outside the range [{lo:g}, {hi:g}] "
+                "of the quantity (it is not clipped, which would bias it); the "
+                "interval is intersected with the range"
+            )
         if self.multiplicity > 1:
-            notes.append(f"simultaneous over {self.multiplicity} candidates (level alpha/"
-                         f"{self.multiplicity})")
+            notes.append(
+                f"simultaneous over {self.multiplicity} candidates (level alpha/"
+                f"{self.multiplicity})"
+            )
         if self._ess_floor(a) > 0 and math.isfinite(self.stderr):
             z = iv.normal_quantile(1.0 - a / 2.0)
             if self._ess_floor(a) > z * self.stderr:
                 d = self.diagnostics
                 if self.pair_ess is not None:
-                    notes.append(f"widened: pair ESS {self.pair_ess:.3g} of {self.n} prompts is "
-                                 "too small for the normal approximation (Hoeffding floor at "
-                                 "n = pair ESS)")
+                    notes.append(
+                        f"widened: pair ESS {self.pair_ess:.3g} of {self.n} prompts is "
+                        "too small for the normal approximation (Hoeffding floor at "
+                        "n = pair ESS)"
+                    )
                 else:
-                    notes.append(f"widened: ESS {d.ess:.3g} of {d.n} weights is too small for "
-                                 "the normal approximation (Hoeffding floor at n = ESS)")
+                    notes.append(
+                        f"widened: ESS {d.ess:.3g} of {d.n} weights is too small for "
+                        "the normal approximation (Hoeffding floor at n = ESS)"
+                    )
         return "; ".join(notes)
 
     def _value_range(self, heuristic: bool) -> float:
@@ -513,8 +545,10 @@ class Estimate:
         if method == "bernstein":
             return iv.empirical_bernstein_halfwidth(rng, var, self.n, delta)
         if method == "auto":
-            return min(iv.hoeffding_halfwidth(rng, self.n, delta / 2.0),
-                       iv.empirical_bernstein_halfwidth(rng, var, self.n, delta / 2.0))
+            return min(
+                iv.hoeffding_halfwidth(rng, self.n, delta / 2.0),
+                iv.empirical_bernstein_halfwidth(rng, var, self.n, delta / 2.0),
+            )
         raise ValueError(f"method must be one of 'auto', 'hoeffding', 'bernstein', got {method!r}")
 
     def lower_bound(

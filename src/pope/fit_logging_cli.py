@@ -62,74 +62,141 @@ def add_arguments(p: argparse.ArgumentParser, cli: Any) -> None:
 
 def _add_input_args(g: Any, cli: Any) -> None:
     """The input options."""
-    g.add_argument("--logs", required=True, metavar="PATH",
-                   help="log file or directory (any format pope evaluate reads)")
-    g.add_argument("--format", choices=LOG_FORMATS,
-                   help="override the format detected from the file name")
+    g.add_argument(
+        "--logs",
+        required=True,
+        metavar="PATH",
+        help="log file or directory (any format pope evaluate reads)",
+    )
+    g.add_argument(
+        "--format", choices=LOG_FORMATS, help="override the format detected from the file name"
+    )
     g.add_argument("--split", help="split of a Hugging Face DatasetDict directory")
-    g.add_argument("--column", action="append", type=cli._column_arg, default=[],
-                   metavar="FIELD=NAME", help="where the prompt/response/prompt_id are, e.g. "
-                   "prompt=question")
+    g.add_argument(
+        "--column",
+        action="append",
+        type=cli._column_arg,
+        default=[],
+        metavar="FIELD=NAME",
+        help="where the prompt/response/prompt_id are, e.g. prompt=question",
+    )
 
 
 def _add_model_args(g: Any, cli: Any) -> None:
     """The model options."""
-    g.add_argument("--model", required=True, metavar="MODEL_DIR",
-                   help="local causal LM directory (model and tokenizer) fine-tuned per fold; "
-                        "it is not modified")
+    g.add_argument(
+        "--model",
+        required=True,
+        metavar="MODEL_DIR",
+        help="local causal LM directory (model and tokenizer) fine-tuned per fold; "
+        "it is not modified",
+    )
     g.add_argument("--device", help="default: cuda if available, else cpu")
-    g.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"],
-                   default="float32", help="model dtype while fine-tuning and scoring")
-    g.add_argument("--chat-template", action="store_true",
-                   help="format prompts with the tokenizer's chat template (as pope evaluate "
-                        "--chat-template will)")
-    g.add_argument("--add-eos", action="store_true",
-                   help="learn and score an EOS token after each response (as pope evaluate "
-                        "--add-eos will)")
+    g.add_argument(
+        "--dtype",
+        choices=["auto", "float32", "bfloat16", "float16"],
+        default="float32",
+        help="model dtype while fine-tuning and scoring",
+    )
+    g.add_argument(
+        "--chat-template",
+        action="store_true",
+        help="format prompts with the tokenizer's chat template (as pope evaluate "
+        "--chat-template will)",
+    )
+    g.add_argument(
+        "--add-eos",
+        action="store_true",
+        help="learn and score an EOS token after each response (as pope evaluate --add-eos will)",
+    )
 
 
 def _add_cross_fitting_args(g: Any, cli: Any) -> None:
     """The cross-fitting options."""
     pint = cli._positive_int
-    g.add_argument("--folds", type=pint, default=5, metavar="K",
-                   help="folds of prompts (>= 2, at most the number of prompts); each fold's "
-                        "responses are scored by a model fine-tuned on the other folds")
-    g.add_argument("--seed", type=int, default=0,
-                   help="fold assignment, batch order and torch seed (default: 0)")
+    g.add_argument(
+        "--folds",
+        type=pint,
+        default=5,
+        metavar="K",
+        help="folds of prompts (>= 2, at most the number of prompts); each fold's "
+        "responses are scored by a model fine-tuned on the other folds",
+    )
+    g.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="fold assignment, batch order and torch seed (default: 0)",
+    )
 
 
 def _add_optimisation_args(g: Any, cli: Any) -> None:
     """The optimisation options."""
     pint, pfloat, nnf = cli._positive_int, cli._positive_float, cli._nonneg_float
-    g.add_argument("--learning-rate", type=pfloat, default=5e-5, metavar="LR",
-                   help="peak AdamW learning rate, linear decay to 0")
-    g.add_argument("--num-train-epochs", type=pfloat, default=3.0, metavar="E",
-                   help="passes over each fold's training responses, fractional allowed")
-    g.add_argument("--batch-tokens", type=pint, default=8192, metavar="N",
-                   help="padded tokens per training and scoring batch")
-    g.add_argument("--weight-decay", type=nnf, default=0.0,
-                   help="AdamW weight decay (default: 0.0)")
-    g.add_argument("--warmup-steps", type=int, default=0, metavar="N",
-                   help="linear warmup steps (default: 0)")
+    g.add_argument(
+        "--learning-rate",
+        type=pfloat,
+        default=5e-5,
+        metavar="LR",
+        help="peak AdamW learning rate, linear decay to 0",
+    )
+    g.add_argument(
+        "--num-train-epochs",
+        type=pfloat,
+        default=3.0,
+        metavar="E",
+        help="passes over each fold's training responses, fractional allowed",
+    )
+    g.add_argument(
+        "--batch-tokens",
+        type=pint,
+        default=8192,
+        metavar="N",
+        help="padded tokens per training and scoring batch",
+    )
+    g.add_argument(
+        "--weight-decay", type=nnf, default=0.0, help="AdamW weight decay (default: 0.0)"
+    )
+    g.add_argument(
+        "--warmup-steps", type=int, default=0, metavar="N", help="linear warmup steps (default: 0)"
+    )
     g.add_argument("--max-grad-norm", type=pfloat, default=1.0, help="gradient clipping norm")
 
 
 def _add_output_args(g: Any, cli: Any) -> None:
     """The output options."""
-    g.add_argument("--out", required=True, metavar="FILE.parquet",
-                   help="the log with the estimated log-probs and the folds, as Parquet")
-    g.add_argument("--into", default="log_logging", metavar="COLUMN",
-                   help="column of the estimated log pi0(y|x)")
-    g.add_argument("--fold-column", default="logging_fold", metavar="COLUMN",
-                   help="column of each row's fold")
-    g.add_argument("--token-logprobs", action="store_true",
-                   help="also write token_COLUMN, the cross-fitted per-token log-probs (for "
-                        "pope evaluate --weighting token_mean)")
-    g.add_argument("--save-models", metavar="DIR",
-                   help="also write the fold models (DIR/fold-K) and DIR/folds.json")
-    g.add_argument("--overwrite", action="store_true",
-                   help="replace an existing --out file (also the input itself), the columns, "
-                        "or an earlier fit in --save-models")
+    g.add_argument(
+        "--out",
+        required=True,
+        metavar="FILE.parquet",
+        help="the log with the estimated log-probs and the folds, as Parquet",
+    )
+    g.add_argument(
+        "--into",
+        default="log_logging",
+        metavar="COLUMN",
+        help="column of the estimated log pi0(y|x)",
+    )
+    g.add_argument(
+        "--fold-column", default="logging_fold", metavar="COLUMN", help="column of each row's fold"
+    )
+    g.add_argument(
+        "--token-logprobs",
+        action="store_true",
+        help="also write token_COLUMN, the cross-fitted per-token log-probs (for "
+        "pope evaluate --weighting token_mean)",
+    )
+    g.add_argument(
+        "--save-models",
+        metavar="DIR",
+        help="also write the fold models (DIR/fold-K) and DIR/folds.json",
+    )
+    g.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing --out file (also the input itself), the columns, "
+        "or an earlier fit in --save-models",
+    )
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -174,33 +241,57 @@ def run(args: argparse.Namespace) -> int:
     _quiet_libraries()
     with _unhashable_ids_are_bad_input():
         res = fit_logging_policy(
-            args.logs, args.model, folds=args.folds, num_train_epochs=args.num_train_epochs,
-            learning_rate=args.learning_rate, batch_tokens=args.batch_tokens,
-            weight_decay=args.weight_decay, warmup_steps=args.warmup_steps,
-            max_grad_norm=args.max_grad_norm, add_eos=args.add_eos,
-            chat_template=args.chat_template, seed=args.seed, columns=dict(args.column),
-            format=args.format, split=args.split, column=args.into,
-            fold_column=args.fold_column, token_logprobs=args.token_logprobs,
-            device=args.device, dtype=args.dtype,
-            save_models=args.save_models, overwrite=args.overwrite,
+            args.logs,
+            args.model,
+            folds=args.folds,
+            num_train_epochs=args.num_train_epochs,
+            learning_rate=args.learning_rate,
+            batch_tokens=args.batch_tokens,
+            weight_decay=args.weight_decay,
+            warmup_steps=args.warmup_steps,
+            max_grad_norm=args.max_grad_norm,
+            add_eos=args.add_eos,
+            chat_template=args.chat_template,
+            seed=args.seed,
+            columns=dict(args.column),
+            format=args.format,
+            split=args.split,
+            column=args.into,
+            fold_column=args.fold_column,
+            token_logprobs=args.token_logprobs,
+            device=args.device,
+            dtype=args.dtype,
+            save_models=args.save_models,
+            overwrite=args.overwrite,
             progress=not args.no_progress,
         )
-    write_scored(res.frame, args.out, {args.into: res.settings},
-                 previous=read_score_metadata(args.logs), overwrite=args.overwrite)
+    write_scored(
+        res.frame,
+        args.out,
+        {args.into: res.settings},
+        previous=read_score_metadata(args.logs),
+        overwrite=args.overwrite,
+    )
     sizes = res.frame.groupby(res.fold_column).size()
-    print(f"{len(res.frame)} responses in {res.n_folds} folds of prompts ("
-          f"{', '.join(map(str, sizes))} responses); base model {args.model}")
+    print(
+        f"{len(res.frame)} responses in {res.n_folds} folds of prompts ("
+        f"{', '.join(map(str, sizes))} responses); base model {args.model}"
+    )
     print(res.summary())
     base, fit = res.heldout_logprob_per_token()
     if not fit > base:
-        print(f"pope fit-logging: warning: the fitted models give the held-out responses a "
-              f"lower likelihood than the base model ({fit:.4g} vs {base:.4g} per token): the "
-              "fit does not generalise to unseen prompts; try fewer --num-train-epochs or a "
-              "lower --learning-rate", file=sys.stderr)
-    print(f"{args.into}: logging propensities estimated by behaviour cloning, {res.n_folds} "
-          f"folds (each response scored by the model of its fold, fine-tuned on the other "
-          f"folds; fold of each row in {res.fold_column}), written to {args.out}")
+        print(
+            f"pope fit-logging: warning: the fitted models give the held-out responses a "
+            f"lower likelihood than the base model ({fit:.4g} vs {base:.4g} per token): the "
+            "fit does not generalise to unseen prompts; try fewer --num-train-epochs or a "
+            "lower --learning-rate",
+            file=sys.stderr,
+        )
+    print(
+        f"{args.into}: logging propensities estimated by behaviour cloning, {res.n_folds} "
+        f"folds (each response scored by the model of its fold, fine-tuned on the other "
+        f"folds; fold of each row in {res.fold_column}), written to {args.out}"
+    )
     if args.save_models:
-        print(f"fold models in {args.save_models}/fold-K, folds in "
-              f"{args.save_models}/folds.json")
+        print(f"fold models in {args.save_models}/fold-K, folds in {args.save_models}/folds.json")
     return 0

@@ -63,24 +63,34 @@ class HeldOutEvaluator:
         split: str | None = None,
     ) -> None:
         if spec.policy is not None:
-            raise ValueError("HeldOutEvaluator: spec.policy must be None (the policy is the "
-                             "model passed to evaluate)")
+            raise ValueError(
+                "HeldOutEvaluator: spec.policy must be None (the policy is the "
+                "model passed to evaluate)"
+            )
         if spec.kmeans and spec.centers is None:
-            raise ValueError("held-out k-means aspects need the training centres "
-                             "(spec.centers, or --aspect-model FILE): refitting the clusters "
-                             "on the held-out log would measure another diversity")
+            raise ValueError(
+                "held-out k-means aspects need the training centres "
+                "(spec.centers, or --aspect-model FILE): refitting the clusters "
+                "on the held-out log would measure another diversity"
+            )
         cols = spec.columns
         if cols.log_target is None:
             cols = LogColumns.from_mapping({**cols.as_dict(), "log_target": "log_target"})
             spec = replace(spec, columns=cols)
         self.source = source if isinstance(source, (str, os.PathLike)) else "<frame>"
-        frame = read_table(source, format=format, split=split,
-                           text_columns=(cols.prompt_id, cols.prompt, cols.response))
+        frame = read_table(
+            source,
+            format=format,
+            split=split,
+            text_columns=(cols.prompt_id, cols.prompt, cols.response),
+        )
         frame = frame.copy()  # the caller's frame stays as it was
         if cols.log_target in frame.columns:
             frame = frame.drop(columns=[cols.log_target])
         data = validate_logs(
-            frame, columns=cols, require_text=True,
+            frame,
+            columns=cols,
+            require_text=True,
             require_log_logging=spec.logging_model is None and logging_model is None,
             aspect_names=spec.aspect_names,
             n_aspects=spec.n_aspects if spec.aspects == "labels" else None,
@@ -101,14 +111,17 @@ class HeldOutEvaluator:
             if logging_model is None:
                 assert spec.logging_model is not None
                 logging_model, logging_tokenizer = load_causal_lm(
-                    spec.logging_model, device=spec.device, dtype=spec.dtype)
+                    spec.logging_model, device=spec.device, dtype=spec.dtype
+                )
             ll = np.full(len(frame), np.nan)
             ll[self.valid] = self._score(logging_model, logging_tokenizer)
             name = cols.log_logging or "log_logging"
             frame[name] = ll
             if cols.log_logging is None:
-                self.spec = replace(self.spec, columns=LogColumns.from_mapping(
-                    {**cols.as_dict(), "log_logging": name}))
+                self.spec = replace(
+                    self.spec,
+                    columns=LogColumns.from_mapping({**cols.as_dict(), "log_logging": name}),
+                )
         self.frame = frame
 
     @property
@@ -125,12 +138,20 @@ class HeldOutEvaluator:
         model.eval()
         try:
             with torch.no_grad():
-                return np.asarray(score_responses(
-                    model, tokenizer, self.prompts, self.responses,
-                    batch_tokens=self.spec.batch_tokens, chat_template=self.spec.chat_template,
-                    add_eos=self.spec.add_eos, head=self.spec.head,  # type: ignore[arg-type]
-                    progress=False,
-                ), dtype=np.float64)
+                return np.asarray(
+                    score_responses(
+                        model,
+                        tokenizer,
+                        self.prompts,
+                        self.responses,
+                        batch_tokens=self.spec.batch_tokens,
+                        chat_template=self.spec.chat_template,
+                        add_eos=self.spec.add_eos,
+                        head=self.spec.head,  # type: ignore[arg-type]
+                        progress=False,
+                    ),
+                    dtype=np.float64,
+                )
         finally:
             model.train(was)
 

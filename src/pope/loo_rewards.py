@@ -109,8 +109,9 @@ class LooRewards:
     degree: np.ndarray
 
 
-def reward_coefficients(diversity: LooDiversity, n_aspects: int,
-                        degree: int | None) -> tuple[int, dict[int, EntropyPolynomial]]:
+def reward_coefficients(
+    diversity: LooDiversity, n_aspects: int, degree: int | None
+) -> tuple[int, dict[int, EntropyPolynomial]]:
     """``(L, {L': coefficients of degree L'})`` for ``L' = 1..L``.
 
     ``diversity="gini_simpson"`` has degree 2 (``degree`` must be ``None`` or 2);
@@ -195,8 +196,11 @@ def loo_rewards_reference(
     f = np.ones(lmax)
     if normalization == "pooled":
         for m in range(1, lmax):
-            s = [_esym(w[ptr[i]:ptr[i + 1], None], m)[m, 0] / _binom(counts[i], m)
-                 for i in range(counts.size) if counts[i] > m]
+            s = [
+                _esym(w[ptr[i] : ptr[i + 1], None], m)[m, 0] / _binom(counts[i], m)
+                for i in range(counts.size)
+                if counts[i] > m
+            ]
             f[m] = len(s) / sum(s) if s and sum(s) > 0 else 0.0
     value = np.zeros(w.shape[0])
     grad = np.zeros(w.shape[0])
@@ -205,7 +209,7 @@ def loo_rewards_reference(
         if k_i == 0:
             continue
         poly = polys[int(deg[i])]
-        x = np.concatenate([w[lo:lo + k_i, None] * q[lo:lo + k_i], w[lo:lo + k_i, None]], 1)
+        x = np.concatenate([w[lo : lo + k_i, None] * q[lo : lo + k_i], w[lo : lo + k_i, None]], 1)
         for k in range(k_i):
             others = np.delete(x, k, axis=0)
             e = _esym(others, int(deg[i]) - 1)  # (L_i, C + 1)

@@ -39,8 +39,12 @@ class PairedResult:
             out += [f"policy: {name}", res.table(method=method), ""]
         base = self.policies[0]
         for name, cmp in zip(self.policies[1:], self.comparisons, strict=True):
-            out += [f"paired difference: {name} - {base} (same prompts, influence stderr; "
-                    f"both diversities at degree {cmp.a.degree or '-'})", cmp.summary(), ""]
+            out += [
+                f"paired difference: {name} - {base} (same prompts, influence stderr; "
+                f"both diversities at degree {cmp.a.degree or '-'})",
+                cmp.summary(),
+                "",
+            ]
         return "\n".join(out).rstrip()
 
     def to_dict(self, method: str = "normal", ess_fraction: float = 0.1) -> dict[str, Any]:
@@ -48,25 +52,39 @@ class PairedResult:
         ``pope report`` reads) and ``paired`` (each later policy minus the first)."""
 
         def clean(d: dict[str, Any]) -> dict[str, Any]:
-            return {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
-                    for k, v in d.items()}
+            return {
+                k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+                for k, v in d.items()
+            }
 
         return {
-            "policies": {p: r.to_dict(method=method, ess_fraction=ess_fraction)
-                         for p, r in zip(self.policies, self.results, strict=True)},
-            "paired": [{"a": p, "b": self.policies[0],
-                        **{k: clean(v) for k, v in c.to_dict().items()}}
-                       for p, c in zip(self.policies[1:], self.comparisons, strict=True)],
+            "policies": {
+                p: r.to_dict(method=method, ess_fraction=ess_fraction)
+                for p, r in zip(self.policies, self.results, strict=True)
+            },
+            "paired": [
+                {"a": p, "b": self.policies[0], **{k: clean(v) for k, v in c.to_dict().items()}}
+                for p, c in zip(self.policies[1:], self.comparisons, strict=True)
+            ],
         }
 
     def warnings(self, ess_fraction: float = 0.1) -> list[str]:
         """The warnings of every policy's evaluation, prefixed with the policy."""
-        return [f"{p}: {w}" for p, r in zip(self.policies, self.results, strict=True)
-                for w in r.warnings(ess_fraction)]
+        return [
+            f"{p}: {w}"
+            for p, r in zip(self.policies, self.results, strict=True)
+            for w in r.warnings(ess_fraction)
+        ]
 
 
-def evaluate_policies(source: Any, spec: EvalSpec, policies: list[str], *,
-                      format: Any = None, split: str | None = None) -> PairedResult:
+def evaluate_policies(
+    source: Any,
+    spec: EvalSpec,
+    policies: list[str],
+    *,
+    format: Any = None,
+    split: str | None = None,
+) -> PairedResult:
     """Evaluate every policy directory in ``policies`` on one log and compare them (paired).
 
     Parameters
@@ -85,18 +103,25 @@ def evaluate_policies(source: Any, spec: EvalSpec, policies: list[str], *,
     if spec.weighting != "sequence":
         raise ValueError("several policies are compared with weighting='sequence' only")
     if spec.kmeans and spec.centers is None:
-        raise ValueError("several policies need fixed aspects (labels, or k-means centres from "
-                         "a saved aspect model: --aspect-model), so that every policy sees the "
-                         "same clustering")
+        raise ValueError(
+            "several policies need fixed aspects (labels, or k-means centres from "
+            "a saved aspect model: --aspect-model), so that every policy sees the "
+            "same clustering"
+        )
     cols = spec.columns
-    frame = read_table(source, format=format, split=split,
-                       text_columns=(cols.prompt_id, cols.prompt, cols.response))
+    frame = read_table(
+        source,
+        format=format,
+        split=split,
+        text_columns=(cols.prompt_id, cols.prompt, cols.response),
+    )
     first = replace(spec, policy=policies[0])
     try:  # the models are dropped from the cache once every policy has scored the log
         prep = prepare(frame, first, n_raw_rows=len(frame))
         if prep.feedback.n_responses == 0:
-            raise LogFormatError(f"no valid rows to evaluate ({prep.report.summary()})",
-                                 prep.report)
+            raise LogFormatError(
+                f"no valid rows to evaluate ({prep.report.summary()})", prep.report
+            )
         order = prep.feedback.row_index
         targets = [prep.log_target]
         for i, path in enumerate(policies[1:], start=1):
@@ -108,13 +133,20 @@ def evaluate_policies(source: Any, spec: EvalSpec, policies: list[str], *,
     for path, lt in zip(policies, targets, strict=True):
         p_i = replace(prep, log_target=lt)
         res, base = estimates(p_i, replace(spec, policy=path))
-        results.append(EvalResult(pope=res, baselines=base, report=prep.report,
-                                  n_prompts=prep.feedback.n_prompts,
-                                  n_responses=prep.feedback.n_responses,
-                                  spec=replace(spec, policy=path)))
+        results.append(
+            EvalResult(
+                pope=res,
+                baselines=base,
+                report=prep.report,
+                n_prompts=prep.feedback.n_prompts,
+                n_responses=prep.feedback.n_responses,
+                spec=replace(spec, policy=path),
+            )
+        )
     kw = pope_kwargs(spec)
     alpha = kw.pop("alpha")
     kw.pop("weighting")
-    comparisons = [pope.compare(prep.feedback, lt, targets[0], alpha=alpha, **kw)
-                   for lt in targets[1:]]
+    comparisons = [
+        pope.compare(prep.feedback, lt, targets[0], alpha=alpha, **kw) for lt in targets[1:]
+    ]
     return PairedResult(policies=list(policies), results=results, comparisons=comparisons)

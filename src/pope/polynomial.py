@@ -83,8 +83,9 @@ def _phi(x: np.ndarray, log_c: float) -> np.ndarray:
 
 
 def _grid(n_lin: int, n_geo: int) -> np.ndarray:
-    return np.unique(np.concatenate([np.linspace(0.0, 1.0, n_lin),
-                                     np.geomspace(1e-12, 1.0, n_geo)]))
+    return np.unique(
+        np.concatenate([np.linspace(0.0, 1.0, n_lin), np.geomspace(1e-12, 1.0, n_geo)])
+    )
 
 
 def _sides(a: np.ndarray, t: float, s: float, x: np.ndarray, c: int) -> tuple[float, float]:
@@ -128,13 +129,13 @@ def _entropy_polynomial(c: int, deg: int) -> EntropyPolynomial:
     one = np.ones((x.size, 1))
     zero = np.zeros((x.size, 1))
     # variables: a_0..a_L, t, s, eps ;  C(delta - t u) <= eps ;  -C(delta - s u) <= eps
-    a_ub = np.vstack([np.hstack([c * vand, -c * u, zero, -one]),
-                      np.hstack([-c * vand, zero, c * u, -one])])
+    a_ub = np.vstack(
+        [np.hstack([c * vand, -c * u, zero, -one]), np.hstack([-c * vand, zero, c * u, -one])]
+    )
     b_ub = np.concatenate([c * phi, -c * phi])
     cost = np.zeros(deg + 4)
     cost[-1] = 1.0
-    res = linprog(cost, A_ub=a_ub, b_ub=b_ub, bounds=[(None, None)] * (deg + 4),
-                  method="highs")
+    res = linprog(cost, A_ub=a_ub, b_ub=b_ub, bounds=[(None, None)] * (deg + 4), method="highs")
     if res.status != 0:  # pragma: no cover - HiGHS solves this small LP
         raise RuntimeError(f"entropy_polynomial(C={c}, L={deg}): LP failed: {res.message}")
     a, t, s = res.x[: deg + 1], float(res.x[deg + 1]), float(res.x[deg + 2])
@@ -142,8 +143,7 @@ def _entropy_polynomial(c: int, deg: int) -> EntropyPolynomial:
     hi, lo = _sides(a, t, s, _grid(16001, 8000) * (1 - 1e-9), c)
     hi2, lo2 = _sides(a, t, s, np.array([0.0, 1.0]), c)
     bound = max(hi, lo, hi2, lo2, float(res.x[-1]))
-    return EntropyPolynomial(c, deg, float(c * a[0] + a[1]), tuple(float(v) for v in a[2:]),
-                             bound)
+    return EntropyPolynomial(c, deg, float(c * a[0] + a[1]), tuple(float(v) for v in a[2:]), bound)
 
 
 def evaluate_polynomial(poly: EntropyPolynomial, p: np.ndarray) -> np.ndarray:

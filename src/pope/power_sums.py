@@ -41,8 +41,9 @@ def _binom_table(kmax: int, degree: int) -> np.ndarray:
     return tab
 
 
-def _normalise(e_p: np.ndarray, e_s: np.ndarray, counts: np.ndarray,
-               degree: int) -> tuple[np.ndarray, np.ndarray]:
+def _normalise(
+    e_p: np.ndarray, e_s: np.ndarray, counts: np.ndarray, degree: int
+) -> tuple[np.ndarray, np.ndarray]:
     kmax = int(counts.max()) if counts.size else 0
     tab = _binom_table(kmax, degree)[counts]  # (P, L+1)
     ok = tab > 0
@@ -51,8 +52,12 @@ def _normalise(e_p: np.ndarray, e_s: np.ndarray, counts: np.ndarray,
 
 
 def power_sums_reference(
-    prompt_ptr: np.ndarray, weight: np.ndarray, labels: np.ndarray | None,
-    soft: np.ndarray | None, n_aspects: int, degree: int,
+    prompt_ptr: np.ndarray,
+    weight: np.ndarray,
+    labels: np.ndarray | None,
+    soft: np.ndarray | None,
+    n_aspects: int,
+    degree: int,
 ) -> tuple[np.ndarray, np.ndarray]:
     r"""``(P, S)`` of shape ``(n_prompts, degree + 1)``: :math:`\hat P_j`, :math:`\hat S_j`.
 
@@ -86,6 +91,7 @@ def power_sums_reference(
                     lab = labels[rows]
                     state[idx, lab, j] += wt * state[idx, lab, j - 1]
                 else:
+                    assert soft is not None  # labels or soft, checked by the caller
                     state[idx, :, j] += (wt[:, None] * soft[rows]) * state[idx, :, j - 1]
         e_p[p0:p1] = state.sum(axis=1)
         e_s[p0:p1] = ws
@@ -94,8 +100,13 @@ def power_sums_reference(
 
 
 def power_sums(
-    prompt_ptr: np.ndarray, weight: np.ndarray, labels: np.ndarray | None,
-    soft: np.ndarray | None, n_aspects: int, degree: int, backend: str | None = None,
+    prompt_ptr: np.ndarray,
+    weight: np.ndarray,
+    labels: np.ndarray | None,
+    soft: np.ndarray | None,
+    n_aspects: int,
+    degree: int,
+    backend: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """:func:`power_sums_reference` or a compiled twin: C++ ``pope._ext`` (threads), Numba.
 
@@ -112,10 +123,13 @@ def power_sums(
     lab = None if labels is None else np.ascontiguousarray(labels, dtype=np.int64)
     q = None if soft is None else np.ascontiguousarray(soft, dtype=np.float64)
     if name == "cpp":
-        from pope import _ext as ext
+        import pope._ext as ext
 
-        e_p, e_s = (ext.elementary_sums_hard(ptr, w, lab, int(n_aspects), int(degree))
-                    if lab is not None else ext.elementary_sums_soft(ptr, w, q, int(degree)))
+        e_p, e_s = (
+            ext.elementary_sums_hard(ptr, w, lab, int(n_aspects), int(degree))
+            if lab is not None
+            else ext.elementary_sums_soft(ptr, w, q, int(degree))
+        )
     else:
         from pope.backends import numba_power
 

@@ -52,9 +52,12 @@ def weights_identically_one(result: Any, tol: float = ONE_TOLERANCE) -> bool:
     return mx <= 1 + tol and mean >= 1 - tol
 
 
-def _source_and_meaning(logging_model: str | None, reference_model: str | None,
-                        scored_by: str | None, behaviour_cloning: dict[str, Any] | None
-                        ) -> tuple[str, str | None, str]:
+def _source_and_meaning(
+    logging_model: str | None,
+    reference_model: str | None,
+    scored_by: str | None,
+    behaviour_cloning: dict[str, Any] | None,
+) -> tuple[str, str | None, str]:
     """``(source, model, meaning)`` of :func:`describe_propensity` before looking at the
     weights."""
     proxy = (
@@ -145,22 +148,29 @@ def describe_propensity(
         raise ValueError("give a logging model or a reference model, not both")
     ones = weights_identically_one(result, tol)
     warnings = []
-    source, model, meaning = _source_and_meaning(logging_model, reference_model, scored_by,
-                                                 behaviour_cloning)
-    is_proxy = reference_model is not None or (logging_model is None and (
-        scored_by is not None or behaviour_cloning is not None))
+    source, model, meaning = _source_and_meaning(
+        logging_model, reference_model, scored_by, behaviour_cloning
+    )
+    is_proxy = reference_model is not None or (
+        logging_model is None and (scored_by is not None or behaviour_cloning is not None)
+    )
     if ones:
         stderr = float(result.pope.relevance.stderr)
         if stderr < 1e-12:
             rank_signal = True
         meaning = (
             "every importance weight is 1: the target gives the logged responses the same "
-            "probabilities as the logging " + ("proxy" if is_proxy else "policy") +
-            ", so each estimate is the plain average reward of the logged responses (the value "
+            "probabilities as the logging "
+            + ("proxy" if is_proxy else "policy")
+            + ", so each estimate is the plain average reward of the logged responses (the value "
             "of whatever wrote the logs) and says nothing about the target."
-            + (" Every prompt has the same average reward here (standard error 0), as "
-               "within-prompt rank signals have by construction (their average is 0.5): at "
-               "equal weights such data cannot tell policies apart." if rank_signal else "")
+            + (
+                " Every prompt has the same average reward here (standard error 0), as "
+                "within-prompt rank signals have by construction (their average is 0.5): at "
+                "equal weights such data cannot tell policies apart."
+                if rank_signal
+                else ""
+            )
         )
         warnings.append(
             "all importance weights are 1 (target == logging "
@@ -168,9 +178,13 @@ def describe_propensity(
             + " on these responses): the value is the log average, not an estimate for the "
             "target; evaluate a different target policy against this reference"
         )
-    out = {"source": source, "model": model, "weights_identically_one": ones,
-           "meaning": meaning, "warnings": warnings}
+    out = {
+        "source": source,
+        "model": model,
+        "weights_identically_one": ones,
+        "meaning": meaning,
+        "warnings": warnings,
+    }
     if source.startswith("behaviour cloning"):
         out["folds"] = behaviour_cloning.get("folds")  # type: ignore[union-attr]
     return out
-

@@ -60,8 +60,11 @@ def load_results(path: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
 
 
 def _estimates(res: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
-    rows = [(f"POPE {k}", res["pope"][k]) for k in ("relevance", "diversity", "total")
-            if isinstance(res["pope"].get(k), dict)]
+    rows = [
+        (f"POPE {k}", res["pope"][k])
+        for k in ("relevance", "diversity", "total")
+        if isinstance(res["pope"].get(k), dict)
+    ]
     rows += [(k, v) for k, v in (res.get("baselines") or {}).items() if isinstance(v, dict)]
     return rows
 
@@ -103,8 +106,11 @@ def _fig_estimates(plt: Any, results: dict[str, dict[str, Any]]) -> bytes:
 def _fig_weights(plt: Any, results: dict[str, dict[str, Any]]) -> bytes | None:
     import numpy as np
 
-    have = {k: np.asarray(v["log_weights"], dtype=float) for k, v in results.items()
-            if isinstance(v.get("log_weights"), list) and v["log_weights"]}
+    have = {
+        k: np.asarray(v["log_weights"], dtype=float)
+        for k, v in results.items()
+        if isinstance(v.get("log_weights"), list) and v["log_weights"]
+    }
     if not have:
         return None
     fig, ax = plt.subplots(figsize=(7, 3.5))
@@ -137,18 +143,27 @@ def _fig_ess(plt: Any, results: dict[str, dict[str, Any]]) -> bytes:
 
 
 def _fig_aspects(plt: Any, results: dict[str, dict[str, Any]]) -> bytes | None:
-    pol, res = next(((k, v) for k, v in results.items()
-                     if (v.get("aspects") or {}).get("table")), (None, None))
+    pol, res = next(
+        ((k, v) for k, v in results.items() if (v.get("aspects") or {}).get("table")), (None, None)
+    )
     if res is None or len(res["aspects"]["table"]) < 2:
         return None
     table = res["aspects"]["table"]
     names = [r["name"] if r.get("name") is not None else str(r["aspect"]) for r in table]
     x = list(range(len(table)))
     fig, ax = plt.subplots(figsize=(max(5, 0.7 * len(table)), 3.5))
-    ax.bar([i - 0.2 for i in x], [_num(r["logging_coverage"]) for r in table], 0.4,
-           label="logging (logged responses)")
-    ax.bar([i + 0.2 for i in x], [_num(r.get("target_coverage")) for r in table], 0.4,
-           label=f"target ({pol}, plug-in)")
+    ax.bar(
+        [i - 0.2 for i in x],
+        [_num(r["logging_coverage"]) for r in table],
+        0.4,
+        label="logging (logged responses)",
+    )
+    ax.bar(
+        [i + 0.2 for i in x],
+        [_num(r.get("target_coverage")) for r in table],
+        0.4,
+        label=f"target ({pol}, plug-in)",
+    )
     ax.set_xticks(x, names, rotation=30, ha="right")
     ax.set_ylabel("coverage (mean over prompts)")
     ax.legend()
@@ -157,20 +172,25 @@ def _fig_aspects(plt: Any, results: dict[str, dict[str, Any]]) -> bytes | None:
 
 def _html(results: dict[str, dict[str, Any]], figures: dict[str, bytes], source: str) -> str:
     esc = html.escape
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>pope report: "
-             f"{esc(source)}</title><style>body{{font-family:sans-serif;max-width:60em;margin:"
-             "auto}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:"
-             "2px 6px;text-align:right}}</style></head><body>",
-             f"<h1>pope report</h1><p>results: {esc(source)}</p>"]
+    parts = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>pope report: "
+        f"{esc(source)}</title><style>body{{font-family:sans-serif;max-width:60em;margin:"
+        "auto}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:"
+        "2px 6px;text-align:right}}</style></head><body>",
+        f"<h1>pope report</h1><p>results: {esc(source)}</p>",
+    ]
     for pol, res in results.items():
-        parts.append(f"<h2>{esc(pol)}</h2><table><tr><th>estimate</th><th>value</th>"
-                     "<th>stderr</th><th>interval</th><th>ESS</th><th>n</th></tr>")
+        parts.append(
+            f"<h2>{esc(pol)}</h2><table><tr><th>estimate</th><th>value</th>"
+            "<th>stderr</th><th>interval</th><th>ESS</th><th>n</th></tr>"
+        )
         for lab, e in _estimates(res):
             parts.append(
                 f"<tr><td>{esc(lab)}</td><td>{_num(e.get('value')):.4f}</td>"
                 f"<td>{_num(e.get('stderr')):.4f}</td><td>[{_num(e.get('ci_lower')):.4f}, "
                 f"{_num(e.get('ci_upper')):.4f}] {esc(str(e.get('ci_method', '')))}</td>"
-                f"<td>{_num(e.get('ess')):.4g}</td><td>{e.get('n')}</td></tr>")
+                f"<td>{_num(e.get('ess')):.4g}</td><td>{e.get('n')}</td></tr>"
+            )
         parts.append("</table>")
         for w in res.get("warnings") or []:
             parts.append(f"<p><b>warning:</b> {esc(str(w))}</p>")
@@ -179,14 +199,19 @@ def _html(results: dict[str, dict[str, Any]], figures: dict[str, bytes], source:
             parts.append(f"<p>propensities: {esc(str(note))}</p>")
     for name, png in figures.items():
         b64 = base64.b64encode(png).decode()
-        parts.append(f"<h2>{esc(name)}</h2><img alt='{esc(name)}' "
-                     f"src='data:image/png;base64,{b64}'>")
+        parts.append(
+            f"<h2>{esc(name)}</h2><img alt='{esc(name)}' src='data:image/png;base64,{b64}'>"
+        )
     parts.append("</body></html>")
     return "\n".join(parts)
 
 
-def write_report(results_path: str | os.PathLike[str], out_dir: str | os.PathLike[str], *,
-                 overwrite: bool = False) -> list[Path]:
+def write_report(
+    results_path: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    *,
+    overwrite: bool = False,
+) -> list[Path]:
     """Write the figures and ``report.html`` for ``results_path`` into ``out_dir``.
 
     Returns
@@ -210,8 +235,9 @@ def write_report(results_path: str | os.PathLike[str], out_dir: str | os.PathLik
         raise NotADirectoryError(f"--out {out} is a file; the report is a directory")
     old = [n for n in REPORT_FILES if (out / n).exists()]
     if old and not overwrite:
-        raise FileExistsError(f"{out} holds an earlier report ({', '.join(old)}); pass "
-                              "--overwrite to replace it")
+        raise FileExistsError(
+            f"{out} holds an earlier report ({', '.join(old)}); pass --overwrite to replace it"
+        )
     figs: dict[str, bytes] = {}
     try:
         figs["estimates"] = _fig_estimates(plt, results)
@@ -241,8 +267,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     """The ``pope report`` options."""
     p.add_argument("results", metavar="RESULTS.json", help="output of pope evaluate --out")
     p.add_argument("--out", required=True, metavar="DIR", help="directory for the report")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace the files of an earlier report in DIR")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace the files of an earlier report in DIR"
+    )
     p.set_defaults(func=run)
 
 

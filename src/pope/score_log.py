@@ -28,8 +28,16 @@ from pope.io.formats import is_format
 from pope.options import LM_HEADS, LMHead
 from pope.readers import LOG_FORMATS
 
-__all__ = ["METADATA_KEY", "add_arguments", "pair_texts", "read_log_frame",
-           "read_score_metadata", "run", "score_log", "write_scored"]
+__all__ = [
+    "METADATA_KEY",
+    "add_arguments",
+    "pair_texts",
+    "read_log_frame",
+    "read_score_metadata",
+    "run",
+    "score_log",
+    "write_scored",
+]
 
 #: Parquet schema-metadata key holding ``{column: scoring settings}``.
 METADATA_KEY = b"pope.scores"
@@ -47,15 +55,20 @@ def read_score_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
     return json.loads(raw) if raw else {}
 
 
-def read_log_frame(source: Any, columns: LogColumns, *, format: str | None = None,
-                   split: str | None = None) -> Any:
+def read_log_frame(
+    source: Any, columns: LogColumns, *, format: str | None = None, split: str | None = None
+) -> Any:
     """A copy of a whole log as a ``pandas.DataFrame`` (a native file format or a public one,
     see :func:`pope.readers.read_logs`), the caller's frame untouched."""
     from pope.readers import read_logs
 
     if format is None or is_format(format):
-        frame = read_table(source, format=format, split=split,
-                           text_columns=(columns.prompt_id, columns.prompt, columns.response))
+        frame = read_table(
+            source,
+            format=format,
+            split=split,
+            text_columns=(columns.prompt_id, columns.prompt, columns.response),
+        )
     else:
         frame = read_logs(source, format, split=split)
     return frame.copy()
@@ -72,14 +85,17 @@ def pair_texts(frame: Any, columns: LogColumns) -> tuple[list[str], list[str]]:
     texts = []
     for field in (columns.prompt, columns.response):
         if field not in frame.columns:
-            raise LogFormatError(f"no {field!r} column to score; the log's columns are "
-                                 f"{list(frame.columns)}")
+            raise LogFormatError(
+                f"no {field!r} column to score; the log's columns are {list(frame.columns)}"
+            )
         s = frame[field]
         missing = np.flatnonzero(s.isna().to_numpy() | ~s.map(lambda v: isinstance(v, str)))
         if missing.size:
             shown = ", ".join(str(int(i)) for i in missing[:10])
-            raise LogFormatError(f"{missing.size} row(s) have no {field!r} text to score: rows "
-                                 f"{shown}{' ...' if missing.size > 10 else ''}")
+            raise LogFormatError(
+                f"{missing.size} row(s) have no {field!r} text to score: rows "
+                f"{shown}{' ...' if missing.size > 10 else ''}"
+            )
         texts.append(s.tolist())
     return texts[0], texts[1]
 
@@ -140,14 +156,25 @@ def score_log(
     names = [column] + ([f"token_{column}"] if token_logprobs else [])
     present = [n for n in names if n in frame.columns]
     if present and not overwrite:
-        raise ValueError(f"the log already has column(s) {present}; pass overwrite=True "
-                         "(--overwrite) to replace them, or choose another column")
+        raise ValueError(
+            f"the log already has column(s) {present}; pass overwrite=True "
+            "(--overwrite) to replace them, or choose another column"
+        )
     texts = pair_texts(frame, cols)
     lm, tok = load_causal_lm(model, device=device, dtype=dtype)
-    out = score_responses(lm, tok, texts[0], texts[1], batch_tokens=batch_tokens,
-                          return_token_logprobs=token_logprobs, chat_template=chat_template,
-                          add_eos=add_eos, head=head, progress=progress,
-                          desc=f"scoring {column}")
+    out = score_responses(
+        lm,
+        tok,
+        texts[0],
+        texts[1],
+        batch_tokens=batch_tokens,
+        return_token_logprobs=token_logprobs,
+        chat_template=chat_template,
+        add_eos=add_eos,
+        head=head,
+        progress=progress,
+        desc=f"scoring {column}",
+    )
     seq, tokens = out if isinstance(out, tuple) else (out, None)
     frame[column] = np.asarray(seq, dtype=np.float64)
     if tokens is not None:
@@ -168,8 +195,14 @@ def score_log(
     return frame, {column: settings}
 
 
-def write_scored(frame: Any, path: str | os.PathLike[str], scores: dict[str, Any], *,
-                 previous: dict[str, Any] | None = None, overwrite: bool = False) -> Path:
+def write_scored(
+    frame: Any,
+    path: str | os.PathLike[str],
+    scores: dict[str, Any],
+    *,
+    previous: dict[str, Any] | None = None,
+    overwrite: bool = False,
+) -> Path:
     """Write a scored log to Parquet with the scoring settings in its schema metadata.
 
     ``previous`` (the metadata of the input) is kept for the columns not scored again. An
@@ -180,8 +213,7 @@ def write_scored(frame: Any, path: str | os.PathLike[str], scores: dict[str, Any
 
     p = Path(path)
     if p.suffix.lower() not in (".parquet", ".pq"):
-        raise ValueError(f"the scored log is written as Parquet: {p.name!r} should end in "
-                         ".parquet")
+        raise ValueError(f"the scored log is written as Parquet: {p.name!r} should end in .parquet")
     if p.exists() and not overwrite:
         raise FileExistsError(f"{p} exists; pass --overwrite (overwrite=True) to replace it")
     table = pa.Table.from_pandas(frame, preserve_index=False)
@@ -216,38 +248,79 @@ examples:
 def add_arguments(p: argparse.ArgumentParser, column_arg: Any) -> None:
     """The options of ``pope score`` (``column_arg`` parses ``FIELD=NAME``)."""
     g = p.add_argument_group("input")
-    g.add_argument("--logs", required=True, metavar="PATH",
-                   help="log file or directory (any format pope evaluate reads)")
-    g.add_argument("--format", choices=LOG_FORMATS,
-                   help="override the format detected from the file name")
+    g.add_argument(
+        "--logs",
+        required=True,
+        metavar="PATH",
+        help="log file or directory (any format pope evaluate reads)",
+    )
+    g.add_argument(
+        "--format", choices=LOG_FORMATS, help="override the format detected from the file name"
+    )
     g.add_argument("--split", help="split of a Hugging Face DatasetDict directory")
-    g.add_argument("--column", action="append", type=column_arg, default=[],
-                   metavar="FIELD=NAME", help="where the prompt/response texts are, e.g. "
-                   "prompt=question")
+    g.add_argument(
+        "--column",
+        action="append",
+        type=column_arg,
+        default=[],
+        metavar="FIELD=NAME",
+        help="where the prompt/response texts are, e.g. prompt=question",
+    )
     g = p.add_argument_group("scoring")
-    g.add_argument("--model", required=True, metavar="MODEL_DIR",
-                   help="local causal LM directory (model and tokenizer)")
-    g.add_argument("--into", default="log_logging", metavar="COLUMN",
-                   help="column to write: log_logging (logging policy or reference proxy), "
-                        "log_target (a target policy) or any name")
-    g.add_argument("--token-logprobs", action="store_true",
-                   help="also write token_COLUMN, the per-token log-probs of each response")
-    g.add_argument("--batch-tokens", type=int, default=8192, metavar="N",
-                   help="token budget of a scoring batch (padding included)")
+    g.add_argument(
+        "--model",
+        required=True,
+        metavar="MODEL_DIR",
+        help="local causal LM directory (model and tokenizer)",
+    )
+    g.add_argument(
+        "--into",
+        default="log_logging",
+        metavar="COLUMN",
+        help="column to write: log_logging (logging policy or reference proxy), "
+        "log_target (a target policy) or any name",
+    )
+    g.add_argument(
+        "--token-logprobs",
+        action="store_true",
+        help="also write token_COLUMN, the per-token log-probs of each response",
+    )
+    g.add_argument(
+        "--batch-tokens",
+        type=int,
+        default=8192,
+        metavar="N",
+        help="token budget of a scoring batch (padding included)",
+    )
     g.add_argument("--device", help="default: cuda if available, else cpu")
-    g.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"],
-                   default="auto", help="model dtype (auto: bfloat16 on CUDA, float32 on CPU)")
-    g.add_argument("--chat-template", action="store_true",
-                   help="format prompts with the tokenizer's chat template")
-    g.add_argument("--add-eos", action="store_true",
-                   help="score an EOS token after each response")
-    g.add_argument("--head", choices=LM_HEADS, default="logits",
-                   help="'hidden': from hidden states and the LM head weight (no full logits)")
+    g.add_argument(
+        "--dtype",
+        choices=["auto", "float32", "bfloat16", "float16"],
+        default="auto",
+        help="model dtype (auto: bfloat16 on CUDA, float32 on CPU)",
+    )
+    g.add_argument(
+        "--chat-template",
+        action="store_true",
+        help="format prompts with the tokenizer's chat template",
+    )
+    g.add_argument("--add-eos", action="store_true", help="score an EOS token after each response")
+    g.add_argument(
+        "--head",
+        choices=LM_HEADS,
+        default="logits",
+        help="'hidden': from hidden states and the LM head weight (no full logits)",
+    )
     g = p.add_argument_group("output")
-    g.add_argument("--out", required=True, metavar="FILE.parquet",
-                   help="the log with the new column(s), as Parquet")
-    g.add_argument("--overwrite", action="store_true",
-                   help="replace an existing output file or column")
+    g.add_argument(
+        "--out",
+        required=True,
+        metavar="FILE.parquet",
+        help="the log with the new column(s), as Parquet",
+    )
+    g.add_argument(
+        "--overwrite", action="store_true", help="replace an existing output file or column"
+    )
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -266,15 +339,28 @@ def run(args: argparse.Namespace) -> int:
     if out.exists() and not args.overwrite:
         raise FileExistsError(f"--out {out} exists; pass --overwrite to replace it")
     frame, scores = score_log(
-        args.logs, args.model, column=args.into, token_logprobs=args.token_logprobs,
-        columns=dict(args.column), format=args.format, split=args.split,
-        batch_tokens=args.batch_tokens, device=args.device, dtype=args.dtype,
-        chat_template=args.chat_template, add_eos=args.add_eos, head=args.head,
-        overwrite=args.overwrite, progress=not args.no_progress,
+        args.logs,
+        args.model,
+        column=args.into,
+        token_logprobs=args.token_logprobs,
+        columns=dict(args.column),
+        format=args.format,
+        split=args.split,
+        batch_tokens=args.batch_tokens,
+        device=args.device,
+        dtype=args.dtype,
+        chat_template=args.chat_template,
+        add_eos=args.add_eos,
+        head=args.head,
+        overwrite=args.overwrite,
+        progress=not args.no_progress,
     )
-    write_scored(frame, out, scores, previous=read_score_metadata(args.logs),
-                 overwrite=args.overwrite)
+    write_scored(
+        frame, out, scores, previous=read_score_metadata(args.logs), overwrite=args.overwrite
+    )
     written = [args.into] + ([f"token_{args.into}"] if args.token_logprobs else [])
-    print(f"scored {len(frame)} responses with {args.model}: column(s) {', '.join(written)} "
-          f"written to {out}")
+    print(
+        f"scored {len(frame)} responses with {args.model}: column(s) {', '.join(written)} "
+        f"written to {out}"
+    )
     return 0

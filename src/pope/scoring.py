@@ -301,16 +301,17 @@ def _score_batch(
     """Sequence (and, with ``want_tokens``, per-token) log-probs of one padded batch."""
     targets = ids[rows, cols + 1]
     if head == "hidden":
-        hidden = model.base_model(input_ids=ids, attention_mask=mask,
-                                  use_cache=False).last_hidden_state
+        hidden = model.base_model(
+            input_ids=ids, attention_mask=mask, use_cache=False
+        ).last_hidden_state
         weight = model.get_output_embeddings().weight
-        seq_lp = linear_sequence_logprob(hidden[rows, cols].to(weight.dtype), weight, targets,
-                                         rows, b)
+        seq_lp = linear_sequence_logprob(
+            hidden[rows, cols].to(weight.dtype), weight, targets, rows, b
+        )
         if not want_tokens:
             return seq_lp, None
     logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
-    lp, tok_lp = sequence_logprob(logits[rows, cols], targets, rows, b,
-                                  return_token_logprobs=True)
+    lp, tok_lp = sequence_logprob(logits[rows, cols], targets, rows, b, return_token_logprobs=True)
     return (lp if head == "logits" else seq_lp), tok_lp
 
 
@@ -391,8 +392,15 @@ def score_responses(
                 ids, mask = pad_pairs(pairs, idx, tokenizer.pad_token_id)
                 r, c, counts = _response_positions(pairs, idx)
                 seq_lp, tok_lp = _score_batch(
-                    model, ids.to(dev), mask.to(dev), torch.from_numpy(r).to(dev),
-                    torch.from_numpy(c).to(dev), idx.shape[0], head, return_token_logprobs)
+                    model,
+                    ids.to(dev),
+                    mask.to(dev),
+                    torch.from_numpy(r).to(dev),
+                    torch.from_numpy(c).to(dev),
+                    idx.shape[0],
+                    head,
+                    return_token_logprobs,
+                )
                 seq_out[idx] = seq_lp.double().cpu().numpy()
                 if tok_lp is not None:  # return_token_logprobs
                     t = np.split(tok_lp.double().cpu().numpy(), np.cumsum(counts)[:-1])

@@ -54,14 +54,22 @@ class _DeprecatedAlias(argparse.Action):
         super().__init__(option_strings, dest, **kw)
 
     def __call__(self, parser: Any, ns: Any, values: Any, option_string: Any = None) -> None:
-        print(f"pope train: warning: {option_string} is deprecated; use {self.new}",
-              file=sys.stderr)
+        print(
+            f"pope train: warning: {option_string} is deprecated; use {self.new}", file=sys.stderr
+        )
         setattr(ns, self.dest, values)
 
 
 def _alias(g: Any, old: str, new: str, dest: str, type_: Any) -> None:
-    g.add_argument(old, dest=dest, type=type_, action=_DeprecatedAlias, new=new,
-                   default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    g.add_argument(
+        old,
+        dest=dest,
+        type=type_,
+        action=_DeprecatedAlias,
+        new=new,
+        default=argparse.SUPPRESS,
+        help=argparse.SUPPRESS,
+    )
 
 
 def _fraction(text: str) -> float:
@@ -89,96 +97,203 @@ def add_arguments(p: argparse.ArgumentParser, cli: Any) -> None:
 
 def _add_models_args(g: Any, cli: Any) -> None:
     """The models options."""
-    g.add_argument("--policy", required=True, metavar="MODEL_DIR",
-                   help="initial policy (local causal LM directory), trained in place")
-    g.add_argument("--logging-model", metavar="MODEL_DIR",
-                   help="score the logging log-probs with this model instead of the log's "
-                        "log_logging column")
-    g.add_argument("--output-dir", required=True, metavar="DIR",
-                   help="checkpoints, metrics.jsonl, summary.json and the final model")
-    g.add_argument("--resume", metavar="CHECKPOINT",
-                   help="resume from a checkpoint directory, or 'latest' (the newest complete "
-                        "checkpoint in --output-dir)")
-    g.add_argument("--overwrite", action="store_true",
-                   help="delete an earlier run's files in --output-dir (metrics.jsonl, "
-                        "checkpoint-N, final, eval, runs, summary.json, aspect_model.json) and "
-                        "start afresh; without it (or --resume) such a directory is refused")
+    g.add_argument(
+        "--policy",
+        required=True,
+        metavar="MODEL_DIR",
+        help="initial policy (local causal LM directory), trained in place",
+    )
+    g.add_argument(
+        "--logging-model",
+        metavar="MODEL_DIR",
+        help="score the logging log-probs with this model instead of the log's log_logging column",
+    )
+    g.add_argument(
+        "--output-dir",
+        required=True,
+        metavar="DIR",
+        help="checkpoints, metrics.jsonl, summary.json and the final model",
+    )
+    g.add_argument(
+        "--resume",
+        metavar="CHECKPOINT",
+        help="resume from a checkpoint directory, or 'latest' (the newest complete "
+        "checkpoint in --output-dir)",
+    )
+    g.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="delete an earlier run's files in --output-dir (metrics.jsonl, "
+        "checkpoint-N, final, eval, runs, summary.json, aspect_model.json) and "
+        "start afresh; without it (or --resume) such a directory is refused",
+    )
     g.add_argument("--device", help="default: cuda if available, else cpu")
-    g.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"],
-                   default="float32", help="model dtype while training")
-    g.add_argument("--chat-template", action="store_true",
-                   help="format prompts with the tokenizer's chat template")
-    g.add_argument("--add-eos", action="store_true",
-                   help="score an EOS token after each response (off by default, as in pope "
-                        "evaluate and pope score; must match how the logged log-probs were "
-                        "computed)")
+    g.add_argument(
+        "--dtype",
+        choices=["auto", "float32", "bfloat16", "float16"],
+        default="float32",
+        help="model dtype while training",
+    )
+    g.add_argument(
+        "--chat-template",
+        action="store_true",
+        help="format prompts with the tokenizer's chat template",
+    )
+    g.add_argument(
+        "--add-eos",
+        action="store_true",
+        help="score an EOS token after each response (off by default, as in pope "
+        "evaluate and pope score; must match how the logged log-probs were "
+        "computed)",
+    )
 
 
 def _add_objective_args(g: Any, cli: Any) -> None:
     """The objective options."""
     pfloat, nnf = cli._positive_float, cli._nonneg_float
-    g.add_argument("--lambda", dest="lam", type=nnf, default=1.0, metavar="L",
-                   help="weight of diversity in the total value")
-    g.add_argument("--reward-normalization",
-                   choices=REWARD_NORMALIZATIONS, default="max",
-                   help="how signals become rewards in [0, 1]")
-    g.add_argument("--weighting", choices=WEIGHTINGS, default="sequence",
-                   help="sequence importance ratio or per-token mean")
+    g.add_argument(
+        "--lambda",
+        dest="lam",
+        type=nnf,
+        default=1.0,
+        metavar="L",
+        help="weight of diversity in the total value",
+    )
+    g.add_argument(
+        "--reward-normalization",
+        choices=REWARD_NORMALIZATIONS,
+        default="max",
+        help="how signals become rewards in [0, 1]",
+    )
+    g.add_argument(
+        "--weighting",
+        choices=WEIGHTINGS,
+        default="sequence",
+        help="sequence importance ratio or per-token mean",
+    )
     g.add_argument("--clip", type=pfloat, metavar="M", help="truncate weights at M")
-    g.add_argument("--ppo-eps", type=pfloat, metavar="EPS",
-                   help="PPO-style ratio clipping to [1-EPS, 1+EPS]")
+    g.add_argument(
+        "--ppo-eps", type=pfloat, metavar="EPS", help="PPO-style ratio clipping to [1-EPS, 1+EPS]"
+    )
     g.add_argument("--beta", type=nnf, default=0.0, help="KL penalty to the initial policy")
 
 
 def _add_optimisation_args(g: Any, cli: Any) -> None:
     """The optimisation options."""
     pint, pfloat, nnf = cli._positive_int, cli._positive_float, cli._nonneg_float
-    g.add_argument("--learning-rate", type=pfloat, default=1e-5, metavar="LR",
-                   help="peak AdamW learning rate (formerly --lr)")
-    g.add_argument("--num-train-epochs", type=pfloat, default=1.0, metavar="E",
-                   help="passes over the data, fractional allowed (formerly --epochs)")
-    g.add_argument("--max-steps", type=pint, metavar="N",
-                   help="optimizer steps (overrides --num-train-epochs)")
-    g.add_argument("--batch-tokens", type=pint, default=8192, metavar="N",
-                   help="padded tokens per micro-batch (all responses of a prompt together)")
-    g.add_argument("--gradient-accumulation-steps", type=pint, default=1, metavar="N",
-                   help="micro-batches per optimizer step (formerly --grad-accum-steps)")
-    g.add_argument("--warmup-steps", type=int, default=0, metavar="N",
-                   help="linear warmup steps, then cosine decay")
+    g.add_argument(
+        "--learning-rate",
+        type=pfloat,
+        default=1e-5,
+        metavar="LR",
+        help="peak AdamW learning rate (formerly --lr)",
+    )
+    g.add_argument(
+        "--num-train-epochs",
+        type=pfloat,
+        default=1.0,
+        metavar="E",
+        help="passes over the data, fractional allowed (formerly --epochs)",
+    )
+    g.add_argument(
+        "--max-steps", type=pint, metavar="N", help="optimizer steps (overrides --num-train-epochs)"
+    )
+    g.add_argument(
+        "--batch-tokens",
+        type=pint,
+        default=8192,
+        metavar="N",
+        help="padded tokens per micro-batch (all responses of a prompt together)",
+    )
+    g.add_argument(
+        "--gradient-accumulation-steps",
+        type=pint,
+        default=1,
+        metavar="N",
+        help="micro-batches per optimizer step (formerly --grad-accum-steps)",
+    )
+    g.add_argument(
+        "--warmup-steps",
+        type=int,
+        default=0,
+        metavar="N",
+        help="linear warmup steps, then cosine decay",
+    )
     g.add_argument("--weight-decay", type=nnf, default=0.0, help="AdamW weight decay")
     g.add_argument("--max-grad-norm", type=pfloat, default=1.0, help="gradient clipping norm")
-    g.add_argument("--save-steps", type=pint, metavar="N",
-                   help="write a checkpoint every N steps (formerly --save-every)")
-    g.add_argument("--logging-steps", type=pint, default=1, metavar="N",
-                   help="write a metrics.jsonl row every N steps")
+    g.add_argument(
+        "--save-steps",
+        type=pint,
+        metavar="N",
+        help="write a checkpoint every N steps (formerly --save-every)",
+    )
+    g.add_argument(
+        "--logging-steps",
+        type=pint,
+        default=1,
+        metavar="N",
+        help="write a metrics.jsonl row every N steps",
+    )
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
-    for old, new, dest, t in (("--lr", "--learning-rate", "learning_rate", pfloat),
-                              ("--epochs", "--num-train-epochs", "num_train_epochs", pfloat),
-                              ("--grad-accum-steps", "--gradient-accumulation-steps",
-                               "gradient_accumulation_steps", pint),
-                              ("--save-every", "--save-steps", "save_steps", pint)):
+    for old, new, dest, t in (
+        ("--lr", "--learning-rate", "learning_rate", pfloat),
+        ("--epochs", "--num-train-epochs", "num_train_epochs", pfloat),
+        (
+            "--grad-accum-steps",
+            "--gradient-accumulation-steps",
+            "gradient_accumulation_steps",
+            pint,
+        ),
+        ("--save-every", "--save-steps", "save_steps", pint),
+    ):
         _alias(g, old, new, dest, t)
 
 
 def _add_monitoring_args(g: Any, cli: Any) -> None:
     """The monitoring options."""
     pint = cli._positive_int
-    g.add_argument("--ess-warning", type=_fraction, default=0.1, metavar="FRACTION",
-                   help="warn when a step's ESS is below FRACTION of its sequences (or its "
-                        "mean weight leaves [0.1, 10])")
-    g.add_argument("--min-ess-fraction", type=_fraction, metavar="FRACTION",
-                   help="stop training when a step's ESS falls below FRACTION of its "
-                        "sequences for --ess-patience steps in a row (default: never stop)")
-    g.add_argument("--ess-patience", type=pint, default=1, metavar="N",
-                   help="consecutive low-ESS steps before --min-ess-fraction stops")
-    g.add_argument("--eval-logs", metavar="PATH",
-                   help="held-out log evaluated as pope evaluate does (same --format, "
-                        "--column, aspects) every --eval-steps steps and at the end")
-    g.add_argument("--eval-steps", "--eval-every", type=pint, metavar="N",
-                   help="steps between held-out evaluations (default: only at the end)")
-    g.add_argument("--report-to", choices=["none", "tensorboard", "wandb"], default="none",
-                   help="also send the metrics to TensorBoard (OUTPUT_DIR/runs) or wandb "
-                        "(set WANDB_MODE=offline to stay off the network)")
+    g.add_argument(
+        "--ess-warning",
+        type=_fraction,
+        default=0.1,
+        metavar="FRACTION",
+        help="warn when a step's ESS is below FRACTION of its sequences (or its "
+        "mean weight leaves [0.1, 10])",
+    )
+    g.add_argument(
+        "--min-ess-fraction",
+        type=_fraction,
+        metavar="FRACTION",
+        help="stop training when a step's ESS falls below FRACTION of its "
+        "sequences for --ess-patience steps in a row (default: never stop)",
+    )
+    g.add_argument(
+        "--ess-patience",
+        type=pint,
+        default=1,
+        metavar="N",
+        help="consecutive low-ESS steps before --min-ess-fraction stops",
+    )
+    g.add_argument(
+        "--eval-logs",
+        metavar="PATH",
+        help="held-out log evaluated as pope evaluate does (same --format, "
+        "--column, aspects) every --eval-steps steps and at the end",
+    )
+    g.add_argument(
+        "--eval-steps",
+        "--eval-every",
+        type=pint,
+        metavar="N",
+        help="steps between held-out evaluations (default: only at the end)",
+    )
+    g.add_argument(
+        "--report-to",
+        choices=["none", "tensorboard", "wandb"],
+        default="none",
+        help="also send the metrics to TensorBoard (OUTPUT_DIR/runs) or wandb "
+        "(set WANDB_MODE=offline to stay off the network)",
+    )
 
 
 def _train_aspects(data: Any, args: argparse.Namespace) -> tuple[dict[str, Any], Any]:
@@ -195,8 +310,10 @@ def _train_aspects(data: Any, args: argparse.Namespace) -> tuple[dict[str, Any],
     if src == "labels":
         names = None if data.aspect_names is None else [str(n) for n in data.aspect_names]
         if saved is not None and saved.kind == "labels" and saved.names != names:
-            raise UsageError(f"--aspect-model: its labels {saved.names} differ from the log's "
-                             f"{names}; pass the same --aspect-names")
+            raise UsageError(
+                f"--aspect-model: its labels {saved.names} differ from the log's "
+                f"{names}; pass the same --aspect-names"
+            )
         model = AspectModel("labels", int(data.n_aspects or 1), names=names)
         if data.aspect_probs is not None:
             return {"aspect_probs": data.aspect_probs, "num_aspects": data.n_aspects}, model
@@ -207,14 +324,17 @@ def _train_aspects(data: Any, args: argparse.Namespace) -> tuple[dict[str, Any],
             )
         return {"aspect": data.aspect, "num_aspects": data.n_aspects}, model
     if src == "none":
-        return ({"aspect": np.zeros(len(data), dtype=np.int64), "num_aspects": 1},
-                AspectModel("none", 1))
+        return (
+            {"aspect": np.zeros(len(data), dtype=np.int64), "num_aspects": 1},
+            AspectModel("none", 1),
+        )
     if saved is not None and saved.kind != "kmeans":
         raise UsageError(f"--aspect-model holds {saved.kind!r} aspects, not k-means centres")
     n_aspects = saved.n_aspects if saved is not None else args.n_aspects
     if saved is not None and args.n_aspects and args.n_aspects != n_aspects:
-        raise UsageError(f"--n-aspects {args.n_aspects} differs from the --aspect-model's "
-                         f"{n_aspects} clusters")
+        raise UsageError(
+            f"--n-aspects {args.n_aspects} differs from the --aspect-model's {n_aspects} clusters"
+        )
     if not n_aspects:
         raise UsageError("--aspects-from with embeddings needs --n-aspects C (k-means clusters)")
     if src == "column" or src.startswith("column:"):
@@ -234,10 +354,23 @@ def _train_aspects(data: Any, args: argparse.Namespace) -> tuple[dict[str, Any],
             "directory or 'none'"
         )
     centers = None if saved is None else saved.centers
-    a = assign_aspects(emb, n_aspects, seed=args.seed, soft=args.soft_aspects,
-                       temperature=args.temperature, centers=centers)
-    model = AspectModel("kmeans", n_aspects, centers=a.centers, embedding=how,
-                        soft=args.soft_aspects, temperature=args.temperature, seed=args.seed)
+    a = assign_aspects(
+        emb,
+        n_aspects,
+        seed=args.seed,
+        soft=args.soft_aspects,
+        temperature=args.temperature,
+        centers=centers,
+    )
+    model = AspectModel(
+        "kmeans",
+        n_aspects,
+        centers=a.centers,
+        embedding=how,
+        soft=args.soft_aspects,
+        temperature=args.temperature,
+        seed=args.seed,
+    )
     if args.soft_aspects:
         return {"aspect_probs": a.probs, "num_aspects": n_aspects}, model
     return {"aspect": a.labels, "num_aspects": n_aspects}, model
@@ -297,8 +430,9 @@ def _train_messages() -> Iterator[None]:
             logger.setLevel(level)
 
 
-def _held_out(args: argparse.Namespace, data: Any, aspect_model: Any, columns: dict[str, str],
-              logging: Any) -> Any:
+def _held_out(
+    args: argparse.Namespace, data: Any, aspect_model: Any, columns: dict[str, str], logging: Any
+) -> Any:
     """The :class:`pope.heldout.HeldOutEvaluator` of ``--eval-logs`` (same settings and the
     training aspect model)."""
     from pope.cli import UsageError
@@ -309,30 +443,47 @@ def _held_out(args: argparse.Namespace, data: Any, aspect_model: Any, columns: d
 
     if not Path(args.eval_logs).exists():
         raise UsageError(f"--eval-logs: file not found: {args.eval_logs}")
-    kw: dict[str, Any] = {"aspects": aspect_model.kind if aspect_model.kind != "kmeans"
-                          else "embedding"}
+    kw: dict[str, Any] = {
+        "aspects": aspect_model.kind if aspect_model.kind != "kmeans" else "embedding"
+    }
     if aspect_model.kind == "labels":
-        kw.update(aspect_names=None if aspect_model.names is None else tuple(aspect_model.names),
-                  n_aspects=None if aspect_model.names else aspect_model.n_aspects)
+        kw.update(
+            aspect_names=None if aspect_model.names is None else tuple(aspect_model.names),
+            n_aspects=None if aspect_model.names else aspect_model.n_aspects,
+        )
     elif aspect_model.kind == "kmeans":
         how = aspect_model.embedding
         if how.get("source") == "npy":
-            raise UsageError("--eval-logs with --aspects-from FILE.npy: the .npy rows belong to "
-                             "the training log; use an embedding column or a model directory")
+            raise UsageError(
+                "--eval-logs with --aspects-from FILE.npy: the .npy rows belong to "
+                "the training log; use an embedding column or a model directory"
+            )
         if how.get("source") == "model":
             kw.update(aspects="model", embedding_model=how["model"])
-        kw.update(n_aspects=aspect_model.n_aspects, centers=aspect_model.centers,
-                  soft_aspects=aspect_model.soft, temperature=aspect_model.temperature)
+        kw.update(
+            n_aspects=aspect_model.n_aspects,
+            centers=aspect_model.centers,
+            soft_aspects=aspect_model.soft,
+            temperature=aspect_model.temperature,
+        )
     spec = EvalSpec(
-        lam=args.lam, reward_normalization=args.reward_normalization,
-        weighting=args.weighting, clip=args.clip, batch_tokens=args.batch_tokens,
-        device=args.device, chat_template=args.chat_template, add_eos=args.add_eos,
-        columns=LogColumns.from_mapping(columns), on_error=args.on_error, **kw,
+        lam=args.lam,
+        reward_normalization=args.reward_normalization,
+        weighting=args.weighting,
+        clip=args.clip,
+        batch_tokens=args.batch_tokens,
+        device=args.device,
+        chat_template=args.chat_template,
+        add_eos=args.add_eos,
+        columns=LogColumns.from_mapping(columns),
+        on_error=args.on_error,
+        **kw,
     )
     logs, fmt = resolve_logs(args.eval_logs, args.format, args.split)
     ref, ref_tok = logging if logging is not None else (None, None)
-    return HeldOutEvaluator(logs, spec, format=fmt, split=args.split, logging_model=ref,
-                            logging_tokenizer=ref_tok)
+    return HeldOutEvaluator(
+        logs, spec, format=fmt, split=args.split, logging_model=ref, logging_tokenizer=ref_tok
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -359,13 +510,20 @@ def run(args: argparse.Namespace) -> int:
     logs, fmt = resolve_logs(args.logs, args.format, args.split)
     with _unhashable_ids_are_bad_input():
         data = load_logs(
-            logs, columns=columns, format=fmt, split=args.split, on_error=args.on_error,
-            require_log_logging=args.logging_model is None, aspect_names=names,
-            n_aspects=args.n_aspects if src == "labels" else None, use_aspects=src == "labels",
+            logs,
+            columns=columns,
+            format=fmt,
+            split=args.split,
+            on_error=args.on_error,
+            require_log_logging=args.logging_model is None,
+            aspect_names=names,
+            n_aspects=args.n_aspects if src == "labels" else None,
+            use_aspects=src == "labels",
         )
     rep = data.report
-    print(f"rows read: {rep.n_rows}; bad rows skipped: {rep.n_bad}; training on {len(data)} "
-          "responses")
+    print(
+        f"rows read: {rep.n_rows}; bad rows skipped: {rep.n_bad}; training on {len(data)} responses"
+    )
     if rep.n_bad:
         print(rep.summary())
     if len(data) == 0:
@@ -373,21 +531,41 @@ def run(args: argparse.Namespace) -> int:
     aspects, aspect_model = _train_aspects(data, args)
     assert data.prompt is not None and data.response is not None  # load_logs(require_text=True)
     dataset = PopeDataset.from_arrays(
-        prompt_id=list(data.prompt_id), prompt=data.prompt, response=data.response,
-        reward=data.signal, log_logging=None if args.logging_model else data.log_logging,
-        reward_normalization=args.reward_normalization, **aspects,
+        prompt_id=list(data.prompt_id),
+        prompt=data.prompt,
+        response=data.response,
+        reward=data.signal,
+        log_logging=None if args.logging_model else data.log_logging,
+        reward_normalization=args.reward_normalization,
+        **aspects,
     )
     config = TrainConfig(
-        lr=args.learning_rate, epochs=args.num_train_epochs, max_steps=args.max_steps,
-        token_budget=args.batch_tokens, grad_accum_steps=args.gradient_accumulation_steps,
-        warmup_steps=args.warmup_steps, weight_decay=args.weight_decay,
-        max_grad_norm=args.max_grad_norm, lam=args.lam, clip=args.clip, ppo_eps=args.ppo_eps,
-        weighting=args.weighting, beta=args.beta, add_eos=args.add_eos,
-        chat_template=args.chat_template, seed=args.seed, output_dir=args.output_dir,
-        save_every=args.save_steps, log_every=args.logging_steps, overwrite=args.overwrite,
-        progress=not args.no_progress, ess_warning=args.ess_warning,
-        min_ess_fraction=args.min_ess_fraction, ess_patience=args.ess_patience,
-        eval_every=args.eval_steps, report_to=args.report_to,
+        lr=args.learning_rate,
+        epochs=args.num_train_epochs,
+        max_steps=args.max_steps,
+        token_budget=args.batch_tokens,
+        grad_accum_steps=args.gradient_accumulation_steps,
+        warmup_steps=args.warmup_steps,
+        weight_decay=args.weight_decay,
+        max_grad_norm=args.max_grad_norm,
+        lam=args.lam,
+        clip=args.clip,
+        ppo_eps=args.ppo_eps,
+        weighting=args.weighting,
+        beta=args.beta,
+        add_eos=args.add_eos,
+        chat_template=args.chat_template,
+        seed=args.seed,
+        output_dir=args.output_dir,
+        save_every=args.save_steps,
+        log_every=args.logging_steps,
+        overwrite=args.overwrite,
+        progress=not args.no_progress,
+        ess_warning=args.ess_warning,
+        min_ess_fraction=args.min_ess_fraction,
+        ess_patience=args.ess_patience,
+        eval_every=args.eval_steps,
+        report_to=args.report_to,
     )
     model, tok = load_causal_lm(args.policy, device=args.device, dtype=args.dtype)
     reference: Any = None
@@ -400,8 +578,9 @@ def run(args: argparse.Namespace) -> int:
         logging = (reference, tok) if args.logging_model else None
         with _unhashable_ids_are_bad_input():
             held_out = _held_out(args, data, aspect_model, columns, logging)
-    trainer = OffPolicyTrainer(model, tok, dataset, config, reference_model=reference,
-                               held_out=held_out)
+    trainer = OffPolicyTrainer(
+        model, tok, dataset, config, reference_model=reference, held_out=held_out
+    )
     with _train_messages():
         result = trainer.train(resume_from=args.resume)
     aspect_model.save(Path(args.output_dir) / "aspect_model.json", overwrite=True)
@@ -422,12 +601,16 @@ def _print_summary(result: Any, args: argparse.Namespace) -> None:
     if result.evaluations:
         ev = result.evaluations[-1]
         tot = ev["pope"]["total"]
-        print(f"held-out ({args.eval_logs}, step {ev['step']}): total={tot['value']:.4g} "
-              f"[{tot['ci_lower']}, {tot['ci_upper']}], ESS={tot['ess']:.4g} of n={tot['n']}")
+        print(
+            f"held-out ({args.eval_logs}, step {ev['step']}): total={tot['value']:.4g} "
+            f"[{tot['ci_lower']}, {tot['ci_upper']}], ESS={tot['ess']:.4g} of n={tot['n']}"
+        )
         for w in ev["warnings"]:
             print(f"pope train: warning: held-out: {w}", file=sys.stderr)
     if result.stop_reason:
         print(f"pope train: {result.stop_reason}", file=sys.stderr)
     out = Path(args.output_dir)
-    print(f"model saved to {out / 'final'}; metrics in {out / 'metrics.jsonl'} and "
-          f"{out / 'summary.json'}; aspects in {out / 'aspect_model.json'}")
+    print(
+        f"model saved to {out / 'final'}; metrics in {out / 'metrics.jsonl'} and "
+        f"{out / 'summary.json'}; aspects in {out / 'aspect_model.json'}"
+    )

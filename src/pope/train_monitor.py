@@ -85,24 +85,30 @@ class WeightMonitor:
         row["ess_fraction"] = frac
         step = int(row.get("step", 0))
         if math.isfinite(frac) and frac < self.warn_fraction:
-            self._warn("ess", f"step {step}: effective sample size {ess:.1f} of n={n:g} "
-                              f"sequences ({100 * frac:.1f}% < {100 * self.warn_fraction:g}%); "
-                              "the weights are collapsing: lower the learning rate, clip the "
-                              "weights (clip / ppo_eps) or add a KL penalty (beta)")
+            self._warn(
+                "ess",
+                f"step {step}: effective sample size {ess:.1f} of n={n:g} "
+                f"sequences ({100 * frac:.1f}% < {100 * self.warn_fraction:g}%); "
+                "the weights are collapsing: lower the learning rate, clip the "
+                "weights (clip / ppo_eps) or add a KL penalty (beta)",
+            )
         wm = row.get("weight_mean", float("nan"))
         f = self.mean_weight_factor
         if math.isfinite(wm) and not 1 / f <= wm <= f:
-            self._warn("mean", f"step {step}: mean importance weight {wm:.4g} is outside "
-                               f"[{1 / f:g}, {f:g}] (expected near 1): the policy moved mass "
-                               "away from the logged responses")
+            self._warn(
+                "mean",
+                f"step {step}: mean importance weight {wm:.4g} is outside "
+                f"[{1 / f:g}, {f:g}] (expected near 1): the policy moved mass "
+                "away from the logged responses",
+            )
         if self.min_ess_fraction is None or not math.isfinite(frac):
             return False
         self.low_steps = self.low_steps + 1 if frac < self.min_ess_fraction else 0
         if self.low_steps >= self.patience:
             self.stop_reason = (
                 f"stopped early at step {step}: ESS fraction {frac:.3g} < min_ess_fraction="
-                f"{self.min_ess_fraction:g}" + (f" for {self.patience} steps" if self.patience
-                                                 > 1 else "")
+                f"{self.min_ess_fraction:g}"
+                + (f" for {self.patience} steps" if self.patience > 1 else "")
             )
             return True
         return False
@@ -135,8 +141,7 @@ class _TensorBoard:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError as e:
             raise ImportError(
-                "report_to='tensorboard' needs the 'tensorboard' package (pip install "
-                "tensorboard)"
+                "report_to='tensorboard' needs the 'tensorboard' package (pip install tensorboard)"
             ) from e
         self.writer = SummaryWriter(log_dir=str(log_dir))
 
@@ -155,8 +160,9 @@ class _Wandb:
         try:
             import wandb
         except ImportError as e:
-            raise ImportError("report_to='wandb' needs the 'wandb' package (pip install wandb)"
-                              ) from e
+            raise ImportError(
+                "report_to='wandb' needs the 'wandb' package (pip install wandb)"
+            ) from e
         self.run = wandb.init(dir=str(out_dir), config=config, reinit=True)
 
     def log(self, metrics: dict[str, float], step: int) -> None:

@@ -185,8 +185,10 @@ def sub_gaussian_log_weights(log_weight: np.ndarray, lam: float) -> np.ndarray:
     """
     lw = np.asarray(log_weight, dtype=np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
-        denom = np.logaddexp(math.log1p(-lam) if lam < 1 else -math.inf,
-                             (math.log(lam) if lam > 0 else -math.inf) + lw)
+        denom = np.logaddexp(
+            math.log1p(-lam) if lam < 1 else -math.inf,
+            (math.log(lam) if lam > 0 else -math.inf) + lw,
+        )
         out = lw - denom
     return np.where(np.isneginf(lw), -np.inf, out)
 
@@ -215,21 +217,29 @@ def _zero_weight_sums(out: np.ndarray) -> np.ndarray:
     return out
 
 
-def moments(be: Any, log_target: np.ndarray, log_logging: np.ndarray, reward: np.ndarray,
-            log_clip: float) -> np.ndarray:
+def moments(
+    be: Any, log_target: np.ndarray, log_logging: np.ndarray, reward: np.ndarray, log_clip: float
+) -> np.ndarray:
     """``be.ips_moments`` with the all-zero-weight case handled (scale ``-inf``, sums 0)."""
-    out = np.array(be.ips_moments(log_target, log_logging, reward, float(log_clip)),
-                   dtype=np.float64)
+    out = np.array(
+        be.ips_moments(log_target, log_logging, reward, float(log_clip)), dtype=np.float64
+    )
     return _zero_weight_sums(out)
 
 
 # (argument, kind) of each entry of IPS_CHECKS, and the order in which errors are reported
 # (that of validate_log_probs followed by the reward's checks).
 _CHECK_ARGS = (
-    ("log_target", "NaN"), ("log_target", "+inf"), ("log_target", "positive"),
-    ("log_logging", "NaN"), ("log_logging", "+inf"), ("log_logging", "-inf"),
+    ("log_target", "NaN"),
+    ("log_target", "+inf"),
+    ("log_target", "positive"),
+    ("log_logging", "NaN"),
+    ("log_logging", "+inf"),
+    ("log_logging", "-inf"),
     ("log_logging", "positive"),
-    ("reward", "NaN"), ("reward", "+inf"), ("reward", "-inf"),
+    ("reward", "NaN"),
+    ("reward", "+inf"),
+    ("reward", "-inf"),
 )
 _CHECK_PRIORITY = (0, 1, 3, 4, 5, 2, 6, 7, 8, 9)
 
@@ -249,14 +259,16 @@ def raise_first_bad(first_bad: np.ndarray, arrays: dict[str, np.ndarray]) -> Non
         if kind == "positive":
             v = arrays[name].ravel()[i]
             raise ValueError(
-                f"{name} must be log-probabilities (<= 0); element {i} is {v!r} "
-                "(a probability > 1)"
+                f"{name} must be log-probabilities (<= 0); element {i} is {v!r} (a probability > 1)"
             )
         raise ValueError(f"{name} contains {kind} (first at flat index {i})")
 
 
 def checked_moments(
-    be: Any, log_target: np.ndarray, log_logging: np.ndarray, reward: np.ndarray,
+    be: Any,
+    log_target: np.ndarray,
+    log_logging: np.ndarray,
+    reward: np.ndarray,
     log_clip: float,
 ) -> tuple[np.ndarray, bool]:
     """Moments of :func:`moments` and whether the rewards lie in [0, 1], from one validating
@@ -274,8 +286,8 @@ def checked_moments(
     out, first_bad = be.ips_moments_checked(log_target, log_logging, reward, float(log_clip))
     first_bad = np.asarray(first_bad)
     if (first_bad >= 0).any():
-        raise_first_bad(first_bad, {"log_target": log_target, "log_logging": log_logging,
-                                    "reward": reward})
+        raise_first_bad(
+            first_bad, {"log_target": log_target, "log_logging": log_logging, "reward": reward}
+        )
     out = np.array(out, dtype=np.float64)
     return _zero_weight_sums(out[:9]), bool(out[9] == 0)
-

@@ -54,7 +54,9 @@ def resolve_backend(backend: str | None = None) -> str:
         # "automatic" for the CPU routines.
         requested = None if env in _TORCH_FAMILY else env
     if requested is None or requested == "auto":
-        return available_backends()[0]
+        # the first that imports (not available_backends(): it would import numba, ~55 MiB
+        # and a second of start-up, also when the C++ core is there)
+        return next(b for b in BACKENDS if isinstance(_load(b), ModuleType))
     if not isinstance(requested, str):
         raise TypeError(f"backend must be a str or None, got {type(requested).__name__}")
     if requested not in _MODULES:

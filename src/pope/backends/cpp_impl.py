@@ -14,7 +14,7 @@ import numpy as np
 from pope.backends.reference import IPS_CHECKS, MOMENT_NAMES, splitmix64
 
 try:
-    from pope import _ext
+    import pope._ext as _ext
 except ImportError as exc:  # pragma: no cover - exercised only without a compiled extension
     raise ImportError(f"pope._ext (the C++ backend) is not available: {exc}") from exc
 

@@ -28,7 +28,7 @@ checks, which would block vectorisation (every division here is guarded).
 
 This module is the contract the backend registry loads (``pope.backends.get_backend("numba")``);
 the kernels live in :mod:`pope.backends.numba_ips`, :mod:`pope.backends.numba_coverage` (coverage,
-diversity reward, jackknife entropy), :mod:`pope.backends.numba_bootstrap`,
+diversity reward), :mod:`pope.backends.numba_jackknife`, :mod:`pope.backends.numba_bootstrap`,
 :mod:`pope.backends.numba_math` (exp / log) and :mod:`pope.backends.numba_threads`. Every kernel is
 compiled with ``cache=True`` (the cache sits next to the module that defines it).
 """
@@ -41,10 +41,12 @@ from pope.backends.numba_coverage import (
     diversity_reward_soft,
     segment_coverage_hard,
     segment_coverage_soft,
+)
+from pope.backends.numba_ips import ips_moments, ips_moments_checked
+from pope.backends.numba_jackknife import (
     segment_jackknife_entropy_hard,
     segment_jackknife_entropy_soft,
 )
-from pope.backends.numba_ips import ips_moments, ips_moments_checked
 from pope.backends.reference import IPS_CHECKS, MOMENT_NAMES, splitmix64
 
 __all__ = [
@@ -61,4 +63,3 @@ __all__ = [
     "segment_jackknife_entropy_soft",
     "splitmix64",
 ]
-

@@ -95,8 +95,16 @@ def _scan_bad(lt, ll, rw, s, e, first):  # pragma: no cover - compiled
         l = ll[k]
         r = rw[k]
         fails = (
-            np.isnan(t), t == _PINF, t > 0.0, np.isnan(l), l == _PINF, l == _NINF, l > 0.0,
-            np.isnan(r), r == _PINF, r == _NINF,
+            np.isnan(t),
+            t == _PINF,
+            t > 0.0,
+            np.isnan(l),
+            l == _PINF,
+            l == _NINF,
+            l > 0.0,
+            np.isnan(r),
+            r == _PINF,
+            r == _NINF,
         )
         for c in range(_N_CHECKS):
             if fails[c] and first[c] < 0:

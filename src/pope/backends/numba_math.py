@@ -104,7 +104,8 @@ def exp1(x):  # pragma: no cover - compiled
     p = (s0 + s1 * r4) + (s2 + s3 * r4) * r8
     k1 = (kd * 0.5 + _SHIFTER) - _SHIFTER
     k2 = kd - k1
-    f1 = _bits_f64(_f64_bits(k1 + _SHIFTER_BIAS) << _U52)
+    # numba's @intrinsic stub types the call as (typingctx, x); numba passes typingctx
+    f1 = _bits_f64(_f64_bits(k1 + _SHIFTER_BIAS) << _U52)  # type: ignore[call-arg, var-annotated]
     f2 = _bits_f64(_f64_bits(k2 + _SHIFTER_BIAS) << _U52)
     return (p * f1) * f2
 
@@ -119,7 +120,7 @@ def log1(x):  # pragma: no cover - compiled
     sub = x < _DBL_MIN
     xs = x * _TWO52 if sub else x
     eadj = -52.0 if sub else 0.0
-    b = _f64_bits(xs)
+    b = _f64_bits(xs)  # type: ignore[call-arg, var-annotated]  # numba @intrinsic, as above
     m = _bits_f64((b & _MANT_MASK) | _ONE_BITS)
     e = (_bits_f64((b >> _U52) | _EXP_TAG) - _EXP_OFFSET) + eadj
     big = m > _SQRT2

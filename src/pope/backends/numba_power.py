@@ -84,9 +84,14 @@ def _soft(ptr, w, soft, degree):  # pragma: no cover - compiled
     return e_p, e_s
 
 
-def elementary_sums(ptr: np.ndarray, w: np.ndarray, labels: np.ndarray | None,
-                    soft: np.ndarray | None, c: int, degree: int
-                    ) -> tuple[np.ndarray, np.ndarray]:
+def elementary_sums(
+    ptr: np.ndarray,
+    w: np.ndarray,
+    labels: np.ndarray | None,
+    soft: np.ndarray | None,
+    c: int,
+    degree: int,
+) -> tuple[np.ndarray, np.ndarray]:
     """Un-normalised ``(sum_c e_j(x_c), e_j(w))`` per prompt, ``(P, degree + 1)`` each."""
     if labels is not None:
         return _hard(ptr, w, labels, c, degree)

@@ -17,5 +17,5 @@ def apply_thread_cap() -> None:
         req = int(env)
     except ValueError:
         req = 0
-    cap = _numba_config.NUMBA_NUM_THREADS
+    cap = _numba_config.NUMBA_NUM_THREADS  # type: ignore[attr-defined]  # set by numba at import
     set_num_threads(min(req, cap) if req > 0 else cap)

@@ -161,10 +161,16 @@ def ips_moments_checked(
     lt, ll, r = log_target, log_logging, reward
     bad = np.array(
         [
-            _first(np.isnan(lt)), _first(np.isposinf(lt)), _first(lt > 0),
-            _first(np.isnan(ll)), _first(np.isposinf(ll)), _first(np.isneginf(ll)),
+            _first(np.isnan(lt)),
+            _first(np.isposinf(lt)),
+            _first(lt > 0),
+            _first(np.isnan(ll)),
+            _first(np.isposinf(ll)),
+            _first(np.isneginf(ll)),
             _first(ll > 0),
-            _first(np.isnan(r)), _first(np.isposinf(r)), _first(np.isneginf(r)),
+            _first(np.isnan(r)),
+            _first(np.isposinf(r)),
+            _first(np.isneginf(r)),
         ],
         dtype=np.int64,
     )
@@ -291,8 +297,9 @@ def segment_jackknife_entropy_hard(
     """
     from pope.coverage import jackknife_entropy_core  # pope.coverage imports the backends
 
-    return jackknife_entropy_core(prompt_ptr, log_weight, labels, None, int(n_aspects),
-                                  bool(self_normalize))
+    return jackknife_entropy_core(
+        prompt_ptr, log_weight, labels, None, int(n_aspects), bool(self_normalize)
+    )
 
 
 def segment_jackknife_entropy_soft(
@@ -304,13 +311,12 @@ def segment_jackknife_entropy_soft(
     """As :func:`segment_jackknife_entropy_hard` with soft aspect rows ``soft`` (N, C)."""
     from pope.coverage import jackknife_entropy_core
 
-    return jackknife_entropy_core(prompt_ptr, log_weight, None, soft, soft.shape[1],
-                                  bool(self_normalize))
+    return jackknife_entropy_core(
+        prompt_ptr, log_weight, None, soft, soft.shape[1], bool(self_normalize)
+    )
 
 
-def diversity_reward_hard(
-    prompt_ptr: np.ndarray, p: np.ndarray, labels: np.ndarray
-) -> np.ndarray:
+def diversity_reward_hard(prompt_ptr: np.ndarray, p: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """Per-response coverage cross-entropy ``d_k = -log p[i(k), a_k]`` (0 where ``p == 0``)."""
     seg = _segment_ids(prompt_ptr)
     pk = p[seg, labels]
@@ -352,14 +358,20 @@ def bootstrap_streams(seed: int, b: np.ndarray, attempt: int = 0) -> list[np.nda
     """Initial xoshiro128++ states ``[s0, s1, s2, s3]`` of resamples ``b`` (1-D ints) at
     ``attempt``, each ``(len(b), 8)`` uint32."""
     key = _attempt_key(seed, attempt)
-    c = (np.uint64(16) * np.asarray(b, dtype=np.uint64)[:, None]
-         + np.uint64(2) * np.arange(8, dtype=np.uint64)[None, :])
+    c = (
+        np.uint64(16) * np.asarray(b, dtype=np.uint64)[:, None]
+        + np.uint64(2) * np.arange(8, dtype=np.uint64)[None, :]
+    )
     with np.errstate(over="ignore"):
         u0 = splitmix64(key + (c + np.uint64(1)) * _GOLDEN)
         u1 = splitmix64(key + (c + np.uint64(2)) * _GOLDEN)
     lo = np.uint64(0xFFFFFFFF)
-    s = [(u0 & lo).astype(np.uint32), (u0 >> np.uint64(32)).astype(np.uint32),
-         (u1 & lo).astype(np.uint32), (u1 >> np.uint64(32)).astype(np.uint32)]
+    s = [
+        (u0 & lo).astype(np.uint32),
+        (u0 >> np.uint64(32)).astype(np.uint32),
+        (u1 & lo).astype(np.uint32),
+        (u1 >> np.uint64(32)).astype(np.uint32),
+    ]
     zero = (s[0] | s[1] | s[2] | s[3]) == 0
     s[0][zero] = 1
     return s

@@ -51,15 +51,19 @@ class PopeComparison:
     def summary(self, alpha: float | None = None) -> str:
         """Text table: the two estimates and the paired difference of each component."""
         a = self.total.alpha if alpha is None else alpha
-        head = (f"{'':<10} {'A':>10} {'B':>10} {'A - B':>10} {'stderr':>10} "
-                f"{100 * (1 - a):g}% CI of A - B")
+        head = (
+            f"{'':<10} {'A':>10} {'B':>10} {'A - B':>10} {'stderr':>10} "
+            f"{100 * (1 - a):g}% CI of A - B"
+        )
         rows = []
         for name in _PARTS:
             d: Estimate = getattr(self, name)
             lo, hi = d.ci(alpha)
-            rows.append(f"{name:<10} {getattr(self.a, name).value:>10.5f} "
-                        f"{getattr(self.b, name).value:>10.5f} {d.value:>10.5f} "
-                        f"{d.stderr:>10.5f} [{lo:.5f}, {hi:.5f}]")
+            rows.append(
+                f"{name:<10} {getattr(self.a, name).value:>10.5f} "
+                f"{getattr(self.b, name).value:>10.5f} {d.value:>10.5f} "
+                f"{d.stderr:>10.5f} [{lo:.5f}, {hi:.5f}]"
+            )
             note = d.interval_note(alpha)
             if note:
                 rows.append(f"  {name}: {note}")
@@ -76,8 +80,9 @@ def _paired_stderr(psi: np.ndarray) -> float:
     return math.sqrt(float(psi @ psi) / (n * (n - 1))) if n > 1 else math.inf
 
 
-def _difference(name: str, ea: Estimate, eb: Estimate, lam: float, bias: float | None,
-                mult: int, alpha: float) -> Estimate:
+def _difference(
+    name: str, ea: Estimate, eb: Estimate, lam: float, bias: float | None, mult: int, alpha: float
+) -> Estimate:
     psi = np.asarray(ea.contributions) - ea.value - (np.asarray(eb.contributions) - eb.value)
     n = psi.shape[0]
     se = _paired_stderr(psi) if n > 1 else math.nan
@@ -87,15 +92,31 @@ def _difference(name: str, ea: Estimate, eb: Estimate, lam: float, bias: float |
     def contrib(value: float = value, psi: np.ndarray = psi) -> np.ndarray:
         return value + psi
 
-    diag = dataclasses.replace(ea.diagnostics, extra={**ea.diagnostics.extra,
-                                                      "compared_with_ess": eb.diagnostics.ess})
-    return Estimate(value=value, stderr=se, n=n, diagnostics=diag,
-                    estimator=f"pope.compare.{name}", alpha=alpha, bias_bound=bias,
-                    multiplicity=mult, parameter_range=(-span, span), _contrib_fn=contrib)
+    diag = dataclasses.replace(
+        ea.diagnostics, extra={**ea.diagnostics.extra, "compared_with_ess": eb.diagnostics.ess}
+    )
+    return Estimate(
+        value=value,
+        stderr=se,
+        n=n,
+        diagnostics=diag,
+        estimator=f"pope.compare.{name}",
+        alpha=alpha,
+        bias_bound=bias,
+        multiplicity=mult,
+        parameter_range=(-span, span),
+        _contrib_fn=contrib,
+    )
 
 
-def compare(feedback: LoggedFeedback, log_target_a: Any, log_target_b: Any, *,
-            alpha: float = 0.05, **options: Any) -> PopeComparison:
+def compare(
+    feedback: LoggedFeedback,
+    log_target_a: Any,
+    log_target_b: Any,
+    *,
+    alpha: float = 0.05,
+    **options: Any,
+) -> PopeComparison:
     r"""Paired comparison of policies A and B on one log (see the module docstring).
 
     Parameters
@@ -117,10 +138,18 @@ def compare(feedback: LoggedFeedback, log_target_a: Any, log_target_b: Any, *,
     if "token_log_target" in options:
         raise TypeError("compare takes sequence log-probabilities (log_target_a/_b) only")
     kw: dict[str, Any] = {
-        "lam": 1.0, "reward_normalization": "max", "relevance": "snips",
-        "coverage": "self_normalized", "diversity": "coverage",
-        "diversity_estimator": "polynomial", "diversity_degree": None,
-        "weighting": "sequence", "token_log_target": None, "clip": None, "backend": None}
+        "lam": 1.0,
+        "reward_normalization": "max",
+        "relevance": "snips",
+        "coverage": "self_normalized",
+        "diversity": "coverage",
+        "diversity_estimator": "polynomial",
+        "diversity_degree": None,
+        "weighting": "sequence",
+        "token_log_target": None,
+        "clip": None,
+        "backend": None,
+    }
     unknown = set(options) - set(kw)
     if unknown:
         raise TypeError(f"compare got unexpected option(s) {sorted(unknown)}")
@@ -132,11 +161,13 @@ def compare(feedback: LoggedFeedback, log_target_a: Any, log_target_b: Any, *,
     if fixed is not None:
         deg, mult = fixed, 1
     else:
+
         def se_bias(degree: int) -> tuple[float, float]:
             pa, pb = sa.diversity_parts(degree), sb.diversity_parts(degree)
             # both share the units: the moments of A - B need the rows, so use the rows
-            psi = ((arr_a["rows"] - sa.moments.mean) @ pa.grad
-                   - (arr_b["rows"] - sb.moments.mean) @ pb.grad)
+            psi = (arr_a["rows"] - sa.moments.mean) @ pa.grad - (
+                arr_b["rows"] - sb.moments.mean
+            ) @ pb.grad
             return _paired_stderr(psi), (pa.bias or 0.0) + (pb.bias or 0.0)
 
         deg, mult = narrowest_degree(cands, a_, se_bias), len(cands)

@@ -87,7 +87,11 @@ def cascade_log_propensity(log_cond: Any) -> np.ndarray:
 
 
 def sips(
-    *, reward: Any, log_target: Any, log_logging: Any, clip: float | None = None,
+    *,
+    reward: Any,
+    log_target: Any,
+    log_logging: Any,
+    clip: float | None = None,
     backend: str | None = None,
 ) -> Estimate:
     r"""Standard slate IPS with the joint list propensity.
@@ -118,8 +122,17 @@ def sips(
         ``"sips"``; contributions are :math:`w_i\sum_l r_{il}`.
     """
     r, lt, ll, lc, name, be = _prepare(reward, log_target, log_logging, clip, backend, ndim=2)
-    return ips_family("sips", r.sum(axis=1), lt.sum(axis=1), ll.sum(axis=1), lc, name, be,
-                      list_length=r.shape[1], rewards_in_range=_in_unit(r))
+    return ips_family(
+        "sips",
+        r.sum(axis=1),
+        lt.sum(axis=1),
+        ll.sum(axis=1),
+        lc,
+        name,
+        be,
+        list_length=r.shape[1],
+        rewards_in_range=_in_unit(r),
+    )
 
 
 def _positionwise(
@@ -131,23 +144,34 @@ def _positionwise(
     m = wm.log_scale
     log_w = np.minimum(lt - ll, lc)
     x = (_scaled_weights(log_w, m) * r).sum(axis=1)
-    stats = MeanStats(kind=kind, log_scale=m, n=n, sum_x=float(x.sum()),
-                      sum_x2=float((x * x).sum()), weights=wm, log_clip=lc, list_length=L,
-                      rewards_in_range=_in_unit(r))
+    stats = MeanStats(
+        kind=kind,
+        log_scale=m,
+        n=n,
+        sum_x=float(x.sum()),
+        sum_x2=float((x * x).sum()),
+        weights=wm,
+        log_clip=lc,
+        list_length=L,
+        rewards_in_range=_in_unit(r),
+    )
     est = stats.estimate()
 
     def contrib() -> np.ndarray:
         c = times_exp(x, m)
         if not np.isfinite(c).all():
-            raise WeightOverflowError(
-                f"{kind}: a contribution exceeds float64; pass clip=M")
+            raise WeightOverflowError(f"{kind}: a contribution exceeds float64; pass clip=M")
         return c
 
     return attach(est, contrib, lambda: (x[:, None], lambda s: times_exp(s[:, 0] / n, m)), name)
 
 
 def iips(
-    *, reward: Any, log_target: Any, log_logging: Any, clip: float | None = None,
+    *,
+    reward: Any,
+    log_target: Any,
+    log_logging: Any,
+    clip: float | None = None,
     backend: str | None = None,
 ) -> Estimate:
     r"""Independent (item-position) IPS with per-position marginal propensities.
@@ -181,7 +205,11 @@ def iips(
 
 
 def rips(
-    *, reward: Any, log_target: Any, log_logging: Any, clip: float | None = None,
+    *,
+    reward: Any,
+    log_target: Any,
+    log_logging: Any,
+    clip: float | None = None,
     backend: str | None = None,
 ) -> Estimate:
     r"""Reward-interaction (cascade) IPS: each position weighted by its prefix propensity.

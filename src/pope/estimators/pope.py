@@ -188,10 +188,12 @@ class PopeEstimate:
         est = d.extra.get("diversity_estimator")
         deg = f", degree {self.degree}" if self.degree else ""
         head = f"{'':<10} {'value':>10} {'stderr':>10} {100 * (1 - a):g}% CI ({method})"
-        tail = (f"prompts={d.extra.get('n_prompts')}, responses={d.n}, ess={d.ess:.4g}, "
-                f"mean_weight={d.mean_weight:.4g}, max_weight={d.max_weight:.4g}, "
-                f"clipped={d.clipped_fraction:.3g}, lam={self.lam:g}, "
-                f"diversity estimator={est}{deg}")
+        tail = (
+            f"prompts={d.extra.get('n_prompts')}, responses={d.n}, ess={d.ess:.4g}, "
+            f"mean_weight={d.mean_weight:.4g}, max_weight={d.max_weight:.4g}, "
+            f"clipped={d.clipped_fraction:.3g}, lam={self.lam:g}, "
+            f"diversity estimator={est}{deg}"
+        )
         return "\n".join([head, *rows, tail, *notes])
 
     def __repr__(self) -> str:
@@ -227,8 +229,9 @@ def _check_degree(degree: Any) -> int | None:
     return int(degree)
 
 
-def _diversity_spec(diversity: str, estimator: str, c: int, degree: int | None,
-                    selfn: bool) -> DiversitySpec:
+def _diversity_spec(
+    diversity: str, estimator: str, c: int, degree: int | None, selfn: bool
+) -> DiversitySpec:
     if diversity == "gini_simpson":
         return DiversitySpec("power", c, "gini_simpson", 2, (2,), selfn)
     if diversity == "coverage" and estimator == "polynomial":
@@ -237,8 +240,9 @@ def _diversity_spec(diversity: str, estimator: str, c: int, degree: int | None,
     return DiversitySpec("values", c, self_normalized=selfn)
 
 
-def _log_weights(fb: LoggedFeedback, log_target: Any, token_log_target: Any,
-                 weighting: str) -> tuple[np.ndarray, np.ndarray]:
+def _log_weights(
+    fb: LoggedFeedback, log_target: Any, token_log_target: Any, weighting: str
+) -> tuple[np.ndarray, np.ndarray]:
     n_resp = fb.n_responses
     if weighting == "sequence":
         if token_log_target is not None:
@@ -265,9 +269,20 @@ def _log_weights(fb: LoggedFeedback, log_target: Any, token_log_target: Any,
     return lt, np.zeros(n_resp)
 
 
-def _values_diversity(be: Any, fb: LoggedFeedback, ptr: np.ndarray, lw: np.ndarray,
-                      labels: Any, soft: Any, c: int, selfn: bool, diversity: str,
-                      estimator: str, p: np.ndarray, ent: np.ndarray) -> np.ndarray:
+def _values_diversity(
+    be: Any,
+    fb: LoggedFeedback,
+    ptr: np.ndarray,
+    lw: np.ndarray,
+    labels: Any,
+    soft: Any,
+    c: int,
+    selfn: bool,
+    diversity: str,
+    estimator: str,
+    p: np.ndarray,
+    ent: np.ndarray,
+) -> np.ndarray:
     """Per-prompt :math:`h_i` of the plug-in, jackknife or response-entropy diversity."""
     n_prompts, seg, counts = fb.n_prompts, fb.prompt_index, fb.counts
     log_c = math.log(c) if c > 1 else 1.0
@@ -337,8 +352,11 @@ def _compute(
     n_prompts, counts, seg = fb.n_prompts, fb.counts, fb.prompt_index
     wt = _scaled_weights(lw, m)
     a = np.bincount(seg, weights=wt * r, minlength=n_prompts)
-    b = (np.bincount(seg, weights=wt, minlength=n_prompts) if relevance == "snips"
-         else counts.astype(np.float64))
+    b = (
+        np.bincount(seg, weights=wt, minlength=n_prompts)
+        if relevance == "snips"
+        else counts.astype(np.float64)
+    )
     spec = _diversity_spec(diversity, diversity_estimator, c, degree, selfn)
     p, ent = coverage_core(be, ptr, lw, labels, soft, c, selfn)
     d = diversity_core(be, ptr, p, labels, soft, c)
@@ -347,8 +365,9 @@ def _compute(
     rows = np.empty((int(units.sum()), len(names)))
     rows[:, 0], rows[:, 1] = a[units], b[units]
     if spec.kind == "values":
-        h = _values_diversity(be, fb, ptr, lw, labels, soft, c, selfn, diversity,
-                              diversity_estimator, p, ent)
+        h = _values_diversity(
+            be, fb, ptr, lw, labels, soft, c, selfn, diversity, diversity_estimator, p, ent
+        )
         if selfn:
             mx = np.full(n_prompts, -np.inf)
             if n_resp:
@@ -364,14 +383,36 @@ def _compute(
         in_div = units
         h = None
     mom = PromptMoments.from_rows(names, powers, m, rows)
-    options = (("coverage", coverage), ("diversity", diversity),
-               ("diversity_estimator", diversity_estimator),
-               ("diversity_degree", degree), ("weighting", weighting),
-               ("log_clip", log_clip), ("reward_normalization", reward_normalization))
-    stats = PopeStats(lam=lam, relevance=relevance, options=options, n_aspects=c,
-                      n_prompts=n_prompts, diversity_spec=spec, moments=mom, weights=wm)
-    arrays = {"rows": rows, "units": units, "in_div": in_div, "h": h, "p_hat": p,
-              "diversity_reward": d, "reward": r, "log_weight": lw, "backend": bname}
+    options = (
+        ("coverage", coverage),
+        ("diversity", diversity),
+        ("diversity_estimator", diversity_estimator),
+        ("diversity_degree", degree),
+        ("weighting", weighting),
+        ("log_clip", log_clip),
+        ("reward_normalization", reward_normalization),
+    )
+    stats = PopeStats(
+        lam=lam,
+        relevance=relevance,
+        options=options,
+        n_aspects=c,
+        n_prompts=n_prompts,
+        diversity_spec=spec,
+        moments=mom,
+        weights=wm,
+    )
+    arrays = {
+        "rows": rows,
+        "units": units,
+        "in_div": in_div,
+        "h": h,
+        "p_hat": p,
+        "diversity_reward": d,
+        "reward": r,
+        "log_weight": lw,
+        "backend": bname,
+    }
     return stats, arrays
 
 
@@ -398,10 +439,19 @@ def pope_stats(
     ...)``; the shards must be disjoint sets of prompts evaluated with the same options).
     """
     stats, _ = _compute(
-        feedback, log_target, lam=lam, reward_normalization=reward_normalization,
-        relevance=relevance, coverage=coverage, diversity=diversity,
-        diversity_estimator=diversity_estimator, diversity_degree=diversity_degree,
-        weighting=weighting, token_log_target=token_log_target, clip=clip, backend=backend,
+        feedback,
+        log_target,
+        lam=lam,
+        reward_normalization=reward_normalization,
+        relevance=relevance,
+        coverage=coverage,
+        diversity=diversity,
+        diversity_estimator=diversity_estimator,
+        diversity_degree=diversity_degree,
+        weighting=weighting,
+        token_log_target=token_log_target,
+        clip=clip,
+        backend=backend,
     )
     return stats
 
@@ -517,10 +567,19 @@ def evaluate(
     """
     a_ = check_alpha(alpha)
     stats, arr = _compute(
-        feedback, log_target, lam=lam, reward_normalization=reward_normalization,
-        relevance=relevance, coverage=coverage, diversity=diversity,
-        diversity_estimator=diversity_estimator, diversity_degree=diversity_degree,
-        weighting=weighting, token_log_target=token_log_target, clip=clip, backend=backend,
+        feedback,
+        log_target,
+        lam=lam,
+        reward_normalization=reward_normalization,
+        relevance=relevance,
+        coverage=coverage,
+        diversity=diversity,
+        diversity_estimator=diversity_estimator,
+        diversity_degree=diversity_degree,
+        weighting=weighting,
+        token_log_target=token_log_target,
+        clip=clip,
+        backend=backend,
     )
     est = stats.estimate(a_)
     return attach_arrays(est, stats, arr)
@@ -538,11 +597,14 @@ def attach_arrays(est: PopeEstimate, stats: PopeStats, arr: dict[str, Any]) -> P
     def div_of(mu: np.ndarray) -> np.ndarray:
         return diversity_value(mu, names, spec, deg, stats.log_scale)[0]
 
-    grads = {"relevance": stats.relevance_parts().grad,
-             "diversity": stats.diversity_parts(deg).grad}
+    grads = {
+        "relevance": stats.relevance_parts().grad,
+        "diversity": stats.diversity_parts(deg).grad,
+    }
     grads["total"] = grads["relevance"] + lam_ * grads["diversity"]
     fns: dict[str, Callable[[np.ndarray], np.ndarray]] = {
-        "relevance": rel_of, "diversity": div_of,
+        "relevance": rel_of,
+        "diversity": div_of,
         "total": lambda mu: rel_of(mu) + lam_ * div_of(mu),
     }
     n = rows.shape[0]
@@ -554,16 +616,22 @@ def attach_arrays(est: PopeEstimate, stats: PopeStats, arr: dict[str, Any]) -> P
         def contrib(e: Estimate = e, g: np.ndarray = g) -> np.ndarray:
             return e.value + (rows - mo.mean) @ g
 
-        def boot(fn: Callable[[np.ndarray], np.ndarray] = fn
-                 ) -> tuple[np.ndarray, Callable[[np.ndarray], np.ndarray]]:
+        def boot(
+            fn: Callable[[np.ndarray], np.ndarray] = fn,
+        ) -> tuple[np.ndarray, Callable[[np.ndarray], np.ndarray]]:
             return rows, lambda sums: fn(np.asarray(sums) / n)
 
-        parts[name] = dataclasses.replace(e, _contrib_fn=contrib, _boot_fn=boot,
-                                          backend=arr["backend"])
+        parts[name] = dataclasses.replace(
+            e, _contrib_fn=contrib, _boot_fn=boot, backend=arr["backend"]
+        )
     return dataclasses.replace(
-        est, relevance=parts["relevance"], diversity=parts["diversity"],
-        total=parts["total"], p_hat=arr["p_hat"],
+        est,
+        relevance=parts["relevance"],
+        diversity=parts["diversity"],
+        total=parts["total"],
+        p_hat=arr["p_hat"],
         prompt_diversity=_prompt_diversity(stats, arr, deg),
-        diversity_reward=arr["diversity_reward"], reward=arr["reward"],
+        diversity_reward=arr["diversity_reward"],
+        reward=arr["reward"],
         log_weight=arr["log_weight"],
     )

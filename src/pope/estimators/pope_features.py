@@ -78,8 +78,9 @@ def coefficients(family: Family, n_aspects: int, degree: int) -> EntropyPolynomi
     return EntropyPolynomial(n_aspects, degree, k, (-k,) + (0.0,) * (degree - 2), 0.0)
 
 
-def feature_names(relevance_b: bool, spec: DiversitySpec) -> tuple[tuple[str, ...],
-                                                                    tuple[int, ...]]:
+def feature_names(
+    relevance_b: bool, spec: DiversitySpec
+) -> tuple[tuple[str, ...], tuple[int, ...]]:
     """``(names, powers)`` of the features (``relevance_b``: ``b`` carries a weight)."""
     names, powers = ["a", "b"], [1, 1 if relevance_b else 0]
     if spec.kind == "values":
@@ -95,8 +96,9 @@ def feature_names(relevance_b: bool, spec: DiversitySpec) -> tuple[tuple[str, ..
     return tuple(names), tuple(powers)
 
 
-def power_rows(counts: np.ndarray, p_hat: np.ndarray, s_hat: np.ndarray,
-               max_degree: int, out: np.ndarray) -> None:
+def power_rows(
+    counts: np.ndarray, p_hat: np.ndarray, s_hat: np.ndarray, max_degree: int, out: np.ndarray
+) -> None:
     """Write the power-sum feature columns (``out``'s columns after ``a``, ``b``)."""
     cls = np.minimum(counts, max_degree)
     col = 2
@@ -110,8 +112,9 @@ def power_rows(counts: np.ndarray, p_hat: np.ndarray, s_hat: np.ndarray,
             col += 2
 
 
-def relevance_value(mu: np.ndarray, names: tuple[str, ...],
-                    scale: float) -> tuple[np.ndarray, np.ndarray]:
+def relevance_value(
+    mu: np.ndarray, names: tuple[str, ...], scale: float
+) -> tuple[np.ndarray, np.ndarray]:
     r""":math:`\hat U = s\bar a/\bar b` for means ``mu`` ``(..., F)``; gradient for 1-D ``mu``."""
     ia, ib = names.index("a"), names.index("b")
     a, b = mu[..., ia], mu[..., ib]
@@ -124,9 +127,9 @@ def relevance_value(mu: np.ndarray, names: tuple[str, ...],
     return val, grad
 
 
-def diversity_value(mu: np.ndarray, names: tuple[str, ...], spec: DiversitySpec,
-                    degree: int, log_scale: float = 0.0
-                    ) -> tuple[np.ndarray, np.ndarray, float]:
+def diversity_value(
+    mu: np.ndarray, names: tuple[str, ...], spec: DiversitySpec, degree: int, log_scale: float = 0.0
+) -> tuple[np.ndarray, np.ndarray, float]:
     r""":math:`\hat D` for means ``mu`` ``(..., F)``, its gradient (1-D ``mu``) and bias bound.
 
     ``log_scale`` :math:`m` of the scaled weights: the IPS form multiplies the degree-:math:`j`
@@ -150,8 +153,11 @@ def diversity_value(mu: np.ndarray, names: tuple[str, ...], spec: DiversitySpec,
     polys = {d: coefficients(spec.family, c, min(d, degree)) for d in range(1, lmax + 1)}
     nu = {d: mu[..., names.index(f"n{d}")] for d in range(1, lmax + 1)}
     val = sum(nu[d] * polys[d].c0 for d in nu)
-    bias = float(sum(np.asarray(nu[d]).mean() * polys[d].bias_bound for d in nu)) \
-        if mu.ndim == 1 else math.nan
+    bias = (
+        float(sum(np.asarray(nu[d]).mean() * polys[d].bias_bound for d in nu))
+        if mu.ndim == 1
+        else math.nan
+    )
     if mu.ndim == 1:
         for d in nu:
             grad[names.index(f"n{d}")] = polys[d].c0

@@ -40,8 +40,11 @@ _NO_BOUND = (
 )
 
 
-def narrowest_degree(candidates: tuple[int, ...] | list[int], alpha: float,
-                     se_bias: Callable[[int], tuple[float, float]]) -> int:
+def narrowest_degree(
+    candidates: tuple[int, ...] | list[int],
+    alpha: float,
+    se_bias: Callable[[int], tuple[float, float]],
+) -> int:
     """The candidate whose bias-aware interval, at level :math:`\alpha/m` for :math:`m`
     candidates, is the narrowest; ``se_bias(degree)`` gives its stderr and bias bound."""
     if len(candidates) == 1:
@@ -109,9 +112,13 @@ class PopeStats:
                     f"{getattr(self, nm)!r} != {getattr(other, nm)!r}"
                 )
         return PopeStats(
-            lam=self.lam, relevance=self.relevance, options=self.options,
-            n_aspects=self.n_aspects, n_prompts=self.n_prompts + other.n_prompts,
-            diversity_spec=self.diversity_spec, moments=self.moments + other.moments,
+            lam=self.lam,
+            relevance=self.relevance,
+            options=self.options,
+            n_aspects=self.n_aspects,
+            n_prompts=self.n_prompts + other.n_prompts,
+            diversity_spec=self.diversity_spec,
+            moments=self.moments + other.moments,
             weights=self.weights + other.weights,
         )
 
@@ -138,10 +145,10 @@ class PopeStats:
         return QuantityParts(float(v), g, self.moments.stderr(g), None)
 
     def diversity_parts(self, degree: int) -> QuantityParts:
-        v, g, b = diversity_value(self.moments.mean, self.moments.names, self.diversity_spec,
-                                  degree, self.log_scale)
-        return QuantityParts(float(v), g, self.moments.stderr(g),
-                             None if math.isnan(b) else b)
+        v, g, b = diversity_value(
+            self.moments.mean, self.moments.names, self.diversity_spec, degree, self.log_scale
+        )
+        return QuantityParts(float(v), g, self.moments.stderr(g), None if math.isnan(b) else b)
 
     def choose_degree(self, alpha: float) -> int:
         """The candidate degree with the narrowest bias-aware diversity interval, every
@@ -195,8 +202,10 @@ class PopeStats:
         tot_grad = rel.grad + lam * div.grad
         tot_bias = None if div.bias is None else lam * div.bias
         extra: dict[str, Any] = {
-            "n_prompts": self.n_prompts, "n_diversity_prompts": self.n_div,
-            "n_aspects": self.n_aspects, "lam": lam,
+            "n_prompts": self.n_prompts,
+            "n_diversity_prompts": self.n_div,
+            "n_aspects": self.n_aspects,
+            "lam": lam,
             "diversity_estimator": dict(self.options).get("diversity_estimator"),
         }
         if self.diversity_spec.kind == "power":
@@ -210,25 +219,50 @@ class PopeStats:
         diag = self.weights.diagnostics(n_units=nu, extra=extra)
         self._warn(extra)
 
-        def mk(name: str, value: float, se: float, n: int, bias: float | None, m: int,
-               rng: tuple[float, float]) -> Estimate:
-            return Estimate(value=value, stderr=se, n=n, diagnostics=diag,
-                            estimator=f"pope.{name}", alpha=a_, stats=self,
-                            bound_range=None, bound_note=_NO_BOUND, bias_bound=bias,
-                            multiplicity=m, parameter_range=rng)
+        def mk(
+            name: str,
+            value: float,
+            se: float,
+            n: int,
+            bias: float | None,
+            m: int,
+            rng: tuple[float, float],
+        ) -> Estimate:
+            return Estimate(
+                value=value,
+                stderr=se,
+                n=n,
+                diagnostics=diag,
+                estimator=f"pope.{name}",
+                alpha=a_,
+                stats=self,
+                bound_range=None,
+                bound_note=_NO_BOUND,
+                bias_bound=bias,
+                multiplicity=m,
+                parameter_range=rng,
+            )
 
         rel_rng = (0.0, 1.0)
-        diversity = mk("diversity", div.value, div.stderr, self.n_div, div.bias, mult,
-                       (0.0, 1.0))
+        diversity = mk("diversity", div.value, div.stderr, self.n_div, div.bias, mult, (0.0, 1.0))
         pf = extra.get("pair_ess_fraction")
         if pf is not None and np.isfinite(pf):
             diversity = dataclasses.replace(diversity, pair_ess=float(pf) * nu)
         return PopeEstimate(
             relevance=mk("relevance", rel.value, rel.stderr, nu, None, 1, rel_rng),
             diversity=diversity,
-            total=mk("total", rel.value + lam * div.value, mo.stderr(tot_grad), nu, tot_bias,
-                     mult, (0.0, 1.0 + lam)),
-            lam=lam, stats=self, degree=deg,
+            total=mk(
+                "total",
+                rel.value + lam * div.value,
+                mo.stderr(tot_grad),
+                nu,
+                tot_bias,
+                mult,
+                (0.0, 1.0 + lam),
+            ),
+            lam=lam,
+            stats=self,
+            degree=deg,
         )
 
     @staticmethod
@@ -238,12 +272,16 @@ class PopeStats:
             warnings.warn(
                 f"{100 * k1:.3g}% of the prompts have a single response, which identifies "
                 "nothing about their coverage diversity: they enter D with the value 1/2 and "
-                "the bias bound 1/2 (the interval says so)", InsufficientDataWarning,
-                stacklevel=4)
+                "the bias bound 1/2 (the interval says so)",
+                InsufficientDataWarning,
+                stacklevel=4,
+            )
         pf = extra.get("pair_ess_fraction")
         if pf is not None and np.isfinite(pf) and pf < PAIR_ESS_WARN:
             warnings.warn(
                 f"Gini-Simpson pair-ESS is {pf:.3g} of the prompts (< {PAIR_ESS_WARN}): the "
                 "pair weights are heavy-tailed; the interval is widened to the Hoeffding floor "
                 "at n = pair ESS where that is wider",
-                InsufficientDataWarning, stacklevel=4)
+                InsufficientDataWarning,
+                stacklevel=4,
+            )

@@ -53,8 +53,9 @@ class PromptMoments:
     m2: np.ndarray
 
     @classmethod
-    def from_rows(cls, names: tuple[str, ...], powers: tuple[int, ...], log_scale: float,
-                  rows: np.ndarray) -> PromptMoments:
+    def from_rows(
+        cls, names: tuple[str, ...], powers: tuple[int, ...], log_scale: float, rows: np.ndarray
+    ) -> PromptMoments:
         """From the ``(n, F)`` feature rows of ``n`` prompts (columns named ``names``)."""
         x = np.asarray(rows, dtype=np.float64).reshape(-1, len(names))
         n = x.shape[0]
@@ -90,8 +91,11 @@ class PromptMoments:
         n = self.n + other.n
         delta = mb - ma
         mean = ma + delta * (other.n / n)
-        m2 = (self.m2 * np.outer(fa, fa) + other.m2 * np.outer(fb, fb)
-              + np.outer(delta, delta) * (self.n * other.n / n))
+        m2 = (
+            self.m2 * np.outer(fa, fa)
+            + other.m2 * np.outer(fb, fb)
+            + np.outer(delta, delta) * (self.n * other.n / n)
+        )
         for a in (mean, m2):
             a.flags.writeable = False
         return PromptMoments(self.names, self.powers, m, n, mean, m2)

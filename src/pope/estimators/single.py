@@ -67,7 +67,11 @@ def _check_real(x: Any, name: str, lo: float, hi: float, *, lo_open: bool = Fals
 
 
 def _prepare(
-    reward: Any, log_target: Any, log_logging: Any, clip: Any, backend: str | None,
+    reward: Any,
+    log_target: Any,
+    log_logging: Any,
+    clip: Any,
+    backend: str | None,
     ndim: int = 1,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float, str, Any]:
     lt, ll = validate_log_probs(log_target, log_logging, ndim=ndim)
@@ -88,7 +92,11 @@ def _as_float64(x: Any, name: str) -> np.ndarray:
 
 
 def _prepare_fused(
-    reward: Any, log_target: Any, log_logging: Any, clip: Any, backend: str | None,
+    reward: Any,
+    log_target: Any,
+    log_logging: Any,
+    clip: Any,
+    backend: str | None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float, str, Any, np.ndarray, bool]:
     """As :func:`_prepare` for 1-D inputs, with the value checks, the moments and the
     reward range computed in one pass of the backend (``ips_moments_checked``)."""
@@ -192,12 +200,15 @@ def ips_family(
 
         def log_weights() -> np.ndarray:
             return np.minimum(log_target - log_logging, log_clip)
-    stats = IPSStats.from_moments(kind, mom, log_clip=log_clip, lam=lam,
-                                  list_length=list_length, rewards_in_range=ok)
+
+    stats = IPSStats.from_moments(
+        kind, mom, log_clip=log_clip, lam=lam, list_length=list_length, rewards_in_range=ok
+    )
     est = stats.estimate()
     m = stats.log_scale
 
     if kind == "snips":
+
         def contrib() -> np.ndarray:
             w = _scaled_weights(log_weights(), m)
             return n * w * reward / w.sum()
@@ -207,18 +218,24 @@ def ips_family(
             return np.column_stack([w * reward, w]), ratio_of_columns
 
     else:
+
         def contrib() -> np.ndarray:
             return _exp_checked(log_weights(), kind) * reward
 
         def boot() -> tuple[np.ndarray, Callable[[np.ndarray], np.ndarray]]:
             x = _scaled_weights(log_weights(), m) * reward
             return x[:, None], lambda s: times_exp(s[:, 0] / n, m)
+
     return attach(est, contrib, boot, backend)
 
 
 # ----------------------------------------------------------------------------- IPS family
 def ips(
-    *, reward: Any, log_target: Any, log_logging: Any, clip: float | None = None,
+    *,
+    reward: Any,
+    log_target: Any,
+    log_logging: Any,
+    clip: float | None = None,
     backend: str | None = None,
 ) -> Estimate:
     r"""Inverse propensity scoring (Horvitz–Thompson), optionally clipped.
@@ -256,13 +273,18 @@ def ips(
         If the estimate (or a weight needed for the contributions) exceeds float64: pass
         ``clip`` or use :func:`snips`.
     """
-    r, lt, ll, lc, name, be, mom, ok = _prepare_fused(reward, log_target, log_logging, clip,
-                                                      backend)
+    r, lt, ll, lc, name, be, mom, ok = _prepare_fused(
+        reward, log_target, log_logging, clip, backend
+    )
     return ips_family("ips", r, lt, ll, lc, name, be, rewards_in_range=ok, mom=mom)
 
 
 def snips(
-    *, reward: Any, log_target: Any, log_logging: Any, clip: float | None = None,
+    *,
+    reward: Any,
+    log_target: Any,
+    log_logging: Any,
+    clip: float | None = None,
     backend: str | None = None,
 ) -> Estimate:
     r"""Self-normalised IPS.
@@ -279,13 +301,19 @@ def snips(
 
     Parameters are those of :func:`ips`. Raises ``ValueError`` if every weight is zero.
     """
-    r, lt, ll, lc, name, be, mom, ok = _prepare_fused(reward, log_target, log_logging, clip,
-                                                      backend)
+    r, lt, ll, lc, name, be, mom, ok = _prepare_fused(
+        reward, log_target, log_logging, clip, backend
+    )
     return ips_family("snips", r, lt, ll, lc, name, be, rewards_in_range=ok, mom=mom)
 
 
 def sub_gaussian_ips(
-    *, reward: Any, log_target: Any, log_logging: Any, lam: float, clip: float | None = None,
+    *,
+    reward: Any,
+    log_target: Any,
+    log_logging: Any,
+    lam: float,
+    clip: float | None = None,
     backend: str | None = None,
 ) -> Estimate:
     r"""Sub-Gaussian IPS with power-mean weight smoothing (Metelli et al., 2021).
@@ -349,12 +377,21 @@ def dm(
         if lt.shape[0] != n:
             raise ValueError(f"log_target has length {lt.shape[0]}, expected {n}")
         weights = WeightMoments.from_moments(
-            moments(get_backend(name), lt, ll, np.zeros(n), log_clip))
-    stats = MeanStats(kind="dm", log_scale=0.0, n=n, sum_x=float(v.sum()),
-                      sum_x2=float((v * v).sum()), weights=weights, log_clip=log_clip,
-                      rewards_in_range=_in_unit(v))
-    return attach(stats.estimate(), lambda: v.copy(),
-                  lambda: (v[:, None], lambda s: s[:, 0] / n), name)
+            moments(get_backend(name), lt, ll, np.zeros(n), log_clip)
+        )
+    stats = MeanStats(
+        kind="dm",
+        log_scale=0.0,
+        n=n,
+        sum_x=float(v.sum()),
+        sum_x2=float((v * v).sum()),
+        weights=weights,
+        log_clip=log_clip,
+        rewards_in_range=_in_unit(v),
+    )
+    return attach(
+        stats.estimate(), lambda: v.copy(), lambda: (v[:, None], lambda s: s[:, 0] / n), name
+    )
 
 
 def _dr_family(
@@ -383,11 +420,23 @@ def _dr_family(
     m2 = moments(be, lt, ll, vh * delta, lc)
     m3 = moments(be, lt, ll, vh, lc)
     stats = DRStats(
-        kind=kind, log_scale=float(m1[0]), n=n, sum_w=float(m1[2]), sum_w2=float(m1[3]),
-        sum_wd=float(m1[4]), sum_w2d2=float(m1[5]), sum_w2d=float(m1[6]),
-        sum_wvd=float(m2[4]), sum_wv=float(m3[4]), sum_v=float(vh.sum()),
-        sum_v2=float((vh * vh).sum()), n_clipped=int(m1[7]), max_log_ratio=float(m1[8]),
-        n_switched=n_switched, log_clip=lc, log_tau=log_tau,
+        kind=kind,
+        log_scale=float(m1[0]),
+        n=n,
+        sum_w=float(m1[2]),
+        sum_w2=float(m1[3]),
+        sum_wd=float(m1[4]),
+        sum_w2d2=float(m1[5]),
+        sum_w2d=float(m1[6]),
+        sum_wvd=float(m2[4]),
+        sum_wv=float(m3[4]),
+        sum_v=float(vh.sum()),
+        sum_v2=float((vh * vh).sum()),
+        n_clipped=int(m1[7]),
+        max_log_ratio=float(m1[8]),
+        n_switched=n_switched,
+        log_clip=lc,
+        log_tau=log_tau,
         rewards_in_range=_in_unit(r, rh, vh),
     )
     est = stats.estimate()
@@ -395,26 +444,37 @@ def _dr_family(
     log_w = np.minimum(lr, lc)
 
     if kind == "sndr":
+
         def contrib() -> np.ndarray:
             w = _scaled_weights(log_w, m)
             return vh + n * w * delta / w.sum()
 
         def boot() -> tuple[np.ndarray, Callable[[np.ndarray], np.ndarray]]:
             w = _scaled_weights(log_w, m)
-            return (np.column_stack([vh, w * delta, w]),
-                    lambda s: s[:, 0] / n + ratio_of_columns(s[:, 1:]))
+            return (
+                np.column_stack([vh, w * delta, w]),
+                lambda s: s[:, 0] / n + ratio_of_columns(s[:, 1:]),
+            )
     else:
+
         def contrib() -> np.ndarray:
             return vh + _exp_checked(log_w, kind) * delta
 
         def boot() -> tuple[np.ndarray, Callable[[np.ndarray], np.ndarray]]:
             return contrib()[:, None], lambda s: s[:, 0] / n
+
     return attach(est, contrib, boot, name)
 
 
 def dr(
-    *, reward: Any, log_target: Any, log_logging: Any, reward_hat: Any, value_hat: Any,
-    clip: float | None = None, backend: str | None = None,
+    *,
+    reward: Any,
+    log_target: Any,
+    log_logging: Any,
+    reward_hat: Any,
+    value_hat: Any,
+    clip: float | None = None,
+    backend: str | None = None,
 ) -> Estimate:
     r"""Doubly robust estimator (Dudík et al., 2011).
 
@@ -434,13 +494,18 @@ def dr(
     value_hat : (n,) array_like
         :math:`\hat v_i = \mathbb E_{y\sim\pi_\theta}\hat r(x_i, y)`.
     """
-    return _dr_family("dr", reward, log_target, log_logging, reward_hat, value_hat, clip,
-                      backend)
+    return _dr_family("dr", reward, log_target, log_logging, reward_hat, value_hat, clip, backend)
 
 
 def sndr(
-    *, reward: Any, log_target: Any, log_logging: Any, reward_hat: Any, value_hat: Any,
-    clip: float | None = None, backend: str | None = None,
+    *,
+    reward: Any,
+    log_target: Any,
+    log_logging: Any,
+    reward_hat: Any,
+    value_hat: Any,
+    clip: float | None = None,
+    backend: str | None = None,
 ) -> Estimate:
     r"""Self-normalised doubly robust estimator.
 
@@ -453,13 +518,19 @@ def sndr(
     :math:`[-1, 2]`. Standard error by the delta method (see
     :class:`~pope.estimators.sufficient_stats.DRStats`). Parameters as in :func:`dr`.
     """
-    return _dr_family("sndr", reward, log_target, log_logging, reward_hat, value_hat, clip,
-                      backend)
+    return _dr_family("sndr", reward, log_target, log_logging, reward_hat, value_hat, clip, backend)
 
 
 def switch_dr(
-    *, reward: Any, log_target: Any, log_logging: Any, reward_hat: Any, value_hat: Any,
-    tau: float, clip: float | None = None, backend: str | None = None,
+    *,
+    reward: Any,
+    log_target: Any,
+    log_logging: Any,
+    reward_hat: Any,
+    value_hat: Any,
+    tau: float,
+    clip: float | None = None,
+    backend: str | None = None,
 ) -> Estimate:
     r"""Switch-DR (Wang et al., 2017): DR where the weight is at most :math:`\tau`, DM elsewhere.
 
@@ -477,5 +548,14 @@ def switch_dr(
     """
     t = _check_real(tau, "tau", 0.0, math.inf)
     log_tau = math.log(t) if t > 0 else -math.inf
-    return _dr_family("switch_dr", reward, log_target, log_logging, reward_hat, value_hat,
-                      clip, backend, log_tau=log_tau)
+    return _dr_family(
+        "switch_dr",
+        reward,
+        log_target,
+        log_logging,
+        reward_hat,
+        value_hat,
+        clip,
+        backend,
+        log_tau=log_tau,
+    )

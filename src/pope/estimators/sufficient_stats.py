@@ -53,8 +53,12 @@ _NO_CLIP_NOTE = "The weights are unbounded (no clip), so the range of the terms 
 _REWARD_NOTE = "Finite-sample bounds need rewards (and reward models) in [0, 1]."
 
 
-def _bound(lo_hi: Callable[[float], tuple[float, float]], log_cap: float | None,
-           log_observed: float, rewards_ok: bool) -> tuple[tuple[float, float] | None, bool, str]:
+def _bound(
+    lo_hi: Callable[[float], tuple[float, float]],
+    log_cap: float | None,
+    log_observed: float,
+    rewards_ok: bool,
+) -> tuple[tuple[float, float] | None, bool, str]:
     if not rewards_ok:
         return None, False, _REWARD_NOTE
     if log_cap is None:
@@ -107,16 +111,26 @@ class IPSStats:
     @classmethod
     def from_moments(cls, kind: str, mom: np.ndarray, **params: Any) -> IPSStats:
         """From the 9-vector of ``ips_moments``."""
-        return cls(kind=kind, log_scale=float(mom[0]), n=int(mom[1]), sum_w=float(mom[2]),
-                   sum_w2=float(mom[3]), sum_wr=float(mom[4]), sum_w2r2=float(mom[5]),
-                   sum_w2r=float(mom[6]), n_clipped=int(mom[7]), max_log_ratio=float(mom[8]),
-                   **params)
+        return cls(
+            kind=kind,
+            log_scale=float(mom[0]),
+            n=int(mom[1]),
+            sum_w=float(mom[2]),
+            sum_w2=float(mom[3]),
+            sum_wr=float(mom[4]),
+            sum_w2r2=float(mom[5]),
+            sum_w2r=float(mom[6]),
+            n_clipped=int(mom[7]),
+            max_log_ratio=float(mom[8]),
+            **params,
+        )
 
     @property
     def weights(self) -> WeightMoments:
         """The weight moments alone (for diagnostics)."""
-        return WeightMoments(self.log_scale, self.n, self.sum_w, self.sum_w2, self.n_clipped,
-                             self.max_log_ratio)
+        return WeightMoments(
+            self.log_scale, self.n, self.sum_w, self.sum_w2, self.n_clipped, self.max_log_ratio
+        )
 
     def __add__(self, other: IPSStats) -> IPSStats:
         if not isinstance(other, IPSStats):
@@ -158,9 +172,13 @@ class IPSStats:
             wbar = self.sum_w / n
             ss = (self.sum_w2r2 - 2.0 * v * self.sum_w2r + v * v * self.sum_w2) / wbar**2
             se = math.sqrt(max(ss, 0.0) / (n * (n - 1))) if n > 1 else math.nan
-            rng, heur, note = None, False, (
-                "Self-normalised estimators are ratios, not means of bounded i.i.d. terms; "
-                "use ci('normal'|'t'|'bootstrap'), or ips/sub_gaussian_ips with clip."
+            rng, heur, note = (
+                None,
+                False,
+                (
+                    "Self-normalised estimators are ratios, not means of bounded i.i.d. terms; "
+                    "use ci('normal'|'t'|'bootstrap'), or ips/sub_gaussian_ips with clip."
+                ),
             )
         else:
             v, se = _linear(m, n, self.sum_wr, self.sum_w2r2, self.kind)
@@ -234,8 +252,9 @@ class DRStats:
     @property
     def weights(self) -> WeightMoments:
         """The weight moments alone (for diagnostics)."""
-        return WeightMoments(self.log_scale, self.n, self.sum_w, self.sum_w2, self.n_clipped,
-                             self.max_log_ratio)
+        return WeightMoments(
+            self.log_scale, self.n, self.sum_w, self.sum_w2, self.n_clipped, self.max_log_ratio
+        )
 
     def __add__(self, other: DRStats) -> DRStats:
         if not isinstance(other, DRStats):
@@ -249,12 +268,16 @@ class DRStats:
         for nm in self._SCALED2:
             kw[nm] = fa * fa * getattr(self, nm) + fb * fb * getattr(other, nm)
         return DRStats(
-            kind=self.kind, log_scale=m, n=self.n + other.n,
-            sum_v=self.sum_v + other.sum_v, sum_v2=self.sum_v2 + other.sum_v2,
+            kind=self.kind,
+            log_scale=m,
+            n=self.n + other.n,
+            sum_v=self.sum_v + other.sum_v,
+            sum_v2=self.sum_v2 + other.sum_v2,
             n_clipped=self.n_clipped + other.n_clipped,
             max_log_ratio=max(self.max_log_ratio, other.max_log_ratio),
             n_switched=self.n_switched + other.n_switched,
-            log_clip=self.log_clip, log_tau=self.log_tau,
+            log_clip=self.log_clip,
+            log_tau=self.log_tau,
             rewards_in_range=self.rewards_in_range and other.rewards_in_range,
             **kw,
         )
@@ -276,12 +299,19 @@ class DRStats:
             d = self.sum_wd / self.sum_w
             v = vbar + d
             wbar = self.sum_w / n
-            ss = (a + 2.0 * (self.sum_wvd - d * self.sum_wv) / wbar
-                  + (self.sum_w2d2 - 2.0 * d * self.sum_w2d + d * d * self.sum_w2) / wbar**2)
+            ss = (
+                a
+                + 2.0 * (self.sum_wvd - d * self.sum_wv) / wbar
+                + (self.sum_w2d2 - 2.0 * d * self.sum_w2d + d * d * self.sum_w2) / wbar**2
+            )
             se = math.sqrt(max(ss, 0.0) / (n * (n - 1))) if n > 1 else math.nan
-            rng, heur, note = None, False, (
-                "Self-normalised estimators are ratios, not means of bounded i.i.d. terms; "
-                "use ci('normal'|'t'|'bootstrap'), or dr/switch_dr with clip."
+            rng, heur, note = (
+                None,
+                False,
+                (
+                    "Self-normalised estimators are ratios, not means of bounded i.i.d. terms; "
+                    "use ci('normal'|'t'|'bootstrap'), or dr/switch_dr with clip."
+                ),
             )
         else:
             v = vbar + _scaled(m, self.sum_wd / n, self.kind)
@@ -296,13 +326,23 @@ class DRStats:
             else:
                 se = math.nan
             log_cap = min(self.log_clip, self.log_tau)
-            rng, heur, note = _bound(lambda M: (-M, 1.0 + M),
-                                     log_cap if math.isfinite(log_cap) else None, m,
-                                     self.rewards_in_range)
+            rng, heur, note = _bound(
+                lambda M: (-M, 1.0 + M),
+                log_cap if math.isfinite(log_cap) else None,
+                m,
+                self.rewards_in_range,
+            )
         return Estimate(
-            value=v, stderr=se, n=n, diagnostics=self.weights.diagnostics(extra=extra),
-            estimator=self.kind, alpha=alpha, stats=self, bound_range=rng,
-            bound_heuristic=heur, bound_note=note,
+            value=v,
+            stderr=se,
+            n=n,
+            diagnostics=self.weights.diagnostics(extra=extra),
+            estimator=self.kind,
+            alpha=alpha,
+            stats=self,
+            bound_range=rng,
+            bound_heuristic=heur,
+            bound_note=note,
         )
 
 
@@ -339,10 +379,14 @@ class MeanStats:
             raise ValueError("cannot merge statistics with and without weights")
         w = sw + ow if sw is not None and ow is not None else None
         return MeanStats(
-            kind=self.kind, log_scale=m, n=self.n + other.n,
+            kind=self.kind,
+            log_scale=m,
+            n=self.n + other.n,
             sum_x=fa * self.sum_x + fb * other.sum_x,
             sum_x2=fa * fa * self.sum_x2 + fb * fb * other.sum_x2,
-            weights=w, log_clip=self.log_clip, list_length=self.list_length,
+            weights=w,
+            log_clip=self.log_clip,
+            list_length=self.list_length,
             rewards_in_range=self.rewards_in_range and other.rewards_in_range,
         )
 
@@ -352,19 +396,32 @@ class MeanStats:
         if n == 0:
             raise ValueError(f"{self.kind}: no samples")
         v, se = _linear(m, n, self.sum_x, self.sum_x2, self.kind)
-        diag = (Diagnostics.without_weights(n) if self.weights is None
-                else self.weights.diagnostics(n_units=n))
+        diag = (
+            Diagnostics.without_weights(n)
+            if self.weights is None
+            else self.weights.diagnostics(n_units=n)
+        )
         if self.kind == "dm":
-            rng, heur, note = ((0.0, 1.0), False, "") if self.rewards_in_range \
-                else (None, False, _REWARD_NOTE)
+            rng, heur, note = (
+                ((0.0, 1.0), False, "") if self.rewards_in_range else (None, False, _REWARD_NOTE)
+            )
         else:
             if self.weights is None:
                 raise ValueError(f"{self.kind}: weight moments are required")
             L = self.list_length
             log_cap = self.log_clip if math.isfinite(self.log_clip) else None
-            rng, heur, note = _bound(lambda M: (0.0, M * L), log_cap, self.weights.log_scale,
-                                     self.rewards_in_range)
+            rng, heur, note = _bound(
+                lambda M: (0.0, M * L), log_cap, self.weights.log_scale, self.rewards_in_range
+            )
         return Estimate(
-            value=v, stderr=se, n=n, diagnostics=diag, estimator=self.kind, alpha=alpha,
-            stats=self, bound_range=rng, bound_heuristic=heur, bound_note=note,
+            value=v,
+            stderr=se,
+            n=n,
+            diagnostics=diag,
+            estimator=self.kind,
+            alpha=alpha,
+            stats=self,
+            bound_range=rng,
+            bound_heuristic=heur,
+            bound_note=note,
         )

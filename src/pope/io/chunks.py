@@ -62,7 +62,8 @@ def iter_raw_chunks(
                 # pages read as decoded (no pre-buffered column chunks), on this thread; the
                 # pool's freed blocks go back to the system between chunks
                 batches = pq.ParquetFile(f, pre_buffer=False).iter_batches(
-                    batch_size=chunk_rows, use_threads=False)
+                    batch_size=chunk_rows, use_threads=False
+                )
                 for batch in batches:
                     yield batch.to_pandas(split_blocks=True)
                     release_arrow_memory()

@@ -181,8 +181,12 @@ def encode_aspects(
     report.add(f"missing aspect ({col!r})", rows[missing])
     per_label = ValidationReport(uniques.size)
     codes_u, names, c = _encode_aspect_cells(
-        pd.Series(uniques, dtype=object), per_label, np.arange(uniques.size), aspect_names,
-        n_aspects, col,
+        pd.Series(uniques, dtype=object),
+        per_label,
+        np.arange(uniques.size),
+        aspect_names,
+        n_aspects,
+        col,
     )
     for reason, labels in per_label.issues.items():
         report.add(reason, rows[np.isin(inv, labels)])
@@ -207,9 +211,7 @@ def _encode_aspect_cells(
         names = list(aspect_names)
         lookup = {str(n): i for i, n in enumerate(names)}
         if n_aspects is not None and n_aspects != len(names):
-            raise LogFormatError(
-                f"{len(names)} aspect names given but n_aspects={n_aspects}"
-            )
+            raise LogFormatError(f"{len(names)} aspect names given but n_aspects={n_aspects}")
         for i, v in enumerate(vals):
             if missing[i]:
                 continue

@@ -49,6 +49,7 @@ def is_format(value: object) -> TypeGuard[Format]:
     """Whether ``value`` is one of :data:`FORMATS` (for a type checker: a :data:`Format`)."""
     return isinstance(value, str) and value in FORMATS
 
+
 #: Missing-value spellings of a non-text CSV/TSV field (in a text column only "" is missing).
 CSV_NA = ["", "NA", "N/A", "NaN", "nan", "null", "NULL", "None", "#N/A", "-nan", "n/a"]
 
@@ -81,9 +82,11 @@ def detect_format(path: str | os.PathLike[str]) -> Format:
     if not p.exists():
         raise LogFormatError(f"log file not found: {p}")
     if p.is_dir():
-        if (p / "dataset_info.json").exists() or (p / "dataset_dict.json").exists() or (
-            p / "state.json"
-        ).exists():
+        if (
+            (p / "dataset_info.json").exists()
+            or (p / "dataset_dict.json").exists()
+            or (p / "state.json").exists()
+        ):
             return "hf"
         if any(p.rglob("*.parquet")):
             return "parquet"
@@ -237,8 +240,9 @@ def read_table(
 
             # one column at a time, each freed once converted (no 2-D block of all floats);
             # then the pool's freed blocks go back to the system (numpy allocates elsewhere)
-            frame = pq.read_table(p, pre_buffer=False).to_pandas(split_blocks=True,
-                                                                 self_destruct=True)
+            frame = pq.read_table(p, pre_buffer=False).to_pandas(
+                split_blocks=True, self_destruct=True
+            )
             release_arrow_memory()
             return frame
         if fmt == "jsonl":
@@ -248,9 +252,7 @@ def read_table(
         return _read_hf(p, split)
 
 
-def write_logs(
-    frame: Any, path: str | os.PathLike[str], *, format: Format | None = None
-) -> Path:
+def write_logs(frame: Any, path: str | os.PathLike[str], *, format: Format | None = None) -> Path:
     """Write a log frame to Parquet, JSON Lines, CSV/TSV or a Hugging Face datasets directory.
 
     List columns are written natively (Parquet, JSON Lines, datasets) or as JSON text (CSV).
@@ -304,4 +306,3 @@ def _jsonable(v: Any) -> Any:
     if isinstance(v, float) and math.isnan(v):
         return None
     return v
-

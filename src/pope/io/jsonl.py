@@ -46,15 +46,21 @@ def _plain_schema(schema: Any) -> bool:
     import pyarrow as pa
 
     def scalar(t: Any) -> bool:
-        return bool(pa.types.is_null(t) or pa.types.is_boolean(t) or pa.types.is_integer(t)
-                    or pa.types.is_floating(t) or pa.types.is_string(t)
-                    or pa.types.is_large_string(t))
+        return bool(
+            pa.types.is_null(t)
+            or pa.types.is_boolean(t)
+            or pa.types.is_integer(t)
+            or pa.types.is_floating(t)
+            or pa.types.is_string(t)
+            or pa.types.is_large_string(t)
+        )
 
     def numbers(t: Any) -> bool:
         return bool(pa.types.is_null(t) or pa.types.is_integer(t) or pa.types.is_floating(t))
 
-    return all(scalar(f.type) or (pa.types.is_list(f.type) and numbers(f.type.value_type))
-               for f in schema)
+    return all(
+        scalar(f.type) or (pa.types.is_list(f.type) and numbers(f.type.value_type)) for f in schema
+    )
 
 
 class _NotPlain(Exception):
@@ -121,11 +127,11 @@ def _python_frames(
                 rec = json.loads(line)
             except json.JSONDecodeError as e:
                 raise LogFormatError(
-                    f"{path.name}: line {lineno} is not valid JSON ({e.msg})") from e
+                    f"{path.name}: line {lineno} is not valid JSON ({e.msg})"
+                ) from e
             if not isinstance(rec, dict):
                 raise LogFormatError(
-                    f"{path.name}: line {lineno} is a JSON {type(rec).__name__}, expected an "
-                    "object"
+                    f"{path.name}: line {lineno} is a JSON {type(rec).__name__}, expected an object"
                 )
             if columns is not None:
                 rec = {k: rec.get(k) for k in columns}

@@ -85,4 +85,3 @@ class ValidationReport:
                 for k, v in self.issues.items()
             },
         }
-

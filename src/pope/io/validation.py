@@ -170,9 +170,7 @@ def _check_required_columns(
     if require_log_logging and not (has(cols.log_logging) or has(cols.token_log_logging)):
         missing_cols.append(("log_logging", cols.log_logging or "log_logging"))
     if missing_cols:
-        what = ", ".join(
-            f"{c!r}" if f == c else f"{c!r} (for {f})" for f, c in missing_cols
-        )
+        what = ", ".join(f"{c!r}" if f == c else f"{c!r} (for {f})" for f, c in missing_cols)
         hint = ""
         if any(f == "log_logging" for f, _ in missing_cols):
             hint = "; without logged log-probs, give a logging model (--logging-model)"
@@ -238,8 +236,7 @@ def _check_log_logging(
         report.add("missing or NaN log_logging", rows[miss | (np.isnan(ll) & ~notnum)])
     report.add("log_logging is not a number", rows[notnum])
     report.add("log_logging > 0 (a probability above 1)", rows[ll > 0])
-    report.add("log_logging is -inf (probability 0 for a logged response)",
-               rows[np.isneginf(ll)])
+    report.add("log_logging is -inf (probability 0 for a logged response)", rows[np.isneginf(ll)])
     return ll
 
 
@@ -301,11 +298,11 @@ def _check_aspect_probs(
     for i, p in enumerate(parsed):
         if p is not None and p.shape[0] == c:
             q[i] = p
-    bad = ~(np.isfinite(q).all(axis=1) & (q >= 0).all(axis=1)) | (
-        np.abs(q.sum(axis=1) - 1) > 1e-6
+    bad = ~(np.isfinite(q).all(axis=1) & (q >= 0).all(axis=1)) | (np.abs(q.sum(axis=1) - 1) > 1e-6)
+    report.add(
+        "aspect_probs is not a probability row (>= 0, sums to 1)",
+        rows[bad & ~bad_len & ~invalid & ~none],
     )
-    report.add("aspect_probs is not a probability row (>= 0, sums to 1)",
-               rows[bad & ~bad_len & ~invalid & ~none])
     return q, c
 
 
@@ -408,4 +405,3 @@ def load_logs(
     )
     name = Path(source).name if isinstance(source, (str, os.PathLike)) else "log"
     return drop_bad_rows(data, on_error, name)
-

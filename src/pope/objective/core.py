@@ -103,8 +103,13 @@ def _loo_on(obj: PopeObjective) -> bool:
 
 
 def reduce_batch(
-    obj: PopeObjective, w: Weights, r: torch.Tensor, q: torch.Tensor,
-    prompt_index: torch.Tensor, kl_seq: torch.Tensor | None, info: DistInfo,
+    obj: PopeObjective,
+    w: Weights,
+    r: torch.Tensor,
+    q: torch.Tensor,
+    prompt_index: torch.Tensor,
+    kl_seq: torch.Tensor | None,
+    info: DistInfo,
 ) -> Reduced:
     """Per-prompt histograms and global sums, reduced over ranks (two collectives)."""
     wd, dev = w.lw_d.dtype, w.lw_d.device
@@ -121,13 +126,9 @@ def reduce_batch(
     # round 2 (SUM): per-prompt histograms and global sums
     e = torch.exp(w.lw_e - m[pos])
     ent_q = -(q * torch.where(q > 0, torch.log(q), torch.zeros_like(q))).sum(1)
-    cols = torch.cat(
-        [torch.stack([e, e * r, e * ent_q, torch.ones_like(e)], 1), e[:, None] * q], 1
-    )
+    cols = torch.cat([torch.stack([e, e * r, e * ent_q, torch.ones_like(e)], 1), e[:, None] * q], 1)
     per_prompt = torch.zeros(u, 4 + c, dtype=wd, device=dev).index_add(0, pos, cols)
-    kl_sum = (
-        kl_seq.detach().sum() if kl_seq is not None else torch.zeros((), dtype=wd, device=dev)
-    )
+    kl_sum = kl_seq.detach().sum() if kl_seq is not None else torch.zeros((), dtype=wd, device=dev)
     ge = torch.exp(w.lw_e - g_e)
     glob = torch.stack(
         [
@@ -227,8 +228,13 @@ def advantages(
 
 
 def surrogate_loss(
-    obj: PopeObjective, w: Weights, adv: torch.Tensor, kl_seq: torch.Tensor | None,
-    n_glob: torch.Tensor, normalizer: float | None, info: DistInfo,
+    obj: PopeObjective,
+    w: Weights,
+    adv: torch.Tensor,
+    kl_seq: torch.Tensor | None,
+    n_glob: torch.Tensor,
+    normalizer: float | None,
+    info: DistInfo,
 ) -> torch.Tensor:
     r""":math:`-\frac1N\sum \tilde w A` (ratio controls) :math:`+\ \beta\frac1N\sum` KL."""
     if obj.clip is None:
@@ -299,8 +305,14 @@ def evaluate(
     )
 
 
-def power_stats(full: torch.Tensor, k_cnt: torch.Tensor, m: torch.Tensor, g_e: torch.Tensor,
-                coef: torch.Tensor, self_normalized: bool) -> dict[str, Any]:
+def power_stats(
+    full: torch.Tensor,
+    k_cnt: torch.Tensor,
+    m: torch.Tensor,
+    g_e: torch.Tensor,
+    coef: torch.Tensor,
+    self_normalized: bool,
+) -> dict[str, Any]:
     """Class sums of the power sums for :attr:`ObjectiveStats.diversity` (detached)."""
     lmax = coef.shape[0] - 1
     kk = k_cnt.long()
@@ -310,8 +322,11 @@ def power_stats(full: torch.Tensor, k_cnt: torch.Tensor, m: torch.Tensor, g_e: t
     cls = torch.clamp(kk, max=lmax) - 1
     power = torch.zeros(lmax, 2, lmax + 1, dtype=m.dtype, device=m.device)
     power = power.index_add(0, cls, torch.stack([p_hat, s_hat], 1))
-    counts = torch.zeros(lmax, dtype=m.dtype, device=m.device).index_add(
-        0, cls, torch.ones_like(m)
+    counts = torch.zeros(lmax, dtype=m.dtype, device=m.device).index_add(0, cls, torch.ones_like(m))
+    return dict(
+        power=power.detach(),
+        power_counts=counts,
+        power_shift=g_e.detach(),
+        diversity_coef=coef,
+        self_normalized=self_normalized,
     )
-    return dict(power=power.detach(), power_counts=counts, power_shift=g_e.detach(),
-                diversity_coef=coef, self_normalized=self_normalized)

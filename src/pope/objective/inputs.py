@@ -186,8 +186,7 @@ def check_labels(
     if bool((counts == 0).any()):
         s = first_bad(counts == 0)
         raise ValueError(
-            f"sequence {s} has an empty response: no label differs from "
-            f"ignore_index={ignore_index}"
+            f"sequence {s} has an empty response: no label differs from ignore_index={ignore_index}"
         )
     return mask, counts
 
@@ -211,8 +210,14 @@ def _unpack(
 
 
 def from_logits(
-    logits: torch.Tensor, labels: torch.Tensor, seq_index: torch.Tensor | None, num_seqs: int,
-    *, ignore_index: int, need_tokens: bool, backend: str | None,
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    seq_index: torch.Tensor | None,
+    num_seqs: int,
+    *,
+    ignore_index: int,
+    need_tokens: bool,
+    backend: str | None,
 ) -> PolicyScores:
     """Adapter for ``logits`` (B, T, V) / (N, V): :func:`pope.ops.sequence_logprob`."""
     logits = check_float(logits, "logits")
@@ -227,9 +232,15 @@ def from_logits(
 
 
 def from_hidden_states(
-    hidden_states: torch.Tensor, lm_head_weight: torch.Tensor | None, labels: torch.Tensor,
-    seq_index: torch.Tensor | None, num_seqs: int,
-    *, ignore_index: int, need_tokens: bool, backend: str | None,
+    hidden_states: torch.Tensor,
+    lm_head_weight: torch.Tensor | None,
+    labels: torch.Tensor,
+    seq_index: torch.Tensor | None,
+    num_seqs: int,
+    *,
+    ignore_index: int,
+    need_tokens: bool,
+    backend: str | None,
 ) -> PolicyScores:
     """Adapter for ``hidden_states`` + ``lm_head_weight``: the chunked op, never ``N x V``."""
     hidden_states = check_float(hidden_states, "hidden_states")
@@ -251,8 +262,12 @@ def from_hidden_states(
 
 
 def from_token_logp(
-    token_logp: torch.Tensor, labels: torch.Tensor, seq_index: torch.Tensor | None,
-    num_seqs: int, *, ignore_index: int,
+    token_logp: torch.Tensor,
+    labels: torch.Tensor,
+    seq_index: torch.Tensor | None,
+    num_seqs: int,
+    *,
+    ignore_index: int,
 ) -> PolicyScores:
     """Adapter for precomputed per-token log-probs with the layout of ``labels``."""
     tl = check_float(token_logp, "token_logp")
@@ -268,7 +283,11 @@ def from_token_logp(
 
 
 def from_logp(
-    logp: torch.Tensor, num_tokens: torch.Tensor | None, num_seqs: int, *, token_mean: bool,
+    logp: torch.Tensor,
+    num_tokens: torch.Tensor | None,
+    num_seqs: int,
+    *,
+    token_mean: bool,
     need_tokens: bool,
 ) -> PolicyScores:
     """Adapter for sequence log-probs (S,) (with ``num_tokens`` (S,) for ``token_mean``)."""

@@ -40,8 +40,9 @@ from pope.polynomial import EntropyPolynomial
 __all__ = ["coefficient_table", "local_states", "loo_rewards", "merge_ranks", "power_sums"]
 
 
-def coefficient_table(polys: dict[int, EntropyPolynomial], lmax: int, dtype: torch.dtype,
-                      device: torch.device) -> torch.Tensor:
+def coefficient_table(
+    polys: dict[int, EntropyPolynomial], lmax: int, dtype: torch.dtype, device: torch.device
+) -> torch.Tensor:
     """``G`` of shape ``(L+1, L+1)``: ``G[L', 0] = c0``, ``G[L', j] = g_j`` (0 beyond ``L'``)."""
     g = torch.zeros(lmax + 1, lmax + 1, dtype=dtype, device=device)
     for d, p in polys.items():
@@ -64,12 +65,13 @@ def polymul(a: torch.Tensor, b: torch.Tensor, degree: int) -> torch.Tensor:
     out = torch.zeros(*shape, degree + 1, dtype=a.dtype, device=a.device)
     for i in range(min(degree, a.shape[-1] - 1) + 1):
         n = min(degree + 1 - i, b.shape[-1])
-        out[..., i:i + n] = out[..., i:i + n] + a[..., i:i + 1] * b[..., :n]
+        out[..., i : i + n] = out[..., i : i + n] + a[..., i : i + 1] * b[..., :n]
     return out
 
 
-def local_states(x: torch.Tensor, pos: torch.Tensor, u: int,
-                 degree: int) -> tuple[torch.Tensor, torch.Tensor]:
+def local_states(
+    x: torch.Tensor, pos: torch.Tensor, u: int, degree: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     r"""Leave-one-out and full products of the local responses.
 
     Parameters
@@ -113,8 +115,9 @@ def local_states(x: torch.Tensor, pos: torch.Tensor, u: int,
     return loo, pre[-1]
 
 
-def merge_ranks(full_local: torch.Tensor, info: DistInfo,
-                reduce_with: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def merge_ranks(
+    full_local: torch.Tensor, info: DistInfo, reduce_with: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Exchange the per-rank prompt polynomials in one ``SUM`` all-reduce.
 
     ``reduce_with`` (1-d) is reduced in the same collective. Returns ``(others, full,
@@ -136,14 +139,17 @@ def merge_ranks(full_local: torch.Tensor, info: DistInfo,
     for r in range(w):
         if r != info.rank:
             others = polymul(others, slots[r], degree)
-    return others, polymul(others, full_local, degree), red[slots.numel():]
+    return others, polymul(others, full_local, degree), red[slots.numel() :]
 
 
 def _binom(n: torch.Tensor, degree: int) -> torch.Tensor:
     """``C(n, m)`` for ``m = 0..degree`` (float64 exact up to 2^53), 0 where ``m > n``."""
     nmax = int(n.max()) if n.numel() else 0
-    tab = torch.tensor([[float(math.comb(k, m)) for m in range(degree + 1)]
-                        for k in range(nmax + 1)], dtype=torch.float64, device=n.device)
+    tab = torch.tensor(
+        [[float(math.comb(k, m)) for m in range(degree + 1)] for k in range(nmax + 1)],
+        dtype=torch.float64,
+        device=n.device,
+    )
     return tab[n.long()]
 
 
@@ -160,8 +166,9 @@ def _ips_scales(mshift: torch.Tensor, degree: int) -> torch.Tensor:
     return sc
 
 
-def power_sums(full: torch.Tensor, k_cnt: torch.Tensor, sc: torch.Tensor,
-               degree: int) -> tuple[torch.Tensor, torch.Tensor]:
+def power_sums(
+    full: torch.Tensor, k_cnt: torch.Tensor, sc: torch.Tensor, degree: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     r"""Per-prompt :math:`\hat P_{j,i}` and :math:`\hat S_{j,i}` (``(U, L+1)`` each, scaled by
     ``sc``), 0 where :math:`j > K_i`."""
     c = full.shape[1] - 1
@@ -173,8 +180,13 @@ def power_sums(full: torch.Tensor, k_cnt: torch.Tensor, sc: torch.Tensor,
 
 
 def loo_rewards(
-    q: torch.Tensor, loo: torch.Tensor, full: torch.Tensor, pos: torch.Tensor,
-    k_cnt: torch.Tensor, mshift: torch.Tensor, coef: torch.Tensor,
+    q: torch.Tensor,
+    loo: torch.Tensor,
+    full: torch.Tensor,
+    pos: torch.Tensor,
+    k_cnt: torch.Tensor,
+    mshift: torch.Tensor,
+    coef: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     r"""IPS value and gradient rewards :math:`d`, :math:`\rho`, and :math:`\sum_k\tilde w_k\rho_k`.
 
@@ -205,8 +217,9 @@ def loo_rewards(
     qe = (q[:, :, None] * loo[:, :c, :lmax]).sum(1)  # (S, L): q . e_m(others), m = 0..L-1
     b_loo = _binom(torch.clamp(kk - 1, min=0), lmax).to(q.dtype)  # C(K-1, m)
     ok = b_loo > 0
-    unit = torch.where(ok, _ips_scales(mshift, lmax) / torch.where(ok, b_loo, 1.0),
-                       torch.zeros_like(b_loo))  # (U, L+1): scale of T_m
+    unit = torch.where(
+        ok, _ips_scales(mshift, lmax) / torch.where(ok, b_loo, 1.0), torch.zeros_like(b_loo)
+    )  # (U, L+1): scale of T_m
     t = qe[:, 1:] * unit[pos, 1:lmax]  # m = 1..L-1  <->  j = 2..L
     ej = full[:, :c].sum(1)  # (U, L+1)
     s_t = jj[2:] * ej[:, 2:] * unit[:, 1:lmax]

@@ -86,13 +86,15 @@ class ObjectiveStats:
         if self.power is not None:
             pw, cnt, sh, coef = self._power_terms()
             o_pw, o_cnt, o_sh, o_coef = other._power_terms()
-            if (pw.shape != o_pw.shape or not torch.equal(coef, o_coef)
-                    or self.self_normalized != other.self_normalized):
+            if (
+                pw.shape != o_pw.shape
+                or not torch.equal(coef, o_coef)
+                or self.self_normalized != other.self_normalized
+            ):
                 raise ValueError(mismatch)
             shift = torch.maximum(sh, o_sh)
             jj = torch.arange(pw.shape[-1], dtype=pw.dtype, device=pw.device)
-            out["power"] = (pw * torch.exp(jj * (sh - shift))
-                            + o_pw * torch.exp(jj * (o_sh - shift)))
+            out["power"] = pw * torch.exp(jj * (sh - shift)) + o_pw * torch.exp(jj * (o_sh - shift))
             out["power_shift"] = shift
             out["power_counts"] = cnt + o_cnt
         for f in fields(self):
@@ -150,8 +152,9 @@ class ObjectiveStats:
             if self.self_normalized:
                 s_j = pw[j - 1 :, 1, j].sum()
                 n_j = cnt[j - 1 :].sum()
-                val = val + torch.where(s_j > 0, a_j * n_j / torch.where(s_j > 0, s_j, 1.0),
-                                        torch.zeros_like(a_j))
+                val = val + torch.where(
+                    s_j > 0, a_j * n_j / torch.where(s_j > 0, s_j, 1.0), torch.zeros_like(a_j)
+                )
             else:
                 val = val + a_j * torch.exp(j * shift)
         return val / cnt.sum()

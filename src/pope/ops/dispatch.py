@@ -120,4 +120,3 @@ def resolve_op_backend(backend: str | None, device: torch.device | str) -> str:
             "before the first import (e.g. at the top of conftest.py or in the shell)."
         )
     return "triton"
-

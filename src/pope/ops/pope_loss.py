@@ -199,7 +199,10 @@ def pope_loss(
 
 
 def _check_controls(
-    weighting: str, clip: float | None, ppo_eps: float | None, normalizer: float | None,
+    weighting: str,
+    clip: float | None,
+    ppo_eps: float | None,
+    normalizer: float | None,
     num_seqs: int,
 ) -> tuple[float | None, float | None, float]:
     """Validated ``(clip, ppo_eps, normalizer)`` of :func:`pope_loss` (``normalizer`` default S)."""

@@ -79,8 +79,10 @@ def chunk_embeddings(data: LogData, spec: EvalSpec, n_raw_rows: int | None = Non
         return out
     from pope.aspects import embed_texts
 
+    if spec.embedding_model is None:
+        raise ValueError("aspects='embedding' needs embedding_model (--embedding-model)")
     return embed_texts(
-        data.response or [], spec.embedding_model, device=spec.device, progress=spec.progress  # type: ignore[arg-type]
+        data.response or [], spec.embedding_model, device=spec.device, progress=spec.progress
     )
 
 
@@ -102,7 +104,8 @@ def validate_chunk(frame: Any, spec: EvalSpec, row_offset: int) -> LogData:
     data = validate_logs(
         frame,
         columns=cols,
-        require_text=spec.policy is not None or spec.logging_model is not None
+        require_text=spec.policy is not None
+        or spec.logging_model is not None
         or spec.aspects == "model",
         require_log_logging=spec.logging_model is None,
         aspect_names=spec.aspect_names,
@@ -112,16 +115,21 @@ def validate_chunk(frame: Any, spec: EvalSpec, row_offset: int) -> LogData:
     )
     if "__row__" in frame.columns:  # global row numbers carried by the frame (Ray/Spark)
         rows = frame["__row__"].to_numpy(dtype=np.int64)
-        rep = ValidationReport(data.report.n_rows, {k: rows[v] for k, v in
-                                                    data.report.issues.items()})
+        rep = ValidationReport(
+            data.report.n_rows, {k: rows[v] for k, v in data.report.issues.items()}
+        )
         data = replace(data, rows=rows, report=rep)
     if spec.policy is None and data.log_target is None:
         raise LogFormatError(
             f"no target policy: give a policy model directory, or a column "
             f"{cols.log_target!r} with precomputed log pi_theta(y|x)"
         )
-    if spec.aspects == "labels" and data.aspect is None and data.aspect_probs is None \
-            and spec.lam != 0:
+    if (
+        spec.aspects == "labels"
+        and data.aspect is None
+        and data.aspect_probs is None
+        and spec.lam != 0
+    ):
         raise LogFormatError(
             f"no aspects: the log has no {cols.aspect!r} (or {cols.aspect_probs!r}) column; "
             "assign aspects from embeddings (k-means) or evaluate relevance only (no aspects)"
@@ -139,10 +147,13 @@ def _assign_aspects(
         from pope.aspects import assign_aspects
 
         emb = chunk_embeddings(data, spec, n_raw_rows)
-        if spec.centers is None:
+        if spec.centers is None or n_aspects is None:
             raise ValueError("k-means centers are not fitted (internal: fit them first)")
         a = assign_aspects(
-            emb, int(n_aspects), centers=spec.centers, soft=spec.soft_aspects,  # type: ignore[arg-type]
+            emb,
+            int(n_aspects),
+            centers=spec.centers,
+            soft=spec.soft_aspects,
             temperature=spec.temperature,
         )
         aspect, probs = (None, a.probs) if spec.soft_aspects else (a.labels, None)
@@ -166,8 +177,9 @@ def _log_probs(data: LogData, spec: EvalSpec) -> tuple[Any, Any, Any, Any]:
     tok_logging: list[np.ndarray] | None = None
     log_target: np.ndarray | None
     if spec.logging_model is not None:
-        log_logging, tok_logging = score_with_model(spec.logging_model, data, spec, tokens,
-                                                    "logging")
+        log_logging, tok_logging = score_with_model(
+            spec.logging_model, data, spec, tokens, "logging"
+        )
     if spec.policy is not None:
         log_target, tok_target = score_with_model(spec.policy, data, spec, tokens, "target")
     else:
@@ -222,8 +234,12 @@ def prepare(
     log_target, tok_target, log_logging, tok_logging = _log_probs(data, spec)
     tokens = spec.weighting == "token_mean"
     if spec.signal_scale is not None:
-        data = replace(data, signal=data.signal / spec.signal_scale if spec.signal_scale > 0
-                       else np.zeros_like(data.signal))
+        data = replace(
+            data,
+            signal=data.signal / spec.signal_scale
+            if spec.signal_scale > 0
+            else np.zeros_like(data.signal),
+        )
     fb = data.to_feedback(
         log_logging=log_logging,
         aspect=aspect,
@@ -234,5 +250,6 @@ def prepare(
     )
     lt = np.asarray(log_target, dtype=np.float64)[fb.row_index]
     tt = _aligned_tokens(tok_target, fb) if tokens else None
-    return Prepared(data=data, feedback=fb, log_target=lt, token_log_target=tt, report=report,
-                    embeddings=emb)
+    return Prepared(
+        data=data, feedback=fb, log_target=lt, token_log_target=tt, report=report, embeddings=emb
+    )

@@ -89,13 +89,16 @@ def complete_spec(
     return replace(spec, **upd)
 
 
-def prepare_spec(source: Any, spec: EvalSpec, *, chunk_rows: int = 50_000,
-                 fit_rows: int = 100_000) -> EvalSpec:
+def prepare_spec(
+    source: Any, spec: EvalSpec, *, chunk_rows: int = 50_000, fit_rows: int = 100_000
+) -> EvalSpec:
     """Complete ``spec`` for distributed runs with one local streaming pass when needed."""
     if not needs_prepass(spec):
         return spec
     cols = spec.columns
-    raw = iter_raw_chunks(source, chunk_rows,
-                          text_columns=(cols.prompt_id, cols.prompt, cols.response))
-    return complete_spec(iter_prompt_chunks(raw, cols.prompt_id), spec, fit_rows=fit_rows,
-                         n_raw_rows=None)
+    raw = iter_raw_chunks(
+        source, chunk_rows, text_columns=(cols.prompt_id, cols.prompt, cols.response)
+    )
+    return complete_spec(
+        iter_prompt_chunks(raw, cols.prompt_id), spec, fit_rows=fit_rows, n_raw_rows=None
+    )

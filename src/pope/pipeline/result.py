@@ -86,8 +86,10 @@ class EvalResult:
     def table(self, method: str = "normal") -> str:
         """The estimates as an aligned text table (intervals by ``method``)."""
         a = self.spec.alpha
-        head = (f"{'estimator':<34} {'value':>9} {'stderr':>9} "
-                f"{f'{100 * (1 - a):g}% CI':>21} {'ESS':>9} {'max w':>9} {'clipped':>7}")
+        head = (
+            f"{'estimator':<34} {'value':>9} {'stderr':>9} "
+            f"{f'{100 * (1 - a):g}% CI':>21} {'ESS':>9} {'max w':>9} {'clipped':>7}"
+        )
         lines = [head, "-" * len(head)]
         for label, e in self.rows():
             lo, hi = e.ci(method=method)
@@ -102,7 +104,8 @@ class EvalResult:
         lines.append(
             f"POPE diversity: {self.spec.diversity}, estimator {ex.get('diversity_estimator')}"
             + (f", degree {deg}" if deg else "")
-            + ("; baselines estimate r + lambda d with the plug-in d" if self.baselines else ""))
+            + ("; baselines estimate r + lambda d with the plug-in d" if self.baselines else "")
+        )
         for label, e in self.rows():
             note = e.interval_note()
             if note:
@@ -117,8 +120,12 @@ class EvalResult:
             d["ci_lower"], d["ci_upper"] = e.ci(method=method)
             d["ci_method"] = method
             ex = e.diagnostics.extra
-            for key in ("diversity_estimator", "diversity_degree", "pair_ess_fraction",
-                        "single_response_prompt_fraction"):
+            for key in (
+                "diversity_estimator",
+                "diversity_degree",
+                "pair_ess_fraction",
+                "single_response_prompt_fraction",
+            ):
                 if key in ex:
                     d[key] = ex[key]
             return {k: _json_float(v) for k, v in d.items()}

@@ -53,8 +53,12 @@ def evaluate_logs(
     EvalResult
     """
     cols = spec.columns
-    frame = read_table(source, format=format, split=split,
-                       text_columns=(cols.prompt_id, cols.prompt, cols.response))
+    frame = read_table(
+        source,
+        format=format,
+        split=split,
+        text_columns=(cols.prompt_id, cols.prompt, cols.response),
+    )
     n_raw = len(frame)
     if spec.kmeans and spec.centers is None:
         kept = drop_bad_rows(validate_chunk(frame, spec, 0), spec.on_error)

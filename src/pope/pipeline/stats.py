@@ -59,8 +59,10 @@ def estimates(prep: Prepared, spec: EvalSpec) -> tuple[Any, dict[str, Any]]:
 
 def total_reward(res: Any, fb: Any, prep: Prepared, spec: EvalSpec) -> np.ndarray:
     """Per-response total reward :math:`r + \\lambda d` used by the baselines."""
-    r = res.reward if res.reward is not None else fb.rewards(
-        pope_kwargs(spec)["reward_normalization"]
+    r = (
+        res.reward
+        if res.reward is not None
+        else fb.rewards(pope_kwargs(spec)["reward_normalization"])
     )
     if spec.lam == 0 or res.diversity_reward is None:
         return np.asarray(r, dtype=np.float64)

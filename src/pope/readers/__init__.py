@@ -70,7 +70,11 @@ LOG_FORMATS = (*FORMATS, *PUBLIC_FORMATS, "auto")
 
 # ----------------------------------------------------------------------------- dispatch
 _READERS: dict[str, Callable[..., Any]] = {
-    "oasst": read_oasst, "ratings": read_ratings, "pairwise": read_pairwise, "trl": read_trl}
+    "oasst": read_oasst,
+    "ratings": read_ratings,
+    "pairwise": read_pairwise,
+    "trl": read_trl,
+}
 
 
 def detect_public_format(columns: Iterable[str]) -> str:
@@ -116,8 +120,9 @@ def _peek_columns(path: Path, fmt: Format, split: str | None) -> list[str]:
     return list(read_table(path, format=fmt).columns)
 
 
-def read_logs(source: Any, format: str = "auto", *, split: str | None = None,
-              **options: Any) -> Any:
+def read_logs(
+    source: Any, format: str = "auto", *, split: str | None = None, **options: Any
+) -> Any:
     """Read any supported log into the log table (``pandas.DataFrame``, not validated).
 
     Parameters

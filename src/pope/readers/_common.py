@@ -40,9 +40,25 @@ def as_list(v: Any) -> list[Any]:
 
 
 #: Fields read as text from CSV/TSV (so a prompt "007" stays "007").
-_TEXT_FIELDS = ("prompt_id", "id", "prompt", "response", "instruction", "question", "text",
-                "completion", "output", "chosen", "rejected", "history", "human_ref_A",
-                "human_ref_B", "post_id", "message_id", "parent_id")
+_TEXT_FIELDS = (
+    "prompt_id",
+    "id",
+    "prompt",
+    "response",
+    "instruction",
+    "question",
+    "text",
+    "completion",
+    "output",
+    "chosen",
+    "rejected",
+    "history",
+    "human_ref_A",
+    "human_ref_B",
+    "post_id",
+    "message_id",
+    "parent_id",
+)
 
 
 def records_of(source: Any, split: str | None = None) -> list[dict[str, Any]]:
@@ -82,8 +98,9 @@ def messages_text(messages: Sequence[Any]) -> str:
     turns = []
     for m in messages:
         if not isinstance(m, dict) or "content" not in m:
-            raise LogFormatError("a conversational message must be a dict with 'role' and "
-                                 f"'content', got {m!r:.80}")
+            raise LogFormatError(
+                f"a conversational message must be a dict with 'role' and 'content', got {m!r:.80}"
+            )
         turns.append((str(m.get("role", "user")), "" if isna(m["content"]) else str(m["content"])))
     if len(turns) == 1 and turns[0][0] in ("user", "prompter"):
         return turns[0][1]
@@ -126,6 +143,7 @@ def pick_field(keys: Iterable[str], candidates: Sequence[str], what: str, given:
         f"no {what} field: expected one of {list(candidates)} (or pass it), fields are "
         f"{sorted(keys)}"
     )
+
 
 def completion_text(v: Any) -> str:
     """A completion as text: a string, or the assistant turns of a message list."""

@@ -20,8 +20,20 @@ __all__ = ["read_oasst"]
 
 # ----------------------------------------------------------------------------- OpenAssistant
 _OASST_COLUMNS = (
-    "prompt_id", "prompt", "response", "signal", "response_id", "message_tree_id", "rank",
-    "n_ranked", "votes_up", "votes_down", "model_name", "synthetic", "turn", "lang",
+    "prompt_id",
+    "prompt",
+    "response",
+    "signal",
+    "response_id",
+    "message_tree_id",
+    "rank",
+    "n_ranked",
+    "votes_up",
+    "votes_down",
+    "model_name",
+    "synthetic",
+    "turn",
+    "lang",
 )
 
 
@@ -46,8 +58,9 @@ def _flat_to_trees(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         elif str(parent) in nodes:
             nodes[str(parent)]["replies"].append(node)
         # a message whose parent is not in the file is an orphan subtree: not reachable
-    return [{"message_tree_id": r.get("message_tree_id", r["message_id"]), "prompt": r}
-            for r in roots]
+    return [
+        {"message_tree_id": r.get("message_tree_id", r["message_id"]), "prompt": r} for r in roots
+    ]
 
 
 def _positions(ranks: list[float]) -> list[float]:
@@ -126,8 +139,12 @@ def read_oasst(
             f"fields are {sorted(records[0])}"
         )
     rows: list[dict[str, Any]] = []
-    counts = {"trees": len(trees), "unranked_dropped": 0, "deleted_dropped": 0,
-              "other_lang_prompts": 0}
+    counts = {
+        "trees": len(trees),
+        "unranked_dropped": 0,
+        "deleted_dropped": 0,
+        "other_lang_prompts": 0,
+    }
     for tree in trees:
         stack: list[tuple[dict[str, Any], list[dict[str, Any]], int]] = [(tree["prompt"], [], 0)]
         while stack:
@@ -136,25 +153,48 @@ def read_oasst(
                 counts["deleted_dropped"] += 1
                 continue
             thread = [*history, {"role": msg.get("role"), "content": msg.get("text")}]
-            replies = [r for r in as_list(msg.get("replies"))
-                       if not (drop_deleted and bool(r.get("deleted")) is True)]
+            replies = [
+                r
+                for r in as_list(msg.get("replies"))
+                if not (drop_deleted and bool(r.get("deleted")) is True)
+            ]
             counts["deleted_dropped"] += len(as_list(msg.get("replies"))) - len(replies)
             if msg.get("role") == "prompter":
                 if lang is not None and msg.get("lang") != lang:
                     counts["other_lang_prompts"] += 1
                 else:
-                    rows.extend(_oasst_prompt_rows(tree, msg, thread, replies, turn, signal,
-                                                   unranked, prompt_format, counts, source))
-            stack.extend((r, thread, turn + (r.get("role") == "prompter"))
-                         for r in reversed(replies))
+                    rows.extend(
+                        _oasst_prompt_rows(
+                            tree,
+                            msg,
+                            thread,
+                            replies,
+                            turn,
+                            signal,
+                            unranked,
+                            prompt_format,
+                            counts,
+                            source,
+                        )
+                    )
+            stack.extend(
+                (r, thread, turn + (r.get("role") == "prompter")) for r in reversed(replies)
+            )
     reader = {"format": "oasst", "signal": signal, "prompt_format": prompt_format, **counts}
     return log_frame(rows, _OASST_COLUMNS, reader)
 
 
 def _oasst_prompt_rows(
-    tree: dict[str, Any], msg: dict[str, Any], thread: list[dict[str, Any]],
-    replies: list[dict[str, Any]], turn: int, signal: str, unranked: str, prompt_format: str,
-    counts: dict[str, int], source: Any,
+    tree: dict[str, Any],
+    msg: dict[str, Any],
+    thread: list[dict[str, Any]],
+    replies: list[dict[str, Any]],
+    turn: int,
+    signal: str,
+    unranked: str,
+    prompt_format: str,
+    counts: dict[str, int],
+    source: Any,
 ) -> list[dict[str, Any]]:
     """The rows of one prompter turn (its assistant replies)."""
     answers = [r for r in replies if r.get("role") == "assistant"]
@@ -181,22 +221,22 @@ def _oasst_prompt_rows(
             counts["unranked_dropped"] += 1
             continue
         model = r.get("model_name")
-        out.append({
-            "prompt_id": str(msg.get("message_id")),
-            "prompt": prompt,
-            "response": r.get("text"),
-            "signal": s,
-            "response_id": str(r.get("message_id")),
-            "message_tree_id": str(tree.get("message_tree_id")),
-            "rank": float(r["rank"]) if id(r) in pos else math.nan,
-            "n_ranked": k,
-            "votes_up": up,
-            "votes_down": down,
-            "model_name": None if isna(model) else str(model),
-            "synthetic": bool(r.get("synthetic", False)),
-            "turn": turn,
-            "lang": r.get("lang"),
-        })
+        out.append(
+            {
+                "prompt_id": str(msg.get("message_id")),
+                "prompt": prompt,
+                "response": r.get("text"),
+                "signal": s,
+                "response_id": str(r.get("message_id")),
+                "message_tree_id": str(tree.get("message_tree_id")),
+                "rank": float(r["rank"]) if id(r) in pos else math.nan,
+                "n_ranked": k,
+                "votes_up": up,
+                "votes_down": down,
+                "model_name": None if isna(model) else str(model),
+                "synthetic": bool(r.get("synthetic", False)),
+                "turn": turn,
+                "lang": r.get("lang"),
+            }
+        )
     return out
-
-

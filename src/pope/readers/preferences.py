@@ -81,25 +81,34 @@ def read_ratings(
         nested = completions_field in keys
         for i, rec in enumerate(records):
             prompt = text_of(rec.get(pf))
-            pid = (str(rec[idf]) if idf is not None and not isna(rec.get(idf))
-                   else text_id(prompt or ""))
+            pid = (
+                str(rec[idf])
+                if idf is not None and not isna(rec.get(idf))
+                else text_id(prompt or "")
+            )
             comps = as_list(rec.get(completions_field)) if nested else [rec]
             for j, c in enumerate(comps):
                 if not isinstance(c, dict):
                     raise LogFormatError(
                         f"{source_name(source)}: record {i}: completion {j} is not an object"
                     )
-                rf = pick_field(c.keys(), ("response", "text", "completion", "output"), "response",
-                           response_field)
+                rf = pick_field(
+                    c.keys(),
+                    ("response", "text", "completion", "output"),
+                    "response",
+                    response_field,
+                )
                 model = c.get("model", c.get("model_name"))
-                rows.append({
-                    "prompt_id": pid,
-                    "prompt": prompt,
-                    "response": text_of(c.get(rf)),
-                    "signal": number(_dotted(c, score)),
-                    "model_name": None if isna(model) else str(model),
-                    "completion_index": j,
-                })
+                rows.append(
+                    {
+                        "prompt_id": pid,
+                        "prompt": prompt,
+                        "response": text_of(c.get(rf)),
+                        "signal": number(_dotted(c, score)),
+                        "model_name": None if isna(model) else str(model),
+                        "completion_index": j,
+                    }
+                )
     cols = ("prompt_id", "prompt", "response", "signal", "model_name", "completion_index")
     return log_frame(rows, cols, {"format": "ratings", "score": score, "records": len(records)})
 
@@ -111,11 +120,12 @@ def _split_hh(text: str) -> tuple[str, str]:
     cut = text.rfind(tag)
     if cut < 0:
         raise LogFormatError("an HH transcript has no '\\n\\nAssistant:' turn")
-    return text[:cut], text[cut + len(tag):].lstrip(" ")
+    return text[:cut], text[cut + len(tag) :].lstrip(" ")
 
 
-def _pairs(records: list[dict[str, Any]], fields: dict[str, str | None],
-           source: Any) -> Iterable[tuple[str, str, str, str, str, Any, Any, bool]]:
+def _pairs(
+    records: list[dict[str, Any]], fields: dict[str, str | None], source: Any
+) -> Iterable[tuple[str, str, str, str, str, Any, Any, bool]]:
     """(prompt_id, prompt, winner, loser, winner_id, loser_id, scores, tie) per record."""
     keys = set(records[0])
     if {"human_ref_A", "human_ref_B", "labels"} <= keys:  # Stanford SHP
@@ -155,24 +165,24 @@ def _pairs(records: list[dict[str, Any]], fields: dict[str, str | None],
                     "before the last assistant turn (not one prompt)"
                 )
             prompt = pw
-        pid = (str(rec[id_f]) if id_f and not isna(rec.get(id_f))
-               else text_id(prompt))
+        pid = str(rec[id_f]) if id_f and not isna(rec.get(id_f)) else text_id(prompt)
         tie = bool(rec.get(tie_f)) if tie_f and not isna(rec.get(tie_f)) else False
         yield pid, prompt, win, lose, text_id(win), text_id(lose), (None, None), tie
 
 
-def _split_messages(chosen: list[Any], rejected: list[Any], i: int,
-                    source: Any) -> tuple[str, str, str]:
+def _split_messages(
+    chosen: list[Any], rejected: list[Any], i: int, source: Any
+) -> tuple[str, str, str]:
     """Implicit-prompt conversations: the shared leading messages are the prompt."""
     n = 0
     while n < min(len(chosen), len(rejected)) - 1 and chosen[n] == rejected[n]:
         n += 1
     if n == 0:
-        raise LogFormatError(f"{source_name(source)}: record {i}: chosen and rejected "
-                             "conversations share no leading messages (no prompt)")
-    return (messages_text(chosen[:n]), completion_text(chosen[n:]),
-            completion_text(rejected[n:]))
-
+        raise LogFormatError(
+            f"{source_name(source)}: record {i}: chosen and rejected "
+            "conversations share no leading messages (no prompt)"
+        )
+    return (messages_text(chosen[:n]), completion_text(chosen[n:]), completion_text(rejected[n:]))
 
 
 def read_pairwise(
@@ -213,8 +223,13 @@ def read_pairwise(
         appearance.
     """
     records = records_of(source, split)
-    fields = {"prompt": prompt_field, "chosen": chosen_field, "rejected": rejected_field,
-              "id": id_field, "tie": tie_field}
+    fields = {
+        "prompt": prompt_field,
+        "chosen": chosen_field,
+        "rejected": rejected_field,
+        "id": id_field,
+        "tie": tie_field,
+    }
     table: dict[str, dict[str, Any]] = {}
     n_pairs = ties = 0
     if records:
@@ -231,18 +246,28 @@ def read_pairwise(
     rows = []
     for pid, p in table.items():
         for rid, e in p["resp"].items():
-            rows.append({
-                "prompt_id": pid,
-                "prompt": p["prompt"],
-                "response": e["text"],
-                "signal": e["wins"] / e["n"],
-                "wins": e["wins"],
-                "comparisons": e["n"],
-                "response_id": rid,
-                "score": number(e["score"]),
-            })
-    cols = ("prompt_id", "prompt", "response", "signal", "wins", "comparisons", "response_id",
-            "score")
+            rows.append(
+                {
+                    "prompt_id": pid,
+                    "prompt": p["prompt"],
+                    "response": e["text"],
+                    "signal": e["wins"] / e["n"],
+                    "wins": e["wins"],
+                    "comparisons": e["n"],
+                    "response_id": rid,
+                    "score": number(e["score"]),
+                }
+            )
+    cols = (
+        "prompt_id",
+        "prompt",
+        "response",
+        "signal",
+        "wins",
+        "comparisons",
+        "response_id",
+        "score",
+    )
     return log_frame(rows, cols, {"format": "pairwise", "pairs": n_pairs, "ties_dropped": ties})
 
 
@@ -299,17 +324,24 @@ def read_trl(
         idf = id_field or ("prompt_id" if "prompt_id" in keys else None)
         for rec in records:
             prompt = text_of(rec.get(prompt_field))
-            pid = (str(rec[idf]) if idf is not None and not isna(rec.get(idf))
-                   else text_id(prompt or ""))
+            pid = (
+                str(rec[idf])
+                if idf is not None and not isna(rec.get(idf))
+                else text_id(prompt or "")
+            )
             comp = rec.get(completion_field)
-            rows.append({
-                "prompt_id": pid,
-                "prompt": prompt,
-                "response": None if not isinstance(comp, (list, tuple, np.ndarray)) and isna(comp)
-                else completion_text(comp),
-                "signal": number(rec.get(sf)),
-            })
-    return log_frame(rows, ("prompt_id", "prompt", "response", "signal"),
-                  {"format": "trl", "records": len(records)})
-
-
+            rows.append(
+                {
+                    "prompt_id": pid,
+                    "prompt": prompt,
+                    "response": None
+                    if not isinstance(comp, (list, tuple, np.ndarray)) and isna(comp)
+                    else completion_text(comp),
+                    "signal": number(rec.get(sf)),
+                }
+            )
+    return log_frame(
+        rows,
+        ("prompt_id", "prompt", "response", "signal"),
+        {"format": "trl", "records": len(records)},
+    )

@@ -162,8 +162,15 @@ class CandidateEnv:
     soft_aspects: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("group", "preference", "aspect", "aspect_probs", "quality", "utility",
-                     "logging_logits"):
+        for name in (
+            "group",
+            "preference",
+            "aspect",
+            "aspect_probs",
+            "quality",
+            "utility",
+            "logging_logits",
+        ):
             arr = np.array(getattr(self, name))
             arr.flags.writeable = False
             object.__setattr__(self, name, arr)
@@ -372,8 +379,10 @@ class CandidateEnv:
         c_ = self.n_aspects
         if not self.soft_aspects:
             comps = np.array(
-                [np.bincount(t, minlength=c_) for t in
-                 itertools.combinations_with_replacement(range(c_), k)],
+                [
+                    np.bincount(t, minlength=c_)
+                    for t in itertools.combinations_with_replacement(range(c_), k)
+                ],
                 dtype=np.float64,
             )  # (S, C)
             cov = self.coverage(policy)  # (P, C)
@@ -473,8 +482,9 @@ class CandidateEnv:
             prompt_ids=np.arange(prompts.shape[0]),
             **aspect_kw,
         )
-        return SyntheticLog(env=self, feedback=fb, prompt=prompts, candidate=cand,
-                            logging_policy=policy)
+        return SyntheticLog(
+            env=self, feedback=fb, prompt=prompts, candidate=cand, logging_policy=policy
+        )
 
     def fit_reward_model(self, log: SyntheticLog, *, ridge: float = 1e-3) -> np.ndarray:
         r"""A (deliberately misspecified) reward model fitted on the logs, for DM / DR.
@@ -495,4 +505,3 @@ class CandidateEnv:
         a = x.T @ x + ridge * np.eye(x.shape[1])
         beta = np.linalg.solve(a, x.T @ y)
         return np.clip(feats @ beta, 0.0, 1.0)
-

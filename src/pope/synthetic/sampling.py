@@ -47,4 +47,3 @@ def draw_signal(utility: np.ndarray, noise: SignalNoise, rng: np.random.Generato
     if noise == "none":
         return utility.astype(np.float64).copy()
     raise ValueError(f"noise must be 'bernoulli' or 'none', got {noise!r}")
-

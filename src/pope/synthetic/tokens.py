@@ -50,8 +50,9 @@ class TokenLog:
 
     def log_prob(self, model: Any, *, batch_size: int = 8192) -> np.ndarray:
         r""":math:`\log\pi_\theta(y_{ik}\mid x_i)` of the logged responses under ``model``."""
-        return self.env.log_prob(model, self.response_prompt, self.tokens,
-                                 batch_size=batch_size).sum(axis=1)
+        return self.env.log_prob(
+            model, self.response_prompt, self.tokens, batch_size=batch_size
+        ).sum(axis=1)
 
 
 @dataclass(frozen=True, eq=False)
@@ -443,6 +444,6 @@ class TokenEnv:
             position=np.arange(resp_prompt.shape[0]) - np.repeat(ptr[:-1], counts),
             prompt_ids=np.arange(prompts.shape[0]),
         )
-        return TokenLog(env=self, feedback=fb, prompt=prompts.astype(np.int64), tokens=tokens,
-                        utility=util)
-
+        return TokenLog(
+            env=self, feedback=fb, prompt=prompts.astype(np.int64), tokens=tokens, utility=util
+        )

@@ -123,8 +123,10 @@ class BehaviourCloningResult:
         """
         rows = np.ones(self.fold.shape[0], bool) if fold is None else self.fold == fold
         n = max(int(self.response_tokens[rows].sum()), 1)
-        return (float(self.base_log_logging[rows].sum() / n),
-                float(self.log_logging[rows].sum() / n))
+        return (
+            float(self.base_log_logging[rows].sum() / n),
+            float(self.log_logging[rows].sum() / n),
+        )
 
     def summary(self) -> str:
         """One line per fold and the held-out comparison with the base model."""
@@ -133,15 +135,21 @@ class BehaviourCloningResult:
             held = int((self.fold == k).sum())
             loss = self.train_loss[k]
             base, fit = self.heldout_logprob_per_token(k)
-            trend = (f"{loss[0]:.4g} (1 pass)" if len(loss) == 1 else
-                     f"{loss[0]:.4g} -> {loss[-1]:.4g} over {len(loss)} passes")
+            trend = (
+                f"{loss[0]:.4g} (1 pass)"
+                if len(loss) == 1
+                else f"{loss[0]:.4g} -> {loss[-1]:.4g} over {len(loss)} passes"
+            )
             lines.append(
                 f"fold {k}: fine-tuned on {self.train_rows[k].size} responses, training loss "
                 f"{trend}; scored {held} held-out responses: log-prob per token {fit:.4g} "
-                f"(base model {base:.4g})")
+                f"(base model {base:.4g})"
+            )
         base, fit = self.heldout_logprob_per_token()
-        lines.append(f"all folds, held out: log-prob per token {fit:.4g} cross-fitted, "
-                     f"{base:.4g} with the base model")
+        lines.append(
+            f"all folds, held out: log-prob per token {fit:.4g} cross-fitted, "
+            f"{base:.4g} with the base model"
+        )
         return "\n".join(lines)
 
 
@@ -176,8 +184,10 @@ def assign_folds(keys: Sequence[Hashable], folds: int, *, seed: int = 0) -> np.n
     if folds < 2:
         raise ValueError(f"folds must be >= 2 (cross-fitting needs a held-out fold), got {folds}")
     if folds > len(uniq):
-        raise ValueError(f"folds={folds} is more than the {len(uniq)} distinct prompts of the "
-                         "log; every fold needs at least one prompt")
+        raise ValueError(
+            f"folds={folds} is more than the {len(uniq)} distinct prompts of the "
+            "log; every fold needs at least one prompt"
+        )
     digest = [hashlib.sha1(str(k).encode("utf-8")).hexdigest() for k in uniq]
     canonical = sorted(range(len(uniq)), key=lambda i: (digest[i], str(uniq[i])))
     perm = np.random.default_rng(seed).permutation(len(uniq))
@@ -195,8 +205,10 @@ def _prompt_keys(frame: Any, columns: Any, prompts: list[str]) -> list[str]:
             if pid is None or (isinstance(pid, float) and math.isnan(pid)):
                 continue
             if text_of.setdefault(pid, text) != text:
-                raise ValueError(f"prompt_id {pid!r} has two different prompt texts (row {i}); "
-                                 "the folds split prompts, so each id needs one text")
+                raise ValueError(
+                    f"prompt_id {pid!r} has two different prompt texts (row {i}); "
+                    "the folds split prompts, so each id needs one text"
+                )
     return prompts
 
 
@@ -206,8 +218,10 @@ def _load(base_model: Any, device: str | None, dtype: Any) -> tuple[Any, Any, st
         model, tok = load_causal_lm(base_model, device=device, dtype=dtype)
         return model, tok, str(Path(base_model).resolve())
     if not (isinstance(base_model, tuple) and len(base_model) == 2):
-        raise TypeError("base_model must be a model directory or a (model, tokenizer) pair, "
-                        f"got {type(base_model).__name__}")
+        raise TypeError(
+            "base_model must be a model directory or a (model, tokenizer) pair, "
+            f"got {type(base_model).__name__}"
+        )
     model, tok = base_model
     model = copy.deepcopy(model)  # the caller's model is not trained
     if device is not None:
@@ -217,8 +231,9 @@ def _load(base_model: Any, device: str | None, dtype: Any) -> tuple[Any, Any, st
     return model, tok, type(model).__name__
 
 
-def _training_batches(pairs: TokenizedPairs, rows: np.ndarray, batch_tokens: int,
-                      pad_token_id: int | None) -> list[Batch]:
+def _training_batches(
+    pairs: TokenizedPairs, rows: np.ndarray, batch_tokens: int, pad_token_id: int | None
+) -> list[Batch]:
     """Padded ``(input_ids, attention_mask, labels)`` batches of ``rows`` (similar lengths
     together); ``labels`` are ``-100`` on the prompt and the padding (Hugging Face)."""
     out = []
@@ -233,8 +248,9 @@ def _training_batches(pairs: TokenizedPairs, rows: np.ndarray, batch_tokens: int
     return out
 
 
-def _fit_fold(model: Any, batches: list[Batch], opt: _Options, *,
-              rng: np.random.Generator, bar: Any) -> list[float]:
+def _fit_fold(
+    model: Any, batches: list[Batch], opt: _Options, *, rng: np.random.Generator, bar: Any
+) -> list[float]:
     """Maximum likelihood on the response tokens: AdamW, linear warmup then linear decay
     (``transformers.get_scheduler("linear")``, as ``TrainingArguments`` defaults to), batch
     order shuffled each pass. Returns the mean loss per pass (token-weighted)."""
@@ -242,10 +258,14 @@ def _fit_fold(model: Any, batches: list[Batch], opt: _Options, *,
 
     dev = next(model.parameters()).device
     total = max(1, math.ceil(opt.num_train_epochs * len(batches)))
-    optim = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad],
-                              lr=opt.learning_rate, weight_decay=opt.weight_decay)
-    sched = get_scheduler("linear", optim, num_warmup_steps=opt.warmup_steps,
-                          num_training_steps=total)
+    optim = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad],
+        lr=opt.learning_rate,
+        weight_decay=opt.weight_decay,
+    )
+    sched = get_scheduler(
+        "linear", optim, num_warmup_steps=opt.warmup_steps, num_training_steps=total
+    )
     model.train()
     losses: list[float] = []
     step = 0
@@ -253,8 +273,7 @@ def _fit_fold(model: Any, batches: list[Batch], opt: _Options, *,
         nll = tokens = 0.0
         for b in rng.permutation(len(batches))[: total - step]:
             ids, mask, labels = (t.to(dev) for t in batches[b])
-            loss = model(input_ids=ids, attention_mask=mask, labels=labels,
-                         use_cache=False).loss
+            loss = model(input_ids=ids, attention_mask=mask, labels=labels, use_cache=False).loss
             optim.zero_grad(set_to_none=True)
             loss.backward()
             if opt.max_grad_norm is not None:
@@ -302,8 +321,12 @@ class _Options:
 
     @property
     def score_kw(self) -> dict[str, Any]:
-        return {"batch_tokens": self.batch_tokens, "chat_template": self.chat_template,
-                "add_eos": self.add_eos, "progress": False}
+        return {
+            "batch_tokens": self.batch_tokens,
+            "chat_template": self.chat_template,
+            "add_eos": self.add_eos,
+            "progress": False,
+        }
 
     def settings(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -319,8 +342,10 @@ def _prepare_save_dir(path: str | os.PathLike[str] | None, overwrite: bool) -> P
         raise ValueError(f"save_models {p} is a file, not a directory")
     old = sorted([*p.glob("fold-*"), *p.glob("folds.json")]) if p.is_dir() else []
     if old and not overwrite:
-        raise FileExistsError(f"save_models {p} holds an earlier fit ({old[0].name}, ...); pass "
-                              "overwrite=True (--overwrite) to replace it")
+        raise FileExistsError(
+            f"save_models {p} holds an earlier fit ({old[0].name}, ...); pass "
+            "overwrite=True (--overwrite) to replace it"
+        )
     for o in old:
         shutil.rmtree(o) if o.is_dir() else o.unlink()
     p.mkdir(parents=True, exist_ok=True)
@@ -413,24 +438,77 @@ def fit_logging_policy(
 
     opt = _Options(float(num_train_epochs), float(learning_rate), float(weight_decay),
                    int(warmup_steps), max_grad_norm, int(batch_tokens), bool(add_eos),
-                   bool(chat_template), seed)
+                   bool(chat_template), seed)  # fmt: skip
     opt.check()
     cols = columns if isinstance(columns, LogColumns) else LogColumns.from_mapping(columns or {})
     token_column = f"token_{column}"
-    frame = _input_frame(read_log_frame(logs, cols, format=format, split=split),
-                         (column, fold_column, token_column), overwrite)
+    frame = _input_frame(
+        read_log_frame(logs, cols, format=format, split=split),
+        (column, fold_column, token_column),
+        overwrite,
+    )
     prompts, responses = pair_texts(frame, cols)
     fold = assign_folds(_prompt_keys(frame, cols, prompts), folds, seed=seed)
+    return _fit_frame(
+        frame,
+        cols,
+        prompts,
+        responses,
+        fold,
+        base_model,
+        opt,
+        folds=int(folds),
+        device=device,
+        dtype=dtype,
+        save_models=save_models,
+        overwrite=overwrite,
+        progress=progress,
+        column=column,
+        fold_column=fold_column,
+        token_logprobs=token_logprobs,
+    )
+
+
+def _fit_frame(
+    frame: Any,
+    cols: Any,
+    prompts: list[str],
+    responses: list[str],
+    fold: np.ndarray,
+    base_model: Any,
+    opt: _Options,
+    *,
+    folds: int,
+    device: str | None,
+    dtype: Any,
+    save_models: str | os.PathLike[str] | None,
+    overwrite: bool,
+    progress: bool,
+    column: str,
+    fold_column: str,
+    token_logprobs: bool,
+) -> BehaviourCloningResult:
+    """:func:`fit_logging_policy` once the log is read and the folds are drawn."""
+    chat_template, add_eos = opt.chat_template, opt.add_eos
+    token_column = f"token_{column}"
     model, tok, name = _load(base_model, device, dtype)
-    pairs = tokenize_pairs(tok, prompts, responses, chat_template=chat_template,
-                           add_eos=add_eos)
+    pairs = tokenize_pairs(tok, prompts, responses, chat_template=chat_template, add_eos=add_eos)
     _check_context(pairs, model, tok)
     save_dir = _prepare_save_dir(save_models, overwrite)
     base = score_responses(model, tok, prompts, responses, **opt.score_kw)
-    out, tokens, train_rows, losses = _cross_fit(model, tok, pairs, (prompts, responses),
-                                                 fold, opt, save_dir, progress, token_logprobs)
-    settings = _settings(opt, int(folds), fold_column, name, model, tok, save_dir,
-                         token_column if token_logprobs else None)
+    out, tokens, train_rows, losses = _cross_fit(
+        model, tok, pairs, (prompts, responses), fold, opt, save_dir, progress, token_logprobs
+    )
+    settings = _settings(
+        opt,
+        int(folds),
+        fold_column,
+        name,
+        model,
+        tok,
+        save_dir,
+        token_column if token_logprobs else None,
+    )
     if save_dir is not None:
         _write_folds_json(save_dir, frame, cols, fold, settings)
     frame[column] = out
@@ -438,10 +516,18 @@ def fit_logging_policy(
         frame[token_column] = [t.tolist() for t in tokens]
     frame[fold_column] = fold
     return BehaviourCloningResult(
-        frame=frame, log_logging=out, base_log_logging=np.asarray(base, dtype=np.float64),
-        fold=fold, n_folds=int(folds), train_rows=train_rows, train_loss=losses,
-        response_tokens=pairs.response_lengths, settings=settings, column=column,
-        fold_column=fold_column)
+        frame=frame,
+        log_logging=out,
+        base_log_logging=np.asarray(base, dtype=np.float64),
+        fold=fold,
+        n_folds=int(folds),
+        train_rows=train_rows,
+        train_loss=losses,
+        response_tokens=pairs.response_lengths,
+        settings=settings,
+        column=column,
+        fold_column=fold_column,
+    )
 
 
 def _input_frame(frame: Any, written: tuple[str, ...], overwrite: bool) -> Any:
@@ -449,30 +535,54 @@ def _input_frame(frame: Any, written: tuple[str, ...], overwrite: bool) -> Any:
     ``overwrite`` is false."""
     present = [c for c in written if c in frame.columns]
     if present and not overwrite:
-        raise ValueError(f"the log already has column(s) {present}; pass overwrite=True "
-                         "(--overwrite) to replace them")
+        raise ValueError(
+            f"the log already has column(s) {present}; pass overwrite=True "
+            "(--overwrite) to replace them"
+        )
     return frame.drop(columns=present)
 
 
-def _settings(opt: _Options, folds: int, fold_column: str, name: str, model: Any, tok: Any,
-              save_dir: Path | None, token_column: str | None) -> dict[str, Any]:
+def _settings(
+    opt: _Options,
+    folds: int,
+    fold_column: str,
+    name: str,
+    model: Any,
+    tok: Any,
+    save_dir: Path | None,
+    token_column: str | None,
+) -> dict[str, Any]:
     """What produced the column, for the ``pope.scores`` metadata (the keys of
     :func:`pope.score_log.score_log` plus ``method``, ``folds`` and the training options)."""
     from pope import __version__
 
     return {
-        "method": METHOD, "folds": folds, "fold_column": fold_column, "model": name,
-        **opt.settings(), "tokenizer": type(tok).__name__, "vocab_size": len(tok),
-        "head": "logits", "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+        "method": METHOD,
+        "folds": folds,
+        "fold_column": fold_column,
+        "model": name,
+        **opt.settings(),
+        "tokenizer": type(tok).__name__,
+        "vocab_size": len(tok),
+        "head": "logits",
+        "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
         "saved_models": None if save_dir is None else str(save_dir.resolve()),
-        "token_column": token_column, "pope_version": __version__,
+        "token_column": token_column,
+        "pope_version": __version__,
     }
 
 
-def _cross_fit(model: Any, tok: Any, pairs: TokenizedPairs,
-               texts: tuple[list[str], list[str]], fold: np.ndarray, opt: _Options,
-               save_dir: Path | None, progress: bool, token_logprobs: bool
-               ) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray], list[list[float]]]:
+def _cross_fit(
+    model: Any,
+    tok: Any,
+    pairs: TokenizedPairs,
+    texts: tuple[list[str], list[str]],
+    fold: np.ndarray,
+    opt: _Options,
+    save_dir: Path | None,
+    progress: bool,
+    token_logprobs: bool,
+) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray], list[list[float]]]:
     """Fine-tune a fresh copy of ``model`` per fold on the other folds' rows and score the
     fold's rows with it: ``(log-probs, per-token log-probs (empty unless token_logprobs),
     training rows per fold, losses per fold)``."""
@@ -481,8 +591,9 @@ def _cross_fit(model: Any, tok: Any, pairs: TokenizedPairs,
     prompts, responses = texts
     n_folds = int(fold.max()) + 1
     train_rows = [np.flatnonzero(fold != k) for k in range(n_folds)]
-    batches = [_training_batches(pairs, rows, opt.batch_tokens, tok.pad_token_id)
-               for rows in train_rows]
+    batches = [
+        _training_batches(pairs, rows, opt.batch_tokens, tok.pad_token_id) for rows in train_rows
+    ]
     empty = [k for k, b in enumerate(batches) if not b]
     if empty:
         raise ValueError(f"fold {empty[0]}: the responses outside it have no tokens to learn")
@@ -498,12 +609,20 @@ def _cross_fit(model: Any, tok: Any, pairs: TokenizedPairs,
             for k in range(n_folds):
                 torch.manual_seed(opt.seed * 1009 + k)
                 model.load_state_dict(initial)
-                losses.append(_fit_fold(model, batches[k], opt,
-                                        rng=np.random.default_rng([opt.seed, k]), bar=bar))
+                losses.append(
+                    _fit_fold(
+                        model, batches[k], opt, rng=np.random.default_rng([opt.seed, k]), bar=bar
+                    )
+                )
                 held = np.flatnonzero(fold == k)
-                res = score_responses(model, tok, [prompts[i] for i in held],
-                                      [responses[i] for i in held], **opt.score_kw,
-                                      return_token_logprobs=token_logprobs)
+                res = score_responses(
+                    model,
+                    tok,
+                    [prompts[i] for i in held],
+                    [responses[i] for i in held],
+                    **opt.score_kw,
+                    return_token_logprobs=token_logprobs,
+                )
                 if isinstance(res, tuple):  # return_token_logprobs=True
                     out[held] = res[0]
                     for j, i in enumerate(held):
@@ -529,8 +648,9 @@ def _save_fold(model: Any, tok: Any, path: Path) -> None:
     write_directory(path, fill)
 
 
-def _write_folds_json(save_dir: Path, frame: Any, cols: Any, fold: np.ndarray,
-                      settings: dict[str, Any]) -> None:
+def _write_folds_json(
+    save_dir: Path, frame: Any, cols: Any, fold: np.ndarray, settings: dict[str, Any]
+) -> None:
     """``folds.json``: the settings and the rows (and prompt ids, if any) of each fold."""
     import json
 

@@ -119,9 +119,12 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if self.coverage == "snips":
-            warnings.warn("coverage='snips' is deprecated, use coverage='self_normalized' (the "
-                          "spelling of pope.evaluate and the CLI)", DeprecationWarning,
-                          stacklevel=3)
+            warnings.warn(
+                "coverage='snips' is deprecated, use coverage='self_normalized' (the "
+                "spelling of pope.evaluate and the CLI)",
+                DeprecationWarning,
+                stacklevel=3,
+            )
             self.coverage = "self_normalized"
 
         def positive(name: str, integer: bool = False, allow_none: bool = False) -> None:
@@ -174,8 +177,11 @@ class TrainConfig:
 
     def monitor(self) -> WeightMonitor:
         """The :class:`~pope.train_monitor.WeightMonitor` these settings describe."""
-        return WeightMonitor(warn_fraction=self.ess_warning,
-                             min_ess_fraction=self.min_ess_fraction, patience=self.ess_patience)
+        return WeightMonitor(
+            warn_fraction=self.ess_warning,
+            min_ess_fraction=self.min_ess_fraction,
+            patience=self.ess_patience,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable settings."""

@@ -182,8 +182,9 @@ class PopeDataset(torch.utils.data.Dataset):
         texts = [prompt[i] for i in groups.first]
         bad = [i for i, g in enumerate(groups.group.tolist()) if prompt[i] != texts[g]]
         if bad:
-            raise ValueError(f"prompt_id {pid[bad[0]]!r} has two different prompt texts "
-                             f"(row {bad[0]})")
+            raise ValueError(
+                f"prompt_id {pid[bad[0]]!r} has two different prompt texts (row {bad[0]})"
+            )
         rewards = normalize_signal(sig[order], ptr, reward_normalization)
         if np.isnan(rewards).any() or rewards.min() < 0 or rewards.max() > 1:
             raise ValueError("rewards must lie in [0, 1] after normalisation")
@@ -425,7 +426,6 @@ class PopeDataset(torch.utils.data.Dataset):
         if self.ref_token_logprobs is not None:
             item["ref_logprobs"] = self.ref_token_logprobs[lo:hi]
         return item
-
 
 
 def token_budget_batches(

@@ -94,6 +94,8 @@ def pope_forward(
 def detach_stats(stats: ObjectiveStats) -> ObjectiveStats:
     """``stats`` with every tensor detached from the graph (left on its device)."""
     detached: dict[str, Any] = {
-        f.name: v.detach() for f in dataclasses.fields(stats)
-        if isinstance(v := getattr(stats, f.name), torch.Tensor)}
+        f.name: v.detach()
+        for f in dataclasses.fields(stats)
+        if isinstance(v := getattr(stats, f.name), torch.Tensor)
+    }
     return dataclasses.replace(stats, **detached)

@@ -98,7 +98,9 @@ class PopeTrainerMixin(_TrainerBase):
                 warnings.warn(
                     "the micro-batches of this step have statistics that do not merge (pass "
                     "num_aspects= to PopeObjective); logging the last micro-batch's estimates",
-                    RuntimeWarning, stacklevel=2)
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
                 merged = stats[-1]
             self._pope_metrics = merged.metrics()
         return self._pope_metrics
@@ -151,8 +153,9 @@ def trainer_class() -> type:
     if not _TRAINER:
         from transformers import Trainer
 
-        _TRAINER.append(type("PopeTrainer", (PopeTrainerMixin, Trainer),
-                             {"__module__": "pope.train"}))
+        _TRAINER.append(
+            type("PopeTrainer", (PopeTrainerMixin, Trainer), {"__module__": "pope.train"})
+        )
     return _TRAINER[0]
 
 

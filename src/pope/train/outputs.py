@@ -48,8 +48,7 @@ class OutputExistsError(FileExistsError):
 RUN_EXTRAS = ("eval", "runs", "wandb", "summary.json", "aspect_model.json")
 
 
-def run_outputs(output_dir: str | os.PathLike[str], log_file: str | os.PathLike[str]
-                ) -> list[Path]:
+def run_outputs(output_dir: str | os.PathLike[str], log_file: str | os.PathLike[str]) -> list[Path]:
     """Everything an earlier training run left in ``output_dir``
     (:func:`pope.checkpoint.run_files` and :data:`RUN_EXTRAS`)."""
     d = Path(output_dir)
@@ -64,8 +63,13 @@ def rng_state() -> dict[str, Any]:
     name, mt, pos, has_gauss, cached = legacy
     st: dict[str, Any] = {
         "python": {"version": version, "state": list(keys), "gauss_next": gauss},
-        "numpy": {"bit_generator": name, "keys": mt.tolist(), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "numpy": {
+            "bit_generator": name,
+            "keys": mt.tolist(),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
         "torch": torch.get_rng_state().tolist(),
     }
     if torch.cuda.is_available():
@@ -78,8 +82,13 @@ def set_rng_state(st: Any, source: Path) -> None:
     try:
         py, nps = st["python"], st["numpy"]
         python = (int(py["version"]), tuple(int(v) for v in py["state"]), py["gauss_next"])
-        numpy_state = (str(nps["bit_generator"]), np.asarray(nps["keys"], dtype=np.uint32),
-                       int(nps["pos"]), int(nps["has_gauss"]), float(nps["cached_gaussian"]))
+        numpy_state = (
+            str(nps["bit_generator"]),
+            np.asarray(nps["keys"], dtype=np.uint32),
+            int(nps["pos"]),
+            int(nps["has_gauss"]),
+            float(nps["cached_gaussian"]),
+        )
         tstate = torch.tensor(st["torch"], dtype=torch.uint8)
         cuda = [torch.tensor(s, dtype=torch.uint8) for s in st.get("cuda", [])]
         random.setstate(python)
@@ -89,7 +98,6 @@ def set_rng_state(st: Any, source: Path) -> None:
         raise CheckpointError(f"{source}: not a valid RNG state ({type(e).__name__}: {e})") from e
     if cuda and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(cuda)
-
 
 
 def unpack_logprobs(

@@ -221,8 +221,7 @@ class OffPolicyTrainer:
             lengths[dataset.prompt_ptr[i] : dataset.prompt_ptr[i + 1]]
             for i in range(dataset.n_prompts)
         ]
-        self.batches = token_budget_batches(groups, config.token_budget,
-                                            names=dataset.prompt_ids)
+        self.batches = token_budget_batches(groups, config.token_budget, names=dataset.prompt_ids)
         self.batch_sizes = [int(sum(len(groups[g]) for g in b)) for b in self.batches]
         per_step = config.grad_accum_steps * self.dist.world_size
         if config.max_steps is not None:
@@ -332,8 +331,7 @@ class OffPolicyTrainer:
         """
         was = self.model.training
         self.model.eval()
-        objective = self.config.objective(distributed=False,
-                                          num_aspects=self.dataset.num_aspects)
+        objective = self.config.objective(distributed=False, num_aspects=self.dataset.num_aspects)
         stats: ObjectiveStats | None = None
         try:
             for b in range(len(self.batches)):
@@ -404,7 +402,8 @@ class OffPolicyTrainer:
                 acc[1] += 1
                 stop = monitor.check(row)
                 if self.held_out is not None and (
-                    stop or self.step == self.total_steps
+                    stop
+                    or self.step == self.total_steps
                     or (self.config.eval_every and self.step % self.config.eval_every == 0)
                 ):
                     row.update(self._evaluate_held_out(result))
@@ -426,8 +425,7 @@ class OffPolicyTrainer:
             ]
             if self.config.final_eval:
                 result.final_metrics = self.evaluate()
-                reporter.log({f"final/{k}": v for k, v in result.final_metrics.items()},
-                             self.step)
+                reporter.log({f"final/{k}": v for k, v in result.final_metrics.items()}, self.step)
         finally:
             bar.close()
             reporter.close()
@@ -463,16 +461,24 @@ class OffPolicyTrainer:
             out = self.output_dir / "eval"
             out.mkdir(parents=True, exist_ok=True)
             (out / f"step-{self.step}.json").write_text(
-                json.dumps(d, indent=2, allow_nan=False) + "\n")
+                json.dumps(d, indent=2, allow_nan=False) + "\n"
+            )
         row: dict[str, float] = {}
         for name in ("relevance", "diversity", "total"):
             e = d["pope"][name]
             row[f"eval/{name}"] = e["value"]
             row[f"eval/{name}_stderr"] = e["stderr"]
         tot = d["pope"]["total"]
-        row.update({"eval/ci_lower": tot["ci_lower"], "eval/ci_upper": tot["ci_upper"],
-                    "eval/ess": tot["ess"], "eval/mean_weight": tot["mean_weight"],
-                    "eval/max_weight": tot["max_weight"], "eval/n": tot["n"]})
+        row.update(
+            {
+                "eval/ci_lower": tot["ci_lower"],
+                "eval/ci_upper": tot["ci_upper"],
+                "eval/ess": tot["ess"],
+                "eval/mean_weight": tot["mean_weight"],
+                "eval/max_weight": tot["max_weight"],
+                "eval/n": tot["n"],
+            }
+        )
         return {k: (float("nan") if v is None else float(v)) for k, v in row.items()}
 
     def _write_summary(self, result: TrainResult) -> None:
@@ -527,8 +533,9 @@ class OffPolicyTrainer:
         if not self.is_main:
             return d
         ds = self.dataset
-        lp: dict[str, torch.Tensor] = {"log_logging": torch.from_numpy(
-            np.ascontiguousarray(ds.log_logging, dtype=np.float64))}
+        lp: dict[str, torch.Tensor] = {
+            "log_logging": torch.from_numpy(np.ascontiguousarray(ds.log_logging, dtype=np.float64))
+        }
         if ds.ref_token_logprobs is not None:
             lens = [len(t) for t in ds.ref_token_logprobs]
             flat = np.concatenate([np.asarray(t, np.float64) for t in ds.ref_token_logprobs])
@@ -598,9 +605,9 @@ class OffPolicyTrainer:
         step = state.get("step")
         if not isinstance(step, int) or not 0 <= step <= self.total_steps:
             raise CheckpointError(f"{p / MANIFEST}: bad step {step!r}")
-        if state.get("n_responses") != self.dataset.n_responses or state.get(
-            "n_batches"
-        ) != len(self.batches):
+        if state.get("n_responses") != self.dataset.n_responses or state.get("n_batches") != len(
+            self.batches
+        ):
             raise ValueError(
                 f"checkpoint {p} was written for another dataset or token budget "
                 f"({state.get('n_responses')} responses, {state.get('n_batches')} batches)"
@@ -610,8 +617,11 @@ class OffPolicyTrainer:
         loaded = {n: load_tensors(p / n, self.device) for n in pt}
         rng = read_json(p / "rng.json")
         log_logging, ref = unpack_logprobs(loaded["logprobs.pt"], self.dataset, p / "logprobs.pt")
-        for name, target in (("model.pt", self.inner_model), ("optimizer.pt", self.optimizer),
-                             ("scheduler.pt", self.scheduler)):
+        for name, target in (
+            ("model.pt", self.inner_model),
+            ("optimizer.pt", self.optimizer),
+            ("scheduler.pt", self.scheduler),
+        ):
             try:
                 target.load_state_dict(loaded[name])
             except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as e:
