@@ -147,7 +147,7 @@ class HeldOutEvaluator:
                         batch_tokens=self.spec.batch_tokens,
                         chat_template=self.spec.chat_template,
                         add_eos=self.spec.add_eos,
-                        head=self.spec.head,  # type: ignore[arg-type]
+                        head=self.spec.head,
                         progress=False,
                     ),
                     dtype=np.float64,

@@ -185,6 +185,6 @@ def describe_propensity(
         "meaning": meaning,
         "warnings": warnings,
     }
-    if source.startswith("behaviour cloning"):
-        out["folds"] = behaviour_cloning.get("folds")  # type: ignore[union-attr]
+    if behaviour_cloning is not None and source.startswith("behaviour cloning"):
+        out["folds"] = behaviour_cloning.get("folds")
     return out

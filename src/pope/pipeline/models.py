@@ -84,7 +84,7 @@ def score_with_model(
         return_token_logprobs=tokens,
         chat_template=spec.chat_template,
         add_eos=spec.add_eos,
-        head=spec.head,  # type: ignore[arg-type]
+        head=spec.head,
         progress=spec.progress,
         desc=desc,
     )

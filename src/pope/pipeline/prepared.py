@@ -63,7 +63,9 @@ def chunk_embeddings(data: LogData, spec: EvalSpec, n_raw_rows: int | None = Non
     if spec.aspects == "npy":
         from pope.aspects import load_embeddings
 
-        emb = np.load(spec.embeddings_path, mmap_mode="r", allow_pickle=False)  # type: ignore[arg-type]
+        if spec.embeddings_path is None:  # EvalSpec requires it with aspects="npy"
+            raise ValueError("aspects='npy' needs embeddings_path")
+        emb = np.load(spec.embeddings_path, mmap_mode="r", allow_pickle=False)
         if emb.ndim != 2:
             raise LogFormatError(f"embeddings {spec.embeddings_path} must be 2-dimensional")
         if n_raw_rows is not None and emb.shape[0] != n_raw_rows:

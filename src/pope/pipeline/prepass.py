@@ -35,12 +35,14 @@ def fit_centers(emb: np.ndarray, spec: EvalSpec) -> np.ndarray:
     """k-means centers (``spec.n_aspects`` of them, ``spec.seed``) of the embeddings ``emb``."""
     from pope.aspects import kmeans
 
-    if emb.shape[0] < int(spec.n_aspects):  # type: ignore[arg-type]
+    if spec.n_aspects is None:  # EvalSpec requires it with k-means aspects
+        raise ValueError("k-means aspects need n_aspects")
+    if emb.shape[0] < spec.n_aspects:
         raise LogFormatError(
             f"k-means with {spec.n_aspects} aspects needs at least that many valid rows, "
             f"got {emb.shape[0]}"
         )
-    return kmeans(emb, int(spec.n_aspects), seed=spec.seed).centers  # type: ignore[arg-type]
+    return kmeans(emb, int(spec.n_aspects), seed=spec.seed).centers
 
 
 def complete_spec(

@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from pope.io import LogColumns, OnError
+from pope.options import LMHead
 
 __all__ = ["BASELINES", "AspectSource", "EvalSpec", "pope_kwargs"]
 
@@ -90,7 +91,7 @@ class EvalSpec:
     dtype: str = "auto"
     chat_template: bool = False
     add_eos: bool = False
-    head: str = "logits"
+    head: LMHead = "logits"
     aspects: AspectSource = "labels"
     n_aspects: int | None = None
     aspect_names: tuple[Any, ...] | None = None
