@@ -164,6 +164,13 @@ void jackknife_hard_kernel(const std::int64_t* ptr, const double* lw, const std:
         exp_array(bt.x.data(), R, w);
         double* A = bt.A.data();
         std::uint32_t* cell = bt.cell.data();
+        // a_k, the numerators and the denominators, in one buffer so that one vector loop
+        // takes all their logs
+        const std::size_t R4 = (R + 3) & ~std::size_t{3};
+        double* ac = bt.na.data();
+        double* na = ac + R4;
+        double* den = na + R4;
+        const double* x = bt.x.data();
         for (std::size_t q = 0; q < nq; ++q) {
             double* row = A + q * C;
             for (std::size_t c = 0; c < C; ++c) row[c] = 0.0;
@@ -171,8 +178,7 @@ void jackknife_hard_kernel(const std::int64_t* ptr, const double* lw, const std:
             const std::size_t e = static_cast<std::size_t>(ptr[i + q + 1]) - r0;
             // the shifted log weight of the largest row is exactly 0 (or max l itself)
             const double xm = self_normalize && std::isfinite(pmx[q]) ? 0.0 : pmx[q];
-            const double* x = bt.x.data();
-            const std::uint32_t cell0 = static_cast<std::uint32_t>(q * C);
+            std::uint32_t* cq = cell + s;  // the prompt's cells, relative to its row
             std::uint32_t st = kNone;
             double z_ex = 0.0;
             for (std::size_t k = s; k < e; ++k) {
@@ -182,7 +188,7 @@ void jackknife_hard_kernel(const std::int64_t* ptr, const double* lw, const std:
                     a = 0;
                 }
                 const double wk = w[k];
-                cell[k] = cell0 + static_cast<std::uint32_t>(a);
+                cell[k] = static_cast<std::uint32_t>(a);
                 row[a] += wk;
                 const bool is_star = (st == kNone) & (x[k] == xm);
                 st = is_star ? static_cast<std::uint32_t>(k) : st;
@@ -198,27 +204,16 @@ void jackknife_hard_kernel(const std::int64_t* ptr, const double* lw, const std:
             }
             pz[q] = z;
             pz[nq + q] = z_ex;
-        }
-        // a_k, the numerators and the denominators, in one buffer so that one vector loop
-        // takes all their logs
-        const std::size_t R4 = (R + 3) & ~std::size_t{3};
-        double* ac = bt.na.data();
-        double* na = ac + R4;
-        double* den = na + R4;
-        for (std::size_t q = 0; q < nq; ++q) {
-            const std::size_t s = static_cast<std::size_t>(ptr[i + q]) - r0;
-            const std::size_t e = static_cast<std::size_t>(ptr[i + q + 1]) - r0;
-            const double z = pz[q];
-            const std::uint32_t st = bt.star[q];
+            // second loop over the prompt's rows, its histogram complete (in L1)
             const std::uint32_t cs = st != kNone ? cell[st] : kNone;
             double a_ex = 0.0;  // the largest row's cell without it
             for (std::size_t k = s; k < e; ++k) {
                 const double wk = w[k];
-                const double a = A[cell[k]];
+                const double a = row[cq[k - s]];
                 ac[k] = a;
                 na[k] = std::max(a - wk, 0.0);
                 den[k] = z - (self_normalize ? wk : 1.0);
-                a_ex += wk * static_cast<double>((cell[k] == cs) & (k != st));
+                a_ex += wk * static_cast<double>((cq[k - s] == cs) & (k != st));
             }
             pz[2 * nq + q] = a_ex;
         }

@@ -78,12 +78,23 @@ std::tuple<DArray, DArray> elementary_sums_hard(const IArray& prompt_ptr, const 
                     po[j] = 0.0;
                     so[j] = ws[j];
                 }
-                // aspects summed in increasing label order (as the reference's sum over C)
-                std::sort(touched.begin(), touched.end());
-                for (std::int64_t a : touched) {
-                    double* sa = st.data() + static_cast<std::size_t>(a) * L1;
+                // aspects summed in increasing label order (as the reference's sum over C):
+                // with C <= 64 the touched labels are the set bits of a mask, else sorted
+                auto add_state = [&](std::size_t a) {
+                    double* sa = st.data() + a * L1;
                     for (std::size_t j = 1; j < L1; ++j) po[j] += sa[j];
                     sa[0] = 0.0;  // marks the state as stale for the next prompt
+                };
+                if (C <= 64) {
+                    std::uint64_t mask = 0;
+                    for (std::int64_t a : touched) mask |= std::uint64_t{1} << a;
+                    while (mask) {
+                        add_state(static_cast<std::size_t>(__builtin_ctzll(mask)));
+                        mask &= mask - 1;
+                    }
+                } else {
+                    std::sort(touched.begin(), touched.end());
+                    for (std::int64_t a : touched) add_state(static_cast<std::size_t>(a));
                 }
                 po[0] = 1.0;
             }
