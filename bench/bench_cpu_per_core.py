@@ -53,14 +53,18 @@ def main() -> None:
     dst = np.empty(n)
     tc = cpu(lambda: np.copyto(dst, lt), 15)
     ti = cpu(lambda: E.ips(reward=rw, log_target=lt, log_logging=ll, clip=20.0), 15)
-    print(f"ips(clip=20), 1 thread: {ti * 1e3:.1f} ms, copy {tc * 1e3:.1f} ms: "
-          f"{1.5 * tc / ti:.2f} of the copy bandwidth")
+    print(
+        f"ips(clip=20), 1 thread: {ti * 1e3:.1f} ms, copy {tc * 1e3:.1f} ms: "
+        f"{1.5 * tc / ti:.2f} of the copy bandwidth"
+    )
     v = rng.random((100_000, 1))
     v1 = v[:, 0].copy()
     tn = cpu(lambda: B._numpy_bootstrap(v1, 200, 1), 2) * 50
     tb = cpu(lambda: cpp.bootstrap_sums(v, 10_000, 1), 2)
-    print(f"bootstrap, 1 thread: NumPy {tn:.2f} s (scaled from 200), C++ {tb:.3f} s: "
-          f"{tn / tb:.1f}x per core")
+    print(
+        f"bootstrap, 1 thread: NumPy {tn:.2f} s (scaled from 200), C++ {tb:.3f} s: "
+        f"{tn / tb:.1f}x per core"
+    )
     cov = argparse.Namespace(cov_c=16, cov_p=125_000)
     C, P, ptr, _, lw, labels, _, seg = B._coverage_case(cov, rng)
 
@@ -76,8 +80,10 @@ def main() -> None:
     t0 = cpu(numpy_plugin, 10)
     tp = cpu(lambda: cpp.segment_coverage_hard(ptr, lw, labels, C, True), 15)
     tj = cpu(lambda: cpp.segment_jackknife_entropy_hard(ptr, lw, labels, C, True), 15)
-    print(f"coverage, 1 thread: NumPy {t0 * 1e3:.1f} ms, plug-in {tp * 1e3:.1f} ms "
-          f"({t0 / tp:.1f}x), jackknife {tj * 1e3:.1f} ms ({tj / tp:.2f}x the plug-in)")
+    print(
+        f"coverage, 1 thread: NumPy {t0 * 1e3:.1f} ms, plug-in {tp * 1e3:.1f} ms "
+        f"({t0 / tp:.1f}x), jackknife {tj * 1e3:.1f} ms ({tj / tp:.2f}x the plug-in)"
+    )
     print(f"1-minute load average after: {os.getloadavg()[0]:.2f}")
 
 
