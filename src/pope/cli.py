@@ -252,7 +252,7 @@ def _add_score(sub: Any) -> None:
         epilog=score_log.SCORE_EXAMPLES,
         formatter_class=_Formatter,
     )
-    score_log.add_arguments(p, _column_arg)
+    score_log.add_arguments(p, _column_arg, _positive_int)
     p.set_defaults(func=score_log.run)
 
 

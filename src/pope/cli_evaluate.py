@@ -27,11 +27,11 @@ from pope.options import (
     COVERAGES,
     DIVERSITIES,
     DIVERSITY_ESTIMATORS,
-    LM_HEADS,
     RELEVANCES,
     REWARD_NORMALIZATIONS,
     WEIGHTINGS,
 )
+from pope.score_log import add_scoring_args
 
 __all__ = ["EVALUATE_EXAMPLES", "add_parser"]
 
@@ -133,33 +133,7 @@ def _add_policy_args(g: Any) -> None:
         "this model as a declared proxy of the logging policy; the output says "
         "what the value then means",
     )
-    g.add_argument(
-        "--batch-tokens",
-        type=_positive_int,
-        default=8192,
-        metavar="N",
-        help="token budget of a scoring batch (padding included)",
-    )
-    g.add_argument("--device", help="scoring device (default: cuda if available, else cpu)")
-    g.add_argument(
-        "--dtype",
-        choices=["auto", "float32", "bfloat16", "float16"],
-        default="auto",
-        help="model dtype (auto: bfloat16 on CUDA, float32 on CPU)",
-    )
-    g.add_argument(
-        "--chat-template",
-        action="store_true",
-        help="format prompts with the tokenizer's chat template",
-    )
-    g.add_argument("--add-eos", action="store_true", help="score an EOS token after each response")
-    g.add_argument(
-        "--head",
-        choices=LM_HEADS,
-        default="logits",
-        help="'hidden' scores from hidden states and the LM head weight without "
-        "materialising all logits (plain linear heads only)",
-    )
+    add_scoring_args(g, _positive_int)
 
 
 def _add_estimation_args(g: Any) -> None:

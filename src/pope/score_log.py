@@ -31,6 +31,7 @@ from pope.readers import LOG_FORMATS
 __all__ = [
     "METADATA_KEY",
     "add_arguments",
+    "add_scoring_args",
     "pair_texts",
     "read_log_frame",
     "read_score_metadata",
@@ -245,8 +246,41 @@ examples:
 """
 
 
-def add_arguments(p: argparse.ArgumentParser, column_arg: Any) -> None:
-    """The options of ``pope score`` (``column_arg`` parses ``FIELD=NAME``)."""
+def add_scoring_args(g: Any, positive_int: Any) -> None:
+    """The scoring options shared by ``pope score`` and ``pope evaluate`` (``positive_int``:
+    the CLI's argument type for integers >= 1)."""
+    g.add_argument(
+        "--batch-tokens",
+        type=positive_int,
+        default=8192,
+        metavar="N",
+        help="token budget of a scoring batch (padding included)",
+    )
+    g.add_argument("--device", help="scoring device (default: cuda if available, else cpu)")
+    g.add_argument(
+        "--dtype",
+        choices=["auto", "float32", "bfloat16", "float16"],
+        default="auto",
+        help="model dtype (auto: bfloat16 on CUDA, float32 on CPU)",
+    )
+    g.add_argument(
+        "--chat-template",
+        action="store_true",
+        help="format prompts with the tokenizer's chat template",
+    )
+    g.add_argument("--add-eos", action="store_true", help="score an EOS token after each response")
+    g.add_argument(
+        "--head",
+        choices=LM_HEADS,
+        default="logits",
+        help="'hidden' scores from hidden states and the LM head weight without "
+        "materialising all logits (plain linear heads only)",
+    )
+
+
+def add_arguments(p: argparse.ArgumentParser, column_arg: Any, positive_int: Any = int) -> None:
+    """The options of ``pope score`` (``column_arg`` parses ``FIELD=NAME``, ``positive_int``
+    integers >= 1)."""
     g = p.add_argument_group("input")
     g.add_argument(
         "--logs",
@@ -285,32 +319,7 @@ def add_arguments(p: argparse.ArgumentParser, column_arg: Any) -> None:
         action="store_true",
         help="also write token_COLUMN, the per-token log-probs of each response",
     )
-    g.add_argument(
-        "--batch-tokens",
-        type=int,
-        default=8192,
-        metavar="N",
-        help="token budget of a scoring batch (padding included)",
-    )
-    g.add_argument("--device", help="default: cuda if available, else cpu")
-    g.add_argument(
-        "--dtype",
-        choices=["auto", "float32", "bfloat16", "float16"],
-        default="auto",
-        help="model dtype (auto: bfloat16 on CUDA, float32 on CPU)",
-    )
-    g.add_argument(
-        "--chat-template",
-        action="store_true",
-        help="format prompts with the tokenizer's chat template",
-    )
-    g.add_argument("--add-eos", action="store_true", help="score an EOS token after each response")
-    g.add_argument(
-        "--head",
-        choices=LM_HEADS,
-        default="logits",
-        help="'hidden': from hidden states and the LM head weight (no full logits)",
-    )
+    add_scoring_args(g, positive_int)
     g = p.add_argument_group("output")
     g.add_argument(
         "--out",
