@@ -23,6 +23,7 @@ from pope.cli import (
     _unhashable_ids_are_bad_input,
     _write_text_atomic,
 )
+from pope.engines import ENGINES
 from pope.options import (
     COVERAGES,
     DIVERSITIES,
@@ -90,7 +91,7 @@ def _add_run_args(g: Any) -> None:
     )
     g.add_argument(
         "--engine",
-        choices=["local", "ray", "spark"],
+        choices=ENGINES,
         default="local",
         help="where to evaluate: this process, a Ray cluster or Spark (Parquet "
         "logs; same result, docs/scale.md)",

@@ -39,7 +39,7 @@ import traceback
 import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 
@@ -71,7 +71,7 @@ __all__ = [
 
 Engine = Literal["local", "ray", "spark"]
 #: Engines :func:`evaluate_with_engine` runs on.
-ENGINES: tuple[str, ...] = ("local", "ray", "spark")
+ENGINES: tuple[Engine, ...] = get_args(Engine)
 
 _ROW, _BUCKET = "__row__", "__bucket__"
 

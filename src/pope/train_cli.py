@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from pope.options import REWARD_NORMALIZATIONS, WEIGHTINGS
+from pope.train_monitor import REPORT_TO
 
 __all__ = ["add_arguments", "run"]
 
@@ -289,7 +290,7 @@ def _add_monitoring_args(g: Any, cli: Any) -> None:
     )
     g.add_argument(
         "--report-to",
-        choices=["none", "tensorboard", "wandb"],
+        choices=REPORT_TO,
         default="none",
         help="also send the metrics to TensorBoard (OUTPUT_DIR/runs) or wandb "
         "(set WANDB_MODE=offline to stay off the network)",
