@@ -205,6 +205,18 @@ def _bench_bootstrap(
     t_np = {key: (v * B / k if key.endswith("_s") else v) for key, v in timed.pop("numpy").items()}
     task = f"bootstrap n={n:.0e} B={B}"
     _row(rows, f"{task} (baseline)", "numpy chunked gather", t_np, extrapolated_from=k)
+    for b, t in timed.items():
+        _ratio(rows, task, b, t, t_np, "numpy gather time / this", target=">= 25")
+    _bench_obp(mods, args, rows, task, v1, rng)
+
+
+def _bench_obp(
+    mods: dict, args: argparse.Namespace, rows: list, task: str, v1: np.ndarray, rng
+) -> None:
+    """OBP 0.5.7's percentile bootstrap against ``Estimate.ci(method="bootstrap")`` and the
+    backends' ``bootstrap_sums``, same n, B and data, when ``obp`` is importable (it declares
+    Python < 3.11; ``pip install --no-deps --ignore-requires-python --target DIR obp==0.5.7
+    seaborn`` and ``PYTHONPATH=DIR`` make it importable on 3.11)."""
     try:
         from obp.utils import estimate_confidence_interval_by_bootstrap
     except ImportError:
@@ -217,19 +229,37 @@ def _bench_bootstrap(
                 "note": "obp not importable here; not compared",
             }
         )
-        estimate_confidence_interval_by_bootstrap = None
-    if estimate_confidence_interval_by_bootstrap is not None:  # pragma: no cover
-        t_obp = _interleaved(
-            {
-                "obp": lambda: estimate_confidence_interval_by_bootstrap(
-                    v1, n_bootstrap_samples=B, random_state=1
-                )
-            },
-            1,
-        )["obp"]
-        _row(rows, f"{task} (OBP 0.5.7)", "obp", t_obp)
-    for b, t in timed.items():
-        _ratio(rows, task, b, t, t_np, "numpy gather time / this", target=">= 25")
+        return
+    import pope.estimators as est
+
+    n, B = v1.shape[0], args.boot_b
+    # an IPS log whose contributions w_i r_i are what OBP resamples
+    lt = np.minimum(rng.normal(-1.0, 0.3, n), 0.0)
+    ll = np.minimum(rng.normal(-1.0, 0.3, n), 0.0)
+    contrib = np.exp(lt - ll) * v1
+    fns: dict[str, Callable[[], object]] = {
+        "obp": lambda: estimate_confidence_interval_by_bootstrap(
+            contrib, n_bootstrap_samples=B, random_state=1
+        )
+    }
+    for b, mod in mods.items():
+        if b == "reference":
+            continue
+        fns[f"kernel|{b}"] = lambda mod=mod: mod.bootstrap_sums(contrib[:, None], B, 1)
+        fns[f"public|{b}"] = lambda b=b: est.ips(
+            reward=v1, log_target=lt, log_logging=ll, backend=b
+        ).ci(method="bootstrap", n_boot=B, seed=1)
+    timed = _interleaved(fns, 1)
+    t_obp = timed.pop("obp")
+    _row(rows, f"{task} (OBP 0.5.7 estimate_confidence_interval_by_bootstrap)", "obp", t_obp)
+    for key, t in timed.items():
+        kind, b = key.split("|")
+        label = (
+            f"{task} bootstrap_sums (kernel)"
+            if kind == "kernel"
+            else f"{task} ips(...).ci(method='bootstrap')"
+        )
+        _ratio(rows, label, b, t, t_obp, "OBP time / this", target=">= 60")
 
 
 def _coverage_case(args: argparse.Namespace, rng: np.random.Generator):

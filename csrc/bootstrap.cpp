@@ -32,6 +32,7 @@ constexpr std::size_t kBlockSteps = 128;    // steps per block of rows (2048 row
 constexpr std::size_t kBlockRows = kBlockSteps * kRowsPerStep;
 constexpr std::size_t kGroup = 16;          // resamples per group
 constexpr int kNumTails = 8;
+constexpr int kRareTail = 5;  // tails from here on checked only when a row of the step needs them
 // u >= kThresh[k] <=> c > k: 65536 - POISSON_TAILS of reference.py
 constexpr std::uint32_t kThresh[kNumTails] = {24110, 48218, 60273, 64292,
                                               65296, 65497, 65531, 65535};
@@ -110,6 +111,43 @@ __attribute__((target("avx2"))) inline __m256i rotl_avx2(__m256i x, int k) {
     return _mm256_or_si256(_mm256_slli_epi32(x, k), _mm256_srli_epi32(x, 32 - k));
 }
 
+// One step of the 8 streams: the counts of the next 16 rows (16-bit lanes, in row order).
+__attribute__((target("avx2"), always_inline)) inline __m256i step_counts(
+    __m256i& s0, __m256i& s1, __m256i& s2, __m256i& s3, const __m256i* th) {
+    const __m256i x = _mm256_add_epi32(rotl_avx2(_mm256_add_epi32(s0, s3), 7), s0);
+    const __m256i u = _mm256_slli_epi32(s1, 9);
+    s2 = _mm256_xor_si256(s2, s0);
+    s3 = _mm256_xor_si256(s3, s1);
+    s1 = _mm256_xor_si256(s1, s2);
+    s0 = _mm256_xor_si256(s0, s3);
+    s2 = _mm256_xor_si256(s2, u);
+    s3 = rotl_avx2(s3, 11);
+    // 16 rows: the 16-bit halves of the 8 outputs, in row order (little endian), sign-flipped
+    // for the signed compares
+    const __m256i us = _mm256_xor_si256(x, _mm256_set1_epi16(static_cast<short>(0x8000)));
+    __m256i cnt = _mm256_setzero_si256();
+    for (int k = 0; k < kRareTail; ++k) cnt = _mm256_sub_epi16(cnt, _mm256_cmpgt_epi16(us, th[k]));
+    // c > kRareTail in about 1% of the steps (P(u >= 65497) = 39/65536 per row)
+    const __m256i rare = _mm256_cmpgt_epi16(us, th[kRareTail]);
+    if (!_mm256_testz_si256(rare, rare)) [[unlikely]] {
+        cnt = _mm256_sub_epi16(cnt, rare);
+        for (int k = kRareTail + 1; k < kNumTails; ++k)
+            cnt = _mm256_sub_epi16(cnt, _mm256_cmpgt_epi16(us, th[k]));
+    }
+    return cnt;
+}
+
+// The 16 counts of a step as doubles, rows 4j .. 4j + 3 in d[j] (in-lane unpacks: lo holds
+// rows 0-3 | 8-11, hi rows 4-7 | 12-15).
+__attribute__((target("avx2"), always_inline)) inline void counts_pd(__m256i cnt, __m256d* d) {
+    const __m256i lo = _mm256_unpacklo_epi16(cnt, _mm256_setzero_si256());
+    const __m256i hi = _mm256_unpackhi_epi16(cnt, _mm256_setzero_si256());
+    d[0] = _mm256_cvtepi32_pd(_mm256_castsi256_si128(lo));
+    d[1] = _mm256_cvtepi32_pd(_mm256_castsi256_si128(hi));
+    d[2] = _mm256_cvtepi32_pd(_mm256_extracti128_si256(lo, 1));
+    d[3] = _mm256_cvtepi32_pd(_mm256_extracti128_si256(hi, 1));
+}
+
 // Same counts as block_generic (integer arithmetic only); the partial sums use FMA.
 __attribute__((target("avx2,fma"))) std::uint64_t block_avx2(Streams& st, const double* vb,
                                                              std::size_t ld, std::size_t m,
@@ -118,62 +156,53 @@ __attribute__((target("avx2,fma"))) std::uint64_t block_avx2(Streams& st, const 
     __m256i s1 = _mm256_load_si256(reinterpret_cast<const __m256i*>(st.s[1]));
     __m256i s2 = _mm256_load_si256(reinterpret_cast<const __m256i*>(st.s[2]));
     __m256i s3 = _mm256_load_si256(reinterpret_cast<const __m256i*>(st.s[3]));
-    const __m256i flip = _mm256_set1_epi16(static_cast<short>(0x8000));
     __m256i th[kNumTails];  // (t - 1) ^ 0x8000: signed u' > th <=> u >= t
     for (int t = 0; t < kNumTails; ++t)
         th[t] = _mm256_set1_epi16(static_cast<short>((kThresh[t] - 1) ^ 0x8000u));
     __m256i ncount = _mm256_setzero_si256();  // 16-bit lanes: <= 8 * kBlockSteps each
     const std::size_t full = rows / kRowsPerStep;
-    const std::size_t steps = (rows + kRowsPerStep - 1) / kRowsPerStep;
+    const std::size_t tail = rows - full * kRowsPerStep;
     alignas(32) std::uint16_t keep[kRowsPerStep];
-    for (std::size_t j = 0; j < kRowsPerStep; ++j)
-        keep[j] = j < rows - full * kRowsPerStep ? 0xFFFF : 0;
+    for (std::size_t j = 0; j < kRowsPerStep; ++j) keep[j] = j < tail ? 0xFFFF : 0;
     const __m256i tail_mask = _mm256_load_si256(reinterpret_cast<const __m256i*>(keep));
-    __m256d a0 = _mm256_setzero_pd(), a1 = a0, a2 = a0, a3 = a0;
+    __m256d d[4];
     if (m == 1) {
-        a0 = _mm256_loadu_pd(acc);
-        a1 = _mm256_loadu_pd(acc + 4);
-        a2 = _mm256_loadu_pd(acc + 8);
-        a3 = _mm256_loadu_pd(acc + 12);
-    }
-    for (std::size_t t = 0; t < steps; ++t) {
-        const __m256i x = _mm256_add_epi32(rotl_avx2(_mm256_add_epi32(s0, s3), 7), s0);
-        const __m256i u = _mm256_slli_epi32(s1, 9);
-        s2 = _mm256_xor_si256(s2, s0);
-        s3 = _mm256_xor_si256(s3, s1);
-        s1 = _mm256_xor_si256(s1, s2);
-        s0 = _mm256_xor_si256(s0, s3);
-        s2 = _mm256_xor_si256(s2, u);
-        s3 = rotl_avx2(s3, 11);
-        // 16 rows: the 16-bit halves of the 8 outputs, in row order (little endian)
-        const __m256i us = _mm256_xor_si256(x, flip);
-        __m256i cnt = _mm256_setzero_si256();
-        for (int k = 0; k < kNumTails; ++k) cnt = _mm256_sub_epi16(cnt, _mm256_cmpgt_epi16(us, th[k]));
-        if (t == full) cnt = _mm256_and_si256(cnt, tail_mask);  // rows past the block's end
-        ncount = _mm256_add_epi16(ncount, cnt);
-        const __m256i c03 = _mm256_cvtepu16_epi32(_mm256_castsi256_si128(cnt));
-        const __m256i c47 = _mm256_cvtepu16_epi32(_mm256_extracti128_si256(cnt, 1));
-        const __m256d d0 = _mm256_cvtepi32_pd(_mm256_castsi256_si128(c03));
-        const __m256d d1 = _mm256_cvtepi32_pd(_mm256_extracti128_si256(c03, 1));
-        const __m256d d2 = _mm256_cvtepi32_pd(_mm256_castsi256_si128(c47));
-        const __m256d d3 = _mm256_cvtepi32_pd(_mm256_extracti128_si256(c47, 1));
-        const std::size_t r0 = t * kRowsPerStep;
-        if (m == 1) {
-            if (t < full) {
-                a0 = _mm256_fmadd_pd(d0, _mm256_loadu_pd(vb + r0), a0);
-                a1 = _mm256_fmadd_pd(d1, _mm256_loadu_pd(vb + r0 + 4), a1);
-                a2 = _mm256_fmadd_pd(d2, _mm256_loadu_pd(vb + r0 + 8), a2);
-                a3 = _mm256_fmadd_pd(d3, _mm256_loadu_pd(vb + r0 + 12), a3);
-            } else {  // the last, partial step: padded with zeros
-                alignas(32) double pad[kRowsPerStep];
-                for (std::size_t j = 0; j < kRowsPerStep; ++j)
-                    pad[j] = r0 + j < rows ? vb[r0 + j] : 0.0;
-                a0 = _mm256_fmadd_pd(d0, _mm256_load_pd(pad), a0);
-                a1 = _mm256_fmadd_pd(d1, _mm256_load_pd(pad + 4), a1);
-                a2 = _mm256_fmadd_pd(d2, _mm256_load_pd(pad + 8), a2);
-                a3 = _mm256_fmadd_pd(d3, _mm256_load_pd(pad + 12), a3);
-            }
-        } else {
+        __m256d a0 = _mm256_loadu_pd(acc), a1 = _mm256_loadu_pd(acc + 4);
+        __m256d a2 = _mm256_loadu_pd(acc + 8), a3 = _mm256_loadu_pd(acc + 12);
+        for (std::size_t t = 0; t < full; ++t) {
+            const __m256i cnt = step_counts(s0, s1, s2, s3, th);
+            ncount = _mm256_add_epi16(ncount, cnt);
+            counts_pd(cnt, d);
+            const double* v = vb + t * kRowsPerStep;
+            a0 = _mm256_fmadd_pd(d[0], _mm256_loadu_pd(v), a0);
+            a1 = _mm256_fmadd_pd(d[1], _mm256_loadu_pd(v + 4), a1);
+            a2 = _mm256_fmadd_pd(d[2], _mm256_loadu_pd(v + 8), a2);
+            a3 = _mm256_fmadd_pd(d[3], _mm256_loadu_pd(v + 12), a3);
+        }
+        if (tail > 0) {  // the last, partial step: rows past the end count 0, padded with 0
+            const __m256i cnt = _mm256_and_si256(step_counts(s0, s1, s2, s3, th), tail_mask);
+            ncount = _mm256_add_epi16(ncount, cnt);
+            counts_pd(cnt, d);
+            alignas(32) double pad[kRowsPerStep];
+            for (std::size_t j = 0; j < kRowsPerStep; ++j)
+                pad[j] = j < tail ? vb[full * kRowsPerStep + j] : 0.0;
+            a0 = _mm256_fmadd_pd(d[0], _mm256_load_pd(pad), a0);
+            a1 = _mm256_fmadd_pd(d[1], _mm256_load_pd(pad + 4), a1);
+            a2 = _mm256_fmadd_pd(d[2], _mm256_load_pd(pad + 8), a2);
+            a3 = _mm256_fmadd_pd(d[3], _mm256_load_pd(pad + 12), a3);
+        }
+        _mm256_storeu_pd(acc, a0);
+        _mm256_storeu_pd(acc + 4, a1);
+        _mm256_storeu_pd(acc + 8, a2);
+        _mm256_storeu_pd(acc + 12, a3);
+    } else {
+        const std::size_t steps = full + (tail > 0);
+        for (std::size_t t = 0; t < steps; ++t) {
+            __m256i cnt = step_counts(s0, s1, s2, s3, th);
+            if (t == full) cnt = _mm256_and_si256(cnt, tail_mask);  // rows past the block's end
+            ncount = _mm256_add_epi16(ncount, cnt);
+            counts_pd(cnt, d);
+            const std::size_t r0 = t * kRowsPerStep;
             for (std::size_t col = 0; col < m; ++col) {
                 const double* v = vb + col * ld + r0;
                 double* ac = acc + col * kRowsPerStep;
@@ -183,21 +212,11 @@ __attribute__((target("avx2,fma"))) std::uint64_t block_avx2(Streams& st, const 
                         pad[j] = r0 + j < rows ? v[j] : 0.0;
                     v = pad;
                 }
-                _mm256_storeu_pd(ac, _mm256_fmadd_pd(d0, _mm256_loadu_pd(v), _mm256_loadu_pd(ac)));
-                _mm256_storeu_pd(ac + 4, _mm256_fmadd_pd(d1, _mm256_loadu_pd(v + 4),
-                                                         _mm256_loadu_pd(ac + 4)));
-                _mm256_storeu_pd(ac + 8, _mm256_fmadd_pd(d2, _mm256_loadu_pd(v + 8),
-                                                         _mm256_loadu_pd(ac + 8)));
-                _mm256_storeu_pd(ac + 12, _mm256_fmadd_pd(d3, _mm256_loadu_pd(v + 12),
-                                                          _mm256_loadu_pd(ac + 12)));
+                for (int j = 0; j < 4; ++j)
+                    _mm256_storeu_pd(ac + 4 * j, _mm256_fmadd_pd(d[j], _mm256_loadu_pd(v + 4 * j),
+                                                                 _mm256_loadu_pd(ac + 4 * j)));
             }
         }
-    }
-    if (m == 1) {
-        _mm256_storeu_pd(acc, a0);
-        _mm256_storeu_pd(acc + 4, a1);
-        _mm256_storeu_pd(acc + 8, a2);
-        _mm256_storeu_pd(acc + 12, a3);
     }
     _mm256_store_si256(reinterpret_cast<__m256i*>(st.s[0]), s0);
     _mm256_store_si256(reinterpret_cast<__m256i*>(st.s[1]), s1);
