@@ -81,7 +81,7 @@ struct HardBatch {
         if (A.size() < cells + 4) A.resize(cells + 4);
         if (star.size() < prompts + 1) {
             star.resize(prompts + 1);
-            pz.resize(6 * prompts + 4);
+            pz.resize(10 * prompts + 4);
         }
     }
 };
@@ -115,31 +115,61 @@ POPE_INLINE double row_sum_except(const double* x, std::size_t C, std::size_t sk
     return s;
 }
 
+// First k < K with x[k] == v, K when there is none: compares of 4 lanes, the overlapping
+// loads of seg_max for 4 <= K <= 16 merged into one bit mask (a lane's bit is its row's,
+// whichever load it came from).
+POPE_INLINE std::size_t seg_first_equal(const double* x, std::size_t K, double v) {
+    const v4d vv = splat4(v);
+    auto bits = [](v4i m) {
+        return static_cast<unsigned>((m[0] & 1) | (m[1] & 2) | (m[2] & 4) | (m[3] & 8));
+    };
+    if (K >= 4 && K <= 8) {
+        const unsigned m = bits(load4(x) == vv) | bits(load4(x + K - 4) == vv) << (K - 4);
+        return m != 0 ? static_cast<std::size_t>(__builtin_ctz(m)) : K;
+    }
+    if (K > 8 && K <= 16) {
+        const unsigned m = bits(load4(x) == vv) | bits(load4(x + 4) == vv) << 4 |
+                           bits(load4(x + K - 8) == vv) << (K - 8) |
+                           bits(load4(x + K - 4) == vv) << (K - 4);
+        return m != 0 ? static_cast<std::size_t>(__builtin_ctz(m)) : K;
+    }
+    std::size_t k = 0;
+    while (k < K && x[k] != v) ++k;
+    return k;
+}
+
 }  // namespace jk_detail
 
 using namespace jk_detail;
 
 // Prompts [i0, i1), hard labels, in batches of prompts (a few thousand rows and cells).
 //
-// Per prompt, one loop over its rows builds the histogram (a dense batch buffer, zeroed over
-// its C cells), finds the (first) largest row (branch-free: l == max l for the first time) and
-// sums the other rows' weights, Z_ex (no cancellation); a second loop reads each row's cell
-// a_k = A[c_k] and forms the deletion's numerator a_k - w_k and denominator Z - t_k, and the
-// largest row's cell without it. Every log of the batch (log a_k, log(a_k - w_k),
-// log(Z - t_k), and per prompt log Z, log Z_ex, log a*_ex) and 1 / (Z - t_k) are vector loops.
-// A last loop per prompt needs no log: with sum_c a_c log a_c = sum_k w_k log a_k, and
+// A deletion changes one cell: with a_k = A[c_k], n_k = a_k - w_k, d_k = Z - t_k,
+// T = sum_c A_c and G = sum_c A_c log A_c = sum_k w_k log a_k,
 //
-//   H_{-k} = ((T - a_k + n_k) log d_k - (G - a_k log a_k + n_k log n_k)) / d_k
+//   H_{-k} = ((T - w_k) log d_k - (G - a_k log a_k + n_k log n_k)) / d_k.
 //
-// (T = sum_c a_c, G = sum_c a_c log a_c, n_k = a_k - w_k, d_k = Z - t_k), the sum over the
-// deletions is T S1 - G S2 + S3 with S1 = sum_k log(d_k) / d_k, S2 = sum_k 1 / d_k and
-// S3 = sum_k ((n_k - a_k) log d_k + a_k log a_k - n_k log n_k) / d_k, accumulated in the same
-// loop as T and G. Deletions that leave no weight count H, the largest row's counts H_ex.
-// Labels outside [0, C) set *bad_label (the caller raises).
-POPE_TARGET_CLONES
-void jackknife_hard_kernel(const std::int64_t* ptr, const double* lw, const std::int64_t* lab,
-                           std::size_t C, bool self_normalize, std::size_t i0, std::size_t i1,
-                           double* out, bool* bad_label) {
+// Self-normalised, Z is taken as T (the row sum of the histogram), so T - w_k = d_k and
+// H_{-k} = log d_k - (G - a_k log a_k + n_k log n_k) / d_k: the deletions' sum is
+// L - G S2 + S3 with L = sum_k log d_k = log prod_k d_k (one log per prompt: every d_k of a
+// row other than the largest lies in [w*, K] = [1, K], so products of 32 of them are finite),
+// S2 = sum_k 1 / d_k and S3 = sum_k (a_k log a_k - n_k log n_k) / d_k. IPS (Z = K): d_k =
+// K - 1 for all rows, so the first term is log(K - 1) / (K - 1) sum_k (T + n_k - a_k). Two
+// logs per row (a_k, n_k), in one vector loop per batch, and one division.
+//
+// Per prompt: the (first) largest row by vector compares against max l (seg_first_equal); one
+// loop over the rows builds the histogram (a dense batch buffer, zeroed over its C cells); a
+// second reads each row's cell a_k and forms n_k, d_k, the product of the d_k and the largest
+// row's cell without it, a*_ex, so that Z_ex = (the other cells) + a*_ex has no cancellation;
+// a third, after the batch's logs, sums the terms. Deletions that would leave no weight do not
+// occur past the prompt-level checks (self-normalised, the largest row has weight 1, so
+// d_k >= 1 for the others; IPS, d_k = K - 1 >= 1); the largest row's deletion counts H_ex,
+// from the sums without it. Labels outside [0, C) set *bad_label (the caller raises).
+template <bool self_normalize>
+POPE_INLINE void jackknife_hard_body(const std::int64_t* ptr, const double* lw,
+                                     const std::int64_t* lab, std::size_t C, std::size_t i0,
+                                     std::size_t i1, double* out, bool* bad_label) {
+    constexpr std::size_t kProdRows = 32;  // factors per product of the d_k
     HardBatch bt;
     bool bad = false;
     for (std::size_t i = i0; i < i1;) {
@@ -149,9 +179,12 @@ void jackknife_hard_kernel(const std::int64_t* ptr, const double* lw, const std:
         const std::size_t R = static_cast<std::size_t>(ptr[j]) - r0;
         bt.reserve(R, nq, nq * C);
         double* w = bt.w.data();
-        // per prompt, in blocks of nq: Z, Z_ex, a*_ex, then (log space) max l
+        // per prompt, in blocks of nq: Z, Z_ex, a*_ex, prod d_k; their logs; max l; the
+        // logs of the full products of d_k (prompts of more than kProdRows rows); T - a*_ex
         double* pz = bt.pz.data();
-        double* pmx = pz + 3 * nq;
+        double* lz = pz + 4 * nq;
+        double* pmx = pz + 8 * nq;
+        double* lpx = pz + 9 * nq;
         // weights: exp(l - max l) (self-normalised) or exp(l)
         for (std::size_t q = 0; q < nq; ++q) {
             const std::size_t s = static_cast<std::size_t>(ptr[i + q]);
@@ -164,60 +197,64 @@ void jackknife_hard_kernel(const std::int64_t* ptr, const double* lw, const std:
         exp_array(bt.x.data(), R, w);
         double* A = bt.A.data();
         std::uint32_t* cell = bt.cell.data();
-        // a_k, the numerators and the denominators, in one buffer so that one vector loop
-        // takes all their logs
+        // a_k and n_k in one buffer, so that one vector loop takes their logs; then d_k
         const std::size_t R4 = (R + 3) & ~std::size_t{3};
         double* ac = bt.na.data();
         double* na = ac + R4;
         double* den = na + R4;
-        const double* x = bt.x.data();
         for (std::size_t q = 0; q < nq; ++q) {
             double* row = A + q * C;
             for (std::size_t c = 0; c < C; ++c) row[c] = 0.0;
             const std::size_t s = static_cast<std::size_t>(ptr[i + q]) - r0;
             const std::size_t e = static_cast<std::size_t>(ptr[i + q + 1]) - r0;
-            // the shifted log weight of the largest row is exactly 0 (or max l itself)
-            const double xm = self_normalize && std::isfinite(pmx[q]) ? 0.0 : pmx[q];
             std::uint32_t* cq = cell + s;  // the prompt's cells, relative to its row
-            std::uint32_t st = kNone;
-            double z_ex = 0.0;
             for (std::size_t k = s; k < e; ++k) {
                 std::int64_t a = lab[r0 + k];
                 if (a < 0 || static_cast<std::uint64_t>(a) >= C) {
                     bad = true;
                     a = 0;
                 }
-                const double wk = w[k];
                 cell[k] = static_cast<std::uint32_t>(a);
-                row[a] += wk;
-                const bool is_star = (st == kNone) & (x[k] == xm);
-                st = is_star ? static_cast<std::uint32_t>(k) : st;
-                z_ex += wk * static_cast<double>(!is_star);
+                row[a] += w[k];
             }
-            if (!std::isfinite(pmx[q])) st = kNone;
+            // the (first) largest row; none when no log weight is finite
+            const std::size_t kst =
+                std::isfinite(pmx[q]) ? seg_first_equal(lw + r0 + s, e - s, pmx[q]) : e - s;
+            const std::uint32_t st = kst < e - s ? static_cast<std::uint32_t>(s + kst) : kNone;
             bt.star[q] = st;
             const double K = static_cast<double>(e - s);
-            double z = st != kNone ? z_ex + w[st] : z_ex;
-            if (!self_normalize) {
-                z = K;
-                z_ex = K - 1.0;
-            }
+            const double z = self_normalize ? row_sum(row, C) : K;  // T (self-normalised) or K
             pz[q] = z;
-            pz[nq + q] = z_ex;
             // second loop over the prompt's rows, its histogram complete (in L1)
             const std::uint32_t cs = st != kNone ? cell[st] : kNone;
             double a_ex = 0.0;  // the largest row's cell without it
+            double prod = 1.0, lprod = 0.0;
+            std::size_t nprod = 0;
             for (std::size_t k = s; k < e; ++k) {
                 const double wk = w[k];
                 const double a = row[cq[k - s]];
+                const bool not_star = k != st;
+                const double dk = z - (self_normalize ? wk : 1.0);
                 ac[k] = a;
                 na[k] = std::max(a - wk, 0.0);
-                den[k] = z - (self_normalize ? wk : 1.0);
-                a_ex += wk * static_cast<double>((cq[k - s] == cs) & (k != st));
+                den[k] = dk;
+                a_ex += wk * static_cast<double>((cq[k - s] == cs) & not_star);
+                if constexpr (self_normalize) {
+                    prod *= not_star ? dk : 1.0;
+                    if (++nprod == kProdRows) [[unlikely]] {
+                        lprod += log_pos1(prod);
+                        prod = 1.0;
+                        nprod = 0;
+                    }
+                }
             }
+            // the weight without the largest row: the other cells and a*_ex (no cancellation)
+            pz[nq + q] = self_normalize ? row_sum_except(row, C, cs) + a_ex : K - 1.0;
             pz[2 * nq + q] = a_ex;
+            pz[3 * nq + q] = self_normalize ? prod : K - 1.0;  // IPS: log(K - 1)
+            lpx[q] = lprod;
         }
-        // the batch's logs and reciprocals
+        // the batch's reciprocals and logs
         double* inv = bt.inv.data();
         const v4d zero{}, one = splat4(1.0);
         std::size_t k = 0;
@@ -227,14 +264,12 @@ void jackknife_hard_kernel(const std::int64_t* ptr, const double* lw, const std:
             store4(inv + k, pos ? one / (pos ? d : one) : zero);
         }
         for (; k < R; ++k) inv[k] = den[k] > 0.0 ? 1.0 / den[k] : 0.0;
-        for (k = R; k < R4; ++k) ac[k] = na[k] = den[k] = 0.0;  // padding
-        // log a_k, log of the numerators (0 where 0), of the denominators (0 where <= 0)
-        log_pos_array(ac, 3 * R4, bt.XA.data());
+        for (k = R; k < R4; ++k) ac[k] = na[k] = 0.0;  // padding
+        // log a_k, log n_k (0 where n_k = 0); per prompt log Z, log Z_ex, log a*_ex, log prod
+        log_pos_array(ac, 2 * R4, bt.XA.data());
         const double* la = bt.XA.data();
         const double* lna = la + R4;
-        const double* lden = lna + R4;
-        double* lz = pz + 3 * nq;
-        log_pos_array(pz, 3 * nq, lz);
+        log_pos_array(pz, 4 * nq, lz);
         for (std::size_t q = 0; q < nq; ++q) {
             const std::size_t s = static_cast<std::size_t>(ptr[i + q]) - r0;
             const std::size_t e = static_cast<std::size_t>(ptr[i + q + 1]) - r0;
@@ -245,24 +280,22 @@ void jackknife_hard_kernel(const std::int64_t* ptr, const double* lw, const std:
             }
             const std::uint32_t st = bt.star[q];
             const std::uint32_t cs = st != kNone ? cell[st] : kNone;
-            double t0 = 0.0, g0 = 0.0, s1 = 0.0, s2 = 0.0, s3 = 0.0, nf = 0.0;
-            for (std::size_t k = s; k < e; ++k) {
-                const double wk = w[k];
-                const double other = static_cast<double>(cell[k] != cs);  // outside c*
-                t0 += wk * other;
-                g0 += wk * la[k] * other;
-                const double a = ac[k];
-                const double nk = std::max(a - wk, 0.0);
-                const double iv = inv[k] * static_cast<double>(k != st);  // star: apart
-                s1 += lden[k] * iv;
+            double g0 = 0.0, s2 = 0.0, s3 = 0.0, sa = 0.0;
+            for (std::size_t r = s; r < e; ++r) {
+                const double other = static_cast<double>(cell[r] != cs);  // outside c*
+                g0 += w[r] * la[r] * other;
+                const double a = ac[r];
+                const double nk = na[r];
+                const double iv = inv[r] * static_cast<double>(r != st);  // star: apart
                 s2 += iv;
-                s3 += ((nk - a) * lden[k] + a * la[k] - nk * lna[k]) * iv;
-                nf += static_cast<double>((k != st) & !(inv[k] > 0.0));
+                s3 += (a * la[r] - nk * lna[r]) * iv;
+                if constexpr (!self_normalize) sa += (nk - a) * static_cast<double>(r != st);
             }
+            const double t0 = row_sum_except(A + q * C, C, cs);  // the cells other than c*
             const double a_cs = st != kNone ? ac[st] : 0.0;
-            const double tot = t0 + a_cs;
             const double g = st != kNone ? g0 + a_cs * la[st] : g0;
             const double z = pz[q], z_ex = pz[nq + q], a_ex = pz[2 * nq + q];
+            const double tot = self_normalize ? z : t0 + a_cs;
             const double h = z > 0.0 ? (tot * lz[q] - g) / z : 0.0;
             if (Kn == 1 || !(z > 0.0)) {
                 out[i + q] = Kn == 1 ? h : 0.0;
@@ -271,14 +304,28 @@ void jackknife_hard_kernel(const std::int64_t* ptr, const double* lw, const std:
             double h_ex = h;  // the largest row's deletion, from the sums without it
             if (st != kNone && z_ex > 0.0)
                 h_ex = ((t0 + a_ex) * lz[nq + q] - (g0 + a_ex * lz[2 * nq + q])) / z_ex;
-            double acc = tot * s1 - g * s2 + s3 + nf * h;
-            if (st != kNone) acc += h_ex;
             const double kf = static_cast<double>(Kn);
+            // sum over the deletions of the rows other than the largest of (T - w_k) log d_k / d_k
+            const double lsum =
+                self_normalize ? lz[3 * nq + q] + lpx[q]
+                               : lz[3 * nq + q] / (kf - 1.0) * ((kf - 1.0) * tot + sa);
+            double acc = lsum - g * s2 + s3;
+            if (st != kNone) acc += h_ex;
             out[i + q] = kf * h - (kf - 1.0) / kf * acc;
         }
         i = j;
     }
     *bad_label = bad;
+}
+
+POPE_TARGET_CLONES
+void jackknife_hard_kernel(const std::int64_t* ptr, const double* lw, const std::int64_t* lab,
+                           std::size_t C, bool self_normalize, std::size_t i0, std::size_t i1,
+                           double* out, bool* bad_label) {
+    if (self_normalize)
+        jackknife_hard_body<true>(ptr, lw, lab, C, i0, i1, out, bad_label);
+    else
+        jackknife_hard_body<false>(ptr, lw, lab, C, i0, i1, out, bad_label);
 }
 
 // Prompts [i0, i1), soft rows q (N, C).
