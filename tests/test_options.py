@@ -104,3 +104,21 @@ def test_each_tuple_is_its_literal(name):
     assert len(set(values)) == len(values)
     if literal is not None and typing.get_origin(literal) is typing.Literal:
         assert values == typing.get_args(literal)
+
+
+def test_model_dtype_names() -> None:
+    """The model dtype is one of MODEL_DTYPES (no second spelling such as "bf16")."""
+    import torch
+
+    from pope.options import MODEL_DTYPES
+    from pope.scoring import _resolve_dtype
+
+    assert _resolve_dtype("bfloat16") is torch.bfloat16
+    assert _resolve_dtype("float16") is torch.float16
+    assert _resolve_dtype("auto") in (torch.float32, torch.bfloat16)
+    assert _resolve_dtype(torch.float64) is torch.float64
+    assert _resolve_dtype(None) is None
+    for name in MODEL_DTYPES:
+        assert isinstance(_resolve_dtype(name), torch.dtype)
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        _resolve_dtype("bf16")

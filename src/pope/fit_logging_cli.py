@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from pope.options import MODEL_DTYPES
 from pope.readers import LOG_FORMATS
 
 __all__ = ["DESCRIPTION", "FIT_LOGGING_EXAMPLES", "add_arguments", "run"]
@@ -94,7 +95,7 @@ def _add_model_args(g: Any, cli: Any) -> None:
     g.add_argument("--device", help="default: cuda if available, else cpu")
     g.add_argument(
         "--dtype",
-        choices=["auto", "float32", "bfloat16", "float16"],
+        choices=MODEL_DTYPES,
         default="float32",
         help="model dtype while fine-tuning and scoring",
     )

@@ -16,6 +16,7 @@ __all__ = [
     "DIVERSITY_ESTIMATORS",
     "GRAD_REDUCTIONS",
     "LM_HEADS",
+    "MODEL_DTYPES",
     "OBJECTIVE_DIVERSITY_ESTIMATORS",
     "RELEVANCES",
     "REWARD_NORMALIZATIONS",
@@ -28,6 +29,7 @@ __all__ = [
     "DiversityEstimator",
     "GradReduction",
     "LMHead",
+    "ModelDtype",
     "ObjectiveDiversityEstimator",
     "Relevance",
     "RewardNormalization",
@@ -61,6 +63,8 @@ RewardNormalization = Literal["max", "log1p", "rank", "global_max", "none"]
 Baseline = Literal["loo", "mean", "none"]
 #: the model's scores from its logits, or from its hidden states and LM head weight (chunked)
 LMHead = Literal["logits", "hidden"]
+#: the dtype a model is loaded in ("auto": bfloat16 on CUDA, float32 on CPU)
+ModelDtype = Literal["auto", "float32", "bfloat16", "float16"]
 
 RELEVANCES: tuple[Relevance, ...] = get_args(Relevance)
 COVERAGES: tuple[Coverage, ...] = get_args(Coverage)
@@ -76,6 +80,7 @@ WEIGHTINGS: tuple[Weighting, ...] = get_args(Weighting)
 REWARD_NORMALIZATIONS: tuple[RewardNormalization, ...] = get_args(RewardNormalization)
 BASELINES: tuple[Baseline, ...] = get_args(Baseline)
 LM_HEADS: tuple[LMHead, ...] = get_args(LMHead)
+MODEL_DTYPES: tuple[ModelDtype, ...] = get_args(ModelDtype)
 
 
 def check_choice(value: object, name: str, choices: tuple[str, ...]) -> str:

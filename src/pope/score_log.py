@@ -25,7 +25,7 @@ import numpy as np
 
 from pope.io import LogColumns, LogFormatError, read_table
 from pope.io.formats import is_format
-from pope.options import LM_HEADS, LMHead
+from pope.options import LM_HEADS, MODEL_DTYPES, LMHead
 from pope.readers import LOG_FORMATS
 
 __all__ = [
@@ -259,7 +259,7 @@ def add_scoring_args(g: Any, positive_int: Any) -> None:
     g.add_argument("--device", help="scoring device (default: cuda if available, else cpu)")
     g.add_argument(
         "--dtype",
-        choices=["auto", "float32", "bfloat16", "float16"],
+        choices=MODEL_DTYPES,
         default="auto",
         help="model dtype (auto: bfloat16 on CUDA, float32 on CPU)",
     )

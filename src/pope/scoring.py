@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from pope.ops import linear_sequence_logprob, sequence_logprob
-from pope.options import LM_HEADS, LMHead, check_choice
+from pope.options import LM_HEADS, MODEL_DTYPES, LMHead, check_choice
 
 __all__ = [
     "ContextLengthError",
@@ -183,21 +183,13 @@ def _plan_batches(lengths: np.ndarray, batch_tokens: int) -> list[np.ndarray]:
 
 
 def _resolve_dtype(dtype: Any) -> torch.dtype | None:
+    """A ``torch.dtype`` (or None: as loaded) from one of :data:`pope.options.MODEL_DTYPES`."""
     if dtype is None or isinstance(dtype, torch.dtype):
         return dtype
-    names = {
-        "float32": torch.float32,
-        "fp32": torch.float32,
-        "bfloat16": torch.bfloat16,
-        "bf16": torch.bfloat16,
-        "float16": torch.float16,
-        "fp16": torch.float16,
-    }
+    check_choice(dtype, "dtype", MODEL_DTYPES)
     if dtype == "auto":
         return torch.bfloat16 if torch.cuda.is_available() else torch.float32
-    if dtype not in names:
-        raise ValueError(f"dtype must be one of {sorted(names)} or 'auto', got {dtype!r}")
-    return names[dtype]
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
 
 
 def load_causal_lm(

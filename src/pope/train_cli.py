@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from pope.options import REWARD_NORMALIZATIONS, WEIGHTINGS
+from pope.options import MODEL_DTYPES, REWARD_NORMALIZATIONS, WEIGHTINGS
 from pope.train_monitor import REPORT_TO
 
 __all__ = ["add_arguments", "run"]
@@ -131,7 +131,7 @@ def _add_models_args(g: Any, cli: Any) -> None:
     g.add_argument("--device", help="default: cuda if available, else cpu")
     g.add_argument(
         "--dtype",
-        choices=["auto", "float32", "bfloat16", "float16"],
+        choices=MODEL_DTYPES,
         default="float32",
         help="model dtype while training",
     )
