@@ -21,7 +21,11 @@ Figures:
 * Bootstrap, ``--boot-b`` resamples of ``--boot-n`` rows (one column): against a chunked NumPy
   gather bootstrap (``rng.integers`` indices, ``values[idx].sum(axis=1)``, 20 resamples per
   chunk, timed on ``--np-boot`` resamples and scaled linearly; target >= 25x), and against
-  OBP 0.5.7's ``estimate_confidence_interval_by_bootstrap`` when ``obp`` is importable.
+  OBP 0.5.7's ``estimate_confidence_interval_by_bootstrap`` when ``obp`` is importable (the
+  public ``ips(...).ci(method="bootstrap")`` and the backends' ``bootstrap_sums`` on the same
+  IPS contributions, n and B, one timed call each; target >= 60x). OBP declares Python < 3.11;
+  on 3.11 ``pip install --no-deps --ignore-requires-python --target DIR obp==0.5.7 seaborn``
+  and ``PYTHONPATH=DIR`` make it importable (its bootstrap needs only numpy and sklearn).
 * Coverage entropy on ``--cov-p`` prompts of K uniform in [4, 12] (about 1e6 responses),
   C = ``--cov-c``, self-normalised: the plug-in (``segment_coverage_hard`` / ``_soft``) against
   a plain NumPy ``bincount`` plug-in (target >= 10x, hard labels); the jackknife
