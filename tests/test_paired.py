@@ -123,3 +123,30 @@ def test_cli_several_policies_write_the_paired_table(three_models, tmp_path, cap
         )
         == 2
     )
+
+
+def test_cli_several_policies_say_where_the_propensities_came_from(three_models, tmp_path, capsys):
+    """The propensity source line and its JSON entry, as for one policy; a policy that is the
+    logging model (all weights 1) is named in its warning and in weights_identically_one."""
+    import json
+
+    from pope.cli import main
+
+    rng = np.random.default_rng(6)
+    df = random_log(rng, n_prompts=10)
+    lm, tok = load_causal_lm(three_models[0], device="cpu")
+    df["log_logging"] = [naive_logprob(lm, tok, p, r) for p, r in zip(df.prompt, df.response)]
+    logs = tmp_path / "logs.jsonl"
+    df.to_json(logs, orient="records", lines=True)
+    out = tmp_path / "res.json"
+    argv = ["evaluate", "--logs", str(logs), "--estimators", "none", "--no-progress"]
+    for m in three_models[:2]:
+        argv += ["--policy", m]
+    assert main([*argv, "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert "propensities: logged column." in captured.out
+    same = [w for w in captured.err.splitlines() if "all importance weights are 1" in w]
+    assert len(same) == 1 and same[0].startswith(f"warning: {three_models[0]}: ")
+    prop = json.loads(out.read_text())["propensity"]
+    assert prop["source"] == "logged column"
+    assert prop["weights_identically_one"] == {three_models[0]: True, three_models[1]: False}

@@ -443,11 +443,27 @@ def _aspect_rows(result: Any) -> list[dict[str, Any]]:
     )
 
 
+def _propensity(args: argparse.Namespace, spec: Any, result: Any) -> dict[str, Any]:
+    """Where the log's log pi0 came from and what a target's value then means
+    (:func:`pope.propensity.describe_propensity` with what the command line and the log's
+    Parquet metadata say)."""
+    from pope.propensity import describe_propensity
+    from pope.score_log import read_score_metadata
+
+    scored = read_score_metadata(args.logs).get(spec.columns.log_logging or "", {})
+    return describe_propensity(
+        result,
+        logging_model=args.logging_model,
+        reference_model=args.reference_model,
+        scored_by=scored.get("model"),
+        behaviour_cloning=scored if scored.get("method") == "behaviour_cloning" else None,
+        rank_signal=spec.reward_normalization == "rank",
+    )
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from pope.estimate import WeightOverflowError
-    from pope.propensity import describe_propensity
     from pope.readers import reader_summary, resolve_logs
-    from pope.score_log import read_score_metadata
 
     spec, opts = _spec_from_args(args)
     if args.out:
@@ -474,15 +490,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             raise UsageError(
                 f"{e} (options: --clip M, --baseline-clip M, --relevance snips, --estimators snips)"
             ) from e
-    scored = read_score_metadata(args.logs).get(spec.columns.log_logging or "", {})
-    prop = describe_propensity(
-        result,
-        logging_model=args.logging_model,
-        reference_model=args.reference_model,
-        scored_by=scored.get("model"),
-        behaviour_cloning=scored if scored.get("method") == "behaviour_cloning" else None,
-        rank_signal=spec.reward_normalization == "rank",
-    )
+    prop = _propensity(args, spec, result)
     rep = result.report
     if not args.quiet:
         print(f"log: {args.logs}")
@@ -559,11 +567,23 @@ def _evaluate_paired(
         )
         print()
     print(res.table(method=opts["ci"]))
-    for w in res.warnings(args.ess_warning):
+    # one source for every policy; whether the weights are all 1 is each policy's own
+    props = {p: _propensity(args, spec, r) for p, r in zip(res.policies, res.results, strict=True)}
+    first = next((d for d in props.values() if not d["weights_identically_one"]), None)
+    prop = first if first is not None else next(iter(props.values()))
+    if not args.quiet:
+        print(f"\npropensities: {prop['source']}. {prop['meaning']}")
+    warnings = list(res.warnings(args.ess_warning))
+    warnings += [f"{p}: {w}" for p, d in props.items() for w in d["warnings"]]
+    for w in warnings:
         print(f"warning: {w}", file=sys.stderr)
     if args.out:
         out = res.to_dict(method=opts["ci"], ess_fraction=args.ess_warning)
         out["logs"] = str(args.logs)
+        out["propensity"] = {
+            **{k: v for k, v in prop.items() if k not in ("warnings", "weights_identically_one")},
+            "weights_identically_one": {p: d["weights_identically_one"] for p, d in props.items()},
+        }
         _write_text_atomic(Path(args.out), json.dumps(out, indent=2, allow_nan=False) + "\n")
         if not args.quiet:
             print(f"\nresults written to {args.out}")
