@@ -540,6 +540,7 @@ def test_train_then_evaluate(tmp_path, models, scored_log, capsys):
     assert code == 0, err
     final = out_dir / "final"
     assert "model saved" in stdout and (final / "config.json").exists()
+    assert f"propensities: logging model ({models['logging']})" in stdout
     rows = [json.loads(x) for x in (out_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3]
     # the trained policy has a higher estimated value on the log than the logging policy

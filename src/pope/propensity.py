@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-__all__ = ["describe_propensity", "weights_identically_one"]
+__all__ = ["describe_propensity", "propensity_source", "weights_identically_one"]
 
 #: Weights within this of 1 (mean and maximum) count as identically 1 (float32 scoring noise
 #: of a sequence log-prob is about 1e-6 per 100 tokens; a real policy difference is far larger).
@@ -52,14 +52,14 @@ def weights_identically_one(result: Any, tol: float = ONE_TOLERANCE) -> bool:
     return mx <= 1 + tol and mean >= 1 - tol
 
 
-def _source_and_meaning(
+def propensity_source(
     logging_model: str | None,
     reference_model: str | None,
     scored_by: str | None,
     behaviour_cloning: dict[str, Any] | None,
 ) -> tuple[str, str | None, str]:
     """``(source, model, meaning)`` of :func:`describe_propensity` before looking at the
-    weights."""
+    weights: what the declarations (arguments as there) say log pi0 is."""
     proxy = (
         "The estimates reweight the logged responses by pi_target/pi_reference: they are the "
         "target's value only if the logged responses are distributed like samples of the "
@@ -148,7 +148,7 @@ def describe_propensity(
         raise ValueError("give a logging model or a reference model, not both")
     ones = weights_identically_one(result, tol)
     warnings = []
-    source, model, meaning = _source_and_meaning(
+    source, model, meaning = propensity_source(
         logging_model, reference_model, scored_by, behaviour_cloning
     )
     is_proxy = reference_model is not None or (

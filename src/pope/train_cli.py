@@ -487,6 +487,22 @@ def _held_out(
     )
 
 
+def _propensity_source(args: argparse.Namespace, columns: dict[str, str]) -> str:
+    """Where the objective's log pi0 comes from (:func:`pope.propensity.propensity_source`
+    with the log's Parquet metadata), with its model."""
+    from pope.propensity import propensity_source
+    from pope.score_log import read_score_metadata
+
+    scored = read_score_metadata(args.logs).get(columns.get("log_logging", "log_logging"), {})
+    source, model, _ = propensity_source(
+        args.logging_model,
+        None,
+        scored.get("model"),
+        scored if scored.get("method") == "behaviour_cloning" else None,
+    )
+    return source + (f" ({model})" if model else "")
+
+
 def run(args: argparse.Namespace) -> int:
     """Run ``pope train``."""
     from pope.cli import UsageError, _check_device, _quiet_libraries, _unhashable_ids_are_bad_input
@@ -529,6 +545,7 @@ def run(args: argparse.Namespace) -> int:
         print(rep.summary())
     if len(data) == 0:
         raise UsageError("no valid rows to train on")
+    print(f"propensities: {_propensity_source(args, columns)}")
     aspects, aspect_model = _train_aspects(data, args)
     assert data.prompt is not None and data.response is not None  # load_logs(require_text=True)
     dataset = PopeDataset.from_arrays(
