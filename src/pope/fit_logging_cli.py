@@ -162,6 +162,31 @@ def _add_optimisation_args(g: Any, cli: Any) -> None:
         "--warmup-steps", type=int, default=0, metavar="N", help="linear warmup steps (default: 0)"
     )
     g.add_argument("--max-grad-norm", type=pfloat, default=1.0, help="gradient clipping norm")
+    g.add_argument(
+        "--lora-r",
+        type=pint,
+        metavar="R",
+        help="train rank-R LoRA adapters per fold on the frozen model instead of full copies "
+        "(needs peft; peft's default target modules)",
+    )
+    g.add_argument(
+        "--lora-alpha",
+        type=pfloat,
+        metavar="A",
+        help="LoRA scaling alpha (default: 2R); only with --lora-r",
+    )
+
+
+def _lora(args: argparse.Namespace) -> dict[str, Any] | None:
+    """``peft.LoraConfig`` arguments from ``--lora-r`` / ``--lora-alpha``."""
+    from pope.cli import UsageError
+
+    if args.lora_r is None:
+        if args.lora_alpha is not None:
+            raise UsageError("--lora-alpha needs --lora-r")
+        return None
+    alpha = 2.0 * args.lora_r if args.lora_alpha is None else args.lora_alpha
+    return {"r": args.lora_r, "lora_alpha": alpha}
 
 
 def _add_output_args(g: Any, cli: Any) -> None:
@@ -251,6 +276,7 @@ def run(args: argparse.Namespace) -> int:
             weight_decay=args.weight_decay,
             warmup_steps=args.warmup_steps,
             max_grad_norm=args.max_grad_norm,
+            lora=_lora(args),
             add_eos=args.add_eos,
             chat_template=args.chat_template,
             seed=args.seed,

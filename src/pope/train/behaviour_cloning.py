@@ -301,8 +301,11 @@ class _Options:
     add_eos: bool
     chat_template: bool
     seed: int
+    lora: dict[str, Any] | None = None
 
     def check(self) -> None:
+        if self.lora is not None and not isinstance(self.lora, dict):
+            raise TypeError(f"lora must be a dict of peft.LoraConfig arguments, got {self.lora!r}")
         s = self.seed
         if isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s < 0:
             raise ValueError(f"seed must be an int >= 0, got {s!r}")
@@ -377,6 +380,7 @@ def fit_logging_policy(
     save_models: str | os.PathLike[str] | None = None,
     overwrite: bool = False,
     progress: bool = False,
+    lora: dict[str, Any] | None = None,
 ) -> BehaviourCloningResult:
     r"""Estimate :math:`\log\pi_0(y\mid x)` of every logged response by cross-fitted
     behaviour cloning (see the module docstring for the estimator).
@@ -420,6 +424,10 @@ def fit_logging_policy(
         Replace the columns if the log has them, and an earlier fit in ``save_models``.
     progress : bool
         A progress bar over the training steps of all folds.
+    lora : dict, optional
+        ``peft.LoraConfig`` arguments (as ``TrainConfig.lora``): each fold trains LoRA adapters
+        on the frozen base instead of a full copy, scores with them and removes them before the
+        next fold (optimiser state for the adapters only); ``save_models`` holds the adapters.
 
     Returns
     -------
@@ -438,7 +446,7 @@ def fit_logging_policy(
 
     opt = _Options(float(num_train_epochs), float(learning_rate), float(weight_decay),
                    int(warmup_steps), max_grad_norm, int(batch_tokens), bool(add_eos),
-                   bool(chat_template), seed)  # fmt: skip
+                   bool(chat_template), seed, lora)  # fmt: skip
     opt.check()
     cols = columns if isinstance(columns, LogColumns) else LogColumns.from_mapping(columns or {})
     token_column = f"token_{column}"
@@ -588,6 +596,8 @@ def _cross_fit(
     training rows per fold, losses per fold)``."""
     from tqdm.auto import tqdm
 
+    from pope.train.trainer import apply_lora
+
     prompts, responses = texts
     n_folds = int(fold.max()) + 1
     train_rows = [np.flatnonzero(fold != k) for k in range(n_folds)]
@@ -609,14 +619,15 @@ def _cross_fit(
             for k in range(n_folds):
                 torch.manual_seed(opt.seed * 1009 + k)
                 model.load_state_dict(initial)
+                fitted = model if opt.lora is None else apply_lora(model, opt.lora)
                 losses.append(
                     _fit_fold(
-                        model, batches[k], opt, rng=np.random.default_rng([opt.seed, k]), bar=bar
+                        fitted, batches[k], opt, rng=np.random.default_rng([opt.seed, k]), bar=bar
                     )
                 )
                 held = np.flatnonzero(fold == k)
                 res = score_responses(
-                    model,
+                    fitted,
                     tok,
                     [prompts[i] for i in held],
                     [responses[i] for i in held],
@@ -630,7 +641,9 @@ def _cross_fit(
                 else:
                     out[held] = res
                 if save_dir is not None:
-                    _save_fold(model, tok, save_dir / f"fold-{k}")
+                    _save_fold(fitted, tok, save_dir / f"fold-{k}")
+                if fitted is not model:  # the adapters out, the base (frozen) as it was
+                    model = fitted.unload()
     finally:
         bar.close()
         model.load_state_dict(initial)

@@ -64,11 +64,13 @@ def _disable_dropout(model: torch.nn.Module) -> None:
                 setattr(m, attr, 0.0)
 
 
-def _apply_lora(model: Any, lora: dict[str, Any]) -> Any:
+def apply_lora(model: Any, lora: dict[str, Any]) -> Any:
+    """``model`` wrapped by ``peft.get_peft_model`` with ``peft.LoraConfig(task_type="CAUSAL_LM",
+    **lora)`` (the adapters are injected into ``model`` in place; ``.unload()`` removes them)."""
     try:
         import peft
     except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError("TrainConfig.lora needs the 'peft' package (pip install peft)") from e
+        raise ImportError("LoRA (lora=...) needs the 'peft' package (pip install peft)") from e
     return peft.get_peft_model(model, peft.LoraConfig(task_type="CAUSAL_LM", **lora))
 
 
@@ -164,7 +166,7 @@ class OffPolicyTrainer:
         if config.lora is not None:
             if inner is not model:
                 raise ValueError("apply LoRA before wrapping the model in DDP")
-            model = inner = _apply_lora(model, config.lora)
+            model = inner = apply_lora(model, config.lora)
         if config.disable_dropout:
             _disable_dropout(inner)
         if inner is not model and config.lm_head == "hidden":
