@@ -1,16 +1,26 @@
-"""Numba ``bootstrap_sums``: parallel over resamples, counts bit-identical to the reference.
+"""Numba ``bootstrap_sums``: parallel over groups of resamples, counts bit-identical to the
+reference.
 
 The Poisson-bootstrap counts come from the 8 xoshiro128++ streams of a resample (16 rows per
-step, one 16-bit uniform per row, see :mod:`pope.backends.reference`), computed with
-``uint64`` arithmetic only (every constant is a ``np.uint64``: mixing ``uint64`` with
-``int64`` would promote to ``float64``; 32-bit words are masked). Each resample adds its rows
-in order into 16 partial sums per column (row ``i`` into lane ``i mod 16``), as the C++ core.
+step, one 16-bit uniform per row, see :mod:`pope.backends.reference`). The algorithm of
+``csrc/bootstrap.cpp``: a group of ``_GROUP`` resamples goes through the rows together, a
+block of ``_BLOCK_STEPS`` steps at a time (its streams, counts and partial sums stay in L1):
+one vector loop per step advances the group's ``8 _GROUP`` streams and counts the first 5
+tails of both rows of each (the last 3 only in the steps that need them: P(u >= 65497) =
+39/65536 per row); then each row's count times its value is added into 16 partial sums per column
+(row ``i`` into lane ``i mod 16``). The streams are stepped in 32-bit LLVM arithmetic through
+small intrinsics (Numba's own integer arithmetic is 64-bit, half as wide in a vector); the
+seeding and the redraw of a resample that drew no row use ``uint64`` arithmetic (every
+constant a ``np.uint64``: mixing ``uint64`` with ``int64`` would promote to ``float64``;
+32-bit words masked).
 """
 
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, parallel_chunksize, prange
+from llvmlite import ir as llvm_ir
+from numba import njit, parallel_chunksize, prange, types
+from numba.extending import intrinsic
 
 from pope.backends.numba_threads import apply_thread_cap
 from pope.backends.reference import POISSON_TAILS, splitmix64
@@ -98,7 +108,8 @@ def _step_counts(st, c):  # pragma: no cover - compiled
 
 @njit(cache=True, error_model="numpy")
 def _one_resample(values, key, b, acc, c):  # pragma: no cover - compiled
-    """Partial sums acc (m, 16) of resample b drawn with `key`; returns the number of rows."""
+    """Partial sums acc (m, 16) of resample b drawn with `key`; returns the number of rows
+    (one resample at a time, scalar: for the redraws of resamples that drew no row)."""
     n = values.shape[0]
     m = values.shape[1]
     st = np.empty((4, _LANES), np.uint64)
@@ -130,21 +141,270 @@ def _sum16(a):  # pragma: no cover - compiled
     return (s0 + s1) + (s2 + s3)
 
 
-@njit(cache=True, parallel=True, error_model="numpy")
-def _bootstrap(values, n_boot, key0, out):  # pragma: no cover - compiled
+# The group kernel: _GROUP resamples go through the rows together, a block of _BLOCK_STEPS
+# steps (16 rows each) at a time. Its xoshiro128++ steps and counts use 32-bit (and 16-bit)
+# LLVM integers through the intrinsics below, so that LLVM vectorises the loop over the
+# group's 8 * _GROUP streams 8 lanes wide (Numba's own integer arithmetic is 64-bit).
+_GROUP = 64  # resamples per group (passed to the kernel as a run-time value)
+_BLOCK_STEPS = 32  # steps per block: the block's counts (16 KiB) stay in L1
+_RARE = 5  # tails from here on added only in the steps that need them (P = 39/65536 per row)
+_TH = tuple(65536 - t for t in POISSON_TAILS)  # u >= _TH[k] <=> count > k
+_U32 = types.uint32
+_I32 = llvm_ir.IntType(32)
+
+
+def _binop32(op: str):
+    def typer(typingctx, a, b):  # pragma: no cover - compile time
+        def codegen(context, builder, signature, args):
+            return getattr(builder, op)(args[0], args[1])
+
+        return _U32(_U32, _U32), codegen
+
+    return intrinsic(typer)
+
+
+_add32 = _binop32("add")
+_xor32 = _binop32("xor")
+_or32 = _binop32("or_")
+
+
+def _rotl32(k: int):
+    def typer(typingctx, a):  # pragma: no cover - compile time
+        def codegen(context, builder, signature, args):
+            x = args[0]
+            hi = builder.shl(x, llvm_ir.Constant(_I32, k))
+            return builder.or_(hi, builder.lshr(x, llvm_ir.Constant(_I32, 32 - k)))
+
+        return _U32(_U32), codegen
+
+    return intrinsic(typer)
+
+
+_rotl7 = _rotl32(7)
+_rotl11 = _rotl32(11)
+
+
+@intrinsic
+def _shl9(typingctx, a):  # pragma: no cover - compile time
+    def codegen(context, builder, signature, args):
+        return builder.shl(args[0], llvm_ir.Constant(_I32, 9))
+
+    return _U32(_U32), codegen
+
+
+def _counts(thresholds: tuple[int, ...]):
+    """Intrinsic: the counts #{k : u >= t_k} of the two 16-bit halves u of a 32-bit output,
+    packed as lo | hi << 16 (32-bit signed compares: both halves are below 2^16)."""
+
+    def typer(typingctx, x):  # pragma: no cover - compile time
+        def codegen(context, builder, signature, args):
+            halves = (
+                builder.and_(args[0], _I32(0xFFFF)),
+                builder.lshr(args[0], _I32(16)),
+            )
+            c = []
+            for u in halves:
+                k = _I32(0)
+                for t in thresholds:
+                    k = builder.sub(k, builder.sext(builder.icmp_signed(">", u, _I32(t - 1)), _I32))
+                c.append(k)
+            return builder.or_(c[0], builder.shl(c[1], _I32(16)))
+
+        return _U32(_U32), codegen
+
+    return intrinsic(typer)
+
+
+@intrinsic
+def _any_rare(typingctx, x):  # pragma: no cover - compile time
+    """1 if a 16-bit half of x needs the rare tails (u >= _TH[_RARE]), else 0."""
+
+    def codegen(context, builder, signature, args):
+        lo = builder.and_(args[0], _I32(0xFFFF))
+        hi = builder.lshr(args[0], _I32(16))
+        mx = builder.select(builder.icmp_unsigned(">", lo, hi), lo, hi)
+        return builder.zext(builder.icmp_signed(">", mx, _I32(_TH[_RARE] - 1)), _I32)
+
+    return _U32(_U32), codegen
+
+
+_counts_common = _counts(_TH[:_RARE])
+_counts_rare = _counts(_TH[_RARE:])
+
+
+def _half_f64(shift: int):
+    def typer(typingctx, c):  # pragma: no cover - compile time
+        def codegen(context, builder, signature, args):
+            h = builder.and_(builder.lshr(args[0], _I32(shift)), _I32(0xFFFF))
+            return builder.sitofp(h, llvm_ir.DoubleType())
+
+        return types.float64(_U32), codegen
+
+    return intrinsic(typer)
+
+
+_lo_f64 = _half_f64(0)
+_hi_f64 = _half_f64(16)
+_LOW16_32 = np.uint32(0xFFFF)
+_ULANES = np.uint64(_LANES)
+_U2 = np.uint64(2)
+_U16 = np.uint64(16)
+_S16_32 = np.uint32(16)
+
+
+@njit(cache=True, error_model="numpy")
+def _seed_group(key, b0, G, st, s0, s1, s2, s3):  # pragma: no cover - compiled
+    """The streams of resamples b0 .. b0 + G, lane-major: stream i = G l + g."""
+    for g in range(G):
+        _seed_streams(key, b0 + g, st)
+        for l in range(_LANES):
+            s0[l * G + g] = st[0, l]
+            s1[l * G + g] = st[1, l]
+            s2[l * G + g] = st[2, l]
+            s3[l * G + g] = st[3, l]
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _group_step(s0, s1, s2, s3, xs, cnt, o, uns):  # pragma: no cover - compiled
+    """One step of the group's ``uns`` streams: cnt[o + i] = packed counts (tails below
+    _RARE) of its two rows, xs[i] its output; returns whether a row needs the rare tails."""
+    rare = np.uint32(0)
+    for i in range(uns):
+        a0 = s0[i]
+        a1 = s1[i]
+        a2 = s2[i]
+        a3 = s3[i]
+        x = _add32(_rotl7(_add32(a0, a3)), a0)
+        u = _shl9(a1)
+        a2 = _xor32(a2, a0)
+        a3 = _xor32(a3, a1)
+        a1 = _xor32(a1, a2)
+        a0 = _xor32(a0, a3)
+        a2 = _xor32(a2, u)
+        a3 = _rotl11(a3)
+        s0[i] = a0
+        s1[i] = a1
+        s2[i] = a2
+        s3[i] = a3
+        xs[i] = x
+        rare = _or32(rare, _any_rare(x))
+        cnt[o + i] = _counts_common(x)
+    return rare != 0
+
+
+@njit(cache=True, error_model="numpy")
+def _group_counts(s0, s1, s2, s3, xs, cnt, steps, G):  # pragma: no cover - compiled
+    """``steps`` steps of the group's streams: cnt[t 8 G + i] = packed counts of stream i's
+    two rows of step t (all tails)."""
+    uns = np.uint64(_LANES * G)
+    for t in range(np.uint64(steps)):
+        o = t * uns
+        if _group_step(s0, s1, s2, s3, xs, cnt, o, uns):
+            for i in range(uns):
+                cnt[o + i] = _add32(cnt[o + i], _counts_rare(xs[i]))
+
+
+@njit(cache=True, error_model="numpy", fastmath={"contract"})
+def _block_sums(values, r0, cnt, steps, G, acc, pk):  # pragma: no cover - compiled
+    """Adds the block's rows r0 .. r0 + 16 steps into the group's partial sums
+    acc[(16 col + j) G + g] (lane j = row mod 16 = 2 l + h) and its packed counts into
+    pk[g]. The loops over the group run G (a run-time value) wide: with a constant trip
+    count LLVM unrolls them and leaves them scalar; indices are uint64 (see
+    :mod:`pope.backends.numba_coverage`)."""
+    m = np.uint64(values.shape[1])
+    uG = np.uint64(G)
+    ur0 = np.uint64(r0)
+    for t in range(np.uint64(steps)):
+        for l in range(_ULANES):
+            o = (t * _ULANES + l) * uG
+            for g in range(uG):
+                pk[g] = _add32(pk[g], cnt[o + g])
+    for col in range(m):
+        for t in range(np.uint64(steps)):
+            for l in range(_ULANES):
+                r = ur0 + _U16 * t + _U2 * l
+                ve = values[r, col]
+                vo = values[r + _U1, col]
+                o = (t * _ULANES + l) * uG
+                ae = (_U16 * col + _U2 * l) * uG
+                ao = ae + uG
+                for g in range(uG):
+                    c = cnt[o + g]
+                    acc[ae + g] += _lo_f64(c) * ve
+                    acc[ao + g] += _hi_f64(c) * vo
+
+
+@njit(cache=True, error_model="numpy")
+def _tail_sums(values, r0, cnt, G, acc, ntot):  # pragma: no cover - compiled
+    """The last, partial step (rows r0 .. n, counts in cnt[:8 G]) of the group."""
     n = values.shape[0]
     m = values.shape[1]
-    for b in prange(n_boot):
-        acc = np.empty((m, 16))
-        c = np.empty(16, np.uint64)
-        ntot = _one_resample(values, key0, b, acc, c)
-        att = np.uint64(1)
-        while ntot == 0:  # no row drawn: the next attempt's key
-            ntot = _one_resample(values, _splitmix64_1(key0 + att * _GOLDEN), b, acc, c)
-            att += np.uint64(1)
-        scale = n / ntot
+    for j in range(n - r0):
+        l = j // 2
+        sh = np.uint32(16 * (j % 2))
+        for g in range(G):
+            k = np.int64((cnt[l * G + g] >> sh) & _LOW16_32)
+            ntot[g] += k
+            for col in range(m):
+                acc[(16 * col + j) * G + g] += np.float64(k) * values[r0 + j, col]
+
+
+@njit(cache=True, error_model="numpy")
+def _group_out(values, key0, b0, G, n_boot, acc, ntot, out):  # pragma: no cover - compiled
+    """out[b] = (n / N_b) sum16(partial sums) for the group's resamples b < n_boot; a
+    resample that drew no row is drawn again, alone, with the next attempts' keys."""
+    n = values.shape[0]
+    m = values.shape[1]
+    a16 = np.empty(16)
+    accb = np.empty((m, 16))
+    c = np.empty(16, np.uint64)
+    for g in range(min(G, n_boot - b0)):
+        b = b0 + g
+        nb = ntot[g]
+        if nb == 0:
+            att = np.uint64(1)
+            while nb == 0:
+                nb = _one_resample(values, _splitmix64_1(key0 + att * _GOLDEN), b, accb, c)
+                att += np.uint64(1)
+            for col in range(m):
+                out[b, col] = _sum16(accb[col]) * (n / nb)
+            continue
         for col in range(m):
-            out[b, col] = _sum16(acc[col]) * scale
+            for j in range(16):
+                a16[j] = acc[(16 * col + j) * G + g]
+            out[b, col] = _sum16(a16) * (n / nb)
+
+
+@njit(cache=True, parallel=True, error_model="numpy")
+def _bootstrap(values, n_boot, key0, G, out):  # pragma: no cover - compiled
+    """Groups of G resamples in parallel; within a group, blocks of _BLOCK_STEPS steps: the
+    counts of all its streams (one vector loop per step), then the block's partial sums."""
+    n = values.shape[0]
+    m = values.shape[1]
+    n_full = n // 16
+    for gi in prange((n_boot + G - 1) // G):
+        b0 = gi * G
+        s0 = np.empty(_LANES * G, np.uint32)
+        s1 = np.empty(_LANES * G, np.uint32)
+        s2 = np.empty(_LANES * G, np.uint32)
+        s3 = np.empty(_LANES * G, np.uint32)
+        _seed_group(key0, b0, G, np.empty((4, _LANES), np.uint64), s0, s1, s2, s3)
+        xs = np.empty(_LANES * G, np.uint32)
+        cnt = np.empty(_BLOCK_STEPS * _LANES * G, np.uint32)
+        acc = np.zeros(16 * m * G)
+        ntot = np.zeros(G, np.int64)
+        pk = np.empty(G, np.uint32)  # packed counts of a block: <= 8 * 8 * _BLOCK_STEPS a half
+        for t0 in range(0, n_full, _BLOCK_STEPS):
+            steps = min(_BLOCK_STEPS, n_full - t0)
+            _group_counts(s0, s1, s2, s3, xs, cnt, steps, G)
+            pk[:] = 0
+            _block_sums(values, 16 * t0, cnt, steps, G, acc, pk)
+            for g in range(G):
+                ntot[g] += np.int64(pk[g] & _LOW16_32) + np.int64(pk[g] >> _S16_32)
+        if n > 16 * n_full:
+            _group_counts(s0, s1, s2, s3, xs, cnt, 1, G)
+            _tail_sums(values, 16 * n_full, cnt, G, acc, ntot)
+        _group_out(values, key0, b0, G, n_boot, acc, ntot, out)
 
 
 def bootstrap_sums(values: np.ndarray, n_boot: int, seed: int) -> np.ndarray:
@@ -165,6 +425,7 @@ def bootstrap_sums(values: np.ndarray, n_boot: int, seed: int) -> np.ndarray:
         return out
     apply_thread_cap()
     key = splitmix64(np.array([seed], dtype=np.uint64))[0]
-    with parallel_chunksize(max(1, (1 << 20) // n)):  # blocks of about 2^20 row draws
-        _bootstrap(np.ascontiguousarray(values, dtype=np.float64), n_boot, key, out)
+    # tasks of about 2^20 row draws (a group draws n _GROUP)
+    with parallel_chunksize(max(1, (1 << 20) // (n * _GROUP))):
+        _bootstrap(np.ascontiguousarray(values, dtype=np.float64), n_boot, key, _GROUP, out)
     return out
