@@ -142,13 +142,14 @@ def _sum16(a):  # pragma: no cover - compiled
 
 
 # The group kernel: _GROUP resamples go through the rows together, a block of _BLOCK_STEPS
-# steps (16 rows each) at a time. Its xoshiro128++ steps and counts use 32-bit (and 16-bit)
+# steps (16 rows each) at a time. Its xoshiro128++ steps and counts use 32-bit
 # LLVM integers through the intrinsics below, so that LLVM vectorises the loop over the
 # group's 8 * _GROUP streams 8 lanes wide (Numba's own integer arithmetic is 64-bit).
-_GROUP = 64  # resamples per group (passed to the kernel as a run-time value)
-_BLOCK_STEPS = 32  # steps per block: the block's counts (16 KiB) stay in L1
-_RARE = 5  # tails from here on added only in the steps that need them (P = 39/65536 per row)
+_GROUP = 32  # resamples per group (passed to the kernel as a run-time value)
+_BLOCK_STEPS = 16  # steps per block: the block's counts (16 KiB) stay in L1
 _TH = tuple(65536 - t for t in POISSON_TAILS)  # u >= _TH[k] <=> count > k
+# u > _TH_M1[k] <=> count > k, passed to the kernel (see _counts)
+_TH_M1 = np.array([t - 1 for t in _TH], dtype=np.uint32)
 _U32 = types.uint32
 _I32 = llvm_ir.IntType(32)
 
@@ -192,44 +193,43 @@ def _shl9(typingctx, a):  # pragma: no cover - compile time
     return _U32(_U32), codegen
 
 
-def _counts(thresholds: tuple[int, ...]):
-    """Intrinsic: the counts #{k : u >= t_k} of the two 16-bit halves u of a 32-bit output,
-    packed as lo | hi << 16 (32-bit signed compares: both halves are below 2^16)."""
-
-    def typer(typingctx, x):  # pragma: no cover - compile time
-        def codegen(context, builder, signature, args):
-            halves = (
-                builder.and_(args[0], _I32(0xFFFF)),
-                builder.lshr(args[0], _I32(16)),
-            )
-            c = []
-            for u in halves:
-                k = _I32(0)
-                for t in thresholds:
-                    k = builder.sub(k, builder.sext(builder.icmp_signed(">", u, _I32(t - 1)), _I32))
-                c.append(k)
-            return builder.or_(c[0], builder.shl(c[1], _I32(16)))
-
-        return _U32(_U32), codegen
-
-    return intrinsic(typer)
+def _counts_codegen(context, builder, signature, args):  # pragma: no cover - compile time
+    """The counts #{j : u > th_j} of the two 16-bit halves u of a 32-bit output args[0]
+    (thresholds args[1:]), packed as lo | hi << 16 (32-bit signed compares: both halves lie
+    below 2^16). The thresholds come as run-time values: against constants LLVM turns the
+    compares of x >> 16 into unsigned compares of x, which AVX2 lacks (two instructions)."""
+    halves = (builder.and_(args[0], _I32(0xFFFF)), builder.lshr(args[0], _I32(16)))
+    c = []
+    for u in halves:
+        n = _I32(0)
+        for t in args[1:]:
+            n = builder.sub(n, builder.sext(builder.icmp_signed(">", u, t), _I32))
+        c.append(n)
+    return builder.or_(c[0], builder.shl(c[1], _I32(16)))
 
 
 @intrinsic
-def _any_rare(typingctx, x):  # pragma: no cover - compile time
-    """1 if a 16-bit half of x needs the rare tails (u >= _TH[_RARE]), else 0."""
+def _counts5(typingctx, x, t0, t1, t2, t3, t4):  # pragma: no cover - compile time
+    return _U32(*([_U32] * 6)), _counts_codegen
+
+
+@intrinsic
+def _counts3(typingctx, x, t0, t1, t2):  # pragma: no cover - compile time
+    return _U32(*([_U32] * 4)), _counts_codegen
+
+
+@intrinsic
+def _any_rare(typingctx, x, t):  # pragma: no cover - compile time
+    """1 if a 16-bit half of x exceeds t (t = _TH[5] - 1: the half needs the tails past the
+    5th, P = 39/65536 per half), else 0."""
 
     def codegen(context, builder, signature, args):
         lo = builder.and_(args[0], _I32(0xFFFF))
         hi = builder.lshr(args[0], _I32(16))
         mx = builder.select(builder.icmp_unsigned(">", lo, hi), lo, hi)
-        return builder.zext(builder.icmp_signed(">", mx, _I32(_TH[_RARE] - 1)), _I32)
+        return builder.zext(builder.icmp_signed(">", mx, args[1]), _I32)
 
-    return _U32(_U32), codegen
-
-
-_counts_common = _counts(_TH[:_RARE])
-_counts_rare = _counts(_TH[_RARE:])
+    return _U32(_U32, _U32), codegen
 
 
 def _half_f64(shift: int):
@@ -265,9 +265,16 @@ def _seed_group(key, b0, G, st, s0, s1, s2, s3):  # pragma: no cover - compiled
 
 
 @njit(cache=True, error_model="numpy", inline="always")
-def _group_step(s0, s1, s2, s3, xs, cnt, o, uns):  # pragma: no cover - compiled
-    """One step of the group's ``uns`` streams: cnt[o + i] = packed counts (tails below
-    _RARE) of its two rows, xs[i] its output; returns whether a row needs the rare tails."""
+def _group_step(s0, s1, s2, s3, xs, cnt, o, uns, th):  # pragma: no cover - compiled
+    """One step of the group's ``uns`` streams: cnt[o + i] = the packed counts of its two
+    rows from the first 5 thresholds th (u > th[k] <=> count > k), xs[i] its output; returns
+    whether a row needs the last 3."""
+    t0 = th[0]
+    t1 = th[1]
+    t2 = th[2]
+    t3 = th[3]
+    t4 = th[4]
+    t5 = th[5]
     rare = np.uint32(0)
     for i in range(uns):
         a0 = s0[i]
@@ -287,21 +294,21 @@ def _group_step(s0, s1, s2, s3, xs, cnt, o, uns):  # pragma: no cover - compiled
         s2[i] = a2
         s3[i] = a3
         xs[i] = x
-        rare = _or32(rare, _any_rare(x))
-        cnt[o + i] = _counts_common(x)
+        rare = _or32(rare, _any_rare(x, t5))
+        cnt[o + i] = _counts5(x, t0, t1, t2, t3, t4)
     return rare != 0
 
 
 @njit(cache=True, error_model="numpy")
-def _group_counts(s0, s1, s2, s3, xs, cnt, steps, G):  # pragma: no cover - compiled
+def _group_counts(s0, s1, s2, s3, xs, cnt, steps, G, th):  # pragma: no cover - compiled
     """``steps`` steps of the group's streams: cnt[t 8 G + i] = packed counts of stream i's
     two rows of step t (all tails)."""
     uns = np.uint64(_LANES * G)
     for t in range(np.uint64(steps)):
         o = t * uns
-        if _group_step(s0, s1, s2, s3, xs, cnt, o, uns):
+        if _group_step(s0, s1, s2, s3, xs, cnt, o, uns, th):
             for i in range(uns):
-                cnt[o + i] = _add32(cnt[o + i], _counts_rare(xs[i]))
+                cnt[o + i] = _add32(cnt[o + i], _counts3(xs[i], th[5], th[6], th[7]))
 
 
 @njit(cache=True, error_model="numpy", fastmath={"contract"})
@@ -376,7 +383,7 @@ def _group_out(values, key0, b0, G, n_boot, acc, ntot, out):  # pragma: no cover
 
 
 @njit(cache=True, parallel=True, error_model="numpy")
-def _bootstrap(values, n_boot, key0, G, out):  # pragma: no cover - compiled
+def _bootstrap(values, n_boot, key0, G, th, out):  # pragma: no cover - compiled
     """Groups of G resamples in parallel; within a group, blocks of _BLOCK_STEPS steps: the
     counts of all its streams (one vector loop per step), then the block's partial sums."""
     n = values.shape[0]
@@ -396,13 +403,13 @@ def _bootstrap(values, n_boot, key0, G, out):  # pragma: no cover - compiled
         pk = np.empty(G, np.uint32)  # packed counts of a block: <= 8 * 8 * _BLOCK_STEPS a half
         for t0 in range(0, n_full, _BLOCK_STEPS):
             steps = min(_BLOCK_STEPS, n_full - t0)
-            _group_counts(s0, s1, s2, s3, xs, cnt, steps, G)
+            _group_counts(s0, s1, s2, s3, xs, cnt, steps, G, th)
             pk[:] = 0
             _block_sums(values, 16 * t0, cnt, steps, G, acc, pk)
             for g in range(G):
                 ntot[g] += np.int64(pk[g] & _LOW16_32) + np.int64(pk[g] >> _S16_32)
         if n > 16 * n_full:
-            _group_counts(s0, s1, s2, s3, xs, cnt, 1, G)
+            _group_counts(s0, s1, s2, s3, xs, cnt, 1, G, th)
             _tail_sums(values, 16 * n_full, cnt, G, acc, ntot)
         _group_out(values, key0, b0, G, n_boot, acc, ntot, out)
 
@@ -427,5 +434,6 @@ def bootstrap_sums(values: np.ndarray, n_boot: int, seed: int) -> np.ndarray:
     key = splitmix64(np.array([seed], dtype=np.uint64))[0]
     # tasks of about 2^20 row draws (a group draws n _GROUP)
     with parallel_chunksize(max(1, (1 << 20) // (n * _GROUP))):
-        _bootstrap(np.ascontiguousarray(values, dtype=np.float64), n_boot, key, _GROUP, out)
+        values = np.ascontiguousarray(values, dtype=np.float64)
+        _bootstrap(values, n_boot, key, _GROUP, _TH_M1, out)
     return out
