@@ -311,7 +311,7 @@ def _group_counts(s0, s1, s2, s3, xs, cnt, steps, G, th):  # pragma: no cover - 
                 cnt[o + i] = _add32(cnt[o + i], _counts3(xs[i], th[5], th[6], th[7]))
 
 
-@njit(cache=True, error_model="numpy", fastmath={"contract"})
+@njit(cache=True, error_model="numpy")
 def _block_sums(values, r0, cnt, steps, G, acc, pk):  # pragma: no cover - compiled
     """Adds the block's rows r0 .. r0 + 16 steps into the group's partial sums
     acc[(16 col + j) G + g] (lane j = row mod 16 = 2 l + h) and its packed counts into
