@@ -5,14 +5,14 @@ The Poisson-bootstrap counts come from the 8 xoshiro128++ streams of a resample 
 step, one 16-bit uniform per row, see :mod:`pope.backends.reference`). The algorithm of
 ``csrc/bootstrap.cpp``: a group of ``_GROUP`` resamples goes through the rows together, a
 block of ``_BLOCK_STEPS`` steps at a time (its streams, counts and partial sums stay in L1):
-one vector loop per step advances the group's ``8 _GROUP`` streams and counts the first 5
-tails of both rows of each (the last 3 only in the steps that need them: P(u >= 65497) =
-39/65536 per row); then each row's count times its value is added into 16 partial sums per column
-(row ``i`` into lane ``i mod 16``). The streams are stepped in 32-bit LLVM arithmetic through
-small intrinsics (Numba's own integer arithmetic is 64-bit, half as wide in a vector); the
-seeding and the redraw of a resample that drew no row use ``uint64`` arithmetic (every
-constant a ``np.uint64``: mixing ``uint64`` with ``int64`` would promote to ``float64``;
-32-bit words masked).
+one vector loop per step advances the group's ``8 _GROUP`` streams (32-bit lanes, 8 to a
+vector), one loop over the block's 16-bit halves turns each into its row's count (16-bit
+compares, 16 to a vector), and one loop per step and lane adds count times value into 16
+partial sums per column (row ``i`` into lane ``i mod 16``), vectorised over the group. The
+streams are stepped and counted through small LLVM intrinsics (Numba's own integer arithmetic
+is 64-bit, a quarter as wide in a vector); the seeding and the redraw of a resample that drew
+no row use ``uint64`` arithmetic (every constant a ``np.uint64``: mixing ``uint64`` with
+``int64`` would promote to ``float64``; 32-bit words masked).
 """
 
 from __future__ import annotations
@@ -142,16 +142,18 @@ def _sum16(a):  # pragma: no cover - compiled
 
 
 # The group kernel: _GROUP resamples go through the rows together, a block of _BLOCK_STEPS
-# steps (16 rows each) at a time. Its xoshiro128++ steps and counts use 32-bit
-# LLVM integers through the intrinsics below, so that LLVM vectorises the loop over the
-# group's 8 * _GROUP streams 8 lanes wide (Numba's own integer arithmetic is 64-bit).
+# steps (16 rows each) at a time. Its xoshiro128++ steps and counts use 32-bit and 16-bit
+# LLVM integers through the intrinsics below, so that LLVM vectorises the loops over the
+# group's 8 * _GROUP streams 8 lanes wide and over their 16-bit halves 16 wide.
 _GROUP = 32  # resamples per group (passed to the kernel as a run-time value)
 _BLOCK_STEPS = 16  # steps per block: the block's counts (16 KiB) stay in L1
 _TH = tuple(65536 - t for t in POISSON_TAILS)  # u >= _TH[k] <=> count > k
-# u > _TH_M1[k] <=> count > k, passed to the kernel (see _counts)
-_TH_M1 = np.array([t - 1 for t in _TH], dtype=np.uint32)
+# (u ^ 0x8000) > _TH16[k] (signed 16-bit) <=> count > k, passed to the kernel as run-time
+# values (against constants LLVM may turn the compares into unsigned ones)
+_TH16 = np.array([(t - 1) ^ 0x8000 for t in _TH], dtype=np.uint16).view(np.int16)
 _U32 = types.uint32
 _I32 = llvm_ir.IntType(32)
+_I16 = llvm_ir.IntType(16)
 
 
 def _binop32(op: str):
@@ -166,7 +168,6 @@ def _binop32(op: str):
 
 _add32 = _binop32("add")
 _xor32 = _binop32("xor")
-_or32 = _binop32("or_")
 
 
 def _rotl32(k: int):
@@ -191,45 +192,6 @@ def _shl9(typingctx, a):  # pragma: no cover - compile time
         return builder.shl(args[0], llvm_ir.Constant(_I32, 9))
 
     return _U32(_U32), codegen
-
-
-def _counts_codegen(context, builder, signature, args):  # pragma: no cover - compile time
-    """The counts #{j : u > th_j} of the two 16-bit halves u of a 32-bit output args[0]
-    (thresholds args[1:]), packed as lo | hi << 16 (32-bit signed compares: both halves lie
-    below 2^16). The thresholds come as run-time values: against constants LLVM turns the
-    compares of x >> 16 into unsigned compares of x, which AVX2 lacks (two instructions)."""
-    halves = (builder.and_(args[0], _I32(0xFFFF)), builder.lshr(args[0], _I32(16)))
-    c = []
-    for u in halves:
-        n = _I32(0)
-        for t in args[1:]:
-            n = builder.sub(n, builder.sext(builder.icmp_signed(">", u, t), _I32))
-        c.append(n)
-    return builder.or_(c[0], builder.shl(c[1], _I32(16)))
-
-
-@intrinsic
-def _counts5(typingctx, x, t0, t1, t2, t3, t4):  # pragma: no cover - compile time
-    return _U32(*([_U32] * 6)), _counts_codegen
-
-
-@intrinsic
-def _counts3(typingctx, x, t0, t1, t2):  # pragma: no cover - compile time
-    return _U32(*([_U32] * 4)), _counts_codegen
-
-
-@intrinsic
-def _any_rare(typingctx, x, t):  # pragma: no cover - compile time
-    """1 if a 16-bit half of x exceeds t (t = _TH[5] - 1: the half needs the tails past the
-    5th, P = 39/65536 per half), else 0."""
-
-    def codegen(context, builder, signature, args):
-        lo = builder.and_(args[0], _I32(0xFFFF))
-        hi = builder.lshr(args[0], _I32(16))
-        mx = builder.select(builder.icmp_unsigned(">", lo, hi), lo, hi)
-        return builder.zext(builder.icmp_signed(">", mx, args[1]), _I32)
-
-    return _U32(_U32, _U32), codegen
 
 
 def _half_f64(shift: int):
@@ -264,51 +226,50 @@ def _seed_group(key, b0, G, st, s0, s1, s2, s3):  # pragma: no cover - compiled
             s3[l * G + g] = st[3, l]
 
 
-@njit(cache=True, error_model="numpy", inline="always")
-def _group_step(s0, s1, s2, s3, xs, cnt, o, uns, th):  # pragma: no cover - compiled
-    """One step of the group's ``uns`` streams: cnt[o + i] = the packed counts of its two
-    rows from the first 5 thresholds th (u > th[k] <=> count > k), xs[i] its output; returns
-    whether a row needs the last 3."""
-    t0 = th[0]
-    t1 = th[1]
-    t2 = th[2]
-    t3 = th[3]
-    t4 = th[4]
-    t5 = th[5]
-    rare = np.uint32(0)
-    for i in range(uns):
-        a0 = s0[i]
-        a1 = s1[i]
-        a2 = s2[i]
-        a3 = s3[i]
-        x = _add32(_rotl7(_add32(a0, a3)), a0)
-        u = _shl9(a1)
-        a2 = _xor32(a2, a0)
-        a3 = _xor32(a3, a1)
-        a1 = _xor32(a1, a2)
-        a0 = _xor32(a0, a3)
-        a2 = _xor32(a2, u)
-        a3 = _rotl11(a3)
-        s0[i] = a0
-        s1[i] = a1
-        s2[i] = a2
-        s3[i] = a3
-        xs[i] = x
-        rare = _or32(rare, _any_rare(x, t5))
-        cnt[o + i] = _counts5(x, t0, t1, t2, t3, t4)
-    return rare != 0
+@intrinsic
+def _count8(typingctx, u, t0, t1, t2, t3, t4, t5, t6, t7):  # pragma: no cover - compile time
+    """#{k : u ^ 0x8000 > t_k} for a 16-bit uniform u (signed 16-bit compares of the
+    sign-flipped u, as csrc/bootstrap.cpp: AVX2 has no unsigned ones), a 16-bit count."""
+
+    def codegen(context, builder, signature, args):
+        us = builder.xor(args[0], _I16(0x8000 - 65536))
+        n = _I16(0)
+        for t in args[1:]:
+            n = builder.sub(n, builder.sext(builder.icmp_signed(">", us, t), _I16))
+        return n
+
+    return types.uint16(types.uint16, *([types.int16] * 8)), codegen
 
 
 @njit(cache=True, error_model="numpy")
-def _group_counts(s0, s1, s2, s3, xs, cnt, steps, G, th):  # pragma: no cover - compiled
-    """``steps`` steps of the group's streams: cnt[t 8 G + i] = packed counts of stream i's
-    two rows of step t (all tails)."""
+def _group_counts(s0, s1, s2, s3, cnt, steps, G, th):  # pragma: no cover - compiled
+    """``steps`` steps of the group's streams: cnt[t 8 G + i] = the output of stream i at
+    step t; then, in place, its two 16-bit halves replaced by their counts (one loop over
+    the block's halves, 16 to a vector), so that cnt[t 8 G + i] = lo | hi << 16 holds the
+    counts of its rows 2 l and 2 l + 1 of step t (l = i / G)."""
     uns = np.uint64(_LANES * G)
     for t in range(np.uint64(steps)):
         o = t * uns
-        if _group_step(s0, s1, s2, s3, xs, cnt, o, uns, th):
-            for i in range(uns):
-                cnt[o + i] = _add32(cnt[o + i], _counts3(xs[i], th[5], th[6], th[7]))
+        for i in range(uns):
+            a0 = s0[i]
+            a1 = s1[i]
+            a2 = s2[i]
+            a3 = s3[i]
+            cnt[o + i] = _add32(_rotl7(_add32(a0, a3)), a0)
+            u = _shl9(a1)
+            a2 = _xor32(a2, a0)
+            a3 = _xor32(a3, a1)
+            a1 = _xor32(a1, a2)
+            a0 = _xor32(a0, a3)
+            a2 = _xor32(a2, u)
+            s0[i] = a0
+            s1[i] = a1
+            s2[i] = a2
+            s3[i] = _rotl11(a3)
+    h = cnt.view(np.uint16)  # little endian: half 2 i is the low one
+    t0, t1, t2, t3, t4, t5, t6, t7 = th[0], th[1], th[2], th[3], th[4], th[5], th[6], th[7]
+    for j in range(np.uint64(2) * np.uint64(steps) * uns):
+        h[j] = _count8(h[j], t0, t1, t2, t3, t4, t5, t6, t7)
 
 
 @njit(cache=True, error_model="numpy")
@@ -385,7 +346,7 @@ def _group_out(values, key0, b0, G, n_boot, acc, ntot, out):  # pragma: no cover
 @njit(cache=True, parallel=True, error_model="numpy")
 def _bootstrap(values, n_boot, key0, G, th, out):  # pragma: no cover - compiled
     """Groups of G resamples in parallel; within a group, blocks of _BLOCK_STEPS steps: the
-    counts of all its streams (one vector loop per step), then the block's partial sums."""
+    outputs of all its streams and their counts, then the block's partial sums."""
     n = values.shape[0]
     m = values.shape[1]
     n_full = n // 16
@@ -396,20 +357,19 @@ def _bootstrap(values, n_boot, key0, G, th, out):  # pragma: no cover - compiled
         s2 = np.empty(_LANES * G, np.uint32)
         s3 = np.empty(_LANES * G, np.uint32)
         _seed_group(key0, b0, G, np.empty((4, _LANES), np.uint64), s0, s1, s2, s3)
-        xs = np.empty(_LANES * G, np.uint32)
         cnt = np.empty(_BLOCK_STEPS * _LANES * G, np.uint32)
         acc = np.zeros(16 * m * G)
         ntot = np.zeros(G, np.int64)
         pk = np.empty(G, np.uint32)  # packed counts of a block: <= 8 * 8 * _BLOCK_STEPS a half
         for t0 in range(0, n_full, _BLOCK_STEPS):
             steps = min(_BLOCK_STEPS, n_full - t0)
-            _group_counts(s0, s1, s2, s3, xs, cnt, steps, G, th)
+            _group_counts(s0, s1, s2, s3, cnt, steps, G, th)
             pk[:] = 0
             _block_sums(values, 16 * t0, cnt, steps, G, acc, pk)
             for g in range(G):
                 ntot[g] += np.int64(pk[g] & _LOW16_32) + np.int64(pk[g] >> _S16_32)
         if n > 16 * n_full:
-            _group_counts(s0, s1, s2, s3, xs, cnt, 1, G, th)
+            _group_counts(s0, s1, s2, s3, cnt, 1, G, th)
             _tail_sums(values, 16 * n_full, cnt, G, acc, ntot)
         _group_out(values, key0, b0, G, n_boot, acc, ntot, out)
 
@@ -435,5 +395,5 @@ def bootstrap_sums(values: np.ndarray, n_boot: int, seed: int) -> np.ndarray:
     # tasks of about 2^20 row draws (a group draws n _GROUP)
     with parallel_chunksize(max(1, (1 << 20) // (n * _GROUP))):
         values = np.ascontiguousarray(values, dtype=np.float64)
-        _bootstrap(values, n_boot, key, _GROUP, _TH_M1, out)
+        _bootstrap(values, n_boot, key, _GROUP, _TH16, out)
     return out
