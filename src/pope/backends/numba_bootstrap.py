@@ -1,16 +1,26 @@
-"""Numba ``bootstrap_sums``: parallel over resamples, counts bit-identical to the reference.
+"""Numba ``bootstrap_sums``: parallel over groups of resamples, counts bit-identical to the
+reference.
 
 The Poisson-bootstrap counts come from the 8 xoshiro128++ streams of a resample (16 rows per
-step, one 16-bit uniform per row, see :mod:`pope.backends.reference`), computed with
-``uint64`` arithmetic only (every constant is a ``np.uint64``: mixing ``uint64`` with
-``int64`` would promote to ``float64``; 32-bit words are masked). Each resample adds its rows
-in order into 16 partial sums per column (row ``i`` into lane ``i mod 16``), as the C++ core.
+step, one 16-bit uniform per row, see :mod:`pope.backends.reference`). The algorithm of
+``csrc/bootstrap.cpp``: a group of ``_GROUP`` resamples goes through the rows together, a
+block of ``_BLOCK_STEPS`` steps at a time (its streams, counts and partial sums stay in L1):
+one vector loop per step advances the group's ``8 _GROUP`` streams (32-bit lanes, 8 to a
+vector), one loop over the block's 16-bit halves turns each into its row's count (16-bit
+compares, 16 to a vector), and one loop per step and lane adds count times value into 16
+partial sums per column (row ``i`` into lane ``i mod 16``), vectorised over the group. The
+streams are stepped and counted through small LLVM intrinsics (Numba's own integer arithmetic
+is 64-bit, a quarter as wide in a vector); the seeding and the redraw of a resample that drew
+no row use ``uint64`` arithmetic (every constant a ``np.uint64``: mixing ``uint64`` with
+``int64`` would promote to ``float64``; 32-bit words masked).
 """
 
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, parallel_chunksize, prange
+from llvmlite import ir as llvm_ir
+from numba import njit, parallel_chunksize, prange, types
+from numba.extending import intrinsic
 
 from pope.backends.numba_threads import apply_thread_cap
 from pope.backends.reference import POISSON_TAILS, splitmix64
@@ -98,7 +108,8 @@ def _step_counts(st, c):  # pragma: no cover - compiled
 
 @njit(cache=True, error_model="numpy")
 def _one_resample(values, key, b, acc, c):  # pragma: no cover - compiled
-    """Partial sums acc (m, 16) of resample b drawn with `key`; returns the number of rows."""
+    """Partial sums acc (m, 16) of resample b drawn with `key`; returns the number of rows
+    (one resample at a time, scalar: for the redraws of resamples that drew no row)."""
     n = values.shape[0]
     m = values.shape[1]
     st = np.empty((4, _LANES), np.uint64)
@@ -130,21 +141,237 @@ def _sum16(a):  # pragma: no cover - compiled
     return (s0 + s1) + (s2 + s3)
 
 
-@njit(cache=True, parallel=True, error_model="numpy")
-def _bootstrap(values, n_boot, key0, out):  # pragma: no cover - compiled
+# The group kernel: _GROUP resamples go through the rows together, a block of _BLOCK_STEPS
+# steps (16 rows each) at a time. Its xoshiro128++ steps and counts use 32-bit and 16-bit
+# LLVM integers through the intrinsics below, so that LLVM vectorises the loops over the
+# group's 8 * _GROUP streams 8 lanes wide and over their 16-bit halves 16 wide.
+_GROUP = 32  # resamples per group (passed to the kernel as a run-time value)
+_BLOCK_STEPS = 16  # steps per block: the block's counts (16 KiB) stay in L1
+_TH = tuple(65536 - t for t in POISSON_TAILS)  # u >= _TH[k] <=> count > k
+# (u ^ 0x8000) > _TH16[k] (signed 16-bit) <=> count > k, passed to the kernel as run-time
+# values (against constants LLVM may turn the compares into unsigned ones)
+_TH16 = np.array([(t - 1) ^ 0x8000 for t in _TH], dtype=np.uint16).view(np.int16)
+_U32 = types.uint32
+_I32 = llvm_ir.IntType(32)
+_I16 = llvm_ir.IntType(16)
+
+
+def _binop32(op: str):
+    def typer(typingctx, a, b):  # pragma: no cover - compile time
+        def codegen(context, builder, signature, args):
+            return getattr(builder, op)(args[0], args[1])
+
+        return _U32(_U32, _U32), codegen
+
+    return intrinsic(typer)
+
+
+_add32 = _binop32("add")
+_xor32 = _binop32("xor")
+
+
+def _rotl32(k: int):
+    def typer(typingctx, a):  # pragma: no cover - compile time
+        def codegen(context, builder, signature, args):
+            x = args[0]
+            hi = builder.shl(x, llvm_ir.Constant(_I32, k))
+            return builder.or_(hi, builder.lshr(x, llvm_ir.Constant(_I32, 32 - k)))
+
+        return _U32(_U32), codegen
+
+    return intrinsic(typer)
+
+
+_rotl7 = _rotl32(7)
+_rotl11 = _rotl32(11)
+
+
+@intrinsic
+def _shl9(typingctx, a):  # pragma: no cover - compile time
+    def codegen(context, builder, signature, args):
+        return builder.shl(args[0], llvm_ir.Constant(_I32, 9))
+
+    return _U32(_U32), codegen
+
+
+def _half_f64(shift: int):
+    def typer(typingctx, c):  # pragma: no cover - compile time
+        def codegen(context, builder, signature, args):
+            h = builder.and_(builder.lshr(args[0], _I32(shift)), _I32(0xFFFF))
+            return builder.sitofp(h, llvm_ir.DoubleType())
+
+        return types.float64(_U32), codegen
+
+    return intrinsic(typer)
+
+
+_lo_f64 = _half_f64(0)
+_hi_f64 = _half_f64(16)
+_LOW16_32 = np.uint32(0xFFFF)
+_ULANES = np.uint64(_LANES)
+_U2 = np.uint64(2)
+_U16 = np.uint64(16)
+_S16_32 = np.uint32(16)
+
+
+@njit(cache=True, error_model="numpy")
+def _seed_group(key, b0, G, st, s0, s1, s2, s3):  # pragma: no cover - compiled
+    """The streams of resamples b0 .. b0 + G, lane-major: stream i = G l + g."""
+    for g in range(G):
+        _seed_streams(key, b0 + g, st)
+        for l in range(_LANES):
+            s0[l * G + g] = st[0, l]
+            s1[l * G + g] = st[1, l]
+            s2[l * G + g] = st[2, l]
+            s3[l * G + g] = st[3, l]
+
+
+@intrinsic
+def _count8(typingctx, u, t0, t1, t2, t3, t4, t5, t6, t7):  # pragma: no cover - compile time
+    """#{k : u ^ 0x8000 > t_k} for a 16-bit uniform u (signed 16-bit compares of the
+    sign-flipped u, as csrc/bootstrap.cpp: AVX2 has no unsigned ones), a 16-bit count."""
+
+    def codegen(context, builder, signature, args):
+        us = builder.xor(args[0], _I16(0x8000 - 65536))
+        n = _I16(0)
+        for t in args[1:]:
+            n = builder.sub(n, builder.sext(builder.icmp_signed(">", us, t), _I16))
+        return n
+
+    return types.uint16(types.uint16, *([types.int16] * 8)), codegen
+
+
+@njit(cache=True, error_model="numpy")
+def _group_counts(s0, s1, s2, s3, cnt, steps, G, th):  # pragma: no cover - compiled
+    """``steps`` steps of the group's streams: cnt[t 8 G + i] = the output of stream i at
+    step t; then, in place, its two 16-bit halves replaced by their counts (one loop over
+    the block's halves, 16 to a vector), so that cnt[t 8 G + i] = lo | hi << 16 holds the
+    counts of its rows 2 l and 2 l + 1 of step t (l = i / G)."""
+    uns = np.uint64(_LANES * G)
+    for t in range(np.uint64(steps)):
+        o = t * uns
+        for i in range(uns):
+            a0 = s0[i]
+            a1 = s1[i]
+            a2 = s2[i]
+            a3 = s3[i]
+            cnt[o + i] = _add32(_rotl7(_add32(a0, a3)), a0)
+            u = _shl9(a1)
+            a2 = _xor32(a2, a0)
+            a3 = _xor32(a3, a1)
+            a1 = _xor32(a1, a2)
+            a0 = _xor32(a0, a3)
+            a2 = _xor32(a2, u)
+            s0[i] = a0
+            s1[i] = a1
+            s2[i] = a2
+            s3[i] = _rotl11(a3)
+    h = cnt.view(np.uint16)  # little endian: half 2 i is the low one
+    t0, t1, t2, t3, t4, t5, t6, t7 = th[0], th[1], th[2], th[3], th[4], th[5], th[6], th[7]
+    for j in range(np.uint64(2) * np.uint64(steps) * uns):
+        h[j] = _count8(h[j], t0, t1, t2, t3, t4, t5, t6, t7)
+
+
+@njit(cache=True, error_model="numpy")
+def _block_sums(values, r0, cnt, steps, G, acc, pk):  # pragma: no cover - compiled
+    """Adds the block's rows r0 .. r0 + 16 steps into the group's partial sums
+    acc[(16 col + j) G + g] (lane j = row mod 16 = 2 l + h) and its packed counts into
+    pk[g]. The loops over the group run G (a run-time value) wide: with a constant trip
+    count LLVM unrolls them and leaves them scalar; indices are uint64 (see
+    :mod:`pope.backends.numba_coverage`)."""
+    m = np.uint64(values.shape[1])
+    uG = np.uint64(G)
+    ur0 = np.uint64(r0)
+    for t in range(np.uint64(steps)):
+        for l in range(_ULANES):
+            o = (t * _ULANES + l) * uG
+            for g in range(uG):
+                pk[g] = _add32(pk[g], cnt[o + g])
+    for col in range(m):
+        for t in range(np.uint64(steps)):
+            for l in range(_ULANES):
+                r = ur0 + _U16 * t + _U2 * l
+                ve = values[r, col]
+                vo = values[r + _U1, col]
+                o = (t * _ULANES + l) * uG
+                ae = (_U16 * col + _U2 * l) * uG
+                ao = ae + uG
+                for g in range(uG):
+                    c = cnt[o + g]
+                    acc[ae + g] += _lo_f64(c) * ve
+                    acc[ao + g] += _hi_f64(c) * vo
+
+
+@njit(cache=True, error_model="numpy")
+def _tail_sums(values, r0, cnt, G, acc, ntot):  # pragma: no cover - compiled
+    """The last, partial step (rows r0 .. n, counts in cnt[:8 G]) of the group."""
     n = values.shape[0]
     m = values.shape[1]
-    for b in prange(n_boot):
-        acc = np.empty((m, 16))
-        c = np.empty(16, np.uint64)
-        ntot = _one_resample(values, key0, b, acc, c)
-        att = np.uint64(1)
-        while ntot == 0:  # no row drawn: the next attempt's key
-            ntot = _one_resample(values, _splitmix64_1(key0 + att * _GOLDEN), b, acc, c)
-            att += np.uint64(1)
-        scale = n / ntot
+    for j in range(n - r0):
+        l = j // 2
+        sh = np.uint32(16 * (j % 2))
+        for g in range(G):
+            k = np.int64((cnt[l * G + g] >> sh) & _LOW16_32)
+            ntot[g] += k
+            for col in range(m):
+                acc[(16 * col + j) * G + g] += np.float64(k) * values[r0 + j, col]
+
+
+@njit(cache=True, error_model="numpy")
+def _group_out(values, key0, b0, G, n_boot, acc, ntot, out):  # pragma: no cover - compiled
+    """out[b] = (n / N_b) sum16(partial sums) for the group's resamples b < n_boot; a
+    resample that drew no row is drawn again, alone, with the next attempts' keys."""
+    n = values.shape[0]
+    m = values.shape[1]
+    a16 = np.empty(16)
+    accb = np.empty((m, 16))
+    c = np.empty(16, np.uint64)
+    for g in range(min(G, n_boot - b0)):
+        b = b0 + g
+        nb = ntot[g]
+        if nb == 0:
+            att = np.uint64(1)
+            while nb == 0:
+                nb = _one_resample(values, _splitmix64_1(key0 + att * _GOLDEN), b, accb, c)
+                att += np.uint64(1)
+            for col in range(m):
+                out[b, col] = _sum16(accb[col]) * (n / nb)
+            continue
         for col in range(m):
-            out[b, col] = _sum16(acc[col]) * scale
+            for j in range(16):
+                a16[j] = acc[(16 * col + j) * G + g]
+            out[b, col] = _sum16(a16) * (n / nb)
+
+
+@njit(cache=True, parallel=True, error_model="numpy")
+def _bootstrap(values, n_boot, key0, G, th, out):  # pragma: no cover - compiled
+    """Groups of G resamples in parallel; within a group, blocks of _BLOCK_STEPS steps: the
+    outputs of all its streams and their counts, then the block's partial sums."""
+    n = values.shape[0]
+    m = values.shape[1]
+    n_full = n // 16
+    for gi in prange((n_boot + G - 1) // G):
+        b0 = gi * G
+        s0 = np.empty(_LANES * G, np.uint32)
+        s1 = np.empty(_LANES * G, np.uint32)
+        s2 = np.empty(_LANES * G, np.uint32)
+        s3 = np.empty(_LANES * G, np.uint32)
+        _seed_group(key0, b0, G, np.empty((4, _LANES), np.uint64), s0, s1, s2, s3)
+        cnt = np.empty(_BLOCK_STEPS * _LANES * G, np.uint32)
+        acc = np.zeros(16 * m * G)
+        ntot = np.zeros(G, np.int64)
+        pk = np.empty(G, np.uint32)  # packed counts of a block: <= 8 * 8 * _BLOCK_STEPS a half
+        for t0 in range(0, n_full, _BLOCK_STEPS):
+            steps = min(_BLOCK_STEPS, n_full - t0)
+            _group_counts(s0, s1, s2, s3, cnt, steps, G, th)
+            pk[:] = 0
+            _block_sums(values, 16 * t0, cnt, steps, G, acc, pk)
+            for g in range(G):
+                ntot[g] += np.int64(pk[g] & _LOW16_32) + np.int64(pk[g] >> _S16_32)
+        if n > 16 * n_full:
+            _group_counts(s0, s1, s2, s3, cnt, 1, G, th)
+            _tail_sums(values, 16 * n_full, cnt, G, acc, ntot)
+        _group_out(values, key0, b0, G, n_boot, acc, ntot, out)
 
 
 def bootstrap_sums(values: np.ndarray, n_boot: int, seed: int) -> np.ndarray:
@@ -165,6 +392,8 @@ def bootstrap_sums(values: np.ndarray, n_boot: int, seed: int) -> np.ndarray:
         return out
     apply_thread_cap()
     key = splitmix64(np.array([seed], dtype=np.uint64))[0]
-    with parallel_chunksize(max(1, (1 << 20) // n)):  # blocks of about 2^20 row draws
-        _bootstrap(np.ascontiguousarray(values, dtype=np.float64), n_boot, key, out)
+    # tasks of about 2^20 row draws (a group draws n _GROUP)
+    with parallel_chunksize(max(1, (1 << 20) // (n * _GROUP))):
+        values = np.ascontiguousarray(values, dtype=np.float64)
+        _bootstrap(values, n_boot, key, _GROUP, _TH16, out)
     return out

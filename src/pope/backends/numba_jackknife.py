@@ -67,60 +67,181 @@ def _log_pos_into(x, n, y):  # pragma: no cover - compiled
         y[k] = lg if v > 0.0 else 0.0
 
 
+# factors per product of the d_k (each in [1, K]: 32 of them stay finite for K < 2^31)
+_PROD_ROWS = 32
+# batches of prompts per task of the parallel loop (its buffers allocated once per task)
+_JK_TASK_BATCHES = 8
+
+
+@njit(cache=True, error_model="numpy")
+def _jk_weights_star(uptr, lw, i0, nq, self_normalize, w, star):  # pragma: no cover
+    """w[k - r0] = exp(l_k - max l) (self-normalised) or exp(l_k) for the rows of prompts
+    [i0, i0 + nq); star[q] = the (first) row of the largest log weight, ``NONE`` when it is not
+    finite."""
+    r0 = uptr[i0]
+    for q in range(nq):
+        uq = np.uint64(q)
+        s = uptr[i0 + uq]
+        e = uptr[i0 + uq + U1]
+        mx = NINF
+        st = NONE
+        k = s
+        while k < e:
+            v = lw[k]
+            st = k - r0 if v > mx else st
+            mx = v if v > mx else mx
+            k += U1
+        finite = mx > NINF and mx < PINF
+        star[uq] = st if finite else NONE
+        shift = mx if (self_normalize and finite) else 0.0
+        k = s
+        while k < e:
+            w[k - r0] = lw[k] - shift
+            k += U1
+    for k in range(np.int64(uptr[i0 + np.uint64(nq)] - r0)):
+        w[k] = exp1(w[k])
+
+
+@njit(cache=True, error_model="numpy")
+def _jk_cells(
+    uptr, ulabels, uC, i0, nq, self_normalize, w, star, A, cell, vals, den, pz
+):  # pragma: no cover - compiled
+    """Per prompt of the batch: the histogram A (nq, C), each row's cell and the weight sum T;
+    then per row a_k, n_k = max(a_k - w_k, 0) (``vals``, R4 apart) and d_k = Z - w_k
+    (``den``, used self-normalised only). Into ``pz`` (blocks of nq): Z (T self-normalised,
+    else K), Z_ex (the weights outside the largest row's cell plus a*_ex, that cell without
+    it: no cancellation; IPS K - 1), a*_ex, the last product of the d_k of the other rows
+    (IPS K - 1), the weights outside the largest row's cell, the logs of the earlier products
+    (each of _PROD_ROWS factors). Returns whether a label lay outside [0, C)."""
+    unq = np.uint64(nq)
+    r0 = uptr[i0]
+    R = uptr[i0 + unq] - r0
+    R4 = (R + np.uint64(3)) & ~np.uint64(3)
+    flag = False
+    for q in range(nq):
+        uq = np.uint64(q)
+        base = uq * uC
+        for c in range(uC):
+            A[base + c] = 0.0
+        s = uptr[i0 + uq] - r0
+        e = uptr[i0 + uq + U1] - r0
+        tot = 0.0
+        k = s
+        while k < e:
+            lab = ulabels[r0 + k]
+            if lab >= uC:
+                flag = True
+                lab = np.uint64(0)
+            ck = base + lab
+            cell[k] = ck
+            wk = w[k]
+            A[ck] += wk
+            tot += wk
+            k += U1
+        st = star[uq]
+        cs = cell[st] if st != NONE else NONE
+        Kf = float(e - s)
+        z = tot if self_normalize else Kf
+        a_ex = 0.0
+        t0 = 0.0
+        prod = 1.0
+        lprod = 0.0
+        k = s
+        while k < e:  # products of _PROD_ROWS factors, logs of all but the last in lprod
+            if k > s:
+                lprod += log1(prod)
+                prod = 1.0
+            kend = min(k + np.uint64(_PROD_ROWS), e)
+            while k < kend:
+                wk = w[k]
+                ck = cell[k]
+                a = A[ck]
+                vals[k] = a
+                vals[R4 + k] = max(a - wk, 0.0)
+                ns = k != st
+                ins = ck == cs
+                a_ex += wk if (ins and ns) else 0.0
+                t0 += 0.0 if ins else wk
+                d = z - wk
+                den[k] = d
+                prod *= d if ns else 1.0
+                k += U1
+        pz[uq] = z
+        pz[unq + uq] = t0 + a_ex if self_normalize else Kf - 1.0
+        pz[np.uint64(2) * unq + uq] = a_ex
+        pz[np.uint64(3) * unq + uq] = prod if self_normalize else Kf - 1.0
+        pz[np.uint64(4) * unq + uq] = t0
+        pz[np.uint64(5) * unq + uq] = lprod
+    return flag
+
+
 @njit(cache=True, error_model="numpy")
 def _jk_deletions(
-    uptr, i0, nq, r0, w, cell, star, vals, logs, inv, pz, lz, out
-):  # pragma: no cover
-    """The last loop of :func:`_jackknife_hard`: per prompt of the batch, the deletions added
-    as T S1 - G S2 + S3 (no log) and the jackknife value written to ``out``."""
+    uptr, i0, nq, self_normalize, w, cell, star, vals, logs, inv, pz, lz, out
+):  # pragma: no cover - compiled
+    """Per prompt of the batch: the deletions of the rows other than the largest added as
+    L - G S2 + S3 (no log per row), the largest row's from the sums without it, and the
+    jackknife value K H - (K - 1) / K sum_k H_{-k} written to ``out``.
+
+    With H_{-k} = ((T - w_k) log d_k - (G - a_k log a_k + n_k log n_k)) / d_k, G = sum_k
+    w_k log a_k, S2 = sum_k 1 / d_k, S3 = sum_k (a_k log a_k - n_k log n_k) / d_k (k other
+    than the largest row): self-normalised, Z = T so T - w_k = d_k and L = sum_k log d_k, the
+    logs of the products of the d_k (each in [1, K]); IPS, d_k = K - 1 and
+    L = log(K - 1) / (K - 1) sum_k (T - a_k + n_k)."""
     unq = np.uint64(nq)
-    uR = np.uint64(uptr[i0 + unq] - r0)
+    r0 = uptr[i0]
+    R = uptr[i0 + unq] - r0
+    R4 = (R + np.uint64(3)) & ~np.uint64(3)
     for q in range(nq):
         uq = np.uint64(q)
         s = uptr[i0 + uq] - r0
         e = uptr[i0 + uq + U1] - r0
-        K = np.int64(e - s)
-        if K == 0:
+        Kn = np.int64(e - s)
+        if Kn == 0:
             out[i0 + uq] = 0.0
             continue
         st = star[uq]
         cs = cell[st] if st != NONE else NONE
-        t0 = 0.0
         g0 = 0.0
-        s1 = 0.0
         s2 = 0.0
         s3 = 0.0
-        nf = 0.0
+        sa = 0.0
         k = s
         while k < e:
-            wk = w[k]
             la = logs[k]
-            other = cell[k] != cs
-            t0 += wk if other else 0.0
-            g0 += wk * la if other else 0.0
-            iv = inv[k] if k != st else 0.0
+            g0 += w[k] * la if cell[k] != cs else 0.0
             a = vals[k]
-            nk = max(a - wk, 0.0)
-            ld = logs[np.uint64(2) * uR + k]
-            s1 += ld * iv
+            nk = vals[R4 + k]
+            ns = k != st
+            iv = (inv[k] if self_normalize else 1.0) if ns else 0.0
             s2 += iv
-            s3 += ((nk - a) * ld + a * la - nk * logs[uR + k]) * iv
-            nf += 1.0 if (k != st and not inv[k] > 0.0) else 0.0
+            s3 += (a * la - nk * logs[R4 + k]) * iv
+            sa += (nk - a) if ns else 0.0
             k += U1
-        a_cs = vals[st] if st != NONE else 0.0
-        tot = t0 + a_cs
-        g = g0 + a_cs * logs[st] if st != NONE else g0
+        K = float(Kn)
         z = pz[uq]
         z_ex = pz[unq + uq]
         a_ex = pz[np.uint64(2) * unq + uq]
+        t0 = pz[np.uint64(4) * unq + uq]
+        a_cs = vals[st] if st != NONE else 0.0
+        g = g0 + a_cs * logs[st] if st != NONE else g0
+        tot = z if self_normalize else t0 + a_cs
         h = (tot * lz[uq] - g) / z if z > 0.0 else 0.0
-        if K == 1 or not z > 0.0:
-            out[i0 + uq] = h if K == 1 else 0.0
+        if Kn == 1 or not z > 0.0:
+            out[i0 + uq] = h if Kn == 1 else 0.0
             continue
         h_ex = h
         if st != NONE and z_ex > 0.0:
             h_ex = ((t0 + a_ex) * lz[unq + uq] - (g0 + a_ex * lz[np.uint64(2) * unq + uq])) / z_ex
-        acc = tot * s1 - g * s2 + s3 + nf * h
+        lpd = lz[np.uint64(3) * unq + uq]  # log of the last product of d_k; IPS: log(K - 1)
+        if self_normalize:
+            lsum = lpd + pz[np.uint64(5) * unq + uq]
+        else:  # d_k = K - 1 for every row
+            nns = K - 1.0 if st != NONE else K
+            lsum = lpd / (K - 1.0) * (nns * tot + sa)
+            s2 /= K - 1.0
+            s3 /= K - 1.0
+        acc = lsum - g * s2 + s3
         if st != NONE:
             acc += h_ex
         out[i0 + uq] = K * h - (K - 1.0) / K * acc
@@ -128,111 +249,53 @@ def _jk_deletions(
 
 @njit(cache=True, parallel=True, error_model="numpy")
 def _jackknife_hard(uptr, lw, ulabels, C, self_normalize, ustarts, out, bad):  # pragma: no cover
-    """Batches of prompts, the algorithm of csrc/jackknife.cpp: per prompt one loop builds the
-    histogram, finds the (first) largest row and sums the others' weights (Z_ex); a second
-    forms a_k, the numerator a_k - w_k and the denominator Z - t_k of each deletion; the logs
-    of the batch run in flat loops; a last loop per prompt adds the deletions as
-    T S1 - G S2 + S3 (no log). Indices are uint64 (see above); no row: index ``NONE``."""
+    """Tasks of _JK_TASK_BATCHES batches of prompts (buffers allocated once per task), the
+    algorithm of csrc/jackknife.cpp: per prompt the weights and the (first) largest row, the
+    histogram and each row's a_k, n_k, d_k, the products of the d_k; the batch's logs
+    (two per row) and reciprocals in flat loops; a last loop per prompt adds the deletions.
+    Indices are uint64 (see numba_coverage); no row: index ``NONE``."""
     uC = np.uint64(C)
-    for bi in prange(ustarts.shape[0] - 1):
-        i0 = ustarts[bi]
-        i1 = ustarts[bi + 1]
-        nq = np.int64(i1 - i0)
-        unq = np.uint64(nq)
-        r0 = uptr[i0]
-        R = np.int64(uptr[i1] - r0)
-        uR = np.uint64(R)
-        x = np.empty(R)
-        w = np.empty(R)
-        pz = np.empty(3 * nq)
-        lz = np.empty(3 * nq)
-        pmx = np.empty(nq)
-        star = np.empty(nq, np.uint64)
-        cell = np.empty(R, np.uint64)
-        A = np.empty(nq * C)
-        vals = np.empty(3 * R)  # a_k, numerators, denominators
-        logs = np.empty(3 * R)
-        inv = np.empty(R)
-        for q in range(nq):
-            uq = np.uint64(q)
-            s = uptr[i0 + uq]
-            e = uptr[i0 + uq + U1]
-            mx = NINF
-            k = s
-            while k < e:
-                v = lw[k]
-                mx = v if v > mx else mx
-                k += U1
-            pmx[uq] = mx
-            shift = mx if (self_normalize and mx > NINF and mx < PINF) else 0.0
-            k = s
-            while k < e:
-                x[k - r0] = lw[k] - shift
-                k += U1
-        for k in range(R):
-            w[k] = exp1(x[k])
-        flag = False
-        for q in range(nq):
-            uq = np.uint64(q)
-            base = uq * uC
-            for c in range(C):
-                A[base + np.uint64(c)] = 0.0
-            s = uptr[i0 + uq] - r0
-            e = uptr[i0 + uq + U1] - r0
-            mx = pmx[uq]
-            finite = mx > NINF and mx < PINF
-            xm = 0.0 if (self_normalize and finite) else mx
-            st = NONE
-            z_ex = 0.0
-            k = s
-            while k < e:
-                lab = ulabels[r0 + k]
-                if lab >= uC:  # a negative label is a huge uint64
-                    flag = True
-                    lab = np.uint64(0)
-                wk = w[k]
-                ck = base + lab
-                cell[k] = ck
-                A[ck] += wk
-                is_star = st == NONE and x[k] == xm
-                st = k if is_star else st
-                z_ex += 0.0 if is_star else wk
-                k += U1
-            if not finite:
-                st = NONE
-            star[uq] = st
-            z = z_ex + w[st] if st != NONE else z_ex
-            if not self_normalize:
-                z = float(e - s)
-                z_ex = z - 1.0
-            pz[uq] = z
-            pz[unq + uq] = z_ex
-        if flag:
-            bad[bi] = True
-        for q in range(nq):
-            uq = np.uint64(q)
-            s = uptr[i0 + uq] - r0
-            e = uptr[i0 + uq + U1] - r0
-            z = pz[uq]
-            st = star[uq]
-            cs = cell[st] if st != NONE else NONE
-            a_ex = 0.0
-            k = s
-            while k < e:
-                wk = w[k]
-                a = A[cell[k]]
-                vals[k] = a
-                vals[uR + k] = max(a - wk, 0.0)
-                vals[np.uint64(2) * uR + k] = z - (wk if self_normalize else 1.0)
-                a_ex += wk if (cell[k] == cs and k != st) else 0.0
-                k += U1
-            pz[np.uint64(2) * unq + uq] = a_ex
-        for k in range(R):
-            d = vals[2 * R + k]
-            inv[k] = 1.0 / d if d > 0.0 else 0.0
-        _log_pos_into(vals, 3 * R, logs)
-        _log_pos_into(pz, 3 * nq, lz)
-        _jk_deletions(uptr, i0, nq, r0, w, cell, star, vals, logs, inv, pz, lz, out)
+    nb = ustarts.shape[0] - 1
+    ntask = (nb + _JK_TASK_BATCHES - 1) // _JK_TASK_BATCHES
+    for ti in prange(ntask):
+        b0 = ti * _JK_TASK_BATCHES
+        b1 = min(b0 + _JK_TASK_BATCHES, nb)
+        mr = 0
+        mq = 0
+        for bi in range(b0, b1):
+            mr = max(mr, np.int64(uptr[ustarts[bi + 1]] - uptr[ustarts[bi]]))
+            mq = max(mq, np.int64(ustarts[bi + 1] - ustarts[bi]))
+        mr4 = (mr + 3) & ~3
+        w = np.empty(mr)
+        inv = np.empty(mr)
+        den = np.empty(mr)
+        cell = np.empty(mr, np.uint64)
+        vals = np.empty(2 * mr4)  # a_k, n_k
+        logs = np.empty(2 * mr4)
+        A = np.empty(mq * C)
+        star = np.empty(mq, np.uint64)
+        pz = np.empty(6 * mq)
+        lz = np.empty(4 * mq)
+        for bi in range(b0, b1):
+            i0 = ustarts[bi]
+            nq = np.int64(ustarts[bi + 1] - i0)
+            R = np.int64(uptr[i0 + np.uint64(nq)] - uptr[i0])
+            R4 = (R + 3) & ~3
+            _jk_weights_star(uptr, lw, i0, nq, self_normalize, w, star)
+            if _jk_cells(
+                uptr, ulabels, uC, i0, nq, self_normalize, w, star, A, cell, vals, den, pz
+            ):
+                bad[bi] = True
+            if self_normalize:
+                for k in range(R):
+                    d = den[k]
+                    inv[k] = 1.0 / (d if d > 0.0 else 1.0) if d > 0.0 else 0.0
+            for k in range(R, R4):
+                vals[k] = 0.0
+                vals[R4 + k] = 0.0
+            _log_pos_into(vals, 2 * R4, logs)
+            _log_pos_into(pz, 4 * nq, lz)
+            _jk_deletions(uptr, i0, nq, self_normalize, w, cell, star, vals, logs, inv, pz, lz, out)
 
 
 @njit(cache=True, parallel=True, error_model="numpy")
