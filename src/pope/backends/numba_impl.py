@@ -14,10 +14,14 @@ Design, shared with the C++ backend:
   2 ulp.
 * Coverage and diversity run in parallel over batches of whole prompts; every accumulation
   stays in response order, as ``np.bincount`` / ``np.add.at`` in the reference.
-* ``bootstrap_sums`` runs in parallel over resamples; the 8 xoshiro128++ streams of a resample
-  and their SplitMix64 seeding are computed with ``uint64`` arithmetic only (every constant is a
-  ``np.uint64``: mixing ``uint64`` with ``int64`` would promote to ``float64``; 32-bit words are
-  masked), so the Poisson-bootstrap counts are bit-identical to the reference.
+* ``bootstrap_sums`` runs in parallel over groups of 32 resamples, which go through the rows
+  together in blocks of 16 steps (256 rows: streams, counts and partial sums in L1); the
+  group's xoshiro128++ streams are stepped with 32-bit LLVM intrinsics (add, xor, shift,
+  rotate; 8 streams per vector instruction) and the counts come from signed 16-bit compares of
+  the uniforms against run-time thresholds; the SplitMix64 seeding uses ``uint64`` arithmetic
+  (every constant a ``np.uint64``: mixing with ``int64`` would promote to ``float64``). The
+  Poisson-bootstrap counts are bit-identical to the reference
+  (:mod:`pope.backends.numba_bootstrap`).
 
 Fast-math flags are limited to ``reassoc`` on the reductions of ``ips_moments`` (lane-wise
 partial sums) and ``contract`` (FMA) inside ``exp`` / ``log``; nothing assumes finite values,
