@@ -256,7 +256,7 @@ def _group_counts(s0, s1, s2, s3, cnt, steps, G, th):  # pragma: no cover - comp
             a2 = s2[i]
             a3 = s3[i]
             cnt[o + i] = _add32(_rotl7(_add32(a0, a3)), a0)
-            u = _shl9(a1)
+            u = _shl9(a1)  # type: ignore[call-arg, var-annotated]  # numba @intrinsic
             a2 = _xor32(a2, a0)
             a3 = _xor32(a3, a1)
             a1 = _xor32(a1, a2)
@@ -269,7 +269,7 @@ def _group_counts(s0, s1, s2, s3, cnt, steps, G, th):  # pragma: no cover - comp
     h = cnt.view(np.uint16)  # little endian: half 2 i is the low one
     t0, t1, t2, t3, t4, t5, t6, t7 = th[0], th[1], th[2], th[3], th[4], th[5], th[6], th[7]
     for j in range(np.uint64(2) * np.uint64(steps) * uns):
-        h[j] = _count8(h[j], t0, t1, t2, t3, t4, t5, t6, t7)
+        h[j] = _count8(h[j], t0, t1, t2, t3, t4, t5, t6, t7)  # type: ignore[call-arg]  # @intrinsic
 
 
 @njit(cache=True, error_model="numpy")
