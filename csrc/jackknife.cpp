@@ -180,7 +180,7 @@ POPE_INLINE void jackknife_hard_body(const std::int64_t* ptr, const double* lw,
         bt.reserve(R, nq, nq * C);
         double* w = bt.w.data();
         // per prompt, in blocks of nq: Z, Z_ex, a*_ex, prod d_k; their logs; max l; the
-        // logs of the full products of d_k (prompts of more than kProdRows rows); T - a*_ex
+        // logs of the full products of d_k (prompts of more than kProdRows rows)
         double* pz = bt.pz.data();
         double* lz = pz + 4 * nq;
         double* pmx = pz + 8 * nq;
