@@ -74,17 +74,22 @@ def test_policies_need_two_and_sequence_weighting(three_models):
     assert pope.compare  # the paired engine is the public function
 
 
+def _log_of_first_model(models, tmp_path, seed: int):
+    """A JSON Lines log of 10 prompts whose log_logging is the first model's."""
+    df = random_log(np.random.default_rng(seed), n_prompts=10)
+    lm, tok = load_causal_lm(models[0], device="cpu")
+    df["log_logging"] = [naive_logprob(lm, tok, p, r) for p, r in zip(df.prompt, df.response)]
+    logs = tmp_path / "logs.jsonl"
+    df.to_json(logs, orient="records", lines=True)
+    return logs
+
+
 def test_cli_several_policies_write_the_paired_table(three_models, tmp_path, capsys):
     import json
 
     from pope.cli import main
 
-    rng = np.random.default_rng(5)
-    df = random_log(rng, n_prompts=10)
-    lm, tok = load_causal_lm(three_models[0], device="cpu")
-    df["log_logging"] = [naive_logprob(lm, tok, p, r) for p, r in zip(df.prompt, df.response)]
-    logs = tmp_path / "logs.jsonl"
-    df.to_json(logs, orient="records", lines=True)
+    logs = _log_of_first_model(three_models, tmp_path, seed=5)
     out = tmp_path / "res.json"
     code = main(
         [
@@ -132,12 +137,7 @@ def test_cli_several_policies_say_where_the_propensities_came_from(three_models,
 
     from pope.cli import main
 
-    rng = np.random.default_rng(6)
-    df = random_log(rng, n_prompts=10)
-    lm, tok = load_causal_lm(three_models[0], device="cpu")
-    df["log_logging"] = [naive_logprob(lm, tok, p, r) for p, r in zip(df.prompt, df.response)]
-    logs = tmp_path / "logs.jsonl"
-    df.to_json(logs, orient="records", lines=True)
+    logs = _log_of_first_model(three_models, tmp_path, seed=6)
     out = tmp_path / "res.json"
     argv = ["evaluate", "--logs", str(logs), "--estimators", "none", "--no-progress"]
     for m in three_models[:2]:
