@@ -252,6 +252,29 @@ def test_lora_folds_train_adapters_on_the_frozen_base(tmp_path, random_log):
     assert (by[(res.fold + 1) % 3, rows] - res.log_logging > 0.3).all()
 
 
+def test_lora_fold_that_fails_leaves_the_error_and_no_adapters(random_log, monkeypatch):
+    """An error inside a LoRA fold reaches the caller as it was (the adapters are removed
+    before the base is restored, so restoring does not fail on their keys)."""
+    import pope.train.behaviour_cloning as bc
+
+    df, tok = random_log
+    base = make_model(tok, 0)
+
+    calls = []
+    score = bc.score_responses
+
+    def fail(*args, **kwargs):  # the base model's scores first, then fold 0's: stop there
+        calls.append(args[0])
+        if len(calls) == 2:
+            raise KeyboardInterrupt("stopped in fold 0")
+        return score(*args, **kwargs)
+
+    monkeypatch.setattr(bc, "score_responses", fail)
+    with pytest.raises(KeyboardInterrupt, match="stopped in fold 0"):
+        fit_logging_policy(df, (base, tok), folds=3, num_train_epochs=1, lora={"r": 4})
+    assert len(calls) == 2 and type(calls[1]).__name__.startswith("Peft")  # inside the fold
+
+
 def test_same_seed_same_output_other_seed_other_folds(oasst, lm):
     a = fit_logging_policy(oasst, lm, folds=2, seed=3, **FAST)
     b = fit_logging_policy(oasst, lm, folds=2, seed=3, **FAST)
@@ -453,6 +476,7 @@ def test_cli_fit_logging_bad_input_exits_2(
     tok.save_pretrained("base")
     write_logs(oasst, "oasst.parquet")
     oasst.drop(columns="response").to_parquet("noresponse.parquet")
+    capsys.readouterr()  # what saving printed (transformers may show a progress bar)
     opts = {
         "--logs": "oasst.parquet",
         "--model": "base",

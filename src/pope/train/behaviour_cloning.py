@@ -614,6 +614,7 @@ def _cross_fit(
     dev = next(model.parameters()).device
     steps = sum(max(1, math.ceil(opt.num_train_epochs * len(b))) for b in batches)
     bar = tqdm(total=steps, unit="step", desc="behaviour cloning", disable=not progress)
+    fitted = model
     try:
         with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
             for k in range(n_folds):
@@ -643,9 +644,11 @@ def _cross_fit(
                 if save_dir is not None:
                     _save_fold(fitted, tok, save_dir / f"fold-{k}")
                 if fitted is not model:  # the adapters out, the base (frozen) as it was
-                    model = fitted.unload()
+                    model = fitted = fitted.unload()
     finally:
         bar.close()
+        if fitted is not model:  # a fold stopped with its adapters in
+            model = fitted.unload()
         model.load_state_dict(initial)
     return out, tokens, train_rows, losses
 
