@@ -236,6 +236,13 @@ def test_lora_folds_train_adapters_on_the_frozen_base(tmp_path, random_log):
     for k, v in base.state_dict().items():
         assert torch.equal(v, before[k]), k
     assert res.settings["lora"] == lora
+    from pope.propensity import propensity_source
+
+    # what pope evaluate then says of the propensities (from the Parquet metadata = settings)
+    assert (
+        "with LoRA adapters (r=8) fine-tuned"
+        in propensity_source(None, None, None, res.settings)[2]
+    )
     prompts, responses = list(df["prompt"]), list(df["response"])
     by_model = []
     for k in range(3):

@@ -75,10 +75,12 @@ def propensity_source(
         )
     elif logging_model is None and behaviour_cloning is not None:
         k, model = behaviour_cloning.get("folds"), str(behaviour_cloning.get("model", "?"))
+        lora = behaviour_cloning.get("lora")
+        fitted = f"{model} with LoRA adapters (r={lora.get('r')})" if lora else f"copies of {model}"
         source = f"behaviour cloning, {k} folds"
         meaning = (
             f"log pi0 is an estimate: logging propensities estimated by behaviour cloning, {k} "
-            f"folds (pope fit-logging): copies of {model} fine-tuned on the logged responses "
+            f"folds (pope fit-logging): {fitted} fine-tuned on the logged responses "
             "of the other folds' prompts score each response, so none is scored by a model "
             "trained on it. The estimates are the target's value under the fitted logging "
             "policy, right as far as it matches whatever wrote the logs (and supports the "
