@@ -339,11 +339,9 @@ def run(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"--model: model directory not found: {args.model}")
     if args.batch_tokens < 1:
         raise ValueError(f"--batch-tokens must be >= 1, got {args.batch_tokens}")
-    if args.device and args.device.startswith("cuda"):
-        import torch
+    from pope.cli import _check_device
 
-        if not torch.cuda.is_available():
-            raise ValueError(f"--device {args.device}: no CUDA device is available")
+    _check_device(args.device)
     out = Path(args.out)
     if out.exists() and not args.overwrite:
         raise FileExistsError(f"--out {out} exists; pass --overwrite to replace it")
