@@ -16,37 +16,13 @@ import pandas as pd
 import pytest
 import torch
 import transformers
+from test_real_logs import OASST, make_tokenizer  # the word-level tokenizer of the oasst tests
 
 from pope.cli import main
 from pope.io import LogFormatError, read_oasst, write_logs
 from pope.score_log import read_score_metadata
 from pope.scoring import load_causal_lm, score_responses, tokenize_pairs
 from pope.train.behaviour_cloning import METHOD, assign_folds, fit_logging_policy
-
-OASST = Path(__file__).parent / "data" / "oasst_10.jsonl"
-
-
-def make_tokenizer(texts: list[str]) -> transformers.PreTrainedTokenizerFast:
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
-
-    tok = Tokenizer(models.WordLevel(unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.train_from_iterator(
-        texts,
-        trainers.WordLevelTrainer(
-            vocab_size=2000, special_tokens=["[PAD]", "[UNK]", "[BOS]", "[EOS]"]
-        ),
-    )
-    tok.post_processor = processors.TemplateProcessing(
-        single="[BOS] $A", special_tokens=[("[BOS]", tok.token_to_id("[BOS]"))]
-    )
-    return transformers.PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        bos_token="[BOS]",
-        eos_token="[EOS]",
-        pad_token="[PAD]",
-        unk_token="[UNK]",
-    )
 
 
 def make_model(tok, seed: int, hidden: int = 32) -> transformers.LlamaForCausalLM:
