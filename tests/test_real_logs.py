@@ -95,27 +95,19 @@ def naive_logprobs(model_dir: str, df: pd.DataFrame) -> np.ndarray:
     return np.array(out)
 
 
+def evaluate_with_proxy(
+    models, capsys, out, *extra, logs=OASST, fmt="oasst", policy="target"
+) -> tuple[int, str, str]:
+    """``pope evaluate`` of ``models[policy]`` with ``models["ref"]`` as the declared proxy of
+    the logging policy, no aspects, JSON to ``out``; ``extra`` are more arguments."""
+    argv = ["evaluate", "--logs", logs, "--format", fmt, "--policy", models[policy]]
+    argv += ["--reference-model", models["ref"], "--aspects-from", "none", "--no-progress"]
+    return run([*argv, *extra, "--out", out], capsys)
+
+
 def test_evaluate_oasst_with_reference_proxy(tmp_path, models, capsys):
     out = tmp_path / "r.json"
-    code, stdout, err = run(
-        [
-            "evaluate",
-            "--logs",
-            OASST,
-            "--format",
-            "oasst",
-            "--policy",
-            models["target"],
-            "--reference-model",
-            models["ref"],
-            "--aspects-from",
-            "none",
-            "--no-progress",
-            "--out",
-            out,
-        ],
-        capsys,
-    )
+    code, stdout, err = evaluate_with_proxy(models, capsys, out)
     assert code == 0, err
     res = json.loads(out.read_text())
     df = read_oasst(OASST)
@@ -135,27 +127,7 @@ def test_evaluate_oasst_with_reference_proxy(tmp_path, models, capsys):
     assert res["pope"]["relevance"]["value"] == pytest.approx(direct.relevance.value, rel=1e-3)
     # auto detection gives the same run; streaming in chunks too
     out2 = tmp_path / "auto.json"
-    code, _, err = run(
-        [
-            "evaluate",
-            "--logs",
-            OASST,
-            "--format",
-            "auto",
-            "--policy",
-            models["target"],
-            "--reference-model",
-            models["ref"],
-            "--aspects-from",
-            "none",
-            "--no-progress",
-            "--chunk-rows",
-            "16",
-            "--out",
-            out2,
-        ],
-        capsys,
-    )
+    code, _, err = evaluate_with_proxy(models, capsys, out2, "--chunk-rows", "16", fmt="auto")
     assert code == 0, err
     res2 = json.loads(out2.read_text())
     assert res2["pope"]["relevance"]["value"] == pytest.approx(
@@ -166,26 +138,8 @@ def test_evaluate_oasst_with_reference_proxy(tmp_path, models, capsys):
 def test_reference_equal_to_target_warns(tmp_path, models, capsys):
     """Finding 1: base model as pi0 and as target -> weights all 1, said in output and JSON."""
     out = tmp_path / "same.json"
-    code, stdout, err = run(
-        [
-            "evaluate",
-            "--logs",
-            OASST,
-            "--format",
-            "oasst",
-            "--policy",
-            models["ref"],
-            "--reference-model",
-            models["ref"],
-            "--aspects-from",
-            "none",
-            "--no-progress",
-            "--reward-normalization",
-            "rank",
-            "--out",
-            out,
-        ],
-        capsys,
+    code, stdout, err = evaluate_with_proxy(
+        models, capsys, out, "--reward-normalization", "rank", policy="ref"
     )
     assert code == 0, err
     res = json.loads(out.read_text())
@@ -247,25 +201,7 @@ def test_evaluate_other_public_formats(tmp_path, models, fmt, capsys):
     path = tmp_path / f"{fmt}.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in recs) + "\n")
     out = tmp_path / "o.json"
-    code, stdout, err = run(
-        [
-            "evaluate",
-            "--logs",
-            path,
-            "--format",
-            fmt,
-            "--policy",
-            models["target"],
-            "--reference-model",
-            models["ref"],
-            "--aspects-from",
-            "none",
-            "--no-progress",
-            "--out",
-            out,
-        ],
-        capsys,
-    )
+    code, stdout, err = evaluate_with_proxy(models, capsys, out, logs=path, fmt=fmt)
     assert code == 0, err
     res = json.loads(out.read_text())
     assert res["n_responses"] == (4 if fmt in ("pairwise", "auto") else 2)
@@ -373,25 +309,7 @@ def test_score_then_evaluate_reuses_columns(tmp_path, models, capsys):
     a, b = tmp_path / "a.json", tmp_path / "b.json"
     code, _, err = run(["evaluate", "--logs", scored, "--aspects-from", "none", "--out", a], capsys)
     assert code == 0, err
-    code, _, err = run(
-        [
-            "evaluate",
-            "--logs",
-            OASST,
-            "--format",
-            "oasst",
-            "--policy",
-            models["target"],
-            "--reference-model",
-            models["ref"],
-            "--aspects-from",
-            "none",
-            "--no-progress",
-            "--out",
-            b,
-        ],
-        capsys,
-    )
+    code, _, err = evaluate_with_proxy(models, capsys, b)
     assert code == 0, err
     ra, rb = json.loads(a.read_text()), json.loads(b.read_text())
     for k in ("relevance", "total"):
