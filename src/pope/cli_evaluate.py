@@ -443,22 +443,25 @@ def _aspect_rows(result: Any) -> list[dict[str, Any]]:
     )
 
 
-def _propensity(args: argparse.Namespace, spec: Any, result: Any) -> dict[str, Any]:
-    """Where the log's log pi0 came from and what a target's value then means
+def _propensities(args: argparse.Namespace, spec: Any, results: list[Any]) -> list[dict[str, Any]]:
+    """Where the log's log pi0 came from and what each target's value then means
     (:func:`pope.propensity.describe_propensity` with what the command line and the log's
-    Parquet metadata say)."""
+    Parquet metadata say; the metadata read once)."""
     from pope.propensity import describe_propensity
     from pope.score_log import read_score_metadata
 
     scored = read_score_metadata(args.logs).get(spec.columns.log_logging or "", {})
-    return describe_propensity(
-        result,
-        logging_model=args.logging_model,
-        reference_model=args.reference_model,
-        scored_by=scored.get("model"),
-        behaviour_cloning=scored if scored.get("method") == "behaviour_cloning" else None,
-        rank_signal=spec.reward_normalization == "rank",
-    )
+    return [
+        describe_propensity(
+            result,
+            logging_model=args.logging_model,
+            reference_model=args.reference_model,
+            scored_by=scored.get("model"),
+            behaviour_cloning=scored if scored.get("method") == "behaviour_cloning" else None,
+            rank_signal=spec.reward_normalization == "rank",
+        )
+        for result in results
+    ]
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
@@ -490,7 +493,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             raise UsageError(
                 f"{e} (options: --clip M, --baseline-clip M, --relevance snips, --estimators snips)"
             ) from e
-    prop = _propensity(args, spec, result)
+    (prop,) = _propensities(args, spec, [result])
     rep = result.report
     if not args.quiet:
         print(f"log: {args.logs}")
@@ -568,7 +571,7 @@ def _evaluate_paired(
         print()
     print(res.table(method=opts["ci"]))
     # one source for every policy; whether the weights are all 1 is each policy's own
-    props = {p: _propensity(args, spec, r) for p, r in zip(res.policies, res.results, strict=True)}
+    props = dict(zip(res.policies, _propensities(args, spec, res.results), strict=True))
     first = next((d for d in props.values() if not d["weights_identically_one"]), None)
     prop = first if first is not None else next(iter(props.values()))
     if not args.quiet:
